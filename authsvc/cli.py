@@ -1,0 +1,141 @@
+"""The ``authsvc`` command line: parse arguments, load settings once, dispatch.
+
+Each subcommand's work lives in its own module, imported lazily so that
+``authsvc check-config`` never imports aiohttp and ``authsvc`` never imports
+the proxy unless asked.  ``main(argv) -> int`` never lets a traceback reach an
+operator for bad input: configuration errors print ``file:line: key: message``
+and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from authsvc import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        required=required,
+        metavar="[PROTO=]FILE",
+        help="native TOML, or a Perdition file; repeat for several Perdition files. "
+        "PROTO (imap4, imaps, pop3, pop3s) names the protocol of a Perdition file "
+        "whose name does not say it",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="authsvc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"authsvc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate configuration files and list warnings")
+    p.add_argument("files", nargs="+", metavar="[PROTO=]FILE")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+
+    p = sub.add_parser("lookup", help="explain where a login is routed, step by step")
+    p.add_argument("login")
+    p.add_argument("--protocol", choices=("imap", "pop3"), default="imap")
+    p.add_argument("--listener", help="listener name (default: the first of --protocol)")
+    p.add_argument(
+        "--local-name",
+        help="name or address of the local address the client reached (add_domain "
+        "without explicit_domain)",
+    )
+    _add_config(p)
+
+    p = sub.add_parser("serve", help="run the nginx auth_http endpoint")
+    _add_config(p)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", help="TCP address (overrides config)")
+    where.add_argument("--unix", metavar="PATH", help="unix socket path (overrides config)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    p = sub.add_parser("flush", help="drop cached routes in a running authsvc serve")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user", metavar="KEY", help="one map key, e.g. bob@riseup.net")
+    what.add_argument("--domain", metavar="DOMAIN", help="every key of one domain")
+    what.add_argument("--all", action="store_true", help="everything")
+    _add_config(p)
+    p.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
+
+    p = sub.add_parser("render-nginx", help="print an nginx mail {} config for these settings")
+    _add_config(p)
+    p.add_argument("--standalone", action="store_true", help="a complete nginx.conf, for tests")
+    p.add_argument("--ssl-cert", help="override the certificate path")
+    p.add_argument("--ssl-key", help="override the key path")
+    p.add_argument("--auth-http", help="override the auth_http URL (default: from the config)")
+    p.add_argument("--proxy-protocol-from", action="append", default=[], metavar="CIDR",
+                   help="accept PROXY headers from this network (HAProxy in front)")
+    p.add_argument("--listen-offset", type=int, default=0,
+                   help="add this to every listen port (behind HAProxy, or for tests)")
+    p.add_argument("--bind", help="override every listener's address")
+    p.add_argument("--pid", help="pid file (--standalone)")
+    p.add_argument("--prefix", help="directory for logs and temp files (--standalone)")
+
+    p = sub.add_parser("render-haproxy", help="print an HAProxy config for a pool of nodes")
+    _add_config(p)
+    p.add_argument("--node", action="append", default=[], metavar="NAME=HOST[:HEALTHPORT]",
+                   help="a front-end node (default: from the config)")
+    p.add_argument("--bind", help="override the frontends' address")
+    p.add_argument("--node-port-offset", type=int, default=0,
+                   help="the nodes listen on the standard port plus this")
+    p.add_argument("--proxy-v1", action="store_true", help="send PROXY v1 instead of v2")
+    p.add_argument("--stats", metavar="HOST:PORT", help="add a stats listener")
+    p.add_argument("--admin-socket", metavar="PATH", help="admin socket path")
+    p.add_argument("--check-inter", default="2s", help="health-check interval")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    from authsvc.config import ConfigError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "check-config":
+        from authsvc.commands import check_config
+
+        return check_config(args)
+    if command == "lookup":
+        from authsvc.commands import lookup
+
+        return lookup(args)
+    if command == "serve":
+        from authsvc.http.serve import serve
+
+        return serve(args)
+    if command == "flush":
+        from authsvc.http.flush import flush
+
+        return flush(args)
+    if command in ("render-nginx", "render-haproxy"):
+        from authsvc.render import render_command
+
+        return render_command(args)
+    raise AssertionError(f"unhandled command {command}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The map interface: what every route map (file, regex, MySQL, cache) offers.
+
+A map answers one question: which ``[user@]server[:port]`` holds this key.
+``None`` means the key is definitely absent; :class:`MapUnavailable` means the
+map could not answer (database down, query timed out), which is never the same
+as a missing user.  Only :mod:`authsvc.routing` calls maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class MapUnavailable(Exception):
+    """The map could not answer now; the caller must treat it as temporary."""
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    """A map's answer for one key, already split (perdition.md §2.6)."""
+
+    host: str
+    port: int | None = None
+    #: The ``user@`` part; used as the backend login only with username_from_database.
+    user: str | None = None
+    #: True when a cache served this entry past its TTL because the map was down.
+    stale: bool = False
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user is not None else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{user}{host}{port}"
+
+
+class MapBackend(Protocol):
+    """The small async interface that every map implements."""
+
+    async def lookup(self, key: str) -> MapEntry | None:
+        """The entry for ``key``, None when absent; raises MapUnavailable."""
+        ...
+
+    async def check(self) -> None:
+        """Raise MapUnavailable when the map cannot answer (for /readyz)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for ``authsvc lookup``: the file, or the SQL with a placeholder."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+class Invalidator(Protocol):
+    """What a cache offers operators when a mailbox moves (``authsvc flush``)."""
+
+    def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
+        """Drop one key, every key of one domain, or (neither given) everything."""
+        ...

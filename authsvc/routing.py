@@ -1,0 +1,234 @@
+"""The one routing core: a login request in, a route or a refusal out.
+
+``authsvc serve`` (nginx's auth_http) and ``authsvc proxy`` both build a
+:class:`LoginRequest` and call :meth:`Router.route`.  Nothing else normalises
+names (:mod:`authsvc.login`) or reads maps (:mod:`authsvc.maps`); the layering
+test in tests/unit/test_layering.py enforces that.  No password ever reaches
+this module: authsvc routes, the store checks.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from authsvc import login as login_rules
+from authsvc.maps import MapBackend, MapEntry, MapUnavailable
+from authsvc.maps.factory import open_maps
+from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
+
+
+class FailureKind(enum.Enum):
+    """Why a login gets no route; each front end renders it its own way."""
+
+    NO_ROUTE = "no_route"  # not in the map, and no outgoing_server
+    MAP_UNAVAILABLE = "map_unavailable"  # database down or slow: temporary
+    BAD_LOGIN = "bad_login"  # empty, too long, NUL or control characters
+    UNKNOWN_LISTENER = "unknown_listener"  # no listener for this protocol/name
+    BACKEND_CONNECT = "backend_connect"
+    BACKEND_PROTOCOL = "backend_protocol"
+    BACKEND_AUTH = "backend_auth"
+
+    @property
+    def temporary(self) -> bool:
+        """True for failures that say nothing about the user's password."""
+        return self in (
+            FailureKind.MAP_UNAVAILABLE,
+            FailureKind.BACKEND_CONNECT,
+            FailureKind.BACKEND_PROTOCOL,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    """What both front ends know about a login attempt; no password field."""
+
+    login: str
+    protocol: MailProtocol
+    #: The listener's name (``imap4``, ``imaps``, ...); None = first of protocol.
+    listener: str | None = None
+    client_ip: str | None = None
+    #: The name of the local address the client reached, for add_domain.
+    local_name: str | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where to send the session, and as whom."""
+
+    host: str
+    port: int
+    backend_login: str
+    backend_tls: BackendTls
+    key: str
+    listener: str
+    #: "map", "stale" (served from cache while the map is down) or "default".
+    source: str = "map"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """No route; ``reason`` is for logs only and never goes to a client."""
+
+    kind: FailureKind
+    reason: str
+    key: str | None = None
+    listener: str | None = None
+
+
+Decision = Route | Refusal
+
+
+@dataclass(slots=True)
+class Trace:
+    """Every step of one routing decision, for ``authsvc lookup``."""
+
+    listener: str | None = None
+    lookup_steps: list[login_rules.Step] = field(default_factory=list)
+    key: str | None = None
+    map_description: str = ""
+    map_answer: str = ""
+    backend_steps: list[login_rules.Step] = field(default_factory=list)
+    decision: Decision | None = None
+    seconds: float = 0.0
+
+
+class Router:
+    """Routes logins through each listener's login rules and map."""
+
+    def __init__(self, settings: Settings, maps: Mapping[str, MapBackend]) -> None:
+        self._settings = settings
+        self._maps = maps
+        # Perdition rotates outgoing_server per login attempt (§2.7).
+        self._rotation = {
+            ls.name: itertools.cycle(ls.default_servers)
+            for ls in settings.listeners
+            if ls.default_servers
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def listener_for(self, request: LoginRequest) -> ListenerSettings | None:
+        """The listener a request names, or the first one of its protocol."""
+        if request.listener is not None:
+            found = self._settings.listener(request.listener)
+            if found is None or found.protocol is not request.protocol:
+                return None
+            return found
+        return self._settings.first_listener(request.protocol)
+
+    async def route(self, request: LoginRequest) -> Decision:
+        """Route one login attempt."""
+        trace = await self.trace(request)
+        assert trace.decision is not None
+        return trace.decision
+
+    async def trace(self, request: LoginRequest) -> Trace:
+        """Route one login attempt and record every step on the way."""
+        started = time.perf_counter()
+        trace = Trace()
+        trace.decision = await self._decide(request, trace)
+        trace.seconds = time.perf_counter() - started
+        return trace
+
+    async def _decide(self, request: LoginRequest, trace: Trace) -> Decision:
+        listener = self.listener_for(request)
+        if listener is None:
+            return Refusal(
+                FailureKind.UNKNOWN_LISTENER,
+                f"no {request.protocol.value} listener named {request.listener!r}",
+            )
+        trace.listener = listener.name
+        policy = listener.login
+        try:
+            login_rules.check_login(request.login, policy)
+        except login_rules.LoginRejected as exc:
+            return Refusal(FailureKind.BAD_LOGIN, str(exc), listener=listener.name)
+
+        trace.lookup_steps = login_rules.normalise_steps(
+            request.login, Stage.LOOKUP, policy, request.local_name
+        )
+        key = trace.lookup_steps[-1].value
+        trace.key = key
+        backend = self._maps[listener.name]
+        trace.map_description = backend.describe()
+        source = "map"
+        try:
+            entry = await backend.lookup(key)
+        except MapUnavailable as exc:
+            trace.map_answer = f"unavailable: {exc}"
+            on_error = getattr(listener.map, "default_server_on_error", False)
+            if not (on_error and listener.default_servers):
+                return Refusal(
+                    FailureKind.MAP_UNAVAILABLE, str(exc), key=key, listener=listener.name
+                )
+            entry = None
+        else:
+            trace.map_answer = str(entry) if entry is not None else "no entry"
+            if entry is not None and entry.stale:
+                source = "stale"
+        if entry is None:
+            entry = self._default_server(listener)
+            source = "default"
+            if entry is None:
+                return Refusal(
+                    FailureKind.NO_ROUTE, "not in map", key=key, listener=listener.name
+                )
+
+        backend_name = request.login
+        if policy.username_from_database and entry.user:
+            backend_name = entry.user
+        trace.backend_steps = login_rules.normalise_steps(
+            backend_name, Stage.BACKEND_LOGIN, policy, request.local_name
+        )
+        return Route(
+            host=entry.host,
+            port=entry.port if entry.port is not None else listener.default_port,
+            backend_login=trace.backend_steps[-1].value,
+            backend_tls=listener.backend_tls,
+            key=key,
+            listener=listener.name,
+            source=source,
+        )
+
+    def _default_server(self, listener: ListenerSettings) -> MapEntry | None:
+        rotation = self._rotation.get(listener.name)
+        if rotation is None:
+            return None
+        server: HostPort = next(rotation)
+        return MapEntry(host=server.host, port=server.port)
+
+    def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
+        """Drop cached routes (a key, a domain, or all) from every map's cache."""
+        dropped = 0
+        for backend in {id(m): m for m in self._maps.values()}.values():
+            invalidate = getattr(backend, "invalidate", None)
+            if invalidate is not None:
+                dropped += int(invalidate(key=key, domain=domain))
+        return dropped
+
+    async def check_maps(self) -> dict[str, str | None]:
+        """Each map's state: None when it answers, else the reason it cannot."""
+        states: dict[str, str | None] = {}
+        for backend in {id(m): m for m in self._maps.values()}.values():
+            try:
+                await backend.check()
+            except MapUnavailable as exc:
+                states[backend.describe()] = str(exc) or "unavailable"
+            else:
+                states[backend.describe()] = None
+        return states
+
+
+@asynccontextmanager
+async def open_router(settings: Settings) -> AsyncIterator[Router]:
+    """Open every listener's map (shared where settings agree) and build the Router."""
+    async with open_maps(settings) as maps:
+        yield Router(settings, maps)

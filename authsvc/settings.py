@@ -1,0 +1,275 @@
+"""The one frozen, typed settings object, and nothing else.
+
+Both readers (native TOML in ``config/toml.py`` and Perdition's own files in
+``config/perdition.py``) produce a raw tree; ``config/validate.py`` is the only
+code that turns that tree into these classes.  Nothing here does I/O, and no
+class here holds a secret in its ``repr``: the database password is read from a
+file at connect time (``MySqlMapSettings.password_file``) or carried as a
+:class:`~authsvc.redact.Secret`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from authsvc.redact import Secret
+
+
+class MailProtocol(enum.Enum):
+    """The two mail protocols a listener can speak (nginx's ``Auth-Protocol`` values)."""
+
+    IMAP = "imap"
+    POP3 = "pop3"
+
+
+class Stage(enum.Enum):
+    """Where a login name is used; Perdition's states (perdition.md §2.1).
+
+    ``LOOKUP`` is Perdition's ``servername_lookup`` (the map key) and
+    ``BACKEND_LOGIN`` is ``remote_login`` (the name sent to the store).
+    Perdition's ``local_authentication`` has no meaning here: authsvc checks no
+    passwords itself.
+    """
+
+    LOOKUP = "lookup"
+    BACKEND_LOGIN = "backend_login"
+
+
+class ListenTls(enum.Enum):
+    """How a listener offers TLS to clients (Perdition ``ssl_mode`` *_listen bits)."""
+
+    NONE = "none"
+    STARTTLS = "starttls"  # tls_listen: STARTTLS / STLS offered
+    IMPLICIT = "implicit"  # ssl_listen: TLS from the first byte (993/995)
+
+
+class BackendTls(enum.Enum):
+    """How the proxy talks to a store (Perdition ``ssl_mode`` *_outgoing bits)."""
+
+    NONE = "none"
+    STARTTLS = "starttls"  # tls_outgoing: STARTTLS if advertised
+    STARTTLS_REQUIRED = "starttls_required"  # tls_outgoing_force
+    IMPLICIT = "implicit"  # ssl_outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A host (name or IP literal, IPv6 without brackets) and an optional port."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginPolicy:
+    """Perdition's login-name rules (perdition.md §2.2), per stage."""
+
+    strip_domain: frozenset[Stage] = frozenset()
+    add_domain: frozenset[Stage] = frozenset()
+    lower_case: frozenset[Stage] = frozenset()
+    #: Perdition's add_domain DEPTH: leading labels cut from the local name.
+    add_domain_depth: int = 1
+    #: Used verbatim by add_domain instead of the local name, when set.
+    explicit_domain: str | None = None
+    domain_delimiter: str = "@"
+    #: Perdition -U: the ``user@`` part of a map answer replaces the login.
+    username_from_database: bool = False
+    #: Longest login accepted at all, in bytes of UTF-8 (not a Perdition option).
+    max_login_length: int = 255
+
+
+@dataclass(frozen=True, slots=True)
+class FileMapSettings:
+    """Perdition's flat ``popmap`` format (``key: [user@]server[:port]``)."""
+
+    path: str
+    kind: str = "file"
+
+
+@dataclass(frozen=True, slots=True)
+class RegexMapSettings:
+    """Perdition's POSIX-regex ``popmap.re`` format (first match wins)."""
+
+    path: str
+    #: Reproduce Perdition's quirk of keeping the key's text before the match.
+    perdition_prefix_quirk: bool = False
+    kind: str = "regex"
+
+
+@dataclass(frozen=True, slots=True)
+class MySqlMapSettings:
+    """Perdition's MySQL map (``map_library_opt``, perdition.md §3.1)."""
+
+    hosts: tuple[HostPort, ...] = (HostPort("localhost"),)
+    database: str = "dbPerdition"
+    table: str = "tblPerdition"
+    user: str = "perdition"
+    #: The password itself, when it came from a Perdition file.  Never printed.
+    password: Secret | None = None
+    #: Where to read the password from (native config); wins over ``password``.
+    password_file: str | None = None
+    server_column: str = "servername"
+    user_column: str = "user"
+    #: A column name, or None when ``port_constant`` is used instead.
+    port_column: str | None = "port"
+    #: The numeric literal of ``...:storage_ip:address:143``: a constant port.
+    port_constant: int | None = None
+    connect_timeout: float = 3.0
+    query_timeout: float = 3.0
+    pool_size: int = 10
+    #: Perdition falls back to outgoing_server on a database error; we do so
+    #: only when asked (see docs/configuration.md).
+    default_server_on_error: bool = False
+    kind: str = "mysql"
+
+
+@dataclass(frozen=True, slots=True)
+class NoMapSettings:
+    """``map_library ""``: no map; every login goes to ``outgoing_server``."""
+
+    kind: str = "none"
+
+
+MapSettings = FileMapSettings | RegexMapSettings | MySqlMapSettings | NoMapSettings
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The route cache in front of every map (``maps/cached.py``)."""
+
+    enabled: bool = True
+    ttl: float = 60.0
+    negative_ttl: float = 10.0
+    max_size: int = 100_000
+    #: How long past its TTL a route may still be served while the map is down.
+    stale_if_error: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Certificates a listener presents to clients."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """One listener: what a single Perdition file describes (perdition.md §1.1)."""
+
+    name: str
+    protocol: MailProtocol
+    tls: ListenTls = ListenTls.NONE
+    #: tls_listen_force: no login before TLS.
+    tls_required: bool = False
+    bind: tuple[HostPort, ...] = ()
+    #: IMAP: space-separated words; POP3: one CAPA line each.
+    capability: tuple[str, ...] = ()
+    login: LoginPolicy = field(default_factory=LoginPolicy)
+    map: MapSettings = field(default_factory=NoMapSettings)
+    #: outgoing_server: the route when the map has no entry.
+    default_servers: tuple[HostPort, ...] = ()
+    #: outgoing_port: the port when neither the map nor the server gives one.
+    default_port: int = 143
+    backend_tls: BackendTls = BackendTls.NONE
+    tls_files: TlsSettings = field(default_factory=TlsSettings)
+    connection_limit: int = 0
+    #: Idle timeout after login, seconds; 0 = none (Perdition ``timeout``).
+    idle_timeout: float = 1800.0
+    #: Idle timeout before login, seconds (Perdition ``authenticate_timeout``).
+    login_timeout: float = 1800.0
+    #: Where these settings came from, for messages: "file" or "file:line".
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """``authsvc serve``: the nginx auth_http endpoint."""
+
+    listen: HostPort = HostPort("127.0.0.1", 9143)
+    unix: str | None = None
+    path: str = "/auth"
+    #: Header nginx must send, compared in constant time; None = no secret.
+    secret: Secret | None = None
+    secret_header: str = "X-Authsvc-Key"
+    #: Send Auth-Wait on refusals up to this attempt, then let nginx close.
+    max_attempts: int = 10
+    auth_wait: int = 3
+    #: /readyz answers 503 while the map is down (sites with per-node databases).
+    ready_requires_map: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """Process-wide logging (Perdition ``debug``, ``connection_logging``, ``quiet``)."""
+
+    level: str = "info"
+    connection_logging: bool = False
+    format: str = "kv"  # kv | json
+
+
+@dataclass(frozen=True, slots=True)
+class NginxSettings:
+    """What ``render-nginx`` needs beyond the listeners."""
+
+    server_name: str | None = None
+    #: Networks whose PROXY headers nginx trusts (HAProxy in front); empty = none.
+    proxy_protocol_from: tuple[str, ...] = ()
+    ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    auth_http_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolNode:
+    """One front-end node (nginx or ``authsvc proxy``) behind HAProxy."""
+
+    name: str
+    host: str
+    #: The node's mail ports are the listeners' ports plus this offset.
+    port_offset: int = 0
+    #: Where the node's authsvc answers ``/readyz``; None = no health check port.
+    health: HostPort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxySettings:
+    """What ``render-haproxy`` needs: the pool and its checks."""
+
+    nodes: tuple[PoolNode, ...] = ()
+    proxy_protocol: str = "v2"  # v1 | v2 | none
+    check_inter: float = 2.0
+    check_fall: int = 3
+    check_rise: int = 2
+    stats: HostPort | None = None
+    admin_socket: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything authsvc needs, built once in ``cli.main`` and passed down."""
+
+    listeners: tuple[ListenerSettings, ...]
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    nginx: NginxSettings = field(default_factory=NginxSettings)
+    haproxy: HaproxySettings = field(default_factory=HaproxySettings)
+
+    def listener(self, name: str) -> ListenerSettings | None:
+        """The listener called ``name``, if any."""
+        for listener in self.listeners:
+            if listener.name == name:
+                return listener
+        return None
+
+    def first_listener(self, protocol: MailProtocol) -> ListenerSettings | None:
+        """The first listener of ``protocol``: nginx's fallback without our headers."""
+        for listener in self.listeners:
+            if listener.protocol is protocol:
+                return listener
+        return None

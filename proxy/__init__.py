@@ -1,0 +1,10 @@
+"""authsvc proxy: the pure-Python IMAP4/IMAPS/POP3/POP3S front end (to come).
+
+The architecture, once built, in five bullets:
+
+* sans-IO machines parse client and backend bytes and emit commands;
+* the routing core (``authsvc.routing``) answers where a login goes;
+* a session driver carries the commands out on the event loop;
+* a splice relays bytes both ways once the backend has accepted the login;
+* a server owns the listeners, the limits and the graceful drain.
+"""
