@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The test command (README "Test"): on Debian 12, as root, install everything
+# the tests need, start MariaDB when none is running, and run ruff, mypy
+# (strict) and the whole pytest suite, integration tests included.
+#
+# Package installs never start daemons (a temporary policy-rc.d that exits
+# 101); the tests start every daemon they need themselves, on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf '>>> %s\n' "$*"; }
+
+# --- Debian packages -------------------------------------------------------
+# binary-or-file : package
+wanted=(
+  "/usr/sbin/mariadbd:mariadb-server"
+  "/usr/bin/mariadb:mariadb-client"
+  "/usr/sbin/nginx:nginx"
+  "/usr/lib/nginx/modules/ngx_mail_module.so:libnginx-mod-mail"
+  "/usr/sbin/haproxy:haproxy"
+  "/usr/lib/dovecot/imap-login:dovecot-imapd"
+  "/usr/lib/dovecot/pop3-login:dovecot-pop3d"
+  "/usr/bin/openssl:openssl"
+  "/usr/bin/curl:curl"
+  "/usr/bin/systemd-analyze:systemd"
+)
+missing=()
+for pair in "${wanted[@]}"; do
+  [ -e "${pair%%:*}" ] || missing+=("${pair##*:}")
+done
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing: ${missing[*]}"
+  created_policy=no
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    created_policy=yes
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$created_policy" = yes ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# --- MariaDB: the shared server the contract tests use ---------------------
+mariadb_up() {
+  mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1 ||
+    mariadb-admin -h127.0.0.1 -P3306 -uroot ping >/dev/null 2>&1
+}
+if ! mariadb_up; then
+  say "starting MariaDB"
+  install -d -o mysql -g mysql /run/mysqld
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+  for _ in $(seq 60); do mariadb_up && break; sleep 0.5; done
+  mariadb_up || { echo "MariaDB did not start" >&2; exit 1; }
+fi
+
+# --- Python: a venv (PEP 668 forbids a system-wide pip install) ------------
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+# --- Lint, types, tests ----------------------------------------------------
+say "ruff"
+.venv/bin/ruff check .
+say "mypy --strict"
+.venv/bin/mypy
+say "pytest"
+set +e
+CI="${CI:-}" .venv/bin/pytest -p no:cacheprovider -q -ra "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure, not a pass" >&2
+  exit 1
+fi
+exit "$status"
