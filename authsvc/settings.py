@@ -250,6 +250,34 @@ class HaproxySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """``authsvc proxy``: limits and timeouts shared by every proxy listener."""
+
+    #: Every failed login is answered this many seconds after the command
+    #: arrived, whatever the cause, so timing does not tell an unknown user
+    #: from a wrong password (Perdition sleeps 3 s, perdition.md §4.7).
+    auth_failure_delay: float = 2.0
+    #: Failed logins allowed on one connection; the last one also closes it.
+    max_login_attempts: int = 3
+    #: Malformed or unknown pre-auth commands before ``* BYE`` / ``-ERR`` and close.
+    max_bad_commands: int = 10
+    #: Longest pre-auth command line in bytes, CRLF included.
+    max_line_length: int = 8192
+    #: Longest pre-auth IMAP literal (a login name or password) in bytes.
+    max_literal_length: int = 8192
+    #: Connect, greeting and login at the store must finish within this.
+    backend_timeout: float = 30.0
+    #: CA bundle for stores reached over TLS; None = the system's.
+    backend_ca_file: str | None = None
+    #: Check the store's certificate and name (Perdition's default, §5.3).
+    backend_verify: bool = True
+    #: Bytes buffered per direction while splicing before the reader pauses.
+    splice_buffer: int = 262_144
+    #: On SIGTERM, how long logged-in sessions may finish before they are cut.
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything authsvc needs, built once in ``cli.main`` and passed down."""
 
@@ -259,6 +287,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     nginx: NginxSettings = field(default_factory=NginxSettings)
     haproxy: HaproxySettings = field(default_factory=HaproxySettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
     def listener(self, name: str) -> ListenerSettings | None:
         """The listener called ``name``, if any."""
