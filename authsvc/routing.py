@@ -98,6 +98,18 @@ class Trace:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A copy of one map cache's counters (``Router.cache_stats()``)."""
+
+    hits: int
+    misses: int
+    negative_hits: int
+    stale: int
+    errors: int
+    map_up: bool
+
+
 class Router:
     """Routes logins through each listener's login rules and map."""
 
@@ -213,6 +225,29 @@ class Router:
             if invalidate is not None:
                 dropped += int(invalidate(key=key, domain=domain))
         return dropped
+
+    def cache_stats(self) -> dict[str, CacheStats | None]:
+        """Each distinct map's cache counters by ``describe()``; None for a map without cache.
+
+        For ``/metrics``: the caches live in ``maps/cached.py``, which only this
+        module may touch.  Reads attributes only, no I/O.
+        """
+        out: dict[str, CacheStats | None] = {}
+        for backend in {id(m): m for m in self._maps.values()}.values():
+            stats = getattr(backend, "stats", None)
+            out[backend.describe()] = (
+                None
+                if stats is None
+                else CacheStats(
+                    hits=int(stats.hits),
+                    misses=int(stats.misses),
+                    negative_hits=int(stats.negative_hits),
+                    stale=int(stats.stale),
+                    errors=int(stats.errors),
+                    map_up=bool(stats.map_up),
+                )
+            )
+        return out
 
     async def check_maps(self) -> dict[str, str | None]:
         """Each map's state: None when it answers, else the reason it cannot."""
