@@ -59,6 +59,8 @@ def test_every_spelling_reaches_one_mailbox(stores: dict[str, DovecotStore], log
 
 
 def test_stores_are_told_apart_by_marker_and_id(stores: dict[str, DovecotStore]) -> None:
+    # Same port numbers on both addresses: the map's port is a constant.
+    assert stores["a"].ports == stores["b"].ports
     store = stores["b"]
     with imaplib.IMAP4(store.address, store.ports.imap) as imap:
         imap.login("dave", "dave-secret")

@@ -63,6 +63,33 @@ class StorePorts:
     pop3s: int | None
 
 
+def shared_ports(addresses: tuple[str, ...], *, tls: bool) -> StorePorts:
+    """Ports free on every one of ``addresses``: one number per service for all stores.
+
+    The seed's MySQL map answers a store address with a constant port
+    (``...:storage_ip:address:143``, perdition.md §3.1), so every store must
+    listen on the same port numbers, each on its own address.
+    """
+    def pick() -> int:
+        while True:
+            port = free_port(addresses[0])
+            if all(_bindable(address, port) for address in addresses[1:]):
+                return port
+
+    return StorePorts(
+        imap=pick(), pop3=pick(), imaps=pick() if tls else None, pop3s=pick() if tls else None
+    )
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+        return True
+
+
 def marker_message(marker: str, user: str) -> bytes:
     """The first message of every seeded INBOX: its Subject names the store."""
     return (
@@ -185,6 +212,7 @@ class DovecotStore:
         trusted_networks: tuple[str, ...] = ("127.0.0.0/8",),
         workdir: Path | None = None,
         marker: str | None = None,
+        ports: StorePorts | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -194,7 +222,7 @@ class DovecotStore:
         self.marker = marker or f"store-{name}"
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"authsvc-dovecot-{name}-"))
-        self.ports = StorePorts(
+        self.ports = ports or StorePorts(
             imap=free_port(address),
             pop3=free_port(address),
             imaps=free_port(address) if pki else None,
@@ -373,12 +401,18 @@ def dovecot_stores(
     pki: ServerCert | None = None,
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8",),
 ) -> Iterator[dict[str, DovecotStore]]:
-    """Start one store per name in ``users_by_store``; all stop when the block ends."""
+    """Start one store per name in ``users_by_store``; all stop when the block ends.
+
+    All stores listen on the same port numbers (:func:`shared_ports`), each
+    on its own address.
+    """
+    ports = shared_ports(tuple(addresses[name] for name in users_by_store), tls=pki is not None)
     stores: dict[str, DovecotStore] = {}
     try:
         for name, users in users_by_store.items():
             store = DovecotStore(
-                name, addresses[name], users, pki=pki, trusted_networks=trusted_networks
+                name, addresses[name], users, pki=pki, trusted_networks=trusted_networks,
+                ports=ports,
             )
             stores[name] = store
             store.start()
