@@ -1,0 +1,209 @@
+"""The route cache in front of every map: TTL caches, shared queries, stale-if-error.
+
+* Routes and "no such key" answers are kept in two ``cachetools.TTLCache``s
+  with their own TTLs (``CacheSettings.ttl`` and ``negative_ttl``) and one size
+  bound.  cachetools' decorators do not await coroutines (tkem/cachetools#112),
+  so the caches are used as plain mappings here.
+* Concurrent lookups of one key share one query to the map (a dict of tasks),
+  so a burst of logins for one mailbox costs the database one SELECT.
+* :class:`MapUnavailable` is never cached.  While the map raises it, a route
+  learnt less than ``ttl + stale_if_error`` seconds ago is served from a
+  separate bounded store with ``stale=True`` (Perdition has no cache and fails
+  every login while its database is down, perdition.md §3.4).
+* :meth:`CachedMap.invalidate` drops one key, a domain or everything, from the
+  stale store too, so a moved mailbox never comes back stale.
+* The clock is injected, so tests move time instead of sleeping.
+
+The hit path is two dict-like lookups and a counter: microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TypeVar
+
+from cachetools import TTLCache
+
+from authsvc.maps import MapBackend, MapEntry, MapUnavailable
+from authsvc.settings import CacheSettings
+
+V = TypeVar("V")
+
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters for /metrics; every lookup adds to exactly one of the first four.
+
+    ``hits``: answered from the route cache.  ``negative_hits``: answered
+    "absent" from the negative cache.  ``misses``: had to wait for the map
+    (``coalesced`` of those joined a query already running).  ``stale``: of
+    the misses, answered from the stale store because the map was down.
+    ``errors``: queries the map failed (one per query, however many lookups
+    shared it).  ``map_up``: the map's last answer was not an error.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    negative_hits: int = 0
+    stale: int = 0
+    errors: int = 0
+    coalesced: int = 0
+    map_up: bool = True
+
+
+def _put(cache: TTLCache[str, V], key: str, value: V) -> None:
+    if cache.maxsize > 0:  # max_size 0 turns the store off (TTLCache would raise)
+        cache[key] = value
+
+
+class CachedMap:
+    """A :class:`MapBackend` that caches another one."""
+
+    def __init__(
+        self,
+        inner: MapBackend,
+        settings: CacheSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        delimiter: str = "@",
+    ) -> None:
+        self._inner = inner
+        self._settings = settings
+        self._delimiter = delimiter
+        size = max(settings.max_size, 0)
+        self._hits: TTLCache[str, MapEntry] = TTLCache(size, settings.ttl, timer=clock)
+        self._misses: TTLCache[str, bool] = TTLCache(size, settings.negative_ttl, timer=clock)
+        # Last good routes, already marked stale, kept ttl + stale_if_error seconds.
+        self._stale: TTLCache[str, MapEntry] = TTLCache(
+            size if settings.stale_if_error > 0 else 0,
+            settings.ttl + max(settings.stale_if_error, 0.0),
+            timer=clock,
+        )
+        self._inflight: dict[str, asyncio.Task[MapEntry | None]] = {}
+        # Bumped by invalidate(): a query that started before must not refill the cache.
+        self._generation = 0
+        self.stats = CacheStats()
+
+    @property
+    def inner(self) -> MapBackend:
+        return self._inner
+
+    async def lookup(self, key: str) -> MapEntry | None:
+        entry = self._hits.get(key)
+        if entry is not None:
+            self.stats.hits += 1
+            return entry
+        if key in self._misses:
+            self.stats.negative_hits += 1
+            return None
+        return await self._wait_for_map(key)
+
+    async def _wait_for_map(self, key: str) -> MapEntry | None:
+        stats = self.stats
+        stats.misses += 1
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._ask(key, self._generation))
+            self._inflight[key] = task
+            task.add_done_callback(partial(self._forget, key))
+        else:
+            stats.coalesced += 1
+        try:
+            # shield: one caller giving up (client gone) must not cancel the
+            # query the others are waiting for.
+            return await asyncio.shield(task)
+        except MapUnavailable:
+            stale = self._stale.get(key)
+            if stale is None:
+                raise
+            stats.stale += 1
+            return stale
+
+    async def _ask(self, key: str, generation: int) -> MapEntry | None:
+        try:
+            entry = await self._inner.lookup(key)
+        except MapUnavailable:
+            self.stats.errors += 1
+            self.stats.map_up = False
+            raise
+        self.stats.map_up = True
+        if generation == self._generation:
+            if entry is None:
+                _put(self._misses, key, True)
+                self._stale.pop(key, None)
+            else:
+                _put(self._hits, key, entry)
+                _put(self._stale, key, replace(entry, stale=True))
+        return entry
+
+    def _forget(self, key: str, task: asyncio.Task[MapEntry | None]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception never retrieved" when all callers left
+
+    def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
+        """Drop one key, every key ending in ``@domain``, or (neither given) everything.
+
+        Returns how many keys were dropped.  The domain compares without ASCII
+        case, as domains do.
+        """
+        self._generation += 1
+        stores = (self._hits, self._misses, self._stale)
+        if key is None and domain is None:
+            dropped = set(self._keys(stores))
+            for store in stores:
+                store.clear()
+            self._inflight.clear()
+            return len(dropped)
+        suffix = None if domain is None else (self._delimiter + domain).translate(_ASCII_FOLD)
+
+        def doomed_key(k: str) -> bool:
+            return k == key or (suffix is not None and k.translate(_ASCII_FOLD).endswith(suffix))
+
+        if suffix is None:  # one key: no need to walk the whole cache
+            doomed = {k for k in (key,) if k is not None and any(k in st for st in stores)}
+        else:
+            doomed = {k for k in self._keys(stores) if doomed_key(k)}
+        for k in doomed:
+            for store in stores:
+                store.pop(k, None)
+        # Lookups after this call ask the map again instead of joining an older query.
+        for k in [k for k in self._inflight if doomed_key(k)]:
+            del self._inflight[k]
+        return len(doomed)
+
+    @staticmethod
+    def _keys(stores: Iterable[TTLCache[str, MapEntry] | TTLCache[str, bool]]) -> list[str]:
+        return [k for store in stores for k in list(store)]
+
+    async def check(self) -> None:
+        try:
+            await self._inner.check()
+        except MapUnavailable:
+            self.stats.map_up = False
+            raise
+        self.stats.map_up = True
+
+    def describe(self) -> str:
+        s = self._settings
+        return (
+            f"{self._inner.describe()} [cache: ttl {s.ttl:g}s, negative {s.negative_ttl:g}s, "
+            f"stale-if-error {s.stale_if_error:g}s]"
+        )
+
+    async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        self._inflight.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for store in (self._hits, self._misses, self._stale):
+            store.clear()
+        await self._inner.close()

@@ -1,0 +1,353 @@
+"""Perdition's MySQL map (perdition.md §3) on an aiomysql pool; the only aiomysql import.
+
+One parametrised query per lookup::
+
+    SELECT `<server col>`[, `<port col>`] FROM `<table>` WHERE `<user col>` = %s LIMIT 1
+
+The key is always a parameter, never pasted into the SQL (Perdition escapes it
+into a 256-byte buffer and truncates, §3.2).  Identifiers come validated from
+the settings and are checked again and backtick-quoted here.  Matching is the
+column's collation's business, as in Perdition: a ``_ci`` column matches
+``ALICE@...``, and PAD SPACE collations (``utf8mb4_bin`` too) ignore trailing
+blanks.
+
+How a row becomes a route (§3.3), with one deliberate difference:
+
+* first row wins; a NULL or empty server column means "no server" (None);
+* the port is the port column's value, or ``port_constant`` (Perdition's
+  numeric literal, ``...:storage_ip:address:143``), unless the server value
+  carries its own ``:port``, which wins.  Perdition would build
+  ``10.0.0.5:993:143`` and fail to connect;
+* a ``user@`` in the server value is returned; the router uses it only with
+  username_from_database.
+
+Connections: the pool is created on first use, on the first host of
+``settings.hosts`` that answers (failover in order, like Perdition's comma
+list), and dropped after a connection error so that the next lookup starts
+again from the first host.  A connection error (server restarted, connection
+killed, idle timeout) is retried once on a fresh connection; a query that
+outlives ``query_timeout`` closes its connection.  So a MariaDB restart costs
+no authsvc restart.  ``localhost`` without a port means the Unix socket
+(``/run/mysqld/mysqld.sock``), as libmysqlclient does; a host that starts with
+``/`` is a socket path.
+
+Every failure is :class:`MapUnavailable` naming the host and MariaDB's error,
+never the password.  An outage is logged once when it starts and once when it
+ends, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import aiomysql
+
+from authsvc.maps import MapEntry, MapUnavailable
+from authsvc.maps.serverspec import ServerSpecError, parse_port, parse_server
+from authsvc.settings import HostPort, MySqlMapSettings
+
+log = logging.getLogger(__name__)
+
+#: libmysqlclient's default socket on Debian, used for host ``localhost``.
+DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
+DEFAULT_PORT = 3306
+#: Connections idle longer than this are replaced before use (below MariaDB's wait_timeout).
+POOL_RECYCLE = 300.0
+# Unquoted MariaDB identifiers we accept; config/validate.py enforces the same.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
+# Client-side errors (CR_*, 2000-2999) mean the connection, not the query, failed;
+# 1927 ER_CONNECTION_KILLED and 4031 ER_CLIENT_INTERACTION_TIMEOUT likewise.
+_CONNECTION_ERRNOS = range(2000, 3000)
+_KILLED_ERRNOS = (1927, 4031)
+
+
+def quote_identifier(name: str) -> str:
+    """Backtick-quote a validated identifier; anything else is a configuration bug."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return f"`{name}`"
+
+
+def build_query(settings: MySqlMapSettings) -> str:
+    """The lookup SQL, with ``%s`` for the key."""
+    columns = [quote_identifier(settings.server_column)]
+    if settings.port_constant is None and settings.port_column is not None:
+        columns.append(quote_identifier(settings.port_column))
+    # Only quoted, validated identifiers are pasted; the key stays a parameter.
+    table = quote_identifier(settings.table)
+    where = quote_identifier(settings.user_column)
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE {where} = %s LIMIT 1"  # noqa: S608
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def row_to_entry(
+    row: Sequence[object], port_constant: int | None, delimiter: str
+) -> MapEntry | None:
+    """A result row as a map entry (§3.3); raises ServerSpecError for nonsense."""
+    server = _text(row[0])
+    if server is None or not server.strip():
+        return None
+    entry = parse_server(server, delimiter)
+    if entry is None or entry.port is not None:
+        return entry  # deliberate: a port in the server value wins
+    if port_constant is not None:
+        port: int | None = port_constant
+    else:
+        port_text = _text(row[1]) if len(row) > 1 else None
+        port = parse_port(port_text.strip()) if port_text and port_text.strip() else None
+    return MapEntry(host=entry.host, port=port, user=entry.user)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return False  # retrying a slow query would only double the wait
+    if isinstance(exc, aiomysql.InterfaceError | OSError):
+        return True
+    if isinstance(exc, aiomysql.OperationalError):
+        errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        return errno in _CONNECTION_ERRNOS or errno in _KILLED_ERRNOS
+    return False
+
+
+def _mysql_text(exc: BaseException) -> str:
+    """MariaDB's message for an exception: ``(1045) Access denied ...``."""
+    if isinstance(exc, aiomysql.Error) and len(exc.args) >= 2:
+        return f"({exc.args[0]}) {exc.args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+class _Pool:
+    """One aiomysql pool and the host it talks to."""
+
+    __slots__ = ("host", "pool")
+
+    def __init__(self, host: HostPort, pool: Any) -> None:
+        self.host = host
+        self.pool = pool
+
+
+class MySqlMap:
+    """The MySQL/MariaDB map."""
+
+    def __init__(
+        self,
+        settings: MySqlMapSettings,
+        delimiter: str = "@",
+        *,
+        pool_recycle: float = POOL_RECYCLE,
+    ) -> None:
+        if not settings.hosts:
+            raise ValueError("a MySQL map needs at least one host")
+        for name in (settings.database, settings.table):
+            quote_identifier(name)
+        self._settings = settings
+        self._delimiter = delimiter
+        self._recycle = pool_recycle
+        self._sql = build_query(settings)
+        self._pool: _Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._up: bool | None = None  # None until the first answer
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- the MapBackend interface ---------------------------------------------------
+
+    async def lookup(self, key: str) -> MapEntry | None:
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            # Undecodable bytes from the client: no utf8mb4 row can hold this key.
+            return None
+        row, host = await self._run(key)
+        if row is None:
+            return None
+        try:
+            return row_to_entry(row, self._settings.port_constant, self._delimiter)
+        except ServerSpecError as exc:
+            # A row that names no usable server is a data error the operator must
+            # see, and a temporary failure for the client, not "no such user".
+            raise MapUnavailable(f"mysql {host}: bad server value for {key!r}: {exc}") from None
+
+    async def check(self) -> None:
+        # The real query (with a key no mailbox has) also catches a wrong
+        # table, column or grant, which "SELECT 1" would not.
+        await self._run("")
+
+    def describe(self) -> str:
+        hosts = ",".join(str(h) for h in self._settings.hosts)
+        port = ""
+        if self._settings.port_constant is not None:
+            port = f", port {self._settings.port_constant}"
+        return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}"
+
+    async def close(self) -> None:
+        current = self._pool
+        if current is not None:
+            self._discard(current)
+        if self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- connections ----------------------------------------------------------------
+
+    def _password(self) -> str:
+        settings = self._settings
+        if settings.password_file is not None:
+            try:
+                with open(settings.password_file, encoding="utf-8") as handle:
+                    return handle.read().rstrip("\r\n")
+            except OSError as exc:
+                raise MapUnavailable(
+                    f"mysql: cannot read password file {settings.password_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+        if settings.password is not None:
+            return settings.password.reveal()
+        return ""
+
+    def _scrub(self, text: str, password: str) -> str:
+        # MariaDB never echoes the password, but a message must not carry it even then.
+        return text.replace(password, "***") if password else text
+
+    async def _open(self, host: HostPort, password: str) -> Any:
+        settings = self._settings
+        where: dict[str, Any]
+        if host.host.startswith("/"):
+            where = {"unix_socket": host.host}
+        elif host.host == "localhost" and host.port is None:
+            where = {"unix_socket": DEFAULT_SOCKET}
+        else:
+            where = {"host": host.host, "port": host.port or DEFAULT_PORT}
+        # connect_timeout in aiomysql covers only the TCP connect; the
+        # handshake and login are bounded here too.
+        async with asyncio.timeout(settings.connect_timeout):
+            return await aiomysql.create_pool(
+                minsize=1,
+                maxsize=max(settings.pool_size, 1),
+                pool_recycle=self._recycle,
+                user=settings.user,
+                password=password,
+                db=settings.database,
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=settings.connect_timeout,
+                **where,
+            )
+
+    async def _get_pool(self) -> _Pool:
+        current = self._pool
+        if current is not None:
+            return current
+        async with self._pool_lock:
+            if self._pool is not None:
+                return self._pool
+            password = self._password()
+            failures: list[str] = []
+            for host in self._settings.hosts:
+                try:
+                    pool = await self._open(host, password)
+                except (aiomysql.Error, OSError, TimeoutError) as exc:
+                    failures.append(f"{host}: {self._scrub(_mysql_text(exc), password)}")
+                    continue
+                self._pool = _Pool(host, pool)
+                return self._pool
+            raise MapUnavailable("mysql " + "; ".join(failures))
+
+    def _discard(self, current: _Pool) -> None:
+        """Stop using a pool; its connections close in the background."""
+        if self._pool is current:
+            self._pool = None
+        current.pool.terminate()
+        closing = asyncio.get_running_loop().create_task(current.pool.wait_closed())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _query(self, current: _Pool, key: str) -> tuple[object, ...] | None:
+        settings = self._settings
+        pool = current.pool
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                conn = await pool.acquire()
+        except RuntimeError as exc:  # the pool was closed under us by another lookup
+            raise aiomysql.InterfaceError(0, str(exc)) from None
+        except TimeoutError:
+            raise TimeoutError(
+                f"no connection within connect_timeout {settings.connect_timeout:g}s"
+            ) from None
+        try:
+            try:
+                async with asyncio.timeout(settings.query_timeout):
+                    async with conn.cursor() as cursor:
+                        await cursor.execute(self._sql, (key,))
+                        row = await cursor.fetchone()
+            except TimeoutError:
+                raise TimeoutError(
+                    f"query took longer than query_timeout {settings.query_timeout:g}s"
+                ) from None
+        except BaseException:
+            # Half a reply may still be on the wire: never give this connection back.
+            conn.close()
+            raise
+        finally:
+            pool.release(conn)
+        return None if row is None else tuple(row)
+
+    async def _run(self, key: str) -> tuple[tuple[object, ...] | None, HostPort]:
+        """Run the query once, and once more on a fresh connection after a connection error."""
+        current: _Pool | None = None
+        try:
+            for attempt in (1, 2):
+                current = await self._get_pool()
+                try:
+                    row = await self._query(current, key)
+                except (aiomysql.Error, OSError, TimeoutError) as exc:
+                    if attempt == 1 and _is_connection_error(exc):
+                        # The server may have restarted or cut us: the whole pool is
+                        # suspect.  Start again, from the first host.
+                        self._discard(current)
+                        continue
+                    raise
+                self._note(True, f"mysql {current.host}")
+                return row, current.host
+        except MapUnavailable as exc:
+            self._note(False, str(exc))
+            raise
+        except (aiomysql.Error, OSError, TimeoutError) as exc:
+            assert current is not None
+            if _is_connection_error(exc):
+                self._discard(current)
+            message = self._scrub(
+                f"mysql {current.host}: {_mysql_text(exc)}", self._password_or_empty()
+            )
+            self._note(False, message)
+            raise MapUnavailable(message) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _password_or_empty(self) -> str:
+        try:
+            return self._password()
+        except MapUnavailable:
+            return ""
+
+    def _note(self, up: bool, message: str) -> None:
+        """Log a change of state once, not every failing request."""
+        if up == self._up:
+            return
+        if up:
+            if self._up is False:
+                log.warning("map up again: %s", message)
+        else:
+            log.error("map unavailable: %s", message)
+        self._up = up
