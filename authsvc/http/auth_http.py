@@ -1,0 +1,316 @@
+"""nginx's mail ``auth_http``: request headers in, ``Auth-*`` reply headers out.
+
+The wire rules are nginx-haproxy.md §0 and §1; the ones this module lives by:
+
+* nginx ignores the HTTP status (§0 rule 2), so every answer is a 200 and the
+  outcome is in the headers: ``Auth-Status: OK`` plus ``Auth-Server`` (an IP
+  literal, IPv6 bare, rule 5) and ``Auth-Port``, or a failure text that nginx
+  shows the client (``a1 NO <text>``, ``-ERR <text>``).
+* ``Auth-User`` and ``Auth-Pass`` arrive ``%XX``-escaped for 0x00-0x1F, space and
+  ``%`` only (rule 7, §1.3); ``+`` is literal.  Our ``Auth-User`` reply is used
+  verbatim (rule 8).
+* ``Auth-Wait: N`` keeps the client's session open for another try; we send it
+  until ``Auth-Login-Attempt`` passes ``http.max_attempts`` and then let nginx
+  close (§1.7).
+* The reply must fit nginx's 1024-byte buffer and use header names made of
+  letters, digits and ``-`` only (rule 3).
+
+authsvc never checks passwords: ``Auth-Pass`` is wrapped in
+:class:`~authsvc.redact.Secret` as soon as it is decoded and goes nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from authsvc.http.resolve import ResolveError, Resolver
+from authsvc.metrics import Metrics
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
+from authsvc.settings import MailProtocol, Settings
+
+logger = logging.getLogger("authsvc.auth")
+
+# What the client sees after ``NO`` / ``-ERR``.  Deliberately generic; the log
+# line carries the reason.  A temporary failure must never read like a wrong
+# password (nginx-haproxy.md §1.10; architecture §5.10), and the two texts
+# differ so a user (and the help desk) can tell them apart.
+TEXT_INVALID = "Invalid login or password"
+TEXT_TEMPORARY = "Temporary server problem, try again later"
+#: Our own or nginx's configuration is wrong (unknown listener, bad request,
+#: missing shared secret): nothing the user can fix, so no Auth-Wait either.
+TEXT_INTERNAL = "Internal server error"
+TEXT_METHOD = "Authentication method not supported"
+TEXT_SMTP = "SMTP is not served here"
+#: nginx puts Auth-Error-Code in front of the text on SMTP (§1.5).  5.3.3 is
+#: "system not capable of selected features" (RFC 3463): permanent, so a
+#: client does not retry.
+SMTP_ERROR_CODE = "554 5.3.3"
+
+#: Longest backend login we will put in Auth-User: the whole reply must stay
+#: well inside nginx's 1024-byte header buffer (§1.4).
+MAX_REPLY_LOGIN = 512
+
+def decode_escaped(value: str) -> tuple[str, bool]:
+    """nginx's ``%XX`` escaping undone; returns (text, was valid UTF-8).
+
+    aiohttp hands header values over as UTF-8 with ``surrogateescape``, so the
+    original bytes come back with the same codec.  Only ``%XX`` is decoded:
+    never ``+`` to space (``unquote_plus`` would corrupt ``a+b``).  Bytes that
+    are not UTF-8 are read as Latin-1, as an old client would have meant them.
+    """
+    if value.isascii() and "%" not in value:
+        return value, True  # the common case: nothing to do
+    raw = urllib.parse.unquote_to_bytes(value.encode("utf-8", "surrogateescape"))
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), False
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """One nginx auth request, decoded.  The password never prints."""
+
+    login: str
+    login_utf8: bool
+    password: Secret
+    method: str
+    protocol: str
+    attempt: int
+    client_ip: str | None
+    ssl: bool
+    listener: str | None
+    local_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A request nginx would never send; ``reason`` is for the log."""
+
+    reason: str
+    protocol: str = "unknown"
+
+
+def parse_request(headers: Mapping[str, str]) -> AuthRequest | BadRequest:
+    """Read the headers nginx sends (§1.2) plus our template's two ``X-Authsvc-*``."""
+    protocol = (headers.get("Auth-Protocol") or "").strip().lower()
+    if protocol not in ("imap", "pop3", "smtp"):
+        return BadRequest("no or unknown Auth-Protocol")
+    raw_user = headers.get("Auth-User")
+    if raw_user is None:
+        return BadRequest("no Auth-User", protocol)
+    login, utf8 = decode_escaped(raw_user)
+    password, _ = decode_escaped(headers.get("Auth-Pass", ""))
+    attempt_text = headers.get("Auth-Login-Attempt", "1")
+    attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 9 else 1
+    listener = headers.get("X-Authsvc-Listener") or None
+    local_name = headers.get("X-Authsvc-Local-Name") or None
+    client_ip = headers.get("Client-IP") or None
+    for name, value in (("listener", listener), ("local name", local_name),
+                        ("Client-IP", client_ip)):
+        # These are not escaped by nginx; aiohttp already refuses raw CR/LF, so
+        # a control character here means the request did not come from nginx.
+        if value is not None and _has_control(value):
+            return BadRequest(f"control character in {name}", protocol)
+    return AuthRequest(
+        login=login,
+        login_utf8=utf8,
+        password=Secret(password),
+        method=(headers.get("Auth-Method") or "plain").strip().lower(),
+        protocol=protocol,
+        attempt=max(attempt, 1),
+        client_ip=client_ip,
+        ssl=headers.get("Auth-SSL") == "on",
+        listener=listener,
+        local_name=local_name,
+    )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The reply headers plus what the log line and metrics need."""
+
+    headers: dict[str, str]
+    result: str
+    reason: str | None = None
+    route: Route | None = None
+    address: str | None = None
+    key: str | None = None
+    listener: str | None = None
+
+
+def refusal_headers(text: str, *, attempt: int, wait: int | None) -> dict[str, str]:
+    """A failure nginx understands: ``Auth-Status: <text>`` and maybe ``Auth-Wait``.
+
+    ``wait`` is None for failures the user cannot fix by trying again; then
+    nginx sends the text and closes at once (§1.6).
+    """
+    headers = {"Auth-Status": text}
+    if wait is not None and wait > 0:
+        headers["Auth-Wait"] = str(wait)
+    return headers
+
+
+class AuthService:
+    """The ``GET /auth`` handler: decode, route, resolve, answer, log, count."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, resolver: Resolver) -> None:
+        self._settings = settings
+        self._http = settings.http
+        self._metrics = metrics
+        self._resolver = resolver
+        self._router: Router | None = None
+
+    def bind(self, router: Router | None) -> None:
+        """Start (or stop, with None) answering with ``router``."""
+        self._router = router
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """aiohttp handler: always a 200 whose headers carry the outcome."""
+        started = time.perf_counter()
+        parsed: AuthRequest | BadRequest | None = None
+        protocol = "unknown"
+        try:
+            if not self._authorised(request):
+                outcome = Outcome(refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
+                                  "forbidden", f"missing or wrong {self._http.secret_header}")
+            else:
+                parsed = parse_request(request.headers)
+                protocol = parsed.protocol
+                outcome = await self._decide(parsed)
+        except Exception as exc:  # never let nginx see aiohttp's 500 page (no Auth-* headers)
+            logger.exception("auth request failed: %s", type(exc).__name__)
+            attempt = parsed.attempt if isinstance(parsed, AuthRequest) else 1
+            outcome = Outcome(self._refuse(TEXT_TEMPORARY, attempt), "error", type(exc).__name__)
+        elapsed = time.perf_counter() - started
+        self._metrics.observe_decision(protocol, outcome.result, elapsed)
+        router = self._router
+        if router is not None and outcome.key is not None:  # a map was asked
+            self._metrics.set_cache_stats(router.cache_stats())
+        if logger.isEnabledFor(logging.INFO):
+            self._log(request, parsed, outcome, elapsed)
+        return web.Response(headers=outcome.headers)
+
+    def _authorised(self, request: web.Request) -> bool:
+        secret = self._http.secret
+        if secret is None:
+            return True
+        offered = request.headers.get(self._http.secret_header)
+        if offered is None:
+            return False
+        try:
+            return secret.matches(offered)
+        except UnicodeEncodeError:  # raw non-UTF-8 bytes: cannot be our secret
+            return False
+
+    def _refuse(self, text: str, attempt: int) -> dict[str, str]:
+        """A refusal the user may retry: Auth-Wait until max_attempts (§1.7)."""
+        wait = self._http.auth_wait if attempt <= self._http.max_attempts else None
+        return refusal_headers(text, attempt=attempt, wait=wait)
+
+    async def _decide(self, parsed: AuthRequest | BadRequest) -> Outcome:
+        if isinstance(parsed, BadRequest):
+            return Outcome(refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
+                           "bad_request", parsed.reason)
+        if parsed.protocol == "smtp":
+            headers = refusal_headers(TEXT_SMTP, attempt=parsed.attempt, wait=None)
+            headers["Auth-Error-Code"] = SMTP_ERROR_CODE
+            return Outcome(headers, "unsupported", "smtp")
+        if parsed.method != "plain":
+            # apop, cram-md5 and external need the cleartext password back in
+            # Auth-Pass (§1.5), which authsvc never has.
+            return Outcome(refusal_headers(TEXT_METHOD, attempt=parsed.attempt, wait=None),
+                           "unsupported", f"Auth-Method {parsed.method}")
+        router = self._router
+        if router is None:  # not started yet, or draining
+            return Outcome(self._refuse(TEXT_TEMPORARY, parsed.attempt), "error", "not ready")
+        decision = await router.route(
+            LoginRequest(
+                login=parsed.login,
+                protocol=MailProtocol(parsed.protocol),
+                listener=parsed.listener,
+                client_ip=parsed.client_ip,
+                local_name=parsed.local_name,
+                attempt=parsed.attempt,
+            )
+        )
+        if isinstance(decision, Refusal):
+            return self._refusal(decision, parsed.attempt)
+        return await self._success(decision, parsed)
+
+    def _refusal(self, refusal: Refusal, attempt: int) -> Outcome:
+        kind = refusal.kind
+        if kind is FailureKind.UNKNOWN_LISTENER:
+            headers = refusal_headers(TEXT_INTERNAL, attempt=attempt, wait=None)
+        elif kind.temporary:
+            headers = self._refuse(TEXT_TEMPORARY, attempt)
+        else:  # NO_ROUTE, BAD_LOGIN, BACKEND_AUTH: what a wrong login looks like
+            headers = self._refuse(TEXT_INVALID, attempt)
+        return Outcome(headers, kind.value, refusal.reason, key=refusal.key,
+                       listener=refusal.listener)
+
+    async def _success(self, route: Route, parsed: AuthRequest) -> Outcome:
+        def failed(result: str, reason: str, text: str = TEXT_TEMPORARY) -> Outcome:
+            return Outcome(self._refuse(text, parsed.attempt), result, reason,
+                           key=route.key, listener=route.listener)
+
+        if not 0 < route.port < 65536:  # nginx checks the range too (§1.5)
+            return failed("error", f"map gave port {route.port}")
+        try:
+            address = await self._resolver.resolve(route.host)
+        except ResolveError as exc:
+            return failed("resolve_failed", str(exc))
+        headers = {"Auth-Status": "OK", "Auth-Server": address, "Auth-Port": str(route.port)}
+        if route.backend_login != parsed.login:
+            login = route.backend_login
+            if _has_control(login) or len(login.encode()) > MAX_REPLY_LOGIN:
+                return failed("error", "backend login cannot be sent to nginx")
+            if not parsed.login_utf8:
+                # aiohttp writes headers as UTF-8, so a Latin-1 login cannot be
+                # handed back byte for byte; refuse rather than log in as someone else.
+                return failed("bad_login", "login is not UTF-8 and would be rewritten",
+                              TEXT_INVALID)
+            headers["Auth-User"] = login
+        return Outcome(headers, "ok", None, route=route, address=address, key=route.key,
+                       listener=route.listener)
+
+    def _log(self, request: web.Request, parsed: AuthRequest | BadRequest | None,
+             outcome: Outcome, elapsed: float) -> None:
+        route = outcome.route
+        fields: dict[str, object] = {"event": "auth"}
+        if isinstance(parsed, AuthRequest):
+            fields.update(
+                login=parsed.login,
+                key=outcome.key,
+                client=parsed.client_ip,
+                listener=outcome.listener or parsed.listener,
+                protocol=parsed.protocol,
+                attempt=parsed.attempt,
+                ssl="on" if parsed.ssl else None,
+            )
+        else:
+            fields.update(client=request.headers.get("Client-IP") or request.remote,
+                          protocol=parsed.protocol if parsed is not None else None)
+        fields.update(result=outcome.result, reason=outcome.reason)
+        if route is not None:
+            fields.update(
+                backend=f"[{outcome.address}]:{route.port}"
+                if outcome.address and ":" in outcome.address
+                else f"{outcome.address}:{route.port}",
+                user=outcome.headers.get("Auth-User"),
+                source=route.source,
+            )
+        fields["ms"] = f"{elapsed * 1000:.2f}"
+        level = logging.WARNING if outcome.result in ("forbidden", "bad_request") else logging.INFO
+        logger.log(level, "", extra={"fields": fields})

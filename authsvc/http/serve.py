@@ -1,0 +1,93 @@
+"""``authsvc serve``: load the settings, open the listening socket(s), run one or N workers.
+
+The command line wins over the config: ``--listen HOST:PORT`` or ``--unix PATH``
+replace ``[http] listen``/``unix``.  Without either, a configured unix socket is
+used, else the configured TCP address.  ``--workers 1`` (the default) serves in
+this process; more workers fork from here (``workers.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+
+from authsvc.http.workers import (
+    ListenError,
+    bind_tcp,
+    bind_unix,
+    make_run_dir,
+    run_single,
+    supervise,
+)
+from authsvc.log import configure_logging
+from authsvc.settings import HostPort, Settings
+
+logger = logging.getLogger("authsvc.serve")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def parse_hostport(text: str) -> HostPort:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; raises ValueError."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [::1]:PORT")
+    return HostPort(host, int(port_text))
+
+
+def apply_overrides(settings: Settings, *, listen: str | None, unix: str | None) -> Settings:
+    """The settings with ``--listen``/``--unix`` applied."""
+    http = settings.http
+    if listen is not None:
+        http = dataclasses.replace(http, listen=parse_hostport(listen), unix=None)
+    elif unix is not None:
+        http = dataclasses.replace(http, unix=unix)
+    return dataclasses.replace(settings, http=http)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Entry point for ``authsvc serve`` (cli.py dispatches here)."""
+    from authsvc.config import load_settings  # ConfigError reaches cli.main: exit 2
+
+    loaded = load_settings(args.config)
+    try:
+        settings = apply_overrides(loaded.settings, listen=args.listen, unix=args.unix)
+    except ValueError as exc:
+        print(f"authsvc serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    workers: int = args.workers
+    if workers < 1:
+        print("authsvc serve: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log)
+    for issue in loaded.warnings:
+        logger.warning("config: %s", issue)
+
+    unix = settings.http.unix
+    try:
+        sockets = [bind_unix(unix)] if unix is not None else bind_tcp(settings.http.listen,
+                                                                       workers)
+    except ListenError as exc:
+        logger.error("%s", exc)
+        print(f"authsvc serve: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        if workers == 1:
+            return run_single(settings, sockets[0])
+        return supervise(settings, sockets, workers, make_run_dir())
+    finally:
+        for sock in sockets:
+            sock.close()
+        if unix is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(unix)

@@ -1,0 +1,100 @@
+"""One serving process: the aiohttp app on a listening socket, until SIGTERM.
+
+``run_server`` is what a worker runs (or the only process, without
+``--workers``).  On SIGTERM or SIGINT it marks itself draining (``/readyz``
+503), stops accepting, lets requests in flight finish (up to
+``drain_timeout``), closes the maps and returns 0.  SIGHUP is logged and
+ignored until hot reload exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+from aiohttp import web
+
+from authsvc.http.app import HEALTH, create_app
+from authsvc.http.control import Peers
+from authsvc.http.wire import NginxSockSite
+from authsvc.metrics import Metrics
+from authsvc.settings import Settings
+
+logger = logging.getLogger("authsvc.serve")
+
+#: Signals a serving process handles itself; a pre-fork parent blocks them
+#: before forking, so a worker unblocks them once its handlers are in place.
+HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+#: nginx escapes a login of up to its client buffer (4-8 KB) into three times
+#: as many bytes (every byte can become %XX).  aiohttp's default 8190-byte
+#: header limit would answer 400, which nginx shows as an internal error; with
+#: room to spare, an over-long login reaches the login rules and gets a proper
+#: refusal.
+MAX_FIELD_SIZE = 32768
+
+
+def describe_socket(sock: socket.socket) -> str:
+    """``host:port`` or ``unix:/path`` for log lines."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run_server(
+    settings: Settings,
+    sock: socket.socket,
+    *,
+    run_dir: str | None = None,
+    drain_timeout: float | None = None,
+) -> int:
+    """Serve on ``sock`` until SIGTERM/SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    metrics = Metrics(run_dir)
+    peers = Peers(run_dir) if run_dir is not None else None
+    app = create_app(settings, metrics, peers=peers)
+    verbose = settings.log.connection_logging or settings.log.level == "debug"
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("aiohttp.access") if verbose else None,
+        shutdown_timeout=drain_timeout
+        if drain_timeout is not None
+        else max(5.0, settings.nginx.auth_http_timeout),
+        max_field_size=MAX_FIELD_SIZE,
+        max_line_size=MAX_FIELD_SIZE,
+    )
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: logger.info("SIGHUP received: configuration reload is not implemented yet, "
+                            "carrying on with the current settings"),
+    )
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    try:
+        await runner.setup()  # opens the router (cleanup_ctx)
+        await NginxSockSite(runner, sock, backlog=1024).start()
+        if peers is not None:
+            await web.UnixSite(runner, peers.own).start()
+            os.chmod(peers.own, 0o600)
+        logger.info("", extra={"fields": {"event": "listening", "on": describe_socket(sock),
+                                          "path": settings.http.path}})
+        await stop.wait()
+        logger.info("", extra={"fields": {"event": "draining"}})
+        app[HEALTH].set_draining()
+    finally:
+        await runner.cleanup()  # stop accepting, finish in-flight requests, close maps
+        metrics.close()
+        if peers is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(peers.own)
+    logger.info("", extra={"fields": {"event": "stopped"}})
+    return 0

@@ -1,0 +1,374 @@
+"""Counters, gauges and a latency histogram, written as Prometheus text by hand.
+
+Why by hand: the exposition format is a few lines of text (``# HELP``, ``# TYPE``,
+``name{label="v"} value``), and ``prometheus_client`` would be a new runtime
+dependency whose default global registry we would have to avoid anyway (no
+module-level mutable state, several workers).  One :class:`Metrics` object is
+made per process and passed to whoever records.
+
+Several workers (``authsvc serve --workers N``): each worker keeps its numbers
+in a flat array of float64 inside a memory-mapped file ``metrics-<pid>.bin`` in
+the server's private run directory; the file starts with the list of series it
+holds.  A worker only ever writes its own file, so there are no locks.  A scrape,
+whichever worker answers it, reads every file in the directory and adds the
+counters up (the file of a worker that died stays, so totals never go
+backwards); gauges take the minimum over the workers that are still alive.
+With one process the array simply lives in memory.  docs/serve.md has the
+details.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from authsvc import __version__
+
+#: ``protocol`` label values; anything else nginx sends is counted as "unknown".
+PROTOCOLS = ("imap", "pop3", "smtp", "unknown")
+#: ``result`` label values: "ok", the routing failures, and the HTTP front's own.
+RESULTS = (
+    "ok",
+    "no_route",
+    "map_unavailable",
+    "bad_login",
+    "unknown_listener",
+    "resolve_failed",
+    "unsupported",
+    "bad_request",
+    "forbidden",
+    "error",
+)
+#: Latency histogram bounds in seconds: a cache hit is well under 1 ms, a MySQL
+#: round trip a few ms, and nginx gives up at auth_http_timeout (60 s default).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+_MAGIC = b"AUTHSVCM"
+_HEADER = struct.Struct("<8sII")  # magic, format version, length of the key list
+
+
+class CacheCounters(Protocol):
+    """What a map cache reports (``Router.cache_stats()``); read-only here."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def negative_hits(self) -> int: ...
+    @property
+    def stale(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def map_up(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: its name, Prometheus type and help text."""
+
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+
+
+DECISIONS = Family(
+    "authsvc_auth_decisions_total", "counter", "auth_http answers by protocol and result."
+)
+DURATION = Family(
+    "authsvc_auth_duration_seconds", "histogram", "Time from request to auth_http answer."
+)
+CACHE_HITS = Family("authsvc_cache_hits_total", "counter", "Routes served from the cache.")
+CACHE_MISSES = Family("authsvc_cache_misses_total", "counter", "Lookups that asked the map.")
+CACHE_NEGATIVE = Family(
+    "authsvc_cache_negative_hits_total", "counter", "Absent keys answered from the cache."
+)
+CACHE_STALE = Family(
+    "authsvc_cache_stale_total", "counter", "Expired routes served while the map was down."
+)
+MAP_ERRORS = Family("authsvc_map_errors_total", "counter", "Map lookups that failed.")
+MAP_UP = Family("authsvc_map_up", "gauge", "1 when the map answered its last lookup or check.")
+WORKERS = Family("authsvc_workers", "gauge", "Worker processes alive.")
+BUILD = Family("authsvc_build_info", "gauge", "authsvc version.")
+
+_CACHE_FIELDS = (
+    (CACHE_HITS, "hits"),
+    (CACHE_MISSES, "misses"),
+    (CACHE_NEGATIVE, "negative_hits"),
+    (CACHE_STALE, "stale"),
+    (MAP_ERRORS, "errors"),
+)
+_FAMILIES = {
+    f.name: f
+    for f in (
+        BUILD,
+        WORKERS,
+        DECISIONS,
+        DURATION,
+        CACHE_HITS,
+        CACHE_MISSES,
+        CACHE_NEGATIVE,
+        CACHE_STALE,
+        MAP_ERRORS,
+        MAP_UP,
+    )
+}
+
+
+def escape_label(value: str) -> str:
+    """A label value as the text format wants it: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{key}="{escape_label(value)}"' for key, value in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _format_value(value: float) -> str:
+    if value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def _base_layout() -> list[tuple[str, str]]:
+    """(family, labels) of every series that exists before the maps are known."""
+    layout = [
+        (DECISIONS.name, _labels(protocol=p, result=r)) for p in PROTOCOLS for r in RESULTS
+    ]
+    # Buckets are stored per bucket (not cumulative) and added up when rendered;
+    # the +Inf bucket is the count.
+    layout += [(DURATION.name + "_bucket", _labels(le=repr(b))) for b in BUCKETS]
+    layout += [(DURATION.name + "_sum", ""), (DURATION.name + "_count", "")]
+    return layout
+
+
+def _map_layout(names: Sequence[str]) -> list[tuple[str, str]]:
+    layout: list[tuple[str, str]] = []
+    for name in names:
+        for family, _ in _CACHE_FIELDS:
+            layout.append((family.name, _labels(map=name)))
+        layout.append((MAP_UP.name, _labels(map=name)))
+    return layout
+
+
+class Metrics:
+    """One process's numbers; see the module docstring for the multi-worker files."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        """``directory``: the private run directory shared by all workers, or None."""
+        self._directory = directory
+        self._layout = _base_layout()
+        self._values: memoryview[float] = memoryview(bytearray(8 * len(self._layout))).cast("d")
+        self._mmap: mmap.mmap | None = None
+        # Every export of the mmap, released before the mmap is closed.
+        self._views: list[memoryview[float] | memoryview[int]] = []
+        self._index = {key: i for i, key in enumerate(self._layout)}
+        self._decision_index = {
+            (p, r): self._index[(DECISIONS.name, _labels(protocol=p, result=r))]
+            for p in PROTOCOLS
+            for r in RESULTS
+        }
+        self._bucket0 = self._index[(DURATION.name + "_bucket", _labels(le=repr(BUCKETS[0])))]
+        self._sum = self._index[(DURATION.name + "_sum", "")]
+        self._count = self._index[(DURATION.name + "_count", "")]
+        self._map_index: dict[str, int] = {}
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def observe_decision(self, protocol: str, result: str, seconds: float) -> None:
+        """Count one auth_http answer and its latency."""
+        index = self._decision_index.get((protocol, result))
+        if index is None:
+            index = self._decision_index[
+                (protocol if protocol in PROTOCOLS else "unknown",
+                 result if result in RESULTS else "error")
+            ]
+        values = self._values
+        values[index] += 1.0
+        bucket = bisect.bisect_left(BUCKETS, seconds)
+        if bucket < len(BUCKETS):
+            values[self._bucket0 + bucket] += 1.0
+        values[self._sum] += seconds
+        values[self._count] += 1.0
+
+    def set_cache_stats(self, stats: Mapping[str, CacheCounters | None]) -> None:
+        """Copy each map's cache counters (absolute numbers kept by the cache)."""
+        values = self._values
+        for name, counters in stats.items():
+            base = self._map_index.get(name)
+            if base is None or counters is None:
+                continue
+            values[base] = counters.hits
+            values[base + 1] = counters.misses
+            values[base + 2] = counters.negative_hits
+            values[base + 3] = counters.stale
+            values[base + 4] = counters.errors
+            values[base + 5] = 1.0 if counters.map_up else 0.0
+
+    def set_map_up(self, name: str, up: bool) -> None:
+        """Record a map's state seen by a readiness check (maps without a cache)."""
+        base = self._map_index.get(name)
+        if base is not None:
+            self._values[base + 5] = 1.0 if up else 0.0
+
+    def attach_maps(self, names: Iterable[str]) -> None:
+        """Add per-map series once the router is open; opens the worker file if any."""
+        known = self._map_index
+        names = [n for n in dict.fromkeys(names) if n not in known]
+        old_layout, old_values = self._layout, self._values
+        layout = old_layout + _map_layout(names)
+        if self._directory is not None:
+            values = self._open_file(layout)
+        else:
+            values = memoryview(bytearray(8 * len(layout))).cast("d")
+        values[: len(old_layout)] = old_values
+        start = len(old_layout)
+        for offset, name in enumerate(names):
+            base = start + offset * (len(_CACHE_FIELDS) + 1)
+            self._map_index[name] = base
+            values[base + len(_CACHE_FIELDS)] = 1.0  # up until a lookup or check says not
+        self._layout = layout
+        self._index = {key: i for i, key in enumerate(layout)}
+        self._values = values
+        old_values.release()
+
+    def _open_file(self, layout: list[tuple[str, str]]) -> memoryview[float]:
+        assert self._directory is not None
+        keys = json.dumps(layout).encode()
+        keys += b" " * (-(len(keys) + _HEADER.size) % 8)  # values start 8-aligned
+        offset = _HEADER.size + len(keys)
+        path = Path(self._directory, f"metrics-{os.getpid()}.bin")
+        with open(path, "wb") as out:
+            out.write(_HEADER.pack(_MAGIC, 1, len(keys)) + keys)
+            out.truncate(offset + 8 * len(layout))
+        with open(path, "r+b") as f:
+            mapped = mmap.mmap(f.fileno(), 0)
+        if self._mmap is not None:  # attached twice: the old mapping goes
+            self._unmap()
+        whole = memoryview(mapped)
+        window = whole[offset:]
+        values = window.cast("d")
+        self._mmap, self._views = mapped, [values, window, whole]
+        return values
+
+    def _unmap(self) -> None:
+        assert self._mmap is not None
+        for view in self._views:
+            view.release()
+        self._views = []
+        self._mmap.close()
+        self._mmap = None
+
+    def close(self) -> None:
+        """Copy the numbers out of the worker file and release it (the file stays)."""
+        if self._mmap is None:
+            return
+        values = memoryview(bytearray(8 * len(self._layout))).cast("d")
+        values[:] = self._values
+        self._values = values
+        self._unmap()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[tuple[str, str], float]:
+        """This process's own numbers."""
+        return {key: self._values[i] for i, key in enumerate(self._layout)}
+
+    def totals(self) -> tuple[dict[tuple[str, str], float], int]:
+        """Numbers of all workers (counters added, gauges the minimum), and workers alive."""
+        if self._directory is None:
+            return self.snapshot(), 1
+        totals: dict[tuple[str, str], float] = {}
+        gauges: dict[tuple[str, str], float] = {}
+        alive = 0
+        for path in sorted(Path(self._directory).glob("metrics-*.bin")):
+            pid = int(path.stem.split("-", 1)[1])
+            live = pid == os.getpid() or _alive(pid)
+            alive += live
+            for key, value in read_file(path):
+                kind = _kind(key[0])
+                if kind == "gauge":
+                    if live:
+                        gauges[key] = min(gauges.get(key, value), value)
+                else:
+                    totals[key] = totals.get(key, 0.0) + value
+        totals.update(gauges)
+        return totals, max(alive, 1)
+
+    def render(self) -> str:
+        """The Prometheus text exposition (format 0.0.4) of :meth:`totals`."""
+        values, alive = self.totals()
+        by_family: dict[str, list[tuple[str, float]]] = {}
+        for (stored, labels), value in values.items():
+            by_family.setdefault(stored, []).append((labels, value))
+        lines: list[str] = []
+
+        def head(family: Family) -> None:
+            lines.append(f"# HELP {family.name} {family.help}")
+            lines.append(f"# TYPE {family.name} {family.kind}")
+
+        head(BUILD)
+        lines.append(f"{BUILD.name}{_labels(version=__version__)} 1")
+        head(WORKERS)
+        lines.append(f"{WORKERS.name} {alive}")
+        head(DECISIONS)
+        for labels, value in by_family.get(DECISIONS.name, []):
+            lines.append(f"{DECISIONS.name}{labels} {_format_value(value)}")
+        head(DURATION)
+        buckets = dict(by_family.get(DURATION.name + "_bucket", []))
+        count = sum(v for _, v in by_family.get(DURATION.name + "_count", []))
+        running = 0.0
+        for bound in BUCKETS:
+            running += buckets.get(_labels(le=repr(bound)), 0.0)
+            lines.append(f'{DURATION.name}_bucket{{le="{bound!r}"}} {_format_value(running)}')
+        lines.append(f'{DURATION.name}_bucket{{le="+Inf"}} {_format_value(count)}')
+        total = sum(v for _, v in by_family.get(DURATION.name + "_sum", []))
+        lines.append(f"{DURATION.name}_sum {total!r}")
+        lines.append(f"{DURATION.name}_count {_format_value(count)}")
+        for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP):
+            series = by_family.get(family.name)
+            if not series:
+                continue
+            head(family)
+            for labels, value in series:
+                lines.append(f"{family.name}{labels} {_format_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _kind(stored_family: str) -> str:
+    family = _FAMILIES.get(stored_family)
+    return family.kind if family is not None else "counter"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds the pid: not ours
+        return False
+    return True
+
+
+def read_file(path: Path) -> list[tuple[tuple[str, str], float]]:
+    """The series of one worker file; an empty list for a file that is not one."""
+    try:
+        data = path.read_bytes()
+        magic, version, keys_len = _HEADER.unpack_from(data)
+        if magic != _MAGIC or version != 1:
+            return []
+        layout = json.loads(data[_HEADER.size : _HEADER.size + keys_len])
+        offset = _HEADER.size + keys_len
+        values = memoryview(data)[offset : offset + 8 * len(layout)].cast("d")
+        return [((str(fam), str(lab)), values[i]) for i, (fam, lab) in enumerate(layout)]
+    except (OSError, ValueError, struct.error, TypeError):
+        return []
