@@ -1,0 +1,132 @@
+"""``authsvc check-config`` and ``authsvc lookup``: the operator's two questions.
+
+``check-config`` answers "will this configuration load, and what does it
+mean?": every error and warning as ``file:line: key: message``, then one line
+per listener.  ``lookup`` answers "where does this login go, and why?" by
+printing :meth:`authsvc.routing.Router.trace`, the same code path ``serve``
+uses, so the explanation and the real decision cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from authsvc import routing
+from authsvc.config import ConfigError, Issue, load_settings
+from authsvc.settings import (
+    FileMapSettings,
+    ListenerSettings,
+    MailProtocol,
+    MapSettings,
+    MySqlMapSettings,
+    RegexMapSettings,
+    Settings,
+)
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+
+
+def describe_map(settings: MapSettings) -> str:
+    """One line about a map, without its password."""
+    if isinstance(settings, FileMapSettings):
+        return f"file {settings.path}"
+    if isinstance(settings, RegexMapSettings):
+        return f"regex {settings.path}"
+    if isinstance(settings, MySqlMapSettings):
+        hosts = ",".join(str(h) for h in settings.hosts)
+        port = (settings.port_column if settings.port_constant is None
+                else f"constant {settings.port_constant}")
+        return (f"mysql {settings.user}@{hosts}/{settings.database}.{settings.table} "
+                f"(key {settings.user_column}, server {settings.server_column}, port {port})")
+    return "none"
+
+
+def describe_listener(listener: ListenerSettings) -> str:
+    """The one-line summary ``check-config`` prints per listener."""
+    binds = ",".join(str(b) for b in listener.bind)
+    tls = listener.tls.value + (" required" if listener.tls_required else "")
+    fallback = ",".join(str(s) for s in listener.default_servers) or "none"
+    return (f"{listener.name}: {listener.protocol.value} on {binds}, tls {tls}; "
+            f"map {describe_map(listener.map)}; outgoing_server {fallback}; "
+            f"backend tls {listener.backend_tls.value}, port {listener.default_port} "
+            f"({listener.source})")
+
+
+def _print_issues(issues: list[Issue], *, errors: bool) -> None:
+    """Errors go to stderr, warnings to stdout with the listener summary."""
+    for issue in issues:
+        print(issue, file=sys.stderr if errors else sys.stdout)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Validate ``args.files``; 0 when usable, 2 on errors (or warnings with --strict)."""
+    try:
+        loaded = load_settings(args.files)
+    except ConfigError as exc:
+        _print_issues(exc.warnings, errors=False)
+        _print_issues(exc.issues, errors=True)
+        print(f"{len(exc.issues)} error(s), {len(exc.warnings)} warning(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.strict and loaded.warnings:
+        _print_issues(loaded.warnings, errors=True)
+        print(f"{len(loaded.warnings)} warning(s), errors under --strict", file=sys.stderr)
+        return EXIT_CONFIG
+    _print_issues(loaded.warnings, errors=False)
+    for listener in loaded.settings.listeners:
+        print(describe_listener(listener))
+    count = len(loaded.settings.listeners)
+    print(f"ok: {count} listener{'s' if count != 1 else ''}, "
+          f"{len(loaded.warnings)} warning(s)")
+    return EXIT_OK
+
+
+async def _trace(settings: Settings, request: routing.LoginRequest) -> routing.Trace:
+    async with routing.open_router(settings) as router:
+        return await router.trace(request)
+
+
+def _row(label: str, text: str) -> None:
+    print(f"{label:<14} {text}")
+
+
+def lookup(args: argparse.Namespace) -> int:
+    """Explain where ``args.login`` is routed; 0 on a route, 1 on a refusal."""
+    settings = load_settings(args.config).settings
+    protocol = MailProtocol(args.protocol)
+    if args.listener is not None:
+        named = settings.listener(args.listener)
+        if named is not None:
+            protocol = named.protocol  # the listener says which protocol it speaks
+    request = routing.LoginRequest(
+        login=args.login, protocol=protocol, listener=args.listener,
+        local_name=args.local_name)
+    try:
+        trace = asyncio.run(_trace(settings, request))
+    except OSError as exc:  # e.g. a map file that cannot be opened
+        print(f"authsvc: lookup failed: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    _row("login", repr(args.login))
+    _row("listener", trace.listener or f"none ({protocol.value})")
+    for index, step in enumerate(trace.lookup_steps):
+        _row("lookup" if index == 0 else "", f"{step.name:<12} {step.value!r}")
+    if trace.key is not None:
+        _row("map key", trace.key)
+        _row("map", trace.map_description)
+        _row("map answer", trace.map_answer)
+    for index, step in enumerate(trace.backend_steps):
+        _row("backend login" if index == 0 else "", f"{step.name:<12} {step.value!r}")
+    decision = trace.decision
+    code = EXIT_REFUSED
+    if isinstance(decision, routing.Route):
+        host = f"[{decision.host}]" if ":" in decision.host else decision.host
+        _row("route", f"{host}:{decision.port} as {decision.backend_login!r} "
+             f"(from {decision.source}, backend tls {decision.backend_tls.value})")
+        code = EXIT_OK
+    elif decision is not None:
+        _row("refused", f"{decision.kind.value}: {decision.reason}")
+    _row("time", f"{trace.seconds * 1000:.2f} ms")
+    return code

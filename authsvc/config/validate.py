@@ -1,0 +1,407 @@
+"""The raw tree to :class:`~authsvc.settings.Settings`: the only code that checks values.
+
+Both readers end here, so a TOML file and a set of Perdition files are held to
+the same rules (docs/configuration.md): every key must be known, every value
+must have the right type and range, MySQL table and column names must be
+identifiers (they are pasted into SQL), listener names must be unique and no
+two listeners may share an address and port.  Problems are reported with the
+file, line and key of the value, all at once.  A missing certificate, key or
+map file is a warning, since files are often deployed after the config is
+checked; ``check-config --strict`` fails on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from authsvc.config.fields import IDENTIFIER, Section, parse_hostport, where
+from authsvc.config.issues import Report
+from authsvc.config.raw import Pos, RawTable, RawValue, overlay
+from authsvc.redact import Secret
+from authsvc.settings import (
+    BackendTls,
+    CacheSettings,
+    FileMapSettings,
+    HaproxySettings,
+    HostPort,
+    HttpSettings,
+    ListenerSettings,
+    ListenTls,
+    LoginPolicy,
+    LogSettings,
+    MailProtocol,
+    MapSettings,
+    MySqlMapSettings,
+    NginxSettings,
+    NoMapSettings,
+    PoolNode,
+    RegexMapSettings,
+    Settings,
+    Stage,
+    TlsSettings,
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HEADER = re.compile(r"^[A-Za-z0-9-]+$")
+_STAGES = {"lookup": (Stage.LOOKUP,), "backend_login": (Stage.BACKEND_LOGIN,),
+           "all": (Stage.LOOKUP, Stage.BACKEND_LOGIN)}
+#: (protocol, implicit TLS) -> the protocol's well-known port.
+_PORTS = {("imap", False): 143, ("imap", True): 993, ("pop3", False): 110, ("pop3", True): 995}
+#: Capabilities the front ends add and remove themselves (perdition.md §4.2, §8).
+_MANAGED = {True: {"STARTTLS", "LOGINDISABLED"}, False: {"STLS"}}
+_MAP_KEYS = {
+    "file": {"path"},
+    "regex": {"path", "perdition_prefix_quirk"},
+    "mysql": {"hosts", "port", "database", "table", "user", "password", "password_file",
+              "server_column", "user_column", "port_column", "port_constant",
+              "connect_timeout", "query_timeout", "pool_size", "default_server_on_error"},
+    "none": set(),
+}
+
+
+def _login(s: Section) -> LoginPolicy:
+    def stages(key: str) -> frozenset[Stage]:
+        found: set[Stage] = set()
+        for word, item in s.strings(key, []):
+            if word not in _STAGES:
+                s.error(key, f"unknown stage {word!r} (lookup, backend_login or all)", item)
+                continue
+            found.update(_STAGES[word])
+        return frozenset(found)
+
+    policy = LoginPolicy(
+        lower_case=stages("lower_case"),
+        strip_domain=stages("strip_domain"),
+        add_domain=stages("add_domain"),
+        add_domain_depth=s.integer("add_domain_depth", 1, 0, 127),
+        explicit_domain=s.optional_string("explicit_domain"),
+        domain_delimiter=s.string("domain_delimiter", "@", nonempty=True),
+        username_from_database=s.boolean("username_from_database", False),
+        max_login_length=s.integer("max_login_length", 255, 1, 4096),
+    )
+    if policy.explicit_domain is not None and not policy.add_domain:
+        s.warn("explicit_domain", "does nothing without add_domain, as in Perdition (§2.2)")
+    if policy.explicit_domain and policy.domain_delimiter in policy.explicit_domain:
+        s.error("explicit_domain", f"contains the domain delimiter "
+                f"{policy.domain_delimiter!r}", s.table.items.get("explicit_domain"))
+    s.finish()
+    return policy
+
+
+def _identifier(s: Section, key: str, default: str) -> str:
+    value = s.string(key, default)
+    if not IDENTIFIER.match(value):
+        what = "a number" if value.isdigit() else "empty" if not value else repr(value)
+        s.error(key, f"{key.replace('_', ' ')} is {what}, not an SQL identifier "
+                "([A-Za-z_][A-Za-z0-9_]*): it is pasted into the query",
+                s.table.items.get(key))
+    return value
+
+
+def _mysql(s: Section) -> MySqlMapSettings:
+    port = s.integer("port", 0, 0, 65535)
+    hosts: list[HostPort] = []
+    for host, _ in s.hostports("hosts", ["localhost"]):
+        hosts.append(host if host.port is not None or not port else HostPort(host.host, port))
+    if not hosts and "hosts" in s.table.items:
+        s.error("hosts", "no database host given", s.table.items["hosts"])
+    constant_raw = s.table.items.get("port_constant")
+    constant = s.integer("port_constant", 0, 1, 65535) if constant_raw else None
+    column: str | None = None
+    if constant_raw is None:
+        column = _identifier(s, "port_column", "port")
+    elif "port_column" in s.table.items:
+        s.raw("port_column")
+        s.error("port_column", "give port_column or port_constant, not both",
+                s.table.items["port_column"])
+    settings = MySqlMapSettings(
+        hosts=tuple(hosts),
+        database=s.string("database", "dbPerdition", nonempty=True),
+        table=_identifier(s, "table", "tblPerdition"),
+        user=s.string("user", "perdition", nonempty=True),
+        password=s.secret("password"),
+        password_file=s.path("password_file", check="password file"),
+        server_column=_identifier(s, "server_column", "servername"),
+        user_column=_identifier(s, "user_column", "user"),
+        port_column=column,
+        port_constant=constant,
+        connect_timeout=s.seconds("connect_timeout", 3.0, positive=True),
+        query_timeout=s.seconds("query_timeout", 3.0, positive=True),
+        pool_size=s.integer("pool_size", 10, 1, 1000),
+        default_server_on_error=s.boolean("default_server_on_error", False),
+    )
+    if settings.password is None and settings.password_file is None:
+        s.warn("password_file", "no password_file: connecting without a password")
+    return settings
+
+
+def _map(s: Section) -> MapSettings:
+    kind = s.choice("type", "none", _MAP_KEYS)
+    result: MapSettings
+    if kind == "file":
+        path = s.path("path", check="map file")
+        if path is None:
+            s.required_string("path")
+        result = FileMapSettings(path or "")
+    elif kind == "regex":
+        path = s.path("path", check="regex map file")
+        if path is None:
+            s.required_string("path")
+        result = RegexMapSettings(path or "", s.boolean("perdition_prefix_quirk", False))
+    elif kind == "mysql":
+        result = _mysql(s)
+    else:
+        result = NoMapSettings()
+    elsewhere = {key: f"does not apply to type = {kind!r} maps"
+                 for keys in _MAP_KEYS.values() for key in keys}
+    s.finish(elsewhere)
+    return result
+
+
+def _map_table(top: RawTable | None, own: RawTable | None) -> RawTable | None:
+    """A listener's map over the top-level one, key by key, unless it names another type."""
+    if own is None or top is None:
+        return own or top
+    own_type, top_type = own.items.get("type"), top.items.get("type")
+    if own_type is not None and (top_type is None or own_type.value != top_type.value):
+        return own
+    return overlay(top, own)
+
+
+def _capability(s: Section, protocol: str) -> tuple[str, ...]:
+    words = s.strings("capability", [])
+    for word, item in words:
+        if not word.strip():
+            s.error("capability", "empty capability", item)
+        elif word.upper() in _MANAGED[protocol == "imap"]:
+            s.error("capability", f"{word!r} is managed from tls and tls_required (added "
+                    "while TLS can still be started); remove it from the list", item)
+        elif protocol == "imap" and " " in word:
+            s.error("capability", f"IMAP capability {word!r} contains a space; list one "
+                    "word per item", item)
+    return tuple(word for word, _ in words)
+
+
+class _Validator:
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    def section(self, table: RawTable | None, prefix: str, pos: Pos) -> Section:
+        return Section(table if table is not None else RawTable(pos), prefix, self.report)
+
+    def listener(
+        self, table: RawTable, top_login: RawTable | None, top_map: RawTable | None
+    ) -> tuple[ListenerSettings, list[tuple[HostPort, RawValue | None]]] | None:
+        s = Section(table, "listener", self.report)
+        name = s.required_string("name")
+        if name is not None and not _NAME.match(name):
+            s.error("name", f"{name!r}: use letters, digits, '_', '.' and '-'",
+                    table.items["name"])
+        protocol = s.choice("protocol", "", ("imap", "pop3"))
+        if not protocol and "protocol" not in table.items:
+            s.error("protocol", "missing (required): imap or pop3")
+        tls = s.choice("tls", "none", [t.value for t in ListenTls])
+        tls_required = s.boolean("tls_required", False)
+        if tls_required and tls != "starttls":
+            s.error("tls_required", "applies only to tls = \"starttls\"", table.items.get(
+                "tls_required"))
+        port = s.integer("port", _PORTS.get((protocol, tls == "implicit"), 143), 1, 65535)
+        binds = [(HostPort(h.host, h.port or port), raw) for h, raw in
+                 s.hostports("bind", ["0.0.0.0"])]
+        backend_tls = s.choice("backend_tls", "none", [t.value for t in BackendTls])
+        outgoing_port = s.integer(
+            "outgoing_port", _PORTS.get((protocol, backend_tls == "implicit"), 143), 1, 65535)
+        servers = tuple(h for h, _ in s.hostports("outgoing_server", []))
+        cert = s.path("cert", check="certificate")
+        key = s.path("key", check="private key")
+        if tls != "none":
+            for what, value in (("cert", cert), ("key", key)):
+                if value is None and what not in table.items:
+                    s.error(what, f"missing: required when tls = {tls!r}")
+        own_login = s.table_of("login")
+        own_map = s.table_of("map")
+        login_table = overlay(top_login, own_login) if top_login and own_login else (
+            own_login or top_login)
+        login = _login(self.section(login_table, "login", table.pos))
+        map_table = _map_table(top_map, own_map)
+        map_settings = _map(self.section(map_table, "map", table.pos))
+        settings = ListenerSettings(
+            name=name or "",
+            protocol=MailProtocol(protocol or "imap"),
+            tls=ListenTls(tls),
+            tls_required=tls_required,
+            bind=tuple(h for h, _ in binds),
+            capability=_capability(s, protocol),
+            login=login,
+            map=map_settings,
+            default_servers=servers,
+            default_port=outgoing_port,
+            backend_tls=BackendTls(backend_tls),
+            tls_files=TlsSettings(cert, key),
+            connection_limit=s.integer("connection_limit", 0, 0, 10_000_000),
+            idle_timeout=s.seconds("timeout", 1800.0),
+            login_timeout=s.seconds("login_timeout", 1800.0),
+            source=where(table.pos),
+        )
+        if isinstance(map_settings, NoMapSettings) and not servers:
+            s.warn("outgoing_server", f"listener {name!r} has no map and no outgoing_server: "
+                   "every login will be refused", table.items.get("map"))
+        s.finish()
+        return settings, binds
+
+    def listeners(self, top: Section) -> tuple[ListenerSettings, ...]:
+        top_login = top.table_of("login")
+        top_map = top.table_of("map")
+        tables = top.tables("listener")
+        if not tables:
+            top.error("listener", "no listener: define at least one [[listener]]")
+            # Check the shared tables anyway, so their errors are not hidden.
+            _login(self.section(top_login, "login", top.table.pos))
+            _map(self.section(top_map, "map", top.table.pos))
+            return ()
+        built: list[ListenerSettings] = []
+        names: dict[str, Pos] = {}
+        bound: list[tuple[HostPort, str, Pos]] = []
+        for table in tables:
+            found = self.listener(table, top_login, top_map)
+            if found is None:
+                continue
+            listener, binds = found
+            built.append(listener)
+            name_raw = table.items.get("name")
+            name_pos = name_raw.pos if name_raw is not None else table.pos
+            if listener.name in names and listener.name:
+                first = names[listener.name]
+                self.report.error(name_pos.file, name_pos.line, name_pos.key,
+                                  f"listener name {listener.name!r} is already used "
+                                  f"({where(first)})")
+            names.setdefault(listener.name, name_pos)
+            for hostport, raw in binds:
+                pos = raw.pos if raw is not None else table.items["bind"].pos if (
+                    "bind" in table.items) else table.pos
+                for other, other_name, other_pos in bound:
+                    if _overlaps(hostport, other):
+                        self.report.error(pos.file, pos.line, pos.key,
+                                          f"{hostport} is also listened on by listener "
+                                          f"{other_name!r} as {other} ({where(other_pos)})")
+                bound.append((hostport, listener.name, pos))
+        return tuple(built)
+
+    def settings(self, root: RawTable) -> Settings:
+        top = Section(root, "", self.report)
+        listeners = self.listeners(top)
+        pos = root.pos
+        c = self.section(top.table_of("cache"), "cache", pos)
+        cache = CacheSettings(
+            enabled=c.boolean("enabled", True), ttl=c.seconds("ttl", 60.0),
+            negative_ttl=c.seconds("negative_ttl", 10.0),
+            max_size=c.integer("max_size", 100_000, 1, 100_000_000),
+            stale_if_error=c.seconds("stale_if_error", 3600.0))
+        c.finish()
+        h = self.section(top.table_of("http"), "http", pos)
+        path = h.string("path", "/auth")
+        if not path.startswith("/"):
+            h.error("path", f"{path!r} must start with '/'", h.table.items.get("path"))
+        header = h.string("secret_header", "X-Authsvc-Key")
+        if not _HEADER.match(header):
+            h.error("secret_header", f"{header!r} is not an HTTP header name",
+                    h.table.items.get("secret_header"))
+        http = HttpSettings(
+            listen=h.hostport("listen", need_port=True) or HostPort("127.0.0.1", 9143),
+            unix=h.path("unix"), path=path, secret=self.secret_file(h),
+            secret_header=header, max_attempts=h.integer("max_attempts", 10, 1, 1000),
+            auth_wait=h.integer("auth_wait", 3, 0, 60),
+            ready_requires_map=h.boolean("ready_requires_map", False))
+        h.finish()
+        g = self.section(top.table_of("log"), "log", pos)
+        log = LogSettings(level=g.choice("level", "info", ("debug", "info", "warning", "error")),
+                          connection_logging=g.boolean("connection_logging", False),
+                          format=g.choice("format", "kv", ("kv", "json")))
+        g.finish()
+        settings = Settings(listeners=listeners, cache=cache, http=http, log=log,
+                            nginx=self.nginx(top, pos), haproxy=self.haproxy(top, pos))
+        top.finish()
+        return settings
+
+    def secret_file(self, h: Section) -> Secret | None:
+        path = h.path("secret_file")
+        if path is None:
+            return None
+        raw = h.table.items["secret_file"]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            h.error("secret_file", f"cannot read {path}: {exc}", raw)
+            return None
+        if not text or any(ord(ch) < 0x20 for ch in text):
+            h.error("secret_file", f"{path} must hold one line of text", raw)
+            return None
+        return Secret(text)
+
+    def nginx(self, top: Section, pos: Pos) -> NginxSettings:
+        n = self.section(top.table_of("nginx"), "nginx", pos)
+        networks = n.strings("proxy_protocol_from", [])
+        for network, item in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                n.error("proxy_protocol_from", f"{network!r} is not a network (CIDR)", item)
+        protocols = n.strings("ssl_protocols", ["TLSv1.2", "TLSv1.3"])
+        for protocol, item in protocols:
+            if protocol not in ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"):
+                n.error("ssl_protocols", f"{protocol!r} is not TLSv1, TLSv1.1, TLSv1.2 or "
+                        "TLSv1.3", item)
+        server_name = n.optional_string("server_name")
+        settings = NginxSettings(server_name=server_name,
+                                 proxy_protocol_from=tuple(t for t, _ in networks),
+                                 ssl_protocols=tuple(t for t, _ in protocols),
+                                 auth_http_timeout=n.seconds("auth_http_timeout", 5.0,
+                                                             positive=True))
+        n.finish()
+        return settings
+
+    def haproxy(self, top: Section, pos: Pos) -> HaproxySettings:
+        a = self.section(top.table_of("haproxy"), "haproxy", pos)
+        nodes: list[PoolNode] = []
+        for table in a.tables("nodes"):
+            s = Section(table, "haproxy.nodes", self.report)
+            name, host = s.required_string("name"), s.required_string("host")
+            if host is not None:
+                try:
+                    parse_hostport(host)
+                except ValueError as exc:
+                    s.error("host", str(exc), table.items["host"])
+            nodes.append(PoolNode(name=name or "", host=host or "",
+                                  port_offset=s.integer("port_offset", 0, 0, 60000),
+                                  health=s.hostport("health", need_port=True)))
+            s.finish()
+        settings = HaproxySettings(
+            nodes=tuple(nodes),
+            proxy_protocol=a.choice("proxy_protocol", "v2", ("v1", "v2", "none")),
+            check_inter=a.seconds("check_inter", 2.0, positive=True),
+            check_fall=a.integer("check_fall", 3, 1, 100),
+            check_rise=a.integer("check_rise", 2, 1, 100),
+            stats=a.hostport("stats", need_port=True),
+            admin_socket=a.path("admin_socket"))
+        a.finish()
+        return settings
+
+
+def _overlaps(a: HostPort, b: HostPort) -> bool:
+    """Whether two listen addresses collide: same port, and same or wildcard address."""
+    if a.port != b.port:
+        return False
+    if a.host == b.host or "::" in (a.host, b.host):  # "::" is dual-stack by default
+        return True
+    wildcards = {"0.0.0.0"}
+    return (a.host in wildcards and ":" not in b.host) or (
+        b.host in wildcards and ":" not in a.host)
+
+
+def validate(root: RawTable, report: Report) -> Settings | None:
+    """Settings for ``root``; None when any error was reported (all are in ``report``)."""
+    before = len(report.errors)
+    settings = _Validator(report).settings(root)
+    return settings if len(report.errors) == before else None
