@@ -89,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", action="append", default=[], metavar="NAME=HOST[:HEALTHPORT]",
                    help="a front-end node (default: from the config)")
     p.add_argument("--bind", help="override the frontends' address")
-    p.add_argument("--node-port-offset", type=int, default=0,
-                   help="the nodes listen on the standard port plus this")
+    p.add_argument("--node-port-offset", type=int, default=None,
+                   help="the nodes listen on the standard port plus this "
+                   "(default: each node's port_offset from the config, else 0)")
     p.add_argument("--proxy-v1", action="store_true", help="send PROXY v1 instead of v2")
     p.add_argument("--stats", metavar="HOST:PORT", help="add a stats listener")
     p.add_argument("--admin-socket", metavar="PATH", help="admin socket path")
-    p.add_argument("--check-inter", default="2s", help="health-check interval")
+    p.add_argument("--check-inter", default=None,
+                   help="health-check interval, an HAProxy time such as 2s or 500ms "
+                   "(default: haproxy.check_inter from the config)")
     return parser
 
 

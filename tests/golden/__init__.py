@@ -1,0 +1,1 @@
+"""Golden files: pinned renders of ``render-nginx`` / ``render-haproxy`` (see cases.py)."""
