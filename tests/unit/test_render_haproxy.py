@@ -144,6 +144,9 @@ def test_admin_socket_stats_and_bind() -> None:
     text = render(nest_behind_haproxy(), bind="127.0.0.5", check_inter="500ms")
     assert section(text, "global") == [
         "log stdout format raw local0",
+        "user haproxy",
+        "group haproxy",
+        "chroot /var/lib/haproxy",
         "stats socket /run/haproxy/authsvc.sock mode 660 level admin expose-fd listeners",
         "stats timeout 30s",
     ]
