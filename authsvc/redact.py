@@ -24,7 +24,7 @@ class Secret:
 
     def matches(self, candidate: str) -> bool:
         """Constant-time comparison, for shared secrets."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
+        return hmac.compare_digest(_raw(self._value), _raw(candidate))
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -33,7 +33,7 @@ class Secret:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and hmac.compare_digest(
-            self._value.encode(), other._value.encode()
+            _raw(self._value), _raw(other._value)
         )
 
     def __hash__(self) -> int:
@@ -44,3 +44,9 @@ class Secret:
 
     def __reduce__(self) -> object:  # pragma: no cover - defensive
         raise TypeError("a Secret is not pickled")
+
+
+def _raw(value: str) -> bytes:
+    # surrogateescape: an 8-bit password that is not UTF-8 (the proxy keeps
+    # such bytes as lone surrogates) compares instead of raising.
+    return value.encode("utf-8", "surrogateescape")
