@@ -344,7 +344,9 @@ class PrivateMariaDb:
             *self._user_args(),
             "--skip-log-bin", "--skip-name-resolve", "--performance-schema=OFF",
             "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M",
-            "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+            "--innodb-doublewrite=0",
+            # 2: written to the OS at commit, so data survives stop(crash=True).
+            "--innodb-flush-log-at-trx-commit=2",
             "--skip-innodb-adaptive-hash-index", "--max-connections=500",
         ]
 

@@ -1,0 +1,1 @@
+"""Contract tests: one suite, every map backend, the same answers."""
