@@ -163,9 +163,13 @@ def _map_layout(names: Sequence[str]) -> list[tuple[str, str]]:
 class Metrics:
     """One process's numbers; see the module docstring for the multi-worker files."""
 
-    def __init__(self, directory: str | None = None) -> None:
-        """``directory``: the private run directory shared by all workers, or None."""
+    def __init__(self, directory: str | None = None, *, pid: int | None = None) -> None:
+        """``directory``: the private run directory shared by all workers, or None.
+
+        ``pid`` names this worker's file (default: the process id; tests set it).
+        """
         self._directory = directory
+        self._pid = pid if pid is not None else os.getpid()
         self._layout = _base_layout()
         self._values: memoryview[float] = memoryview(bytearray(8 * len(self._layout))).cast("d")
         self._mmap: mmap.mmap | None = None
@@ -246,7 +250,7 @@ class Metrics:
         keys = json.dumps(layout).encode()
         keys += b" " * (-(len(keys) + _HEADER.size) % 8)  # values start 8-aligned
         offset = _HEADER.size + len(keys)
-        path = Path(self._directory, f"metrics-{os.getpid()}.bin")
+        path = Path(self._directory, f"metrics-{self._pid}.bin")
         with open(path, "wb") as out:
             out.write(_HEADER.pack(_MAGIC, 1, len(keys)) + keys)
             out.truncate(offset + 8 * len(layout))
@@ -292,7 +296,7 @@ class Metrics:
         alive = 0
         for path in sorted(Path(self._directory).glob("metrics-*.bin")):
             pid = int(path.stem.split("-", 1)[1])
-            live = pid == os.getpid() or _alive(pid)
+            live = pid == self._pid or _alive(pid)
             alive += live
             for key, value in read_file(path):
                 kind = _kind(key[0])

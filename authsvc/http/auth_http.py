@@ -53,6 +53,8 @@ TEXT_SMTP = "SMTP is not served here"
 #: client does not retry.
 SMTP_ERROR_CODE = "554 5.3.3"
 
+_WARN_RESULTS = frozenset({"forbidden", "bad_request", "unknown_listener", "error"})
+
 #: Longest backend login we will put in Auth-User: the whole reply must stay
 #: well inside nginx's 1024-byte header buffer (§1.4).
 MAX_REPLY_LOGIN = 512
@@ -198,8 +200,10 @@ class AuthService:
         router = self._router
         if router is not None and outcome.key is not None:  # a map was asked
             self._metrics.set_cache_stats(router.cache_stats())
-        if logger.isEnabledFor(logging.INFO):
-            self._log(request, parsed, outcome, elapsed)
+        # Refusals that point at a misconfiguration (or an attacker) are warnings.
+        level = logging.WARNING if outcome.result in _WARN_RESULTS else logging.INFO
+        if logger.isEnabledFor(level):
+            self._log(request, parsed, outcome, elapsed, level)
         return web.Response(headers=outcome.headers)
 
     def _authorised(self, request: web.Request) -> bool:
@@ -286,7 +290,7 @@ class AuthService:
                        listener=route.listener)
 
     def _log(self, request: web.Request, parsed: AuthRequest | BadRequest | None,
-             outcome: Outcome, elapsed: float) -> None:
+             outcome: Outcome, elapsed: float, level: int) -> None:
         route = outcome.route
         fields: dict[str, object] = {"event": "auth"}
         if isinstance(parsed, AuthRequest):
@@ -312,5 +316,4 @@ class AuthService:
                 source=route.source,
             )
         fields["ms"] = f"{elapsed * 1000:.2f}"
-        level = logging.WARNING if outcome.result in ("forbidden", "bad_request") else logging.INFO
         logger.log(level, "", extra={"fields": fields})

@@ -72,9 +72,10 @@ def parse_flush(params: Mapping[str, str]) -> FlushRequest | str:
 class Peers:
     """This worker's control socket and the other workers' (``--workers N``)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, pid: int | None = None) -> None:
+        """``pid`` names this worker's socket (default: the process id; tests set it)."""
         self.directory = directory
-        self.own = str(Path(directory, f"control-{os.getpid()}.sock"))
+        self.own = str(Path(directory, f"control-{pid if pid is not None else os.getpid()}.sock"))
 
     def others(self) -> list[str]:
         """Control sockets of the other workers that are still alive."""

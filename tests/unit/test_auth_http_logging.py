@@ -1,0 +1,196 @@
+"""The decision log line, and passwords never reaching a log (plain, %-escaped or base64)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from authsvc.log import (
+    KeyValueFormatter,
+    PasswordFilter,
+    configure_logging,
+    format_fields,
+    make_handler,
+    mask_passwords,
+)
+from authsvc.settings import LogSettings
+from tests.unit.auth_http_fakes import (
+    PASSWORD,
+    exchange,
+    make_app,
+    make_maps,
+    nginx_escape,
+    nginx_facing_server,
+    nginx_request,
+    secret_settings,
+    seed_settings,
+)
+
+
+def password_forms(password: str) -> list[str]:
+    """Every shape a password could leak in."""
+    raw = password.encode()
+    forms = [
+        password,
+        nginx_escape(raw).decode(),
+        base64.b64encode(raw).decode(),
+        base64.b64encode(b"\0bob\0" + raw).decode(),  # SASL PLAIN
+        repr(password)[1:-1],
+    ]
+    return [f for f in forms if len(f) >= 6]
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[io.StringIO]:
+    """Root at DEBUG through our own handler (formatter + PasswordFilter)."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handler = make_handler(LogSettings(level="debug"), stream)
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+async def test_no_password_in_any_record_with_debug_and_access_log(
+    caplog: pytest.LogCaptureFixture, debug_logs: io.StringIO
+) -> None:
+    """First line of defence: caplog's handler has NO password filter."""
+    caplog.set_level(logging.DEBUG)
+    passwords = [PASSWORD, "pw\x7fdel", "pa ss%word\tx", "Auth-Pass-lookalike"]
+    app = make_app(secret_settings(), make_maps())
+    key = (b"X-Authsvc-Key", b"s3cret-key")
+    async with nginx_facing_server(app, access_log=logging.getLogger("aiohttp.access")) as port:
+        for password in passwords:
+            for user, extra in ((b"Bob", (key,)), (b"nobody", (key,)), (b"Bob", ()),
+                                (b"bo\nb", (key,))):
+                await exchange(port, nginx_request(user, password.encode(), extra=extra))
+            await exchange(port, nginx_request(b"Bob", password.encode(), protocol=b"smtp",
+                                               extra=(key,)))
+    text = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+    assert "event" in text
+    assert "aiohttp.access" in {r.name for r in caplog.records}
+    for password in passwords:
+        for form in password_forms(password):
+            assert form not in text, form
+            assert form not in debug_logs.getvalue(), form
+    assert "s3cret-key" not in text
+
+
+async def test_filter_masks_aiohttp_bad_request_traceback(debug_logs: io.StringIO) -> None:
+    """Second line of defence: without wire.py, aiohttp logs the raw header line."""
+    app = make_app(seed_settings(), make_maps())
+    async with nginx_facing_server(app, shim=False) as port:
+        await exchange(port, nginx_request(b"Bob", b"hunter2\x7fhunter2"))
+    out = debug_logs.getvalue()
+    assert "Invalid header value char" in out  # aiohttp did log the request line...
+    assert "Auth-Pass: ***" in out  # ...masked
+    assert "hunter2" not in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /auth HTTP/1.0\r\nAuth-Pass: hunter2%20x\r\nClient-IP: 1",
+        "b'Auth-Pass: hunter2\\x7fhun\\'ter2\\r\\nAuth-Protocol: imap'",
+        "<CIMultiDictProxy('Auth-User': 'bob', 'Auth-Pass': 'hunter2', 'X': 'y')>",
+        "<CIMultiDictProxy('Auth-Pass': \"hun'ter2\", 'X': 'y')>",
+        '{"Auth-Pass": "hunter2\\"x", "Auth-User": "bob"}',
+        "auth_pass=hunter2 user=bob",
+        "AUTH-PASS:hunter2",
+    ],
+)
+def test_mask_passwords(text: str) -> None:
+    masked = mask_passwords(text)
+    assert "hunter2" not in masked
+    assert "ter2" not in masked
+    assert "***" in masked
+    assert "bob" in masked or "bob" not in text  # the rest of the line survives
+
+
+def test_filter_masks_message_args_and_traceback() -> None:
+    try:
+        raise ValueError("bad header b'Auth-Pass: hunter2'")
+    except ValueError:
+        record = logging.getLogger("t").makeRecord(
+            "t", logging.ERROR, __file__, 1, "got %s", ("Auth-Pass: hunter2",),
+            exc_info=__import__("sys").exc_info())
+    assert PasswordFilter().filter(record)
+    line = KeyValueFormatter().format(record)
+    assert "hunter2" not in line
+    assert "got Auth-Pass: ***" in line
+
+
+def test_decision_line_fields(debug_logs: io.StringIO) -> None:
+    logging.getLogger("authsvc.auth").info("", extra={"fields": {
+        "event": "auth", "login": 'Bob "the\nbuilder"', "key": "bob@riseup.net",
+        "client": "192.0.2.7", "listener": "imap4", "attempt": 1, "result": "ok",
+        "reason": None, "backend": "10.0.0.5:143", "ms": "0.41"}})
+    (line,) = debug_logs.getvalue().splitlines()
+    assert line.split(" ", 1)[1].startswith("level=info pid=")
+    assert line.endswith(
+        'logger=authsvc.auth event=auth login="Bob \\"the\\nbuilder\\"" key=bob@riseup.net '
+        "client=192.0.2.7 listener=imap4 attempt=1 result=ok reason=- backend=10.0.0.5:143 "
+        "ms=0.41")
+
+
+async def test_real_decision_is_logged_once_with_every_field(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "authsvc.auth")
+    app = make_app(seed_settings(), make_maps())
+    async with nginx_facing_server(app) as port:
+        await exchange(port, nginx_request(b"Bob", attempt=2))
+    (record,) = [r for r in caplog.records if r.name == "authsvc.auth"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert {k: fields[k] for k in ("login", "key", "client", "listener", "attempt", "result",
+                                   "reason", "backend", "user", "source")} == {
+        "login": "Bob", "key": "bob@riseup.net", "client": "192.0.2.7", "listener": "imap4",
+        "attempt": 2, "result": "ok", "reason": None, "backend": "10.0.0.5:143",
+        "user": "bob", "source": "map"}
+    assert float(fields["ms"]) >= 0
+
+
+def test_control_characters_stay_on_one_line() -> None:
+    assert format_fields({"login": "a\u2028b\x00c\x7f"}) == 'login="a\\u2028b\\u0000c\\u007f"'
+    assert format_fields({"login": "plain@x.org", "n": None}) == "login=plain@x.org n=-"
+
+
+def test_json_format() -> None:
+    stream = io.StringIO()
+    handler = make_handler(LogSettings(format="json"), stream)
+    record = logging.getLogger("authsvc.auth").makeRecord(
+        "authsvc.auth", logging.INFO, __file__, 1, "", (), None,
+        extra={"fields": {"event": "auth", "login": "bob", "attempt": 1}})
+    handler.handle(record)
+    line = json.loads(stream.getvalue())
+    assert line["event"] == "auth"
+    assert line["login"] == "bob"
+    assert line["attempt"] == 1
+    assert line["level"] == "info"
+    assert "msg" not in line
+
+
+def test_configure_logging_replaces_its_own_handler_only() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = root.level
+    try:
+        first = configure_logging(LogSettings(level="warning"), io.StringIO())
+        second = configure_logging(LogSettings(level="debug"), io.StringIO())
+        assert first not in root.handlers
+        assert second in root.handlers
+        assert all(h in root.handlers for h in before)
+        assert root.level == logging.DEBUG
+    finally:
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)
+        root.setLevel(level)

@@ -1,0 +1,180 @@
+"""Byte-for-byte: the request nginx 1.22 writes in, the exact reply bytes nginx reads out.
+
+The server runs through ``NginxSockSite``, the site ``authsvc serve`` uses, so
+the DEL escaper (``authsvc/http/wire.py``) is part of every exchange here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from authsvc.http.auth_http import TEXT_INVALID, TEXT_TEMPORARY
+from authsvc.http.server import MAX_FIELD_SIZE
+from authsvc.http.workers import ListenError, bind_unix
+from tests.unit.auth_http_fakes import (
+    PASSWORD,
+    exchange,
+    make_app,
+    make_maps,
+    nginx_facing_server,
+    nginx_request,
+    parse_reply,
+    seed_settings,
+)
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    app = make_app(seed_settings(), make_maps())
+    async with nginx_facing_server(app, max_field_size=MAX_FIELD_SIZE,
+                                   max_line_size=MAX_FIELD_SIZE) as bound:
+        yield bound
+
+
+def test_request_builder_matches_nginx_escaping() -> None:
+    # The verified example of nginx-haproxy.md §1.3: login "ok sp%ce", password "p%w dé".
+    raw = nginx_request(b"ok sp%ce", "p%w dé".encode())
+    assert b"\r\nAuth-User: ok%20sp%25ce\r\n" in raw
+    assert b"\r\nAuth-Pass: p%25w%20d\xc3\xa9\r\n" in raw
+    assert raw.startswith(b"GET /auth HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n")
+    assert raw.endswith(b"\r\n\r\n")
+    assert b"Connection" not in raw
+
+
+async def test_success_reply_bytes(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request(b"Bob")))
+    assert reply.status_line == b"HTTP/1.0 200 OK"
+    assert [(k, v) for k, v in reply.headers if k != b"Date"] == [
+        (b"Auth-Status", b"OK"),
+        (b"Auth-Server", b"10.0.0.5"),
+        (b"Auth-Port", b"143"),
+        (b"Auth-User", b"bob"),
+        (b"Content-Length", b"0"),
+    ]
+    assert reply.names()[-1] == "Date"
+    assert reply.body == b""  # and the server closed: exchange() read to EOF
+    assert reply.head_size() < 200
+
+
+async def test_refusal_reply_bytes(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request(b"nobody")))
+    assert reply.status_line == b"HTTP/1.0 200 OK"
+    assert [(k, v) for k, v in reply.headers if k != b"Date"] == [
+        (b"Auth-Status", TEXT_INVALID.encode()),
+        (b"Auth-Wait", b"3"),
+        (b"Content-Length", b"0"),
+    ]
+
+
+async def test_map_down_reply_bytes(port: int) -> None:
+    # Attempt 11 is past max_attempts (10): no Auth-Wait, nginx closes the session.
+    reply = parse_reply(await exchange(port, nginx_request(b"nowhere", attempt=11)))
+    assert reply.get("Auth-Status") == TEXT_TEMPORARY
+    assert reply.get("Auth-Wait") is None
+
+
+async def test_raw_utf8_login(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request("jöhn".encode())))
+    assert (reply.get("Auth-Status"), reply.get("Auth-Server")) == ("OK", "10.0.0.10")
+    assert reply.get("Auth-User") is None
+
+
+async def test_raw_latin1_login_is_read_as_latin1(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request(b"j\xf6hn")))
+    assert (reply.get("Auth-Status"), reply.get("Auth-Server")) == ("OK", "10.0.0.10")
+
+
+async def test_latin1_login_that_needs_rewriting_is_refused(port: int) -> None:
+    # lower_case would make it "jöhn", but aiohttp can only write UTF-8 back in
+    # Auth-User, which is not the byte string the client typed.
+    reply = parse_reply(await exchange(port, nginx_request(b"J\xf6hn")))
+    assert reply.get("Auth-Status") == TEXT_INVALID
+
+
+async def test_escaped_crlf_in_login_cannot_inject_headers(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request(b"bob\r\nAuth-Status: OK")))
+    assert reply.get("Auth-Status") == TEXT_INVALID
+    assert [k for k, _ in reply.headers].count(b"Auth-Status") == 1
+
+
+async def test_password_with_del_is_routed(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request(b"Bob", b"pass\x7fword")))
+    assert reply.get("Auth-Status") == "OK"
+
+
+async def test_del_split_across_reads(port: int) -> None:
+    request = nginx_request(b"Bob", b"\x7f" * 40)
+    reply = parse_reply(await exchange(port, request, chunks=7))
+    assert reply.get("Auth-Status") == "OK"
+
+
+async def test_login_with_del_is_an_ordinary_refusal(port: int) -> None:
+    reply = parse_reply(await exchange(port, nginx_request(b"bo\x7fb")))
+    assert (reply.get("Auth-Status"), reply.get("Auth-Wait")) == (TEXT_INVALID, "3")
+
+
+async def test_plain_aiohttp_answers_400_to_del() -> None:
+    """Why wire.py exists: without it, aiohttp rejects the request before our handler.
+
+    The reply has no Auth-Status/Auth-Server, so nginx logs "did not send
+    server or port" and the client sees ``* BAD internal server error``
+    (nginx-haproxy.md §0 rule 10).
+    """
+    app = make_app(seed_settings(), make_maps())
+    async with nginx_facing_server(app, shim=False) as bare_port:
+        reply = parse_reply(await exchange(bare_port, nginx_request(b"Bob", b"pass\x7fword")))
+    assert reply.status_line.startswith(b"HTTP/1.0 400")
+    assert reply.get("Auth-Status") is None
+    assert reply.get("Auth-Server") is None
+
+
+async def test_overlong_escaped_login_gets_a_refusal_not_a_400(port: int) -> None:
+    # 4000 spaces: 12000 bytes once escaped, past aiohttp's default 8190 limit.
+    reply = parse_reply(await exchange(port, nginx_request(b" " * 4000)))
+    assert reply.status_line == b"HTTP/1.0 200 OK"
+    assert reply.get("Auth-Status") == TEXT_INVALID
+
+
+async def test_password_never_echoed(port: int) -> None:
+    raw = await exchange(port, nginx_request(b"Bob"))
+    assert PASSWORD.encode() not in raw
+    assert b"Tr0ub4dor" not in raw
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "auth.sock")
+    sock = bind_unix(path)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o660)
+    app = make_app(seed_settings(), make_maps())
+    from aiohttp import web
+
+    from authsvc.http.wire import NginxSockSite
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await NginxSockSite(runner, sock).start()
+    try:
+        request = nginx_request(b"Bob").replace(b"Host: 127.0.0.1", b"Host: localhost")
+        reply = parse_reply(await exchange(0, request, unix=path))
+        assert (reply.get("Auth-Status"), reply.get("Auth-User")) == ("OK", "bob")
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+def test_bind_unix_replaces_a_stale_socket_but_not_a_live_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "auth.sock")
+    live = bind_unix(path)
+    with pytest.raises(ListenError, match="in use"):
+        bind_unix(path)
+    live.close()  # the file stays behind, as after a crash
+    assert os.path.exists(path)
+    bind_unix(path).close()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ListenError, match="not a socket"):
+        bind_unix(str(tmp_path / "file"))
+
