@@ -288,6 +288,11 @@ class Session:
                         backend.write(data)
                     case StartTls():
                         assert context is not None
+                        if backend.take_buffered():
+                            # Plaintext behind the store's STARTTLS OK is
+                            # response injection (RFC 2595 §3.1).
+                            queue.extend(machine.handle(DataReceived(b"injected")))
+                            continue
                         try:
                             await backend.start_tls(context, server_side=False,
                                                     server_hostname=route.host)

@@ -87,8 +87,10 @@ class ImapBack:
     def handle(self, event: Event) -> list[Command]:
         match event:
             case DataReceived(data=data):
-                if self.state in (BackState.DONE, BackState.STARTING_TLS):
+                if self.state is BackState.DONE:
                     return []
+                if self.state is BackState.STARTING_TLS:
+                    return self._fail(FailureKind.BACKEND_PROTOCOL, "data after STARTTLS OK")
                 self._lines.feed(data)
                 return self._drain()
             case TlsEstablished():

@@ -70,8 +70,10 @@ class Pop3Back:
     def handle(self, event: Event) -> list[Command]:
         match event:
             case DataReceived(data=data):
-                if self.state in (BackState.DONE, BackState.STARTING_TLS):
+                if self.state is BackState.DONE:
                     return []
+                if self.state is BackState.STARTING_TLS:
+                    return self._fail(FailureKind.BACKEND_PROTOCOL, "data after STLS +OK")
                 self._lines.feed(data)
                 return self._drain()
             case TlsEstablished():
