@@ -150,8 +150,6 @@ class MySqlMap:
     ) -> None:
         if not settings.hosts:
             raise ValueError("a MySQL map needs at least one host")
-        for name in (settings.database, settings.table):
-            quote_identifier(name)
         self._settings = settings
         self._delimiter = delimiter
         self._recycle = pool_recycle

@@ -339,3 +339,35 @@ def test_identifiers_are_checked_again() -> None:
             MySqlMap(MySqlMapSettings(server_column=bad))
     with pytest.raises(ValueError, match="not a plain SQL identifier"):
         MySqlMap(MySqlMapSettings(table="t; DROP"))
+
+
+def test_deploy_sql_builds_what_the_seed_map_reads(
+    mariadb_db: TestDatabase,
+) -> None:
+    """deploy/schema.sql and grant-readonly.sql, renamed into a scratch database, work."""
+    root = Path(__file__).resolve().parents[2]
+    name, reader = f"{mariadb_db.name}_deploy", f"{mariadb_db.reader_user}_d"
+    password = "deploy-test-pw"
+    schema = (root / "deploy" / "schema.sql").read_text().replace("`nest`", f"`{name}`")
+    grant = ((root / "deploy" / "grant-readonly.sql").read_text()
+             .replace("`nest`", f"`{name}`").replace("`nest_mail`", f"`{reader}`")
+             .replace("'CHANGE-ME'", f"'{password}'"))
+    admin = mariadb_db.admin
+    try:
+        for statement in sql_statements(schema + grant):
+            admin.execute(statement)
+        admin.execute(f"INSERT INTO `{name}`.mailboxes VALUES (%s, %s)",  # noqa: S608
+                      ("bob@riseup.net", "10.0.0.2"))
+        settings = mariadb_db.map_settings(database=name, user=reader, password=Secret(password))
+        assert asyncio.run(lookup_with(settings, "bob@riseup.net")) == MapEntry("10.0.0.2", 143)
+        grants = admin.execute(f"SHOW GRANTS FOR `{reader}`@`127.0.0.1`")
+        assert any(f"GRANT SELECT ON `{name}`.`mailboxes`" in row[0] for row in grants)
+        assert not any("INSERT" in row[0] or "ALL PRIVILEGES" in row[0] for row in grants)
+    finally:
+        admin.execute(f"DROP USER IF EXISTS `{reader}`@`127.0.0.1`")
+        admin.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def sql_statements(text: str) -> list[str]:
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
