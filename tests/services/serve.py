@@ -163,12 +163,16 @@ class ServeProcess:
         ]
 
     def wait_for_decision(
-        self, timeout: float = 5.0, **match: str
+        self, timeout: float = 5.0, since: int = 0, **match: str
     ) -> dict[str, str | None]:
-        """The first decision whose fields equal ``match``; waits for the log to catch up."""
+        """The first decision whose fields equal ``match``; waits for the log to catch up.
+
+        ``since`` skips that many decisions first (``len(decisions())`` taken
+        before the action under test), so an older, equal line cannot match.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            for fields in self.decisions():
+            for fields in self.decisions()[since:]:
                 if all(fields.get(key) == value for key, value in match.items()):
                     return fields
             if time.monotonic() > deadline:

@@ -18,7 +18,8 @@ ports, in one temp directory, and ends by its own pid when the block ends:
 * per node (127.0.0.10, 127.0.0.11, ...): ``authsvc serve`` and an nginx
   rendered by ``authsvc render-nginx --standalone`` for that node;
 * with ``haproxy=True``: HAProxy on 127.0.0.20 rendered by ``authsvc
-  render-haproxy``, sending PROXY v2 to the nodes, whose nginx trusts it.
+  render-haproxy``, sending PROXY v2 to the nodes, whose nginx trusts PROXY
+  headers from HAProxy's outgoing address (127.0.0.1, see HAPROXY_SOURCE).
 
 Clients connect to :meth:`Stack.port` on :attr:`Stack.front_address`: HAProxy's
 address when there is one, else the first node's.
@@ -55,12 +56,18 @@ from tests.services.mariadb import (
     generate_mailboxes,
 )
 from tests.services.nginx import NginxProcess, start_nginx
+from tests.services.ports import free_port
 from tests.services.serve import ServeProcess
 
 DOMAIN = "riseup.net"
 STORE_ADDRESSES = {"a": "127.0.0.2", "b": "127.0.0.3"}
 NODE_ADDRESSES = ("127.0.0.10", "127.0.0.11", "127.0.0.12")
 HAPROXY_ADDRESS = "127.0.0.20"
+#: Where HAProxy's connections to the nodes come from: it binds no source, so
+#: the kernel picks lo's primary address for a 127.0.0.x destination.  nginx
+#: trusts PROXY headers only from this peer (set_real_ip_from); from any other
+#: peer it reads the header but keeps the peer's own address as Client-IP.
+HAPROXY_SOURCE = "127.0.0.1/32"
 #: The seed's imap_capability (perdition.imap4.conf, without STARTTLS, which
 #: nginx adds itself when the listener offers it).
 SEED_IMAP_CAPABILITY = (
@@ -243,6 +250,15 @@ def pick_listener_ports(
     return ports
 
 
+def common_port(addresses: list[str]) -> int:
+    """A port free on every one of ``addresses`` (HAProxy checks one health port for all)."""
+    for _ in range(1000):
+        port = free_port(addresses[0])
+        if all(_bindable(a, port) for a in addresses[1:]):
+            return port
+    raise RuntimeError("no common free port")
+
+
 def _users(count: int) -> dict[str, MailUser]:
     rows = generate_mailboxes(count, DOMAIN, [STORE_ADDRESSES["a"], STORE_ADDRESSES["b"]])
     store_of = {address: name for name, address in STORE_ADDRESSES.items()}
@@ -415,10 +431,13 @@ def running_stack(
         )
         stack = Stack(root, options, pki, mariadb, db, stores, store_ports, config,
                       listener_ports, users)
+        # One serve port for every node: render-haproxy checks the same health
+        # port on each node.
+        serve_port = common_port(node_addresses)
         for index, address in enumerate(node_addresses, start=1):
             prefix = root / f"n{index}"
             prefix.mkdir()
-            serve = ServeProcess([config], prefix, host=address, name="serve")
+            serve = ServeProcess([config], prefix, host=address, port=serve_port, name="serve")
             node = Node(f"n{index}", address, serve, "", prefix,
                         {k: v + offset for k, v in listener_ports.items()})
             stack.nodes.append(node)
@@ -426,7 +445,7 @@ def running_stack(
             serve.start()
             node.nginx_text = render_node_nginx(
                 config, node, pki, offset=offset,
-                proxy_from=f"{HAPROXY_ADDRESS}/32" if options.haproxy else None,
+                proxy_from=HAPROXY_SOURCE if options.haproxy else None,
             )
             node.start_nginx()
         if options.haproxy:
