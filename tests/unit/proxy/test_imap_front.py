@@ -14,6 +14,7 @@ from proxy.events import (
     Close,
     Command,
     ConnectionClosed,
+    DataReceived,
     LoginFailed,
     LoginSucceeded,
     Send,
@@ -255,8 +256,8 @@ def test_authenticate_refusals(data: bytes, reply: bytes) -> None:
     assert not any(isinstance(c, Authenticate) for c in commands)
 
 
-def logging_in(data: bytes = b"a1 LOGIN bob secret\r\n", **kw: object) -> ImapFront:
-    front = ImapFront(imap_listener(), PROXY if not kw else ProxySettings(**kw))  # type: ignore[arg-type]
+def logging_in(data: bytes = b"a1 LOGIN bob secret\r\n", attempts: int = 3) -> ImapFront:
+    front = ImapFront(imap_listener(), ProxySettings(max_login_attempts=attempts))
     authenticate(feed(front, [data]))
     assert front.state is State.LOGGING_IN
     return front
@@ -264,7 +265,7 @@ def logging_in(data: bytes = b"a1 LOGIN bob secret\r\n", **kw: object) -> ImapFr
 
 def test_success_relays_capabilities_under_the_client_tag_and_keeps_pipelined_commands() -> None:
     front = logging_in(b"a1 LOGIN bob secret\r\na2 SELECT INBOX\r\n")
-    assert front.handle(__import__("proxy.events").events.DataReceived(b"a3 NOOP\r\n")) == []
+    assert front.handle(DataReceived(b"a3 NOOP\r\n")) == []
     result = LoginSucceeded("IMAP4rev1 IDLE", (b"* OK [ALERT] hi",), b"* 3 EXISTS\r\n")
     assert merge(front.handle(result)) == [
         Send(b"* OK [ALERT] hi\r\na1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in.\r\n"),
@@ -300,7 +301,7 @@ def test_failure_then_buffered_retry_runs() -> None:
 
 
 def test_too_many_failures_says_bye_and_closes() -> None:
-    front = logging_in(max_login_attempts=2)
+    front = logging_in(attempts=2)
     front.handle(LoginFailed(FailureKind.BACKEND_AUTH))
     authenticate(feed(front, [b"a2 LOGIN bob again\r\n"]))
     assert merge(front.handle(LoginFailed(FailureKind.BACKEND_AUTH))) == [

@@ -1,0 +1,108 @@
+"""SASL PLAIN decoding, the session log line, and the proxy's own layering rules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from proxy import sasl
+from proxy.logline import SessionRecord, address, quote
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"AGJvYgBzZWNyZXQ=", sasl.PlainResponse(b"", b"bob", b"secret")),
+        (b"Ym9iAGJvYgBzZWNyZXQ=", sasl.PlainResponse(b"bob", b"bob", b"secret")),
+    ],
+)
+def test_plain(line: bytes, expected: sasl.PlainResponse) -> None:
+    assert sasl.parse_plain(sasl.decode_base64(line)) == expected
+    assert sasl.encode_plain(expected.authcid, expected.password, expected.authzid) == line
+
+
+@pytest.mark.parametrize(
+    "message", [b"", b"bob\0secret", b"\0\0secret", b"\0bob\0", b"\0bob\0evil\0pw"]
+)
+def test_plain_refuses(message: bytes) -> None:
+    with pytest.raises(sasl.SaslError):
+        sasl.parse_plain(message)
+
+
+@pytest.mark.parametrize("line", [b"!!!", b"AGJvYg", b"AG Jv"])
+def test_base64_is_strict(line: bytes) -> None:
+    with pytest.raises(sasl.SaslError):
+        sasl.decode_base64(line)
+
+
+def test_empty_initial_response() -> None:
+    assert sasl.decode_base64(b"=") == b""
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("bob@riseup.net", "bob@riseup.net"),
+        ("Bob Smith", '"Bob Smith"'),
+        ('a"b\\c', '"a\\"b\\\\c"'),
+        ("x\nevent=session", '"x\\x0aevent=session"'),
+        ("b\udcffad", '"b\\xffad"'),
+        ("", '""'),
+    ],
+)
+def test_quote(value: str, text: str) -> None:
+    assert quote(value) == text
+
+
+def test_session_line_has_the_fields_and_no_password_field() -> None:
+    record = SessionRecord(7, "imap4", "imap", "127.0.0.1:5000", "127.0.0.1:143",
+                           login="Bob", backend="127.0.0.2:143", result="ok", attempts=1,
+                           end="client_eof", bytes_in=10, bytes_out=20, duration=1.5)
+    assert record.line() == (
+        "event=session session=7 listener=imap4 protocol=imap client=127.0.0.1:5000 "
+        "local=127.0.0.1:143 tls=none login=Bob backend=127.0.0.2:143 result=ok attempts=1 "
+        "end=client_eof bytes_in=10 bytes_out=20 duration=1.500"
+    )
+    assert "pass" not in " ".join(SessionRecord.__slots__)
+
+
+def test_address() -> None:
+    assert address(("::1", 143, 0, 0)) == "[::1]:143"
+    assert address(("127.0.0.1", 993)) == "127.0.0.1:993"
+    assert address(None) == "-"
+
+
+SANS_IO = [
+    "proxy/events.py", "proxy/linebuffer.py", "proxy/sasl.py", "proxy/failures.py",
+    "proxy/logline.py", *[f"proxy/{p}/{m}.py" for p in ("imap", "pop3")
+                          for m in ("front", "back")],
+    "proxy/imap/fragmentizer.py", "proxy/imap/grammar.py", "proxy/imap/serialise.py",
+    "proxy/pop3/replies.py",
+]
+
+
+@pytest.mark.parametrize("path", SANS_IO)
+def test_machines_do_no_io(path: str) -> None:
+    tree = ast.parse((ROOT / path).read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    assert not names & {"asyncio", "socket", "ssl", "selectors"}
+    assert not {n for n in names if n.startswith(("authsvc.maps", "authsvc.login"))}
+    assert not {n for n in names if n in ("proxy.transport", "proxy.session", "proxy.splice",
+                                          "proxy.server")}
+
+
+def test_every_proxy_module_is_listed_or_touches_the_loop() -> None:
+    loop_modules = {"proxy/transport.py", "proxy/session.py", "proxy/splice.py",
+                    "proxy/server.py"}
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "proxy").rglob("*.py")
+               if p.name != "__init__.py"}
+    assert modules == set(SANS_IO) | loop_modules
