@@ -434,6 +434,7 @@ def main(argv: list[str]) -> int:
                   f"pop3={address}:{store.ports.pop3} imaps={store.ports.imaps} "
                   f"pop3s={store.ports.pop3s}")
             print(f"users: {users}; CA: {pki.ca}; log: {store.log_path}")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
     finally:

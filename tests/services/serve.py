@@ -204,6 +204,7 @@ def main(argv: list[str]) -> int:
     workdir = Path.cwd()
     with ServeProcess([argv[0]], workdir, host=host, port=port) as serve:
         print(f"authsvc serve pid={serve.pid} url={serve.url} log={serve.log_path}")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with suppress(KeyboardInterrupt):
             signal.pause()
     return 0

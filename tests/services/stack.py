@@ -459,6 +459,18 @@ def running_stack(
         yield stack
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt, so the ``with`` blocks stop
+    every daemon in order.  Explicit because a shell starts background jobs with
+    SIGINT ignored, and SIGTERM would otherwise end us without any cleanup."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str]) -> int:
     """``python -m tests.services.stack up [--nodes N] [--haproxy] [--users N]``."""
     parser = argparse.ArgumentParser(prog="python -m tests.services.stack")
@@ -468,13 +480,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--users", type=int, default=3000)
     args = parser.parse_args(argv)
     options = StackOptions(nodes=args.nodes, haproxy=args.haproxy, users=args.users)
-    with running_stack(options) as stack:
+    stop_on_signals()
+    with contextlib.suppress(KeyboardInterrupt), running_stack(options) as stack:
         print(stack.describe(), flush=True)
         print(f"connect to {stack.front_address}: "
               + " ".join(f"{k}={stack.port(k)}" for k in LISTENERS), flush=True)
         print("Ctrl-C stops everything", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        signal.pause()
+    print("stopped", flush=True)
     return 0
 
 
