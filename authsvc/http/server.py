@@ -18,10 +18,11 @@ import socket
 
 from aiohttp import web
 
-from authsvc.http.app import HEALTH, create_app
+from authsvc.http.app import HEALTH, RouterFactory, create_app
 from authsvc.http.control import Peers
 from authsvc.http.wire import NginxSockSite
 from authsvc.metrics import Metrics
+from authsvc.routing import open_router
 from authsvc.settings import Settings
 
 logger = logging.getLogger("authsvc.serve")
@@ -53,12 +54,19 @@ async def run_server(
     *,
     run_dir: str | None = None,
     drain_timeout: float | None = None,
+    stop: asyncio.Event | None = None,
+    started: asyncio.Future[web.Application] | None = None,
+    open_router_fn: RouterFactory = open_router,
 ) -> int:
-    """Serve on ``sock`` until SIGTERM/SIGINT; returns the exit code."""
+    """Serve on ``sock`` until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code.
+
+    ``started`` receives the application once the socket accepts; tests use
+    it and ``stop``/``open_router_fn`` to drive a real server in process.
+    """
     loop = asyncio.get_running_loop()
     metrics = Metrics(run_dir)
     peers = Peers(run_dir) if run_dir is not None else None
-    app = create_app(settings, metrics, peers=peers)
+    app = create_app(settings, metrics, peers=peers, open_router_fn=open_router_fn)
     verbose = settings.log.connection_logging or settings.log.level == "debug"
     runner = web.AppRunner(
         app,
@@ -70,7 +78,7 @@ async def run_server(
         max_field_size=MAX_FIELD_SIZE,
         max_line_size=MAX_FIELD_SIZE,
     )
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(
@@ -87,12 +95,16 @@ async def run_server(
             os.chmod(peers.own, 0o600)
         logger.info("", extra={"fields": {"event": "listening", "on": describe_socket(sock),
                                           "path": settings.http.path}})
+        if started is not None:
+            started.set_result(app)
         await stop.wait()
         logger.info("", extra={"fields": {"event": "draining"}})
         app[HEALTH].set_draining()
     finally:
         await runner.cleanup()  # stop accepting, finish in-flight requests, close maps
         metrics.close()
+        for handled in HANDLED_SIGNALS:
+            loop.remove_signal_handler(handled)
         if peers is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(peers.own)
