@@ -67,8 +67,9 @@ def _mysql(table: RawTable, option: Directive | None, file: str, report: Report)
     full = fields + list(MYSQL_DEFAULTS[len(fields):])
     host, port, database, db_table, user, password, server_col, user_col, port_col = full
     table.set("type", "mysql", pos)
-    table.set("hosts", values(host.split(","), pos), pos, hint="dbhost is field 1 of "
-              f"{MYSQL_FIELDS}; an empty dbhost makes Perdition never connect")
+    host_hint = (f"dbhost is field 1 of {MYSQL_FIELDS}; an empty dbhost makes Perdition "
+                 "never connect")
+    table.set("hosts", values(host.split(","), pos, host_hint), pos, hint=host_hint)
     if port:
         table.set("port", int(port) if port.isascii() and port.isdigit() else port, pos)
     table.set("database", database, pos)

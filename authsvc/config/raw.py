@@ -67,9 +67,9 @@ class RawTable:
         return sub
 
 
-def values(items: list[str], pos: Pos) -> list[RawValue]:
-    """A list of strings as raw values that all share one position."""
-    return [RawValue(item, pos) for item in items]
+def values(items: list[str], pos: Pos, hint: str | None = None) -> list[RawValue]:
+    """A list of strings as raw values that all share one position (and hint)."""
+    return [RawValue(item, pos, hint) for item in items]
 
 
 def overlay(base: RawTable, top: RawTable) -> RawTable:

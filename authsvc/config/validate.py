@@ -102,10 +102,23 @@ def _identifier(s: Section, key: str, default: str) -> str:
 def _mysql(s: Section) -> MySqlMapSettings:
     port = s.integer("port", 0, 0, 65535)
     hosts: list[HostPort] = []
-    for host, _ in s.hostports("hosts", ["localhost"]):
-        hosts.append(host if host.port is not None or not port else HostPort(host.host, port))
-    if not hosts and "hosts" in s.table.items:
-        s.error("hosts", "no database host given", s.table.items["hosts"])
+    for text, item in s.strings("hosts", ["localhost"]):
+        if text.startswith("/"):  # a Unix socket path
+            hosts.append(HostPort(text))
+            continue
+        try:
+            host = parse_hostport(text)
+        except ValueError as exc:
+            s.error("hosts", str(exc), item)
+            continue
+        # "localhost" is the Unix socket, where libmysqlclient (and so Perdition,
+        # §3.1) ignores the port; an explicit "localhost:3306" is TCP.
+        if host.port is None and port and host.host != "localhost":
+            host = HostPort(host.host, port)
+        hosts.append(host)
+    hosts_raw = s.table.items.get("hosts")
+    if hosts_raw is not None and hosts_raw.value == []:
+        s.error("hosts", "no database host given", hosts_raw)
     constant_raw = s.table.items.get("port_constant")
     constant = s.integer("port_constant", 0, 1, 65535) if constant_raw else None
     column: str | None = None
@@ -192,7 +205,7 @@ class _Validator:
 
     def listener(
         self, table: RawTable, top_login: RawTable | None, top_map: RawTable | None
-    ) -> tuple[ListenerSettings, list[tuple[HostPort, RawValue | None]]] | None:
+    ) -> tuple[ListenerSettings, list[tuple[HostPort, RawValue | None]]]:
         s = Section(table, "listener", self.report)
         name = s.required_string("name")
         if name is not None and not _NAME.match(name):
@@ -264,10 +277,7 @@ class _Validator:
         names: dict[str, Pos] = {}
         bound: list[tuple[HostPort, str, Pos]] = []
         for table in tables:
-            found = self.listener(table, top_login, top_map)
-            if found is None:
-                continue
-            listener, binds = found
+            listener, binds = self.listener(table, top_login, top_map)
             built.append(listener)
             name_raw = table.items.get("name")
             name_pos = name_raw.pos if name_raw is not None else table.pos
@@ -333,7 +343,8 @@ class _Validator:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            h.error("secret_file", f"cannot read {path}: {exc}", raw)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            h.error("secret_file", f"cannot read {path}: {reason}", raw)
             return None
         if not text or any(ord(ch) < 0x20 for ch in text):
             h.error("secret_file", f"{path} must hold one line of text", raw)

@@ -1,0 +1,199 @@
+"""``authsvc check-config`` and ``authsvc lookup`` through ``cli.main``, as operators run them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from authsvc.cli import main
+from tests.services.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the repository root, so ``deploy/authsvc.toml`` is the path an operator types."""
+    monkeypatch.chdir(ROOT)
+
+
+# -- check-config ------------------------------------------------------------------------
+
+
+def test_check_config_deploy_example(in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "deploy/authsvc.toml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    summaries = [line for line in out if line.split(":")[0] in ("imap4", "imaps", "pop3", "pop3s")]
+    text = (ROOT / "deploy" / "authsvc.toml").read_text().splitlines()
+    first = text.index("[[listener]]") + 1
+    assert summaries[0] == (
+        f"imap4: imap on 0.0.0.0:143, tls starttls; map file {ROOT}/deploy/popmap; "
+        f"outgoing_server none; backend tls none, port 143 (deploy/authsvc.toml:{first})"
+    )
+    assert [s.split(":")[0] for s in summaries] == ["imap4", "imaps", "pop3", "pop3s"]
+    assert out[-1].startswith("ok: 4 listeners, ")
+
+
+def test_check_config_prints_warnings_as_file_line_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "perdition.imap4.conf"
+    path.write_text('map_library ""\noutgoing_server 127.0.0.9\npid_file /run/p.pid\n')
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"{path}:3: pid_file: authsvc writes no pid file (systemd tracks it); "
+                      "ignored")
+    assert out[-1] == "ok: 1 listener, 1 warning(s)"
+
+
+def test_check_config_strict_fails_on_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "perdition.imap4.conf"
+    path.write_text('map_library ""\noutgoing_server 127.0.0.9\npid_file /run/p.pid\n')
+    assert main(["check-config", "--strict", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"{path}:3: pid_file: authsvc writes no pid file (systemd tracks it); ignored",
+        "1 warning(s), errors under --strict",
+    ]
+    assert "ok:" not in captured.out
+
+
+def test_check_config_errors_exit_2_with_every_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    imap4 = tmp_path / "perdition.imap4.conf"
+    imap4.write_text('map_library ""\noutgoing_server 127.0.0.9\ntimeout soon\n')
+    pop3 = tmp_path / "perdition.pop3.conf"
+    pop3.write_text('map_library ""\noutgoing_server 127.0.0.9\nbogus\nlog_passwd ok\n')
+    assert main(["check-config", str(imap4), str(pop3)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"{pop3}:3: bogus: unknown option (Perdition would silently ignore this line and the "
+        "rest of the file)",
+        f"{imap4}:3: timeout: expected a number of seconds, got the string 'soon'",
+        "2 error(s), 1 warning(s)",
+    ]
+    assert captured.out.splitlines() == [f"{pop3}:4: log_passwd: authsvc never logs passwords; "
+                                         "ignored"]
+
+
+def test_check_config_proto_equals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "perdition.conf"
+    path.write_text('map_library ""\noutgoing_server 127.0.0.9\n')
+    assert main(["check-config", f"pop3s={path}", "--strict"]) == 2  # ssl_all warns
+    assert main(["check-config", f"pop3={path}"]) == 0
+    assert "pop3: pop3 on 0.0.0.0:110" in capsys.readouterr().out
+
+
+def test_check_config_perdition_examples(in_repo: None, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    files = [f"deploy/perdition/perdition.{n}.conf" for n in ("imap4", "imaps", "pop3", "pop3s")]
+    assert main(["check-config", *files]) == 0
+    out = capsys.readouterr().out
+    assert ("imap4: imap on 0.0.0.0:143, tls starttls; map mysql "
+            "nest_mail@dbhost-vpn:3306/nest.mailboxes (key address, server storage_ip, port "
+            "constant 143)") in out
+    assert "xxxxxxx" not in out
+
+
+# -- lookup ------------------------------------------------------------------------------
+
+
+def test_lookup_bob_on_the_file_map(in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lookup", "Bob", "--config", "deploy/authsvc.toml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line[:14].strip(): line[15:] for line in lines if line[:14].strip()}
+    assert rows["listener"] == "imap4"
+    assert rows["map key"] == "bob@riseup.net"
+    assert rows["map"].startswith(f"map file {ROOT}/deploy/popmap")
+    assert rows["map answer"] == "127.0.0.2"
+    assert rows["route"] == "127.0.0.2:143 as 'bob' (from map, backend tls none)"
+    assert rows["time"].endswith(" ms")
+    steps = [line[15:] for line in lines]
+    assert "add_domain   'Bob@riseup.net'" in steps
+    assert "lower_case   'bob@riseup.net'" in steps
+
+
+def test_lookup_pop3_uses_port_110(in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lookup", "ALICE@riseup.net", "--protocol", "pop3",
+                 "--config", "deploy/authsvc.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "listener       pop3\n" in out
+    assert "route          127.0.0.3:110 as 'alice@riseup.net'" in out
+
+
+def test_lookup_listener_chooses_the_protocol(in_repo: None,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lookup", "bob", "--listener", "pop3s", "--config", "deploy/authsvc.toml"]) == 0
+    assert "route          127.0.0.2:110" in capsys.readouterr().out
+
+
+def test_lookup_unknown_user_is_refused(in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lookup", "carol", "--config", "deploy/authsvc.toml"]) == 1
+    out = capsys.readouterr().out
+    assert "map answer     no entry\n" in out
+    assert "refused        no_route: not in map\n" in out
+
+
+def test_lookup_unknown_listener(in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lookup", "bob", "--listener", "smtp", "--config", "deploy/authsvc.toml"]) == 1
+    assert "refused        unknown_listener: no imap listener named 'smtp'" in (
+        capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("login", "reason"),
+    [("bob\0evil", "control character in login"), ("b" * 300, "login longer than 255 bytes"),
+     ("", "empty login")],
+)
+def test_lookup_bad_login_is_a_clear_refusal(
+    in_repo: None, capsys: pytest.CaptureFixture[str], login: str, reason: str
+) -> None:
+    assert main(["lookup", login, "--config", "deploy/authsvc.toml"]) == 1
+    captured = capsys.readouterr()
+    assert f"refused        bad_login: {reason}\n" in captured.out
+    assert "\0" not in captured.out  # the login is shown escaped
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_lookup_local_name_for_add_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    (tmp_path / "popmap").write_text("bob@example.org: 10.0.0.5:1143\n")
+    (tmp_path / "a.toml").write_text(
+        '[login]\nadd_domain = ["lookup"]\n[map]\ntype = "file"\npath = "popmap"\n'
+        '[[listener]]\nname = "imap4"\nprotocol = "imap"\n')
+    assert main(["lookup", "bob", "--local-name", "mail.example.org",
+                 "--config", str(tmp_path / "a.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "map key        bob@example.org\n" in out
+    assert "route          10.0.0.5:1143 as 'bob'" in out
+
+
+def test_lookup_mysql_down_shows_the_query_and_no_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    port = free_port()  # nothing listens there
+    (tmp_path / "a.toml").write_text(
+        f'[map]\ntype = "mysql"\nhosts = ["127.0.0.1:{port}"]\npassword_file = "pw"\n'
+        'table = "mailboxes"\nserver_column = "storage_ip"\nuser_column = "address"\n'
+        "port_constant = 143\nconnect_timeout = 0.5\n"
+        '[[listener]]\nname = "imap4"\nprotocol = "imap"\n')
+    assert main(["lookup", "bob@riseup.net", "--config", str(tmp_path / "a.toml")]) == 1
+    captured = capsys.readouterr()
+    rows = {line[:14].strip(): line[15:] for line in captured.out.splitlines()}
+    assert "address" in rows["map"]
+    assert "mailboxes" in rows["map"]
+    assert rows["map answer"].startswith("unavailable")
+    assert rows["refused"].startswith("map_unavailable")
+    assert "s3cret-pw" not in captured.out + captured.err
+
+
+def test_lookup_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.toml").write_text("[[listener]]\nname = 5\n")
+    assert main(["lookup", "bob", "--config", str(tmp_path / "a.toml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.toml'}:2: listener.name: expected a string, got the number 5" in err
