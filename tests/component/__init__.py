@@ -1,0 +1,1 @@
+"""Component tests: the proxy on real loopback sockets, stdlib clients, scripted stores."""
