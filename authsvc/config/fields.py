@@ -105,35 +105,36 @@ class Section:
         self.used.add(key)
         return self.table.items.get(key)
 
+    def _text(self, key: str, raw: RawValue, *, nonempty: bool) -> str | None:
+        """``raw`` as a string, or None after reporting why it is not one."""
+        if not isinstance(raw.value, str):
+            self.error(key, f"expected a string, got {_kind(raw)}", raw)
+            return None
+        if nonempty and not raw.value:
+            self.error(key, "must not be empty", raw)
+            return None
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw.value):
+            self.error(key, "control character in value", raw)
+            return None
+        return raw.value
+
     def string(self, key: str, default: str, *, nonempty: bool = False) -> str:
         raw = self.raw(key)
         if raw is None:
             return default
-        if not isinstance(raw.value, str):
-            self.error(key, f"expected a string, got {_kind(raw)}", raw)
-            return default
-        if nonempty and not raw.value:
-            self.error(key, "must not be empty", raw)
-            return default
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw.value):
-            self.error(key, "control character in value", raw)
-            return default
-        return raw.value
+        value = self._text(key, raw, nonempty=nonempty)
+        return default if value is None else value
 
     def optional_string(self, key: str) -> str | None:
-        if self.table.items.get(key) is None:
-            self.used.add(key)
-            return None
-        value = self.string(key, "\0")
-        return None if value == "\0" else value
+        raw = self.raw(key)
+        return None if raw is None else self._text(key, raw, nonempty=False)
 
     def required_string(self, key: str) -> str | None:
-        if key not in self.table.items:
-            self.used.add(key)
+        raw = self.raw(key)
+        if raw is None:
             self.error(key, "missing (required)")
             return None
-        value = self.string(key, "\0", nonempty=True)
-        return None if value == "\0" else value
+        return self._text(key, raw, nonempty=True)
 
     def boolean(self, key: str, default: bool) -> bool:
         raw = self.raw(key)
