@@ -196,7 +196,7 @@ class HttpSettings:
     path: str = "/auth"
     #: Header nginx must send, compared in constant time; None = no secret.
     secret: Secret | None = None
-    secret_header: str = "X-Authsvc-Key"
+    secret_header: str = "X-Authsvc-Key"  # noqa: S105 - a header name, not a secret
     #: Send Auth-Wait on refusals up to this attempt, then let nginx close.
     max_attempts: int = 10
     auth_wait: int = 3
