@@ -99,7 +99,8 @@ async def test_wrong_password_unknown_user_and_retry(seed_proxy: Proxy, pki: Ser
     (s1, wrong, t1), (s2, unknown, t2), (s3, _, _) = await asyncio.to_thread(attempts)
     assert (s1, s2, s3) == ("NO", "NO", "OK")
     assert wrong == unknown == AUTH_FAILED
-    assert STORE_REFUSAL.encode() not in wrong  # type: ignore[operator]
+    assert isinstance(wrong, bytes)
+    assert STORE_REFUSAL.encode() not in wrong
     # Both refusals wait for the configured deadline (a lower bound, not a speed test).
     assert t1 >= FAST.auth_failure_delay * 0.9
     assert t2 >= FAST.auth_failure_delay * 0.9
