@@ -96,6 +96,13 @@ class FakeStore:
         ]
 
     async def _imap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._imap_session(reader, writer)
+        finally:
+            writer.close()
+
+    async def _imap_session(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             if await self._misbehave(writer):
                 return
@@ -165,6 +172,13 @@ class FakeStore:
     # --- POP3 ----------------------------------------------------------------------
 
     async def _pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._pop3_session(reader, writer)
+        finally:
+            writer.close()
+
+    async def _pop3_session(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             if await self._misbehave(writer):
                 return

@@ -1,0 +1,88 @@
+"""The session log: one structured line per session, and never a password."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from authsvc.settings import LogSettings
+from tests.component.conftest import running, seed_listeners, write_map
+from tests.component.fakestore import STORE_REFUSAL, FakeStore
+from tests.services.certs import ServerCert
+
+PASSWORD = "Pa55-w0rd-xyzzy"
+
+
+def talk(address: tuple[str, int], payload: bytes, until: bytes) -> bytes:
+    sock = socket.create_connection(address, timeout=5)
+    sock.sendall(payload)
+    data = b""
+    while until not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return data
+
+
+async def test_no_password_in_any_log_even_with_debug_and_connection_logging(
+    tmp_path: Path, pki: ServerCert, caplog: pytest.LogCaptureFixture
+) -> None:
+    imap = FakeStore("imap", users={"bob": PASSWORD})
+    pop3 = FakeStore("pop3", users={"bob": PASSWORD})
+    await imap.start()
+    await pop3.start()
+    imap_map = write_map(tmp_path / "i", {"bob@riseup.net": imap})
+    pop_map = write_map(tmp_path / "p", {"bob@riseup.net": pop3})
+    listeners = [seed_listeners(imap_map, pki)[0], seed_listeners(pop_map, pki)[2]]
+    plain = base64.b64encode(b"\0bob\0" + PASSWORD.encode())
+    caplog.set_level(logging.DEBUG)
+    try:
+        async with running(listeners, log=LogSettings(level="debug",
+                                                      connection_logging=True)) as proxy:
+            i = (proxy.host("imap4"), proxy.port("imap4"))
+            p = (proxy.host("pop3"), proxy.port("pop3"))
+            pw = PASSWORD.encode()
+            sessions = [
+                (i, b"a LOGIN bob wrong-" + pw + b"\r\nb LOGIN bob " + pw + b"\r\nc LOGOUT\r\n",
+                 b"c OK"),
+                (i, b"a LOGIN {3}\r\nbob {%d}\r\n" % len(pw) + pw + b"\r\nb LOGOUT\r\n", b"b OK"),
+                (i, b"a AUTHENTICATE PLAIN " + plain + b"\r\nb LOGOUT\r\n", b"b OK"),
+                (i, b"a AUTHENTICATE PLAIN\r\n" + plain + b"\r\nb LOGOUT\r\n", b"b OK"),
+                (p, b"USER bob\r\nPASS " + pw + b"\r\nQUIT\r\n", b"+OK bye"),
+                (p, b"AUTH PLAIN " + plain + b"\r\nQUIT\r\n", b"+OK bye"),
+                (p, b"USER nobody\r\nPASS " + pw + b"\r\nQUIT\r\n", b"+OK Logging out"),
+            ]
+            for address, payload, until in sessions:
+                assert until in await asyncio.to_thread(talk, address, payload, until)
+            for _ in range(500):  # every session has logged its line
+                if not proxy.server.sessions:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await imap.stop()
+        await pop3.stop()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "C: a LOGIN 'bob' ***" in text  # connection logging was on
+    for secret in (PASSWORD, plain.decode(), base64.b64encode(PASSWORD.encode()).decode()):
+        assert secret not in text
+    lines = [r.getMessage() for r in caplog.records if "event=session " in r.getMessage()]
+    assert len(lines) == len(sessions)
+    first = lines[0]
+    assert re.fullmatch(
+        r"event=session session=\d+ listener=imap4 protocol=imap client=127\.0\.0\.1:\d+ "
+        r"local=127\.0\.0\.1:\d+ tls=none login=bob mechanism=LOGIN "
+        r"backend=127\.0\.0\.1:\d+ backend_login=bob result=ok attempts=2 end=(client|backend)_eof "
+        r"bytes_in=\d+ bytes_out=\d+ duration=\d+\.\d{3}", first), first
+    # The store's refusal text is only logged, with the failed attempt.
+    failures = [r.getMessage() for r in caplog.records if "event=login_failed" in r.getMessage()]
+    assert any(STORE_REFUSAL in f for f in failures)
+    assert any("login=nobody" in f and "kind=no_route" in f for f in failures)
+    assert "result=auth_failed" in lines[-1]
