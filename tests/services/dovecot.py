@@ -174,11 +174,17 @@ service pop3-login {{
   process_min_avail = 1
   client_limit = 4000
 }}
+# Reuse mail processes across logins (every test user has the same uid), so
+# a login costs no fork+exec of imap/pop3: the load tests measure the front end.
 service imap {{
   process_limit = 1000
+  service_count = 1000
+  process_min_avail = 4
 }}
 service pop3 {{
   process_limit = 1000
+  service_count = 1000
+  process_min_avail = 2
 }}
 service auth {{
   client_limit = 6000

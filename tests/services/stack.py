@@ -363,15 +363,15 @@ def _authsvc(*args: str) -> str:
 
 
 def render_node_nginx(
-    config: Path, node: Node, pki: ServerCert, *, offset: int, proxy_from: str | None
+    config: Path, pki: ServerCert, *, address: str, auth_http: str, prefix: Path,
+    offset: int = 0, proxy_from: str | None = None,
 ) -> str:
-    """``authsvc render-nginx --standalone`` for one node."""
+    """``authsvc render-nginx --standalone`` for one node on ``address``."""
     args = [
         "render-nginx", "-c", str(config), "--standalone",
         "--ssl-cert", str(pki.cert), "--ssl-key", str(pki.key),
-        "--auth-http", f"{node.serve.host}:{node.serve.port}/auth",
-        "--bind", node.address, "--listen-offset", str(offset),
-        "--pid", str(node.prefix / "nginx.pid"), "--prefix", str(node.prefix),
+        "--auth-http", auth_http, "--bind", address, "--listen-offset", str(offset),
+        "--pid", str(prefix / "nginx.pid"), "--prefix", str(prefix),
     ]
     if proxy_from is not None:
         args += ["--proxy-protocol-from", proxy_from]
@@ -444,7 +444,8 @@ def running_stack(
             cleanup.callback(node.stop)
             serve.start()
             node.nginx_text = render_node_nginx(
-                config, node, pki, offset=offset,
+                config, pki, address=address, auth_http=f"{address}:{serve_port}/auth",
+                prefix=prefix, offset=offset,
                 proxy_from=HAPROXY_SOURCE if options.haproxy else None,
             )
             node.start_nginx()
