@@ -21,20 +21,20 @@ def logged_in(address: tuple[str, int]) -> socket.socket:
 
 
 def read_until(sock: socket.socket, marker: bytes) -> bytes:
-    data = b""
+    data = bytearray()
     while marker not in data[-4096:]:
         chunk = sock.recv(1 << 20)
         if not chunk:
             break
         data += chunk
-    return data
+    return bytes(data)
 
 
 async def test_backpressure_pauses_a_fast_store_for_a_slow_client(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore
 ) -> None:
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
-    size = 64 * 1024 * 1024
+    size = 32 * 1024 * 1024
     async with running(seed_listeners(path, pki)) as proxy:
         sock = await asyncio.to_thread(logged_in, (proxy.host("imap4"), proxy.port("imap4")))
         sock.sendall(b"f FLOOD %d\r\n" % size)
