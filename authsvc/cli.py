@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-inter", default=None,
                    help="health-check interval, an HAProxy time such as 2s or 500ms "
                    "(default: haproxy.check_inter from the config)")
+
+    p = sub.add_parser("proxy", help="run the IMAP/POP3 proxy (every configured listener)")
+    _add_config(p)
     return parser
 
 
@@ -133,6 +136,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from authsvc.http.flush import flush
 
         return flush(args)
+    if command == "proxy":
+        from proxy.server import main as proxy_main
+
+        return proxy_main(args)
     if command in ("render-nginx", "render-haproxy"):
         from authsvc.render import render_command
 

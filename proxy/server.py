@@ -22,6 +22,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 
+from authsvc.log import configure_logging
 from authsvc.routing import Router, open_router
 from authsvc.settings import (
     BackendTls,
@@ -125,9 +126,10 @@ class ProxyServer:
                     )
                     self._servers.setdefault(listener.name, []).append(server)
                     for sock in server.sockets:
-                        log.info("event=listening listener=%s protocol=%s tls=%s address=%s",
-                                 listener.name, listener.protocol.value, listener.tls.value,
-                                 _sockname(sock))
+                        log.info("", extra={"fields": {
+                            "event": "listening", "listener": listener.name,
+                            "protocol": listener.protocol.value, "tls": listener.tls.value,
+                            "on": _sockname(sock)}})
         except BaseException:
             await self.stop(0)
             raise
@@ -152,7 +154,8 @@ class ProxyServer:
             if listener.tls is not ListenTls.IMPLICIT:
                 channel.write(_BUSY[listener.protocol])
             channel.close()
-            log.warning("event=connection_limit listener=%s limit=%d", listener.name, limit)
+            log.warning("", extra={"fields": {"event": "connection_limit",
+                                              "listener": listener.name, "limit": limit}})
             return
         self._live[listener.name] += 1
         session = Session(context, channel, next(self._numbers))
@@ -205,18 +208,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         try:
             await stop.wait()
         finally:
-            log.info("event=stopping sessions=%d", server.sessions)
+            log.info("", extra={"fields": {"event": "stopping", "sessions": server.sessions}})
             await server.stop(settings.proxy.drain_timeout)
-
-
-def _configure_logging(settings: Settings) -> None:
-    level = logging.DEBUG if settings.log.level.lower() == "debug" else logging.INFO
-    if settings.log.level.lower() in ("quiet", "error"):
-        level = logging.ERROR
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
 
 
 def main(args: argparse.Namespace | Sequence[str]) -> int:
@@ -228,7 +221,7 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     for warning in loaded.warnings:
         print(f"authsvc: warning: {warning}", file=sys.stderr)
     settings: Settings = loaded.settings
-    _configure_logging(settings)
+    configure_logging(settings.log)
     try:
         asyncio.run(serve(settings))
     except (ProxyConfigError, OSError) as exc:

@@ -117,7 +117,8 @@ class Session:
             # A bug must cost one session, not the server; its text stays in our log.
             self.record.result = "error"
             self.record.end = f"error:{type(exc).__name__}"
-            log.exception("event=session_error session=%d", self.record.session)
+            log.exception("", extra={"fields": {"event": "session_error",
+                                                "session": self.record.session}})
         finally:
             self._client.close()
             if self._backend is not None:
@@ -125,11 +126,12 @@ class Session:
             self.record.bytes_in = self._client.bytes_in
             self.record.bytes_out = self._client.bytes_out
             self.record.duration = loop.time() - started
-            log.info("%s", self.record.line())
+            log.info("", extra={"fields": self.record.fields()})
 
     def _trace(self, text: str) -> None:
         if self._tracing:
-            log.debug("session=%d %s", self.record.session, text)
+            log.debug("", extra={"fields": {"event": "trace", "session": self.record.session,
+                                            "line": text}})
 
     async def _run(self) -> None:
         ctx = self._ctx
@@ -225,7 +227,7 @@ class Session:
             self._backend.close()
             self._backend = None
         record.result = "auth_failed" if is_auth_failure(kind) else "temporary_failure"
-        log.info("%s", record.failure_line(kind.value, reason))
+        log.info("", extra={"fields": record.failure_fields(kind.value, reason)})
         # The fixed deadline: the same wait for every failure (see module docstring).
         await asyncio.sleep(max(0.0, deadline - loop.time()))
         return LoginFailed(kind)
