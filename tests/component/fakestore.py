@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 from dataclasses import dataclass, field
 
 #: Text of the store's own refusal: tests check the client never sees it.
@@ -37,12 +38,14 @@ class FakeStore:
     host: str = "127.0.0.1"
     #: Bytes the store pushed with :meth:`flood`, for backpressure tests.
     flooded: int = 0
+    #: Implicit TLS for the store's port (the proxy's backend_tls = implicit).
+    tls: ssl.SSLContext | None = None
     _server: asyncio.Server | None = None
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def start(self) -> None:
         handler = self._imap if self.protocol == "imap" else self._pop3
-        self._server = await asyncio.start_server(handler, self.host, 0)
+        self._server = await asyncio.start_server(handler, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

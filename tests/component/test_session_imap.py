@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from authsvc.settings import ListenTls, MailProtocol, ProxySettings
+from authsvc.settings import BackendTls, ListenTls, MailProtocol, ProxySettings
 from tests.component.conftest import (
     FAST,
     Proxy,
@@ -333,3 +333,25 @@ async def test_plain_listener_refuses_starttls_client_ssl_errors(
         return None
 
     assert await asyncio.to_thread(tls_on_plain) is not None
+
+
+async def test_implicit_tls_to_the_store(tmp_path: Path, pki: ServerCert) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+    store = FakeStore("imap", tls=context)
+    await store.start()
+    try:
+        path = write_map(tmp_path / "map", {"bob@riseup.net": store})
+        listener = seed_listeners(path, pki, backend_tls=BackendTls.IMPLICIT)[0]
+        checked = ProxySettings(auth_failure_delay=0.1, backend_ca_file=str(pki.ca))
+        async with running([listener], checked) as proxy:
+            address = (proxy.host("imap4"), proxy.port("imap4"))
+            data = await asyncio.to_thread(exchange, address, b"a LOGIN bob good\r\n", b"a ")
+            assert b"a OK [CAPABILITY IMAP4rev1 IDLE MOVE]" in data
+        # A store whose certificate the proxy cannot check is a temporary failure.
+        async with running([listener], ProxySettings(auth_failure_delay=0.1)) as proxy:
+            address = (proxy.host("imap4"), proxy.port("imap4"))
+            data = await asyncio.to_thread(exchange, address, b"a LOGIN bob good\r\n", b"a ")
+            assert data.endswith(b"a NO " + UNAVAILABLE + b"\r\n")
+    finally:
+        await store.stop()
