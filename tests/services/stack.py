@@ -293,7 +293,7 @@ def write_config(
             f'cert = "{pki.cert}"',
             f'key = "{pki.key}"',
             # Perdition authenticate_timeout / timeout; short enough for tests.
-            "login_timeout = 60",
+            "login_timeout = 10",
             "timeout = 600",
         ]
         if protocol == "imap":
