@@ -13,8 +13,12 @@ holds.  A worker only ever writes its own file, so there are no locks.  A scrape
 whichever worker answers it, reads every file in the directory and adds the
 counters up (the file of a worker that died stays, so totals never go
 backwards); gauges take the minimum over the workers that are still alive.
-With one process the array simply lives in memory.  docs/serve.md has the
-details.
+Decisions and latencies are written as they happen, so totals are exact; the
+map caches keep their own counters, which each worker copies into its file at
+most twice a second while logins come in, every second otherwise, and before
+answering a scrape itself, so another worker's cache counters may lag by up to
+a second.  With one process the array simply lives in memory.  docs/serve.md
+has the details.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ before the first request, closed after the last one.  Tests pass their own
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -73,7 +74,11 @@ def create_app(
     app[AUTH] = auth
     app[CONTROL] = control
     app.router.add_get(settings.http.path, auth.handle)
-    app.router.add_routes(health_routes(readiness, metrics.render))
+    def render_metrics() -> str:
+        auth.refresh_cache_stats()  # this worker's cache counters, current to the scrape
+        return metrics.render()
+
+    app.router.add_routes(health_routes(readiness, render_metrics))
     app.router.add_post(FLUSH_PATH, control.handle)
     app.on_response_prepare.append(_drop_server_header)
 
@@ -85,14 +90,25 @@ def create_app(
             auth.bind(router)
             control.router = router
             health.set_ready()
+            # Other workers' scrapes read our file: keep its cache counters
+            # fresh even when no login comes in (metrics.py).
+            refresher = asyncio.create_task(_refresh_periodically(auth))
             try:
                 yield
             finally:
+                refresher.cancel()
                 health.set_draining()
+                auth.refresh_cache_stats()  # the final numbers stay in the worker file
+                auth.flush_log()
                 auth.bind(None)
                 control.router = None
                 readiness.check = None
-                metrics.set_cache_stats(router.cache_stats())
 
     app.cleanup_ctx.append(router_ctx)
     return app
+
+
+async def _refresh_periodically(auth: AuthService, every: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        auth.refresh_cache_stats()

@@ -22,6 +22,7 @@ authsvc never checks passwords: ``Auth-Pass`` is wrapped in
 from __future__ import annotations
 
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from authsvc.http.resolve import ResolveError, Resolver
+from authsvc.log import BatchedLog
 from authsvc.metrics import Metrics
 from authsvc.redact import Secret
 from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
@@ -52,6 +54,9 @@ TEXT_SMTP = "SMTP is not served here"
 #: "system not capable of selected features" (RFC 3463): permanent, so a
 #: client does not retry.
 SMTP_ERROR_CODE = "554 5.3.3"
+
+#: Seconds between copies of the cache counters into the metrics (see metrics.py).
+CACHE_STATS_INTERVAL = 0.5
 
 _WARN_RESULTS = frozenset({"forbidden", "bad_request", "unknown_listener", "error"})
 
@@ -76,11 +81,14 @@ def decode_escaped(value: str) -> tuple[str, bool]:
         return raw.decode("latin-1"), False
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+    return _CONTROL.search(text) is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per login, and frozen __init__ is slower
 class AuthRequest:
     """One nginx auth request, decoded.  The password never prints."""
 
@@ -105,35 +113,38 @@ class BadRequest:
 
 
 def parse_request(headers: Mapping[str, str]) -> AuthRequest | BadRequest:
-    """Read the headers nginx sends (§1.2) plus our template's two ``X-Authsvc-*``."""
-    protocol = (headers.get("Auth-Protocol") or "").strip().lower()
+    """Read the headers nginx sends (§1.2) plus our template's two ``X-Authsvc-*``.
+
+    Names are looked up in lower case: that works on aiohttp's case-insensitive
+    headers and on the plain dict of lower-cased names ``wire.py`` builds.
+    """
+    get = headers.get
+    protocol = (get("auth-protocol") or "").strip().lower()
     if protocol not in ("imap", "pop3", "smtp"):
         return BadRequest("no or unknown Auth-Protocol")
-    raw_user = headers.get("Auth-User")
+    raw_user = get("auth-user")
     if raw_user is None:
         return BadRequest("no Auth-User", protocol)
     login, utf8 = decode_escaped(raw_user)
-    password, _ = decode_escaped(headers.get("Auth-Pass", ""))
-    attempt_text = headers.get("Auth-Login-Attempt", "1")
+    password, _ = decode_escaped(get("auth-pass") or "")
+    attempt_text = get("auth-login-attempt") or "1"
     attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 9 else 1
-    listener = headers.get("X-Authsvc-Listener") or None
-    local_name = headers.get("X-Authsvc-Local-Name") or None
-    client_ip = headers.get("Client-IP") or None
-    for name, value in (("listener", listener), ("local name", local_name),
-                        ("Client-IP", client_ip)):
-        # These are not escaped by nginx; aiohttp already refuses raw CR/LF, so
-        # a control character here means the request did not come from nginx.
-        if value is not None and _has_control(value):
-            return BadRequest(f"control character in {name}", protocol)
+    listener = get("x-authsvc-listener") or None
+    local_name = get("x-authsvc-local-name") or None
+    client_ip = get("client-ip") or None
+    # These are not escaped by nginx, and aiohttp and wire.py refuse raw
+    # control characters, so one here means the request did not come from nginx.
+    if _has_control(f"{listener}{local_name}{client_ip}"):
+        return BadRequest("control character in X-Authsvc-* or Client-IP", protocol)
     return AuthRequest(
         login=login,
         login_utf8=utf8,
         password=Secret(password),
-        method=(headers.get("Auth-Method") or "plain").strip().lower(),
+        method=(get("auth-method") or "plain").strip().lower(),
         protocol=protocol,
         attempt=max(attempt, 1),
         client_ip=client_ip,
-        ssl=headers.get("Auth-SSL") == "on",
+        ssl=get("auth-ssl") == "on",
         listener=listener,
         local_name=local_name,
     )
@@ -173,6 +184,9 @@ class AuthService:
         self._metrics = metrics
         self._resolver = resolver
         self._router: Router | None = None
+        self._stats_due = 0.0
+        self._secret_header = settings.http.secret_header.lower()
+        self._decisions = BatchedLog(logger, "auth_http.py")
 
     def bind(self, router: Router | None) -> None:
         """Start (or stop, with None) answering with ``router``."""
@@ -180,15 +194,24 @@ class AuthService:
 
     async def handle(self, request: web.Request) -> web.Response:
         """aiohttp handler: always a 200 whose headers carry the outcome."""
+        outcome = await self.answer(request.headers, request.remote)
+        return web.Response(headers=outcome.headers)
+
+    async def answer(self, headers: Mapping[str, str], peer: str | None) -> Outcome:
+        """Decide, count and log one request; never raises.
+
+        Shared by the aiohttp handler and the fast path in ``wire.py``, which
+        reads nginx's one-shot requests itself.
+        """
         started = time.perf_counter()
         parsed: AuthRequest | BadRequest | None = None
         protocol = "unknown"
         try:
-            if not self._authorised(request):
+            if not self._authorised(headers):
                 outcome = Outcome(refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
                                   "forbidden", f"missing or wrong {self._http.secret_header}")
             else:
-                parsed = parse_request(request.headers)
+                parsed = parse_request(headers)
                 protocol = parsed.protocol
                 outcome = await self._decide(parsed)
         except Exception as exc:  # never let nginx see aiohttp's 500 page (no Auth-* headers)
@@ -197,20 +220,30 @@ class AuthService:
             outcome = Outcome(self._refuse(TEXT_TEMPORARY, attempt), "error", type(exc).__name__)
         elapsed = time.perf_counter() - started
         self._metrics.observe_decision(protocol, outcome.result, elapsed)
-        router = self._router
-        if router is not None and outcome.key is not None:  # a map was asked
-            self._metrics.set_cache_stats(router.cache_stats())
+        if started >= self._stats_due and outcome.key is not None:  # a map was asked
+            self.refresh_cache_stats()
         # Refusals that point at a misconfiguration (or an attacker) are warnings.
         level = logging.WARNING if outcome.result in _WARN_RESULTS else logging.INFO
         if logger.isEnabledFor(level):
-            self._log(request, parsed, outcome, elapsed, level)
-        return web.Response(headers=outcome.headers)
+            self._log(headers, peer, parsed, outcome, elapsed, level)
+        return outcome
 
-    def _authorised(self, request: web.Request) -> bool:
+    def flush_log(self) -> None:
+        """Write the decision lines still queued (at shutdown)."""
+        self._decisions.flush()
+
+    def refresh_cache_stats(self) -> None:
+        """Copy the caches' counters into the metrics (at most twice a second from requests)."""
+        router = self._router
+        if router is not None:
+            self._metrics.set_cache_stats(router.cache_stats())
+        self._stats_due = time.perf_counter() + CACHE_STATS_INTERVAL
+
+    def _authorised(self, headers: Mapping[str, str]) -> bool:
         secret = self._http.secret
         if secret is None:
             return True
-        offered = request.headers.get(self._http.secret_header)
+        offered = headers.get(self._secret_header)
         if offered is None:
             return False
         try:
@@ -264,56 +297,66 @@ class AuthService:
         return Outcome(headers, kind.value, refusal.reason, key=refusal.key,
                        listener=refusal.listener)
 
-    async def _success(self, route: Route, parsed: AuthRequest) -> Outcome:
-        def failed(result: str, reason: str, text: str = TEXT_TEMPORARY) -> Outcome:
-            return Outcome(self._refuse(text, parsed.attempt), result, reason,
-                           key=route.key, listener=route.listener)
+    def _failed(self, route: Route, attempt: int, result: str, reason: str,
+                text: str = TEXT_TEMPORARY) -> Outcome:
+        return Outcome(self._refuse(text, attempt), result, reason, key=route.key,
+                       listener=route.listener)
 
+    async def _success(self, route: Route, parsed: AuthRequest) -> Outcome:
         if not 0 < route.port < 65536:  # nginx checks the range too (§1.5)
-            return failed("error", f"map gave port {route.port}")
+            return self._failed(route, parsed.attempt, "error", f"map gave port {route.port}")
         try:
             address = await self._resolver.resolve(route.host)
         except ResolveError as exc:
-            return failed("resolve_failed", str(exc))
+            return self._failed(route, parsed.attempt, "resolve_failed", str(exc))
         headers = {"Auth-Status": "OK", "Auth-Server": address, "Auth-Port": str(route.port)}
         if route.backend_login != parsed.login:
             login = route.backend_login
             if _has_control(login) or len(login.encode()) > MAX_REPLY_LOGIN:
-                return failed("error", "backend login cannot be sent to nginx")
+                return self._failed(route, parsed.attempt, "error",
+                                    "backend login cannot be sent to nginx")
             if not parsed.login_utf8:
-                # aiohttp writes headers as UTF-8, so a Latin-1 login cannot be
-                # handed back byte for byte; refuse rather than log in as someone else.
-                return failed("bad_login", "login is not UTF-8 and would be rewritten",
-                              TEXT_INVALID)
+                # Replies are written as UTF-8, so a Latin-1 login cannot be handed
+                # back byte for byte; refuse rather than log in as someone else.
+                return self._failed(route, parsed.attempt, "bad_login",
+                                    "login is not UTF-8 and would be rewritten", TEXT_INVALID)
             headers["Auth-User"] = login
         return Outcome(headers, "ok", None, route=route, address=address, key=route.key,
                        listener=route.listener)
 
-    def _log(self, request: web.Request, parsed: AuthRequest | BadRequest | None,
-             outcome: Outcome, elapsed: float, level: int) -> None:
+    def _log(self, headers: Mapping[str, str], peer: str | None,
+             parsed: AuthRequest | BadRequest | None, outcome: Outcome, elapsed: float,
+             level: int) -> None:
         route = outcome.route
-        fields: dict[str, object] = {"event": "auth"}
         if isinstance(parsed, AuthRequest):
-            fields.update(
-                login=parsed.login,
-                key=outcome.key,
-                client=parsed.client_ip,
-                listener=outcome.listener or parsed.listener,
-                protocol=parsed.protocol,
-                attempt=parsed.attempt,
-                ssl="on" if parsed.ssl else None,
-            )
+            fields: dict[str, object] = {
+                "event": "auth",
+                "login": parsed.login,
+                "key": outcome.key,
+                "client": parsed.client_ip,
+                "listener": outcome.listener or parsed.listener,
+                "protocol": parsed.protocol,
+                "attempt": parsed.attempt,
+                "result": outcome.result,
+                "reason": outcome.reason,
+            }
+            if parsed.ssl:
+                fields["ssl"] = "on"
         else:
-            fields.update(client=request.headers.get("Client-IP") or request.remote,
-                          protocol=parsed.protocol if parsed is not None else None)
-        fields.update(result=outcome.result, reason=outcome.reason)
+            fields = {
+                "event": "auth",
+                "client": headers.get("client-ip") or peer,
+                "protocol": parsed.protocol if parsed is not None else None,
+                "result": outcome.result,
+                "reason": outcome.reason,
+            }
         if route is not None:
-            fields.update(
-                backend=f"[{outcome.address}]:{route.port}"
-                if outcome.address and ":" in outcome.address
-                else f"{outcome.address}:{route.port}",
-                user=outcome.headers.get("Auth-User"),
-                source=route.source,
-            )
+            address = outcome.address or ""
+            fields["backend"] = (f"[{address}]:{route.port}" if ":" in address
+                                 else f"{address}:{route.port}")
+            user = outcome.headers.get("Auth-User")
+            if user is not None:
+                fields["user"] = user
+            fields["source"] = route.source
         fields["ms"] = f"{elapsed * 1000:.2f}"
-        logger.log(level, "", extra={"fields": fields})
+        self._decisions.log(level, fields)

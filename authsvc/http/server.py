@@ -68,13 +68,13 @@ async def run_server(
     peers = Peers(run_dir) if run_dir is not None else None
     app = create_app(settings, metrics, peers=peers, open_router_fn=open_router_fn)
     verbose = settings.log.connection_logging or settings.log.level == "debug"
+    drain = drain_timeout if drain_timeout is not None else max(5.0,
+                                                                 settings.nginx.auth_http_timeout)
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=logging.getLogger("aiohttp.access") if verbose else None,
-        shutdown_timeout=drain_timeout
-        if drain_timeout is not None
-        else max(5.0, settings.nginx.auth_http_timeout),
+        shutdown_timeout=drain,
         max_field_size=MAX_FIELD_SIZE,
         max_line_size=MAX_FIELD_SIZE,
     )
@@ -89,7 +89,7 @@ async def run_server(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     try:
         await runner.setup()  # opens the router (cleanup_ctx)
-        await NginxSockSite(runner, sock, backlog=1024).start()
+        await NginxSockSite(runner, sock, drain_timeout=drain, backlog=1024).start()
         if peers is not None:
             await web.UnixSite(runner, peers.own).start()
             os.chmod(peers.own, 0o600)

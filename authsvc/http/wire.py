@@ -1,87 +1,237 @@
-"""Let a DEL byte in a password through: escape 0x7F in the request head before aiohttp parses it.
+"""nginx's side of the socket: answer its one-shot auth requests directly, hand the rest to aiohttp.
 
-nginx escapes only 0x00-0x1F, space and ``%`` in ``Auth-User``/``Auth-Pass``
-(nginx-haproxy.md §1.3), so a password containing DEL (0x7F) arrives raw.  Both
-of aiohttp's HTTP parsers answer such a header with ``400 Invalid header value
+nginx sends one ``GET <uri> HTTP/1.0`` per login on a fresh connection, reads
+the reply headers and closes (nginx-haproxy.md §0 rule 1, §1.1).  Such a request
+is read here, line by line, and answered by the same
+:meth:`AuthService.answer <authsvc.http.auth_http.AuthService.answer>` that the
+aiohttp handler calls; aiohttp's request machinery is not involved.  That
+halves the CPU a login costs (docs/benchmarks.md).  Anything else on the
+socket (HTTP/1.1 keep-alive, a body, another path, ``/readyz``, a malformed
+head) is handed, bytes unchanged, to aiohttp, which parses it as usual.
+
+DEL (0x7F): nginx escapes only 0x00-0x1F, space and ``%`` in
+``Auth-User``/``Auth-Pass`` (§1.3), so a password containing DEL arrives raw,
+and both aiohttp parsers answer such a header with ``400 Invalid header value
 char``; nginx then finds no ``Auth-Status`` and the user sees ``* BAD internal
-server error`` (§0 rule 10).  A DEL byte is legal in a password, so we turn it
-into ``%7F`` in the first request head of each connection: exactly what nginx
-would have sent had it escaped DEL too, and what ``decode_escaped`` turns back
-into 0x7F.  In ``Auth-User`` the decoded DEL is then refused as a control
-character by the login rules, with the ordinary "invalid login" answer.
-
-Only the head of the first request on a connection is touched (nginx sends one
-request per connection, §1.1); a body is never rewritten, so a Content-Length
-stays right.
+server error`` (§0 rule 10).  We turn 0x7F into ``%7F`` in the request head
+first: what nginx would have sent had it escaped DEL too, and what
+``decode_escaped`` turns back into 0x7F.  In ``Auth-User`` the decoded DEL is
+then refused as a control character, with the ordinary "invalid login" answer.
+Only the head of the first request on a connection is rewritten; a body never
+is, so a Content-Length stays right.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import socket
+from collections.abc import Callable
 
 from aiohttp import web
 
+from authsvc.http.app import AUTH, SETTINGS
+from authsvc.http.auth_http import AuthService
+
 _END = b"\r\n\r\n"
+#: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
+MAX_HEAD = 65536
+_REQUEST_LINE = re.compile(rb"GET ([^ ]+) HTTP/1\.([01])")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 §5.6.2)
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is allowed in a value
 
 
-class DelEscaper(asyncio.Protocol):
-    """Wraps aiohttp's protocol object and rewrites 0x7F in the first request head."""
+def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
+    """(HTTP minor version, headers by lower-cased name) of a one-shot ``GET <path>``.
 
-    __slots__ = ("_in_head", "_inner", "_tail")
+    ``head`` is everything before the blank line.  None means "not the simple
+    request nginx sends", for aiohttp to handle: another method or path, a
+    body, keep-alive, or any line that is not a plain ``Name: value``.
+    """
+    request_line, *lines = head.split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        return None
+    target = match.group(1).split(b"?", 1)[0]
+    if target != path.encode():
+        return None
+    if _CONTROL.search(head.replace(b"\r\n", b"")) is not None:
+        return None  # a bare CR or LF, or a control character in a value
+    headers: dict[str, str] = {}
+    for line in lines:
+        raw_name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(raw_name) is None:
+            return None  # not "Name: value" (a folded line starts with a space)
+        name = raw_name.decode("ascii").lower()
+        # aiohttp reads header values as UTF-8 with surrogateescape; so do we,
+        # so that decode_escaped() gets the same text from either path.  The
+        # first of duplicate headers wins, as with aiohttp's headers.get().
+        if name not in headers:
+            headers[name] = value.strip(b" \t").decode("utf-8", "surrogateescape")
+    if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
+        return None
+    minor = int(match.group(2))
+    connection = (headers.get("connection") or "").lower()
+    keep_alive = "keep-alive" in connection if minor == 0 else "close" not in connection
+    if keep_alive:
+        return None
+    return minor, headers
 
-    def __init__(self, inner: asyncio.Protocol) -> None:
-        self._inner = inner
-        self._in_head = True
-        self._tail = b""  # the last bytes of the head so far, to find _END across reads
+
+def serialize(minor: int, headers: dict[str, str]) -> bytes:
+    """The reply: status line, our headers, ``Content-Length: 0``, and (1.1) ``close``."""
+    lines = [f"HTTP/1.{minor} 200 OK"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append("Content-Length: 0")
+    if minor == 1:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class ReplyCache:
+    """Serialized replies by (HTTP minor version, headers): most logins repeat."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._replies: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def get(self, minor: int, headers: dict[str, str]) -> bytes:
+        key = (minor, tuple(headers.items()))
+        reply = self._replies.get(key)
+        if reply is None:
+            if len(self._replies) >= self._size:
+                self._replies.clear()
+            reply = self._replies[key] = serialize(minor, headers)
+        return reply
+
+
+class NginxProtocol(asyncio.Protocol):
+    """One connection: nginx's request answered here, anything else passed to aiohttp."""
+
+    def __init__(
+        self,
+        make_inner: Callable[[], asyncio.Protocol],
+        service: AuthService | None,
+        path: str,
+        in_flight: set[asyncio.Task[None]],
+        replies: ReplyCache,
+    ) -> None:
+        self._replies = replies
+        self._make_inner = make_inner
+        self._service = service
+        self._path = path
+        self._in_flight = in_flight
+        self._transport: asyncio.Transport | None = None
+        self._inner: asyncio.Protocol | None = None
+        self._buffer = b""
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            data = self._escape(data)
-        self._inner.data_received(data)
-
-    def _escape(self, data: bytes) -> bytes:
-        if not self._tail and _END in data and b"\x7f" not in data:
-            self._in_head = False  # the usual case: the whole head in one read, no DEL
-            return data
-        joined = self._tail + data
-        end = joined.find(_END)
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        if self._task is not None:
+            return  # nginx sends nothing after its head; ignore anything that does
+        buffer = self._buffer + data if self._buffer else data
+        end = buffer.find(_END)
         if end < 0:
-            head, rest = data, b""
-            self._tail = joined[-(len(_END) - 1) :]
-        else:
-            cut = max(end + len(_END) - len(self._tail), 0)
-            head, rest = data[:cut], data[cut:]
-            self._in_head = False
-            self._tail = b""
-        return head.replace(b"\x7f", b"%7F") + rest
+            self._buffer = buffer
+            if len(buffer) > MAX_HEAD:
+                self._hand_over(buffer.replace(b"\x7f", b"%7F"))
+            return
+        self._buffer = b""
+        head = buffer[:end].replace(b"\x7f", b"%7F")
+        rest = buffer[end + len(_END):]
+        service = self._service
+        parsed = None if rest or service is None else parse_head(head, self._path)
+        if parsed is None or service is None:
+            self._hand_over(head + _END + rest)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(service, *parsed))
+        self._task = task
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _answer(self, service: AuthService, minor: int, headers: dict[str, str]) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            peer = transport.get_extra_info("peername")
+            outcome = await service.answer(
+                headers, peer[0] if isinstance(peer, tuple) else None)
+            if not transport.is_closing():
+                transport.write(self._replies.get(minor, outcome.headers))
+        finally:
+            transport.close()
+
+    def _hand_over(self, data: bytes) -> None:
+        """From now on aiohttp owns the connection, starting with ``data``."""
+        assert self._transport is not None
+        inner = self._make_inner()
+        self._inner = inner
+        inner.connection_made(self._transport)
+        inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        if self._inner is not None:
+            return self._inner.eof_received()
+        # Keep the socket open for our reply if the client half-closed after
+        # its request; close at once if it left before sending one.
+        return True if self._task is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 class NginxSockSite(web.SockSite):
-    """``web.SockSite`` whose connections go through :class:`DelEscaper`."""
+    """``web.SockSite`` whose connections go through :class:`NginxProtocol`.
+
+    ``fast_path=False`` keeps only the DEL escaping and lets aiohttp parse
+    every request (tests compare the two).  On stop, requests answered on the
+    fast path are waited for (up to ``drain_timeout``) the way aiohttp waits
+    for its own.
+    """
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, fast_path: bool = True,
+                 drain_timeout: float = 10.0, backlog: int = 1024) -> None:
+        super().__init__(runner, sock, backlog=backlog)
+        self._fast_path = fast_path
+        self._drain_timeout = drain_timeout
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._replies = ReplyCache()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
+        app = getattr(self._runner, "app", None)
+        service = app[AUTH] if self._fast_path and isinstance(app, web.Application) else None
+        path = app[SETTINGS].http.path if isinstance(app, web.Application) else "/auth"
         self._server = await loop.create_server(
-            lambda: DelEscaper(server()),
+            lambda: NginxProtocol(server, service, path, self._in_flight, self._replies),
             sock=self._sock,
             ssl=self._ssl_context,
             backlog=self._backlog,
         )
+
+    async def stop(self) -> None:
+        await super().stop()  # no more connections
+        if self._in_flight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._drain_timeout):
+                    await asyncio.gather(*self._in_flight, return_exceptions=True)

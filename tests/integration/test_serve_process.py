@@ -172,10 +172,18 @@ def test_two_workers_totals_flush_and_signals(config: Path, tmp_path: Path) -> N
             status, text = get(base + "/metrics")
             assert status == 200
             assert 'authsvc_auth_decisions_total{protocol="imap",result="ok"} 40\n' in text
+            assert 'authsvc_auth_duration_seconds_count 40\n' in text
             assert "authsvc_workers 2\n" in text
+        # Cache counters reach the other worker's file within a second (metrics.py).
+        deadline = time.monotonic() + 5
+        while True:
+            text = get(base + "/metrics")[1]
             lookups = sum(float(v) for v in re.findall(
                 r"^authsvc_cache_(?:hits|misses)_total\{[^}]*\} (\S+)$", text, re.M))
-            assert lookups == 40
+            if lookups == 40 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert lookups == 40
 
         done = flush_cli(config, "--user", "procbob@riseup.net", "--url", base)
         assert done.returncode == 0, done.stderr

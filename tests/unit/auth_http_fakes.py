@@ -243,9 +243,12 @@ async def exchange(port: int, request: bytes, *, chunks: int = 1, host: str = "1
 
 @asynccontextmanager
 async def nginx_facing_server(app: web.Application, *, shim: bool = True,
-                              unix: Sequence[str] = (), **runner_kw: object) -> AsyncIterator[int]:
+                              fast_path: bool = True, unix: Sequence[str] = (),
+                              **runner_kw: object) -> AsyncIterator[int]:
     """``app`` on a loopback port through the same site class ``authsvc serve`` uses.
 
+    ``shim=False``: plain aiohttp (no wire.py at all); ``fast_path=False``:
+    wire.py's DEL escaping only, aiohttp parses every request.
     ``unix``: also listen on these unix socket paths (plain aiohttp sites).
     """
     runner_kw.setdefault("access_log", None)
@@ -254,7 +257,8 @@ async def nginx_facing_server(app: web.Application, *, shim: bool = True,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    site = NginxSockSite(runner, sock) if shim else web.SockSite(runner, sock)
+    site = (NginxSockSite(runner, sock, fast_path=fast_path) if shim
+            else web.SockSite(runner, sock))
     await site.start()
     for path in unix:
         await web.UnixSite(runner, path).start()

@@ -6,6 +6,7 @@ the DEL escaper (``authsvc/http/wire.py``) is part of every exchange here.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 
 from authsvc.http.auth_http import TEXT_INVALID, TEXT_TEMPORARY
 from authsvc.http.server import MAX_FIELD_SIZE
+from authsvc.http.wire import parse_head
 from authsvc.http.workers import ListenError, bind_unix
 from tests.unit.auth_http_fakes import (
     PASSWORD,
+    Reply,
     exchange,
     make_app,
     make_maps,
@@ -46,28 +49,27 @@ def test_request_builder_matches_nginx_escaping() -> None:
 
 
 async def test_success_reply_bytes(port: int) -> None:
-    reply = parse_reply(await exchange(port, nginx_request(b"Bob")))
-    assert reply.status_line == b"HTTP/1.0 200 OK"
-    assert [(k, v) for k, v in reply.headers if k != b"Date"] == [
-        (b"Auth-Status", b"OK"),
-        (b"Auth-Server", b"10.0.0.5"),
-        (b"Auth-Port", b"143"),
-        (b"Auth-User", b"bob"),
-        (b"Content-Length", b"0"),
-    ]
-    assert reply.names()[-1] == "Date"
-    assert reply.body == b""  # and the server closed: exchange() read to EOF
-    assert reply.head_size() < 200
+    raw = await exchange(port, nginx_request(b"Bob"))
+    assert raw == (
+        b"HTTP/1.0 200 OK\r\n"
+        b"Auth-Status: OK\r\n"
+        b"Auth-Server: 10.0.0.5\r\n"
+        b"Auth-Port: 143\r\n"
+        b"Auth-User: bob\r\n"
+        b"Content-Length: 0\r\n"
+        b"\r\n"
+    )  # and the server closed: exchange() read to EOF
 
 
 async def test_refusal_reply_bytes(port: int) -> None:
-    reply = parse_reply(await exchange(port, nginx_request(b"nobody")))
-    assert reply.status_line == b"HTTP/1.0 200 OK"
-    assert [(k, v) for k, v in reply.headers if k != b"Date"] == [
-        (b"Auth-Status", TEXT_INVALID.encode()),
-        (b"Auth-Wait", b"3"),
-        (b"Content-Length", b"0"),
-    ]
+    raw = await exchange(port, nginx_request(b"nobody"))
+    assert raw == (
+        b"HTTP/1.0 200 OK\r\n"
+        b"Auth-Status: " + TEXT_INVALID.encode() + b"\r\n"
+        b"Auth-Wait: 3\r\n"
+        b"Content-Length: 0\r\n"
+        b"\r\n"
+    )
 
 
 async def test_map_down_reply_bytes(port: int) -> None:
@@ -178,3 +180,109 @@ def test_bind_unix_replaces_a_stale_socket_but_not_a_live_one(tmp_path: Path) ->
     with pytest.raises(ListenError, match="not a socket"):
         bind_unix(str(tmp_path / "file"))
 
+
+
+# -- the fast path and aiohttp agree ------------------------------------------------------------
+
+
+@pytest.fixture
+async def aiohttp_port() -> AsyncIterator[int]:
+    """The same app with every request parsed by aiohttp (wire.py's DEL escaping only)."""
+    app = make_app(seed_settings(), make_maps())
+    async with nginx_facing_server(app, fast_path=False, max_field_size=MAX_FIELD_SIZE,
+                                   max_line_size=MAX_FIELD_SIZE) as bound:
+        yield bound
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        nginx_request(b"Bob"),
+        nginx_request(b"nobody", attempt=12),
+        nginx_request("jöhn".encode()),
+        nginx_request(b"J\xf6hn"),
+        nginx_request(b"Bob", b"pass\x7fword"),
+        nginx_request(b"bob", protocol=b"smtp"),
+        nginx_request(b"bob", method=b"cram-md5"),
+        nginx_request(b"bob", protocol=b"pop3", extra=((b"X-Authsvc-Listener", b"pop3s"),)),
+        nginx_request(b"bob", extra=((b"X-Authsvc-Listener", b"nope"),)),
+        nginx_request(b" " * 4000),
+        b"GET /auth HTTP/1.0\r\nHost: x\r\nAuth-Protocol: imap\r\n\r\n",
+    ],
+    ids=["ok", "refused", "utf8", "latin1-rewrite", "del", "smtp", "cram", "pop3s",
+         "bad-listener", "long", "no-user"],
+)
+async def test_fast_path_answers_like_aiohttp(
+    port: int, aiohttp_port: int, request_bytes: bytes
+) -> None:
+    fast = parse_reply(await exchange(port, request_bytes))
+    slow = parse_reply(await exchange(aiohttp_port, request_bytes))
+    def auth_headers(reply: Reply) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for k, v in reply.headers if k.startswith(b"Auth-")]
+    assert auth_headers(fast) == auth_headers(slow)
+    assert auth_headers(fast)
+    assert fast.status_line == slow.status_line == b"HTTP/1.0 200 OK"
+    assert fast.get("Date") is None and slow.get("Date") is not None  # who answered
+
+
+@pytest.mark.parametrize(
+    ("head", "fast"),
+    [
+        (b"GET /auth HTTP/1.0\r\nAuth-User: a", True),
+        (b"GET /auth?x=1 HTTP/1.0\r\nAuth-User: a", True),
+        (b"GET /auth HTTP/1.1\r\nConnection: close\r\nAuth-User: a", True),
+        (b"GET /auth HTTP/1.1\r\nAuth-User: a", False),  # keep-alive: aiohttp's job
+        (b"GET /auth HTTP/1.0\r\nConnection: keep-alive", False),
+        (b"POST /auth HTTP/1.0\r\nAuth-User: a", False),
+        (b"GET /readyz HTTP/1.0", False),
+        (b"GET /auth HTTP/1.0\r\nContent-Length: 3", False),
+        (b"GET /auth HTTP/1.0\r\nTransfer-Encoding: chunked", False),
+        (b"GET /auth HTTP/1.0\r\nBad Header: a", False),
+        (b"GET /auth HTTP/1.0\r\n folded", False),
+        (b"GET /auth HTTP/1.0\r\nAuth-User: a\x01b", False),
+        (b"GET /auth HTTP/1.0\r\nAuth-User: a\nX: b", False),
+        (b"GET /auth HTTP/2.0", False),
+    ],
+)
+def test_parse_head_takes_only_nginx_shaped_requests(head: bytes, fast: bool) -> None:
+    assert (parse_head(head, "/auth") is not None) is fast
+
+
+def test_parse_head_headers() -> None:
+    parsed = parse_head(b"GET /auth HTTP/1.0\r\nAuth-User:  b\xc3\xb6b \r\nAUTH-USER: x\r\n"
+                        b"Client-IP: 192.0.2.1", "/auth")
+    assert parsed is not None
+    minor, headers = parsed
+    assert minor == 0
+    assert headers == {"auth-user": "böb", "client-ip": "192.0.2.1"}  # trimmed; first wins
+
+
+async def test_keep_alive_request_is_served_by_aiohttp(port: int) -> None:
+    request = nginx_request(b"Bob", b"pw\x7f").replace(b"HTTP/1.0", b"HTTP/1.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(5):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    first, _, second = raw.partition(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain")
+    reply = parse_reply(first)
+    assert (reply.status_line, reply.get("Auth-Status"), reply.get("Auth-User")) == (
+        b"HTTP/1.1 200 OK", "OK", "bob")
+    assert second.endswith(b"ok\n")
+
+
+async def test_http11_close_gets_a_fast_answer(port: int) -> None:
+    request = nginx_request(b"Bob").replace(b"HTTP/1.0\r\n",
+                                             b"HTTP/1.1\r\nConnection: close\r\n")
+    raw = await exchange(port, request)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\n")
+    assert raw.endswith(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+async def test_readyz_on_the_nginx_socket(port: int) -> None:
+    raw = await exchange(port, b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+    reply = parse_reply(raw)
+    assert reply.status_line == b"HTTP/1.0 200 OK"
+    assert b'"status": "ready"' in reply.body
