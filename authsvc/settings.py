@@ -53,6 +53,15 @@ class BackendTls(enum.Enum):
     IMPLICIT = "implicit"  # ssl_outgoing
 
 
+class ForwardClient(enum.Enum):
+    """How the proxy tells a store the client's own address (nginx-haproxy.md §4.2)."""
+
+    NONE = "none"
+    ID = "id"  # IMAP ID ("x-originating-ip" ...) / POP3 XCLIENT ADDR= PORT=
+    PROXY_V1 = "proxy_v1"  # a PROXY protocol v1 header before the greeting
+    PROXY_V2 = "proxy_v2"  # a PROXY protocol v2 header before the greeting
+
+
 @dataclass(frozen=True, slots=True)
 class HostPort:
     """A host (name or IP literal, IPv6 without brackets) and an optional port."""
@@ -185,6 +194,11 @@ class ListenerSettings:
     login_timeout: float = 1800.0
     #: Where these settings came from, for messages: "file" or "file:line".
     source: str = ""
+    #: ``authsvc proxy``: every connection starts with a PROXY v1/v2 header
+    #: (HAProxy ``send-proxy``/``send-proxy-v2``), accepted only from trusted networks.
+    proxy_protocol: bool = False
+    #: Networks trusted to send that header; empty = ``ProxySettings.proxy_protocol_from``.
+    proxy_protocol_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +264,19 @@ class HaproxySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendOverride:
+    """``[[proxy.backends]]``: what the proxy does for one store (by map host, and port)."""
+
+    host: str
+    #: None = every port of ``host``.
+    port: int | None = None
+    #: None = ``ProxySettings.forward_client``.
+    forward_client: ForwardClient | None = None
+    #: The name the store's certificate must carry; None = ``ProxySettings.backend_tls_name``.
+    tls_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProxySettings:
     """``authsvc proxy``: limits and timeouts shared by every proxy listener."""
 
@@ -275,6 +302,37 @@ class ProxySettings:
     splice_buffer: int = 262_144
     #: On SIGTERM, how long logged-in sessions may finish before they are cut.
     drain_timeout: float = 30.0
+    #: CA directory (hashed, ``c_rehash``) for stores, besides ``backend_ca_file``.
+    backend_ca_path: str | None = None
+    #: Check the name in the store's certificate (Perdition ``ssl_no_cn_verify`` = off).
+    backend_verify_name: bool = True
+    #: The name stores' certificates must carry when the map gives IP addresses;
+    #: None = the map's host, name or address.
+    backend_tls_name: str | None = None
+    #: Tell stores the client's address; ``[[proxy.backends]]`` overrides it per store.
+    forward_client: ForwardClient = ForwardClient.NONE
+    backends: tuple[BackendOverride, ...] = ()
+    #: Networks trusted to send PROXY headers to listeners that expect them.
+    proxy_protocol_from: tuple[str, ...] = ()
+    #: A PROXY header must be complete this many seconds after the connection.
+    proxy_protocol_timeout: float = 3.0
+    #: Concurrent sessions from one client address (after PROXY), 0 = no limit.
+    client_limit: int = 0
+    #: Sessions not yet logged in, all listeners together, 0 = no limit.
+    preauth_limit: int = 0
+    #: Sessions not yet logged in from one client address, 0 = no limit.
+    client_preauth_limit: int = 0
+    #: Total time from connect to login, however active the client, 0 = none.
+    login_deadline: float = 0.0
+    #: Where ``/healthz``, ``/readyz`` and ``/metrics`` are served; None = nowhere.
+    health_listen: HostPort | None = None
+    #: Also write Perdition's ``Auth:`` line (perdition.md §7.2) to syslog.
+    auth_log: bool = False
+    #: A unix datagram socket path, or ``host:port`` for UDP.
+    auth_log_target: str = "/dev/log"
+    #: The syslog ident; ``{listener}`` is replaced by the listener's name.
+    auth_log_ident: str = "perdition.{listener}"
+    auth_log_facility: str = "mail"
 
 
 @dataclass(frozen=True, slots=True)

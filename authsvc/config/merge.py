@@ -5,8 +5,10 @@ so each file gives one listener and the process-wide options must agree
 (docs/configuration.md, "Several Perdition files"):
 
 * log level (``debug``, ``quiet``) and ``connection_logging``;
-* ``username``, ``group`` and ``log_facility`` (ignored by authsvc, but two
-  values mean the files were not written for one process).
+* ``username`` and ``group`` (ignored by authsvc, but two values mean the
+  files were not written for one process);
+* ``log_facility``, ``ssl_ca_file``, ``ssl_ca_path``, ``ssl_no_cert_verify``
+  and ``ssl_no_cn_verify``: ``authsvc proxy``'s ``[proxy]`` settings.
 
 An option left out of one file has its Perdition default there, so
 ``debug`` in one file and not in another is a disagreement too.  Listener
@@ -53,6 +55,29 @@ def merge_perdition(files: list[PerditionFile], report: Report) -> RawTable:
     log = root.table("log", root.pos)
     log.set("level", level, level_pos or Pos(first.file, 0, "debug"))
     log.set("connection_logging", logging, logging_pos or Pos(first.file, 0, "connection_logging"))
+    _proxy_table(root, first)
     listeners = [RawValue(f.listener, f.listener.pos) for f in files]
     root.set("listener", listeners, root.pos)
     return root
+
+
+def _proxy_table(root: RawTable, first: PerditionFile) -> None:
+    """``[proxy]`` from the options every file agrees on (backend TLS, syslog).
+
+    Perdition always wrote its ``Auth:`` line to syslog (perdition.md §7.1), and
+    fail2ban jails read it there, so Perdition files turn it on.
+    """
+    proxy = root.table("proxy", root.pos)
+    facility, facility_pos = first.process["log_facility"]
+    proxy.set("auth_log", True, facility_pos or Pos(first.file, 0, "log_facility"))
+    if facility_pos is not None and isinstance(facility, str) and facility[:1] not in "/-+":
+        proxy.set("auth_log_facility", facility.lower(), facility_pos)
+    for option, key in (("ssl_ca_file", "backend_ca_file"), ("ssl_ca_path", "backend_ca_path")):
+        value, pos = first.process[option]
+        if pos is not None and value:
+            proxy.set(key, value, pos)
+    for option, key in (("ssl_no_cert_verify", "backend_verify"),
+                        ("ssl_no_cn_verify", "backend_verify_name")):
+        value, pos = first.process[option]
+        if pos is not None and value is True:
+            proxy.set(key, False, pos)

@@ -327,9 +327,18 @@ class _Reader:
             found["log level"] = ("info", None)
         d = self.opts.last("connection_logging")
         found["connection_logging"] = (True, self.opts.pos(d)) if d else (False, None)
-        for name in ("username", "group", "log_facility"):
+        for name in ("username", "group", "log_facility", "ssl_ca_file", "ssl_ca_path"):
             d = self.opts.last(name)
             found[name] = (d.value or "", self.opts.pos(d)) if d else ("", None)
+        # Backend certificate checks: one process, one setting (authsvc proxy's [proxy]).
+        for name in ("ssl_no_cert_verify", "ssl_no_cn_verify"):
+            d = self.opts.last(name)
+            found[name] = (True, self.opts.pos(d)) if d else (False, None)
+        d = self.opts.last("log_facility")
+        if d is not None and d.value and d.value[0] in "/-+":
+            self.report.warn(self.file, d.line, d.key,
+                             "a log file, stdout or stderr: authsvc logs to stderr (the "
+                             "journal) and writes the Auth: lines to syslog; ignored")
         return found
 
 

@@ -27,7 +27,9 @@ class Option:
 
 
 _TLS_LISTEN = "listener TLS parameters come from nginx or the proxy defaults; ignored"
-_TLS_BACKEND = "backend certificate checks are not configured per Perdition option; ignored"
+_TLS_BACKEND = ("backend certificate checks are not relaxed or tuned per Perdition option "
+                "(ssl_ca_file, ssl_ca_path, ssl_no_cert_verify and ssl_no_cn_verify are read); "
+                "ignored")
 _NOT_IN_FILE = "ignored in a file, as Perdition does"
 
 OPTIONS: tuple[Option, ...] = (
@@ -48,8 +50,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("domain_delimiter", "D", True),
     Option("debug", "d", False),
     Option("explicit_domain", "e", True),
-    Option("log_facility", "F", True,
-           "authsvc logs to stderr (the journal under systemd); ignored"),
+    Option("log_facility", "F", True),
     Option("config_file", "f", True, _NOT_IN_FILE),
     Option("group", "g", True,
            "authsvc does not change group itself (use systemd Group=); ignored"),
@@ -96,8 +97,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssl_mode", None, True, repeatable=True),
     Option("ssl_cert_file", None, True),
     Option("ssl_key_file", None, True),
-    Option("ssl_ca_file", None, True, _TLS_BACKEND),
-    Option("ssl_ca_path", None, True, _TLS_BACKEND),
+    Option("ssl_ca_file", None, True),
+    Option("ssl_ca_path", None, True),
     Option("ssl_ca_chain_file", None, True, _TLS_LISTEN),
     Option("ssl_ca_accept_self_signed", None, False, _TLS_BACKEND),
     Option("ssl_cert_accept_self_signed", None, False, _TLS_BACKEND),
@@ -107,10 +108,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssl_dh_params_file", None, True, _TLS_LISTEN),
     Option("ssl_listen_ciphers", None, True, _TLS_LISTEN),
     Option("ssl_outgoing_ciphers", None, True, _TLS_BACKEND),
-    Option("ssl_no_cert_verify", None, False, _TLS_BACKEND),
+    Option("ssl_no_cert_verify", None, False),
     Option("ssl_no_client_cert_verify", None, False,
            "authsvc never asks clients for a certificate; ignored"),
-    Option("ssl_no_cn_verify", None, False, _TLS_BACKEND),
+    Option("ssl_no_cn_verify", None, False),
     Option("ssl_passphrase_fd", None, True,
            "encrypted private keys are not supported; ignored"),
     Option("ssl_passphrase_file", None, True,

@@ -15,14 +15,16 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from authsvc.config.fields import IDENTIFIER, Section, parse_hostport, where
+from authsvc.config.fields import IDENTIFIER, Section, parse_host, parse_hostport, where
 from authsvc.config.issues import Report
 from authsvc.config.raw import Pos, RawTable, RawValue, overlay
 from authsvc.redact import Secret
 from authsvc.settings import (
+    BackendOverride,
     BackendTls,
     CacheSettings,
     FileMapSettings,
+    ForwardClient,
     HaproxySettings,
     HostPort,
     HttpSettings,
@@ -36,6 +38,7 @@ from authsvc.settings import (
     NginxSettings,
     NoMapSettings,
     PoolNode,
+    ProxySettings,
     RegexMapSettings,
     Settings,
     Stage,
@@ -50,6 +53,9 @@ _STAGES = {"lookup": (Stage.LOOKUP,), "backend_login": (Stage.BACKEND_LOGIN,),
 _PORTS = {("imap", False): 143, ("imap", True): 993, ("pop3", False): 110, ("pop3", True): 995}
 #: Capabilities the front ends add and remove themselves (perdition.md §4.2, §8).
 _MANAGED = {True: {"STARTTLS", "LOGINDISABLED"}, False: {"STLS"}}
+#: syslog(3) facility names (the Auth: line of ``authsvc proxy``, perdition.md §7.1).
+SYSLOG_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
+                     "cron", "authpriv", "ftp", *(f"local{n}" for n in range(8)))
 _MAP_KEYS = {
     "file": {"path"},
     "regex": {"path", "perdition_prefix_quirk"},
@@ -256,6 +262,8 @@ class _Validator:
             idle_timeout=s.seconds("timeout", 1800.0),
             login_timeout=s.seconds("login_timeout", 1800.0),
             source=where(table.pos),
+            proxy_protocol=s.boolean("proxy_protocol", False),
+            proxy_protocol_from=_networks(s, "proxy_protocol_from"),
         )
         if isinstance(map_settings, NoMapSettings) and not servers:
             s.warn("outgoing_server", f"listener {name!r} has no map and no outgoing_server: "
@@ -330,7 +338,9 @@ class _Validator:
                           format=g.choice("format", "kv", ("kv", "json")))
         g.finish()
         settings = Settings(listeners=listeners, cache=cache, http=http, log=log,
-                            nginx=self.nginx(top, pos), haproxy=self.haproxy(top, pos))
+                            nginx=self.nginx(top, pos), haproxy=self.haproxy(top, pos),
+                            proxy=self.proxy(top, pos, tables=top.tables("listener"),
+                                             listeners=listeners))
         top.finish()
         return settings
 
@@ -398,6 +408,105 @@ class _Validator:
             admin_socket=a.path("admin_socket"))
         a.finish()
         return settings
+
+
+    def proxy(self, top: Section, pos: Pos, *, tables: list[RawTable],
+              listeners: tuple[ListenerSettings, ...]) -> ProxySettings:
+        """``[proxy]``: ``authsvc proxy``'s limits, store TLS, forwarding and logs."""
+        p = self.section(top.table_of("proxy"), "proxy", pos)
+        d = ProxySettings()
+        backends: list[BackendOverride] = []
+        for table in p.tables("backends"):
+            b = Section(table, "proxy.backends", self.report)
+            server = b.hostport("server", need_port=False)
+            if server is None and "server" not in table.items:
+                b.required_string("server")
+            forward = b.choice("forward_client", "", [f.value for f in ForwardClient])
+            if server is not None:
+                backends.append(BackendOverride(
+                    host=server.host, port=server.port,
+                    forward_client=ForwardClient(forward) if forward else None,
+                    tls_name=_tls_name(b, "tls_name")))
+            b.finish()
+        target = p.string("auth_log_target", d.auth_log_target, nonempty=True)
+        if not target.startswith("/"):
+            try:
+                if parse_hostport(target).port is None:
+                    raise ValueError(f"{target!r} needs a port")
+            except ValueError as exc:
+                p.error("auth_log_target", f"{exc}: give a unix socket path (/dev/log) or "
+                        "host:port for UDP", p.table.items.get("auth_log_target"))
+        ident = p.string("auth_log_ident", d.auth_log_ident, nonempty=True)
+        rest = ident.replace("{listener}", "")
+        if any(ch.isspace() or ch in "{}[]:" for ch in rest):
+            p.error("auth_log_ident", f"{ident!r}: no spaces, ':', '[', ']' or braces other "
+                    "than {listener}", p.table.items.get("auth_log_ident"))
+        settings = ProxySettings(
+            auth_failure_delay=p.seconds("auth_failure_delay", d.auth_failure_delay),
+            max_login_attempts=p.integer("max_login_attempts", d.max_login_attempts, 1, 1000),
+            max_bad_commands=p.integer("max_bad_commands", d.max_bad_commands, 1, 1000),
+            max_line_length=p.integer("max_line_length", d.max_line_length, 512, 1_048_576),
+            max_literal_length=p.integer("max_literal_length", d.max_literal_length, 256,
+                                         1_048_576),
+            backend_timeout=p.seconds("backend_timeout", d.backend_timeout, positive=True),
+            backend_ca_file=p.path("backend_ca_file", check="CA file"),
+            backend_verify=p.boolean("backend_verify", d.backend_verify),
+            splice_buffer=p.integer("splice_buffer", d.splice_buffer, 4096, 64 * 1_048_576),
+            drain_timeout=p.seconds("drain_timeout", d.drain_timeout),
+            backend_ca_path=p.path("backend_ca_path", check="CA directory"),
+            backend_verify_name=p.boolean("backend_verify_name", d.backend_verify_name),
+            backend_tls_name=_tls_name(p, "backend_tls_name"),
+            forward_client=ForwardClient(p.choice("forward_client", d.forward_client.value,
+                                                  [f.value for f in ForwardClient])),
+            backends=tuple(backends),
+            proxy_protocol_from=_networks(p, "proxy_protocol_from"),
+            proxy_protocol_timeout=p.seconds("proxy_protocol_timeout",
+                                             d.proxy_protocol_timeout, positive=True),
+            client_limit=p.integer("client_limit", 0, 0, 10_000_000),
+            preauth_limit=p.integer("preauth_limit", 0, 0, 10_000_000),
+            client_preauth_limit=p.integer("client_preauth_limit", 0, 0, 10_000_000),
+            login_deadline=p.seconds("login_deadline", d.login_deadline),
+            health_listen=p.hostport("health_listen", need_port=True),
+            auth_log=p.boolean("auth_log", d.auth_log),
+            auth_log_target=target,
+            auth_log_ident=ident,
+            auth_log_facility=p.choice("auth_log_facility", d.auth_log_facility,
+                                       SYSLOG_FACILITIES),
+        )
+        p.finish()
+        for listener, table in zip(listeners, tables, strict=False):
+            if listener.proxy_protocol and not (listener.proxy_protocol_from
+                                                or settings.proxy_protocol_from):
+                raw = table.items.get("proxy_protocol")
+                self.report.error(
+                    raw.pos.file if raw else table.pos.file, raw.pos.line if raw else 0,
+                    raw.pos.key if raw else "listener.proxy_protocol",
+                    f"listener {listener.name!r} expects PROXY headers but trusts nobody to "
+                    "send them: set proxy_protocol_from here or in [proxy]")
+        return settings
+
+
+def _networks(s: Section, key: str) -> tuple[str, ...]:
+    """A list of CIDR networks (a bare address is a /32 or /128)."""
+    found: list[str] = []
+    for text, item in s.strings(key, []):
+        try:
+            found.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            s.error(key, f"{text!r} is not a network (CIDR) or address", item)
+    return tuple(found)
+
+
+def _tls_name(s: Section, key: str) -> str | None:
+    """A certificate name: a host name or an IP address."""
+    text = s.optional_string(key)
+    if text is None:
+        return None
+    try:
+        return parse_host(text)
+    except ValueError as exc:
+        s.error(key, str(exc), s.table.items.get(key))
+        return None
 
 
 def _overlaps(a: HostPort, b: HostPort) -> bool:
