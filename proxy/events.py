@@ -38,6 +38,14 @@ def from_wire(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Who the client is and what it connected to: after a PROXY header, the real ones."""
+
+    client: tuple[str, int]
+    local: tuple[str, int]
+
+
 # --- events --------------------------------------------------------------------
 
 

@@ -1,10 +1,15 @@
 """ImapBack: log in at an IMAP store on the client's behalf, sans-IO.
 
-The steps (perdition.md §4.5, Dovecot ``imap-proxy.c``): read the greeting,
+The steps (perdition.md §4.5, Dovecot ``imap-proxy.c``): with
+``forward_client = proxy_v1/v2``, a PROXY header first; read the greeting,
 which must be ``* OK``; with backend STARTTLS, ask CAPABILITY when the greeting
-did not list it, then STARTTLS; send ``LOGIN`` with each argument as atom,
-quoted string or literal (``{n+}`` only when the store offers LITERAL+); on OK,
-take the store's capabilities from its ``[CAPABILITY]`` code or ask for them.
+did not list it, then STARTTLS; over plaintext, ask CAPABILITY when still
+unknown, and never send a password to a store that advertises LOGINDISABLED
+(perdition.md §4.7); with ``forward_client = id``, ``ID`` with the client's
+address (nginx-haproxy.md §4.2), whatever the store answers; send ``LOGIN``
+with each argument as atom, quoted string or literal (``{n+}`` only when the
+store offers LITERAL+); on OK, take the store's capabilities from its
+``[CAPABILITY]`` code or ask for them.
 The store's refusal text is returned for the log only; the client hears a
 generic reply (Dovecot's comment: store text can reveal which users exist).
 """
@@ -15,13 +20,14 @@ import enum
 
 from authsvc.redact import Secret
 from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls
+from authsvc.settings import BackendTls, ForwardClient
 from proxy.events import (
     BackendFailed,
     BackendReady,
     Command,
     ConnectionClosed,
     DataReceived,
+    Endpoints,
     Event,
     LoginSucceeded,
     Send,
@@ -29,6 +35,7 @@ from proxy.events import (
     TlsEstablished,
     to_wire,
 )
+from proxy.forward import imap_id_arguments, proxy_header
 from proxy.imap.serialise import login_command
 from proxy.linebuffer import LineBuffer, TooLong
 
@@ -38,6 +45,9 @@ MAX_BACKEND_LINE = 65_536
 MAX_RELAYED = 16
 #: RFC 5530 codes that say "not now" rather than "wrong password".
 TEMPORARY_CODES = frozenset({"UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT", "PRIVACYREQUIRED"})
+#: The reason of the failure no password may cross (the session logs it as
+#: Perdition's "Login Disabled", perdition.md §4.7).
+LOGINDISABLED_REASON = "store advertises LOGINDISABLED"
 
 
 class BackState(enum.Enum):
@@ -45,6 +55,8 @@ class BackState(enum.Enum):
     CAPABILITY = "capability"  # asked before STARTTLS
     STARTTLS = "starttls"
     STARTING_TLS = "starting_tls"
+    CAPABILITY_PLAIN = "capability_plain"  # asked before a plaintext LOGIN
+    ID = "id"  # forward_client = id
     LOGIN = "login"
     CAPABILITY_AFTER = "capability_after"  # asked after LOGIN's OK had no code
     DONE = "done"
@@ -67,8 +79,18 @@ class ImapBack:
     """One login at one store."""
 
     def __init__(
-        self, login: str, password: Secret, backend_tls: BackendTls, *, tls_active: bool
+        self,
+        login: str,
+        password: Secret,
+        backend_tls: BackendTls,
+        *,
+        tls_active: bool,
+        forward: ForwardClient = ForwardClient.NONE,
+        endpoints: Endpoints | None = None,
     ) -> None:
+        self._forward = forward
+        self._endpoints = endpoints
+        self._id_sent = False
         self._login = to_wire(login)
         self._password = password
         self._tls = backend_tls
@@ -82,7 +104,9 @@ class ImapBack:
         self.state = BackState.GREETING
 
     def start(self) -> list[Command]:
-        return []  # the store speaks first
+        # The store speaks first; a PROXY header goes before it does.
+        header = proxy_header(self._forward, self._endpoints)
+        return [Send(header)] if header else []
 
     def handle(self, event: Event) -> list[Command]:
         match event:
@@ -176,6 +200,12 @@ class ImapBack:
                     return self._fail(FailureKind.BACKEND_PROTOCOL, "data after STARTTLS OK")
                 self.state = BackState.STARTING_TLS
                 return [StartTls()]
+            case BackState.CAPABILITY_PLAIN:
+                if self._caps is None:
+                    self._caps = []  # no list came: nothing is advertised
+                return self._login_step()
+            case BackState.ID:
+                return self._login_step()  # OK, NO or BAD: ID is a courtesy
             case BackState.LOGIN:
                 return self._after_login(ok, text)
             case BackState.CAPABILITY_AFTER:
@@ -201,10 +231,19 @@ class ImapBack:
         return self._login_step()
 
     def _login_step(self) -> list[Command]:
+        if self._caps is None and not self._tls_active:
+            # Over plaintext we must know whether LOGINDISABLED is advertised
+            # before a password leaves (RFC 9051 §6.2.3).
+            self.state = BackState.CAPABILITY_PLAIN
+            return self._send("CAPABILITY")
         if self._has("LOGINDISABLED"):
             # perdition.md §9: Dovecot with disable_plaintext_auth says this to
             # an untrusted proxy; no login can work, so it is a setup problem.
-            return self._fail(FailureKind.BACKEND_PROTOCOL, "store advertises LOGINDISABLED")
+            return self._fail(FailureKind.BACKEND_PROTOCOL, LOGINDISABLED_REASON)
+        if self._forward is ForwardClient.ID and self._endpoints and not self._id_sent:
+            self._id_sent = True
+            self.state = BackState.ID
+            return self._send("ID " + imap_id_arguments(self._endpoints))
         self.state = BackState.LOGIN
         self._serial += 1
         self._tag = f"A{self._serial}"

@@ -1,8 +1,12 @@
 """Pop3Back: log in at a POP3 store on the client's behalf, sans-IO.
 
-The steps (perdition.md §8 "Backend dialogue"): the greeting must be ``+OK``;
-with backend STARTTLS, ``CAPA`` and ``STLS`` when offered (RFC 2595 §4); then
-``USER`` and ``PASS``.  A ``-ERR`` with ``[SYS/TEMP]``, ``[IN-USE]`` or
+The steps (perdition.md §8 "Backend dialogue"): with ``forward_client =
+proxy_v1/v2``, a PROXY header first; the greeting must be ``+OK``; with backend
+STARTTLS, ``CAPA`` and ``STLS`` when offered (RFC 2595 §4); with
+``forward_client = id``, Dovecot's ``XCLIENT ADDR= PORT=`` (nginx-haproxy.md
+§4.2), whatever the store answers; then ``USER`` and ``PASS``.  POP3 has no
+LOGINDISABLED: a store that refuses plaintext logins refuses ``USER``, so
+``PASS`` (the password) is never sent to it.  A ``-ERR`` with ``[SYS/TEMP]``, ``[IN-USE]`` or
 ``[LOGIN-DELAY]`` is a temporary failure; any other ``-ERR`` is a refused
 login.  The store's text goes to the log only.
 """
@@ -13,13 +17,14 @@ import enum
 
 from authsvc.redact import Secret
 from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls
+from authsvc.settings import BackendTls, ForwardClient
 from proxy.events import (
     BackendFailed,
     BackendReady,
     Command,
     ConnectionClosed,
     DataReceived,
+    Endpoints,
     Event,
     LoginSucceeded,
     Send,
@@ -27,6 +32,7 @@ from proxy.events import (
     TlsEstablished,
     to_wire,
 )
+from proxy.forward import pop3_xclient, proxy_header
 from proxy.linebuffer import LineBuffer, TooLong
 from proxy.pop3 import replies as wire
 
@@ -41,6 +47,7 @@ class BackState(enum.Enum):
     CAPA_LIST = "capa_list"  # reading CAPA lines up to "."
     STLS = "stls"
     STARTING_TLS = "starting_tls"
+    XCLIENT = "xclient"  # forward_client = id
     USER = "user"
     LOGIN_SENT = "login_sent"  # PASS sent, waiting for +OK
     DONE = "done"
@@ -54,8 +61,17 @@ class Pop3Back:
     """One login at one POP3 store."""
 
     def __init__(
-        self, login: str, password: Secret, backend_tls: BackendTls, *, tls_active: bool
+        self,
+        login: str,
+        password: Secret,
+        backend_tls: BackendTls,
+        *,
+        tls_active: bool,
+        forward: ForwardClient = ForwardClient.NONE,
+        endpoints: Endpoints | None = None,
     ) -> None:
+        self._forward = forward
+        self._endpoints = endpoints
         self._login = to_wire(login)
         self._password = password
         self._tls = backend_tls
@@ -65,7 +81,8 @@ class Pop3Back:
         self.state = BackState.GREETING
 
     def start(self) -> list[Command]:
-        return []
+        header = proxy_header(self._forward, self._endpoints)
+        return [Send(header)] if header else []
 
     def handle(self, event: Event) -> list[Command]:
         match event:
@@ -127,6 +144,9 @@ class Pop3Back:
                     return self._fail(FailureKind.BACKEND_PROTOCOL, "data after STLS +OK")
                 self.state = BackState.STARTING_TLS
                 return [StartTls()]
+            case BackState.XCLIENT:
+                self.state = BackState.USER  # +OK or -ERR: XCLIENT is a courtesy
+                return [Send(b"USER " + self._login + wire.CRLF)]
             case BackState.USER | BackState.LOGIN_SENT:
                 if not ok:
                     code = wire.response_code(line[5:])
@@ -160,5 +180,8 @@ class Pop3Back:
         return self._user()
 
     def _user(self) -> list[Command]:
+        if self._forward is ForwardClient.ID and self._endpoints is not None:
+            self.state = BackState.XCLIENT
+            return [Send(pop3_xclient(self._endpoints))]
         self.state = BackState.USER
         return [Send(b"USER " + self._login + wire.CRLF)]

@@ -9,20 +9,22 @@ import pytest
 
 from authsvc.redact import Secret
 from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls
+from authsvc.settings import BackendTls, ForwardClient
 from proxy.events import (
     BackendFailed,
     BackendReady,
     Command,
     ConnectionClosed,
     DataReceived,
+    Endpoints,
     LoginSucceeded,
     Send,
     StartTls,
     TlsEstablished,
 )
-from proxy.imap.back import ImapBack
+from proxy.imap.back import LOGINDISABLED_REASON, ImapBack
 from proxy.imap.serialise import astring, login_command
+from proxy.proxy_protocol import encode_v2
 from tests.helpers.feed import same_for_all_splits
 from tests.unit.proxy.machines import feed, merge
 
@@ -30,7 +32,8 @@ DOVECOT_GREETING = (
     b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ "
     b"AUTH=PLAIN] Dovecot ready.\r\n"
 )
-
+#: A greeting with capabilities: over plaintext the machine logs in at once.
+HI = b"* OK [CAPABILITY IMAP4rev1] hi\r\n"
 
 PASSWORD = "s3cr3t"
 
@@ -72,7 +75,7 @@ def test_plain_login_with_capabilities_on_the_ok() -> None:
 
 def test_untagged_capability_and_alerts_are_collected_and_leftover_kept() -> None:
     data = (
-        b"* OK ready\r\n* CAPABILITY IMAP4rev1 X-OLD\r\n"
+        b"* OK [CAPABILITY IMAP4rev1] ready\r\n* CAPABILITY IMAP4rev1 X-OLD\r\n"
         b"* OK [ALERT] Maintenance at noon\r\n* CAPABILITY IMAP4rev1 MOVE\r\n"
         b"A1 OK Logged in\r\n* 4 EXISTS\r\n"
     )
@@ -82,7 +85,7 @@ def test_untagged_capability_and_alerts_are_collected_and_leftover_kept() -> Non
 
 
 def test_asks_for_capabilities_when_the_ok_has_none() -> None:
-    data = b"* OK hi\r\nA1 OK Logged in\r\n* CAPABILITY IMAP4rev1 IDLE\r\nA2 OK done\r\n"
+    data = HI + b"A1 OK Logged in\r\n* CAPABILITY IMAP4rev1 IDLE\r\nA2 OK done\r\n"
     assert run(data) == [
         Send(b"A1 LOGIN bob s3cr3t\r\nA2 CAPABILITY\r\n", secret=True),
         BackendReady(LoginSucceeded("IMAP4rev1 IDLE")),
@@ -90,7 +93,7 @@ def test_asks_for_capabilities_when_the_ok_has_none() -> None:
 
 
 def test_synchronising_literals_without_literal_plus() -> None:
-    data = b"* OK hi\r\n+ go\r\n+ go\r\nA1 OK [CAPABILITY IMAP4rev1] in\r\n"
+    data = HI + b"+ go\r\n+ go\r\nA1 OK [CAPABILITY IMAP4rev1] in\r\n"
     commands = run(data, login="bob smith\xe9", password="p\xe4ss")
     login = "bob smith\xe9".encode()
     assert commands == [
@@ -99,7 +102,7 @@ def test_synchronising_literals_without_literal_plus() -> None:
     ]
     # Each literal waits for the store's "+": nothing is sent before it.
     machine = back(login="bob smith\xe9", password="p\xe4ss")
-    assert feed(machine, [b"* OK hi\r\n"]) == [Send(b"A1 LOGIN {11}\r\n", secret=True)]
+    assert feed(machine, [HI]) == [Send(b"A1 LOGIN {11}\r\n", secret=True)]
     assert feed(machine, [b"+ go\r\n"]) == [Send(login + b" {5}\r\n", secret=True)]
 
 
@@ -115,12 +118,12 @@ def test_literal_plus_when_the_store_offers_it() -> None:
         (b"* PREAUTH hi\r\n", FailureKind.BACKEND_PROTOCOL),
         (b"HTTP/1.1 400 Bad\r\n", FailureKind.BACKEND_PROTOCOL),
         (b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED] hi\r\n", FailureKind.BACKEND_PROTOCOL),
-        (b"* OK hi\r\nA1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
+        (HI + b"A1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
          FailureKind.BACKEND_AUTH),
-        (b"* OK hi\r\nA1 BAD no\r\n", FailureKind.BACKEND_AUTH),
-        (b"* OK hi\r\nA1 NO [UNAVAILABLE] later\r\n", FailureKind.BACKEND_PROTOCOL),
-        (b"* OK hi\r\n* BYE shutting down\r\n", FailureKind.BACKEND_PROTOCOL),
-        (b"* OK hi\r\n+ unexpected\r\n", FailureKind.BACKEND_PROTOCOL),
+        (HI + b"A1 BAD no\r\n", FailureKind.BACKEND_AUTH),
+        (HI + b"A1 NO [UNAVAILABLE] later\r\n", FailureKind.BACKEND_PROTOCOL),
+        (HI + b"* BYE shutting down\r\n", FailureKind.BACKEND_PROTOCOL),
+        (HI + b"+ unexpected\r\n", FailureKind.BACKEND_PROTOCOL),
     ],
 )
 def test_failures(data: bytes, kind: FailureKind) -> None:
@@ -131,7 +134,7 @@ def test_failures(data: bytes, kind: FailureKind) -> None:
 
 def test_store_closing_mid_login() -> None:
     machine = back()
-    feed(machine, [b"* OK hi\r\n"])
+    feed(machine, [HI])
     [failed] = machine.handle(ConnectionClosed())
     assert isinstance(failed, BackendFailed)
     assert failed.kind is FailureKind.BACKEND_PROTOCOL
@@ -157,7 +160,7 @@ def test_store_bytes_behind_starttls_ok_are_injection() -> None:
 
 
 def test_required_starttls_missing_fails_optional_goes_plain() -> None:
-    greeting = b"* OK [CAPABILITY IMAP4rev1] hi\r\n"
+    greeting = HI
     assert isinstance(run(greeting, tls=BackendTls.STARTTLS_REQUIRED)[-1], BackendFailed)
     assert run(greeting, tls=BackendTls.STARTTLS) == [
         Send(b"A1 LOGIN bob s3cr3t\r\n", secret=True)]
@@ -188,5 +191,85 @@ def test_login_command_segments() -> None:
 
 def test_nothing_after_done() -> None:
     machine = back()
-    feed(machine, [b"* OK hi\r\nA1 OK [CAPABILITY IMAP4rev1] in\r\n"])
+    feed(machine, [HI + b"A1 OK [CAPABILITY IMAP4rev1] in\r\n"])
     assert machine.handle(DataReceived(b"* 1 EXISTS\r\n")) == []
+
+
+# --- issue 8: no password where LOGINDISABLED is advertised; client address forwarding ----
+
+ENDPOINTS = Endpoints(client=("127.0.0.77", 40001), local=("127.0.0.1", 10143))
+
+
+def test_plaintext_greeting_without_capabilities_asks_before_the_password() -> None:
+    data = b"* OK hi\r\n* CAPABILITY IMAP4rev1 ID\r\nA1 OK done\r\nA2 OK [CAPABILITY X] in\r\n"
+    assert run(data) == [
+        Send(b"A1 CAPABILITY\r\nA2 LOGIN bob s3cr3t\r\n", secret=True),
+        BackendReady(LoginSucceeded("X")),
+    ]
+    machine = back()
+    assert feed(machine, [b"* OK hi\r\n"]) == [Send(b"A1 CAPABILITY\r\n")]
+
+
+@pytest.mark.parametrize("data", [
+    b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED] hi\r\n",
+    b"* OK hi\r\n* CAPABILITY IMAP4rev1 LOGINDISABLED STARTTLS\r\nA1 OK done\r\n",
+])
+def test_logindisabled_over_plaintext_never_gets_a_password(data: bytes) -> None:
+    commands = run(data)
+    assert not any(isinstance(c, Send) and c.secret for c in commands)
+    assert commands[-1] == BackendFailed(FailureKind.BACKEND_PROTOCOL, LOGINDISABLED_REASON)
+
+
+def test_capability_reply_without_a_list_still_logs_in() -> None:
+    assert run(b"* OK hi\r\nA1 OK nothing to say\r\n") == [
+        Send(b"A1 CAPABILITY\r\nA2 LOGIN bob s3cr3t\r\n", secret=True)]
+
+
+def test_no_capability_question_over_implicit_tls() -> None:
+    machine = ImapBack("bob", Secret(PASSWORD), BackendTls.IMPLICIT, tls_active=True)
+    assert feed(machine, [b"* OK hi\r\n"]) == [Send(b"A1 LOGIN bob s3cr3t\r\n", secret=True)]
+
+
+def forwarding(mode: ForwardClient) -> ImapBack:
+    return ImapBack("bob", Secret(PASSWORD), BackendTls.NONE, tls_active=False, forward=mode,
+                    endpoints=ENDPOINTS)
+
+
+@pytest.mark.parametrize("reply", [b"* ID (\"name\" \"Dovecot\")\r\nA1 OK done\r\n",
+                                   b"A1 BAD unknown command\r\n"])
+def test_id_forwarding_before_login_whatever_the_answer(reply: bytes) -> None:
+    data = DOVECOT_GREETING + reply + b"A2 OK [CAPABILITY IMAP4rev1] in\r\n"
+    commands = same_for_all_splits(
+        data, lambda chunks: drive(forwarding(ForwardClient.ID), chunks))
+    assert commands == [
+        Send(b'A1 ID ("x-originating-ip" "127.0.0.77" "x-originating-port" "40001" '
+             b'"x-connected-ip" "127.0.0.1" "x-connected-port" "10143")\r\n'
+             b"A2 LOGIN bob s3cr3t\r\n", secret=True),
+        BackendReady(LoginSucceeded("IMAP4rev1")),
+    ]
+    machine = forwarding(ForwardClient.ID)
+    [id_command] = feed(machine, [DOVECOT_GREETING])
+    assert isinstance(id_command, Send)
+    assert not id_command.secret
+
+
+def test_id_goes_after_starttls() -> None:
+    machine = ImapBack("bob", Secret(PASSWORD), BackendTls.STARTTLS, tls_active=False,
+                       forward=ForwardClient.ID, endpoints=ENDPOINTS)
+    assert feed(machine, [b"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n"]) == [
+        Send(b"A1 STARTTLS\r\n")]
+    assert feed(machine, [b"A1 OK go\r\n"]) == [StartTls()]
+    [sent] = machine.handle(TlsEstablished())
+    assert isinstance(sent, Send)
+    assert sent.data.startswith(b'A2 ID ("x-originating-ip" "127.0.0.77"')
+
+
+@pytest.mark.parametrize(("mode", "header"), [
+    (ForwardClient.PROXY_V1, b"PROXY TCP4 127.0.0.77 127.0.0.1 40001 10143\r\n"),
+    (ForwardClient.PROXY_V2, encode_v2(ENDPOINTS.client, ENDPOINTS.local)),
+    (ForwardClient.NONE, None),
+])
+def test_proxy_header_goes_first(mode: ForwardClient, header: bytes | None) -> None:
+    machine = forwarding(mode)
+    assert machine.start() == ([Send(header)] if header else [])
+    assert feed(machine, [DOVECOT_GREETING]) == [Send(b"A1 LOGIN bob s3cr3t\r\n", secret=True)]

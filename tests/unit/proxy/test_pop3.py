@@ -9,7 +9,13 @@ import pytest
 
 from authsvc.redact import Secret
 from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls, ListenerSettings, ListenTls, ProxySettings
+from authsvc.settings import (
+    BackendTls,
+    ForwardClient,
+    ListenerSettings,
+    ListenTls,
+    ProxySettings,
+)
 from proxy.events import (
     Authenticate,
     BackendFailed,
@@ -17,6 +23,7 @@ from proxy.events import (
     Close,
     Command,
     DataReceived,
+    Endpoints,
     LoginFailed,
     LoginSucceeded,
     Send,
@@ -28,6 +35,7 @@ from proxy.events import (
 )
 from proxy.pop3.back import Pop3Back
 from proxy.pop3.front import Pop3Front, State
+from proxy.proxy_protocol import encode_v1, encode_v2
 from tests.helpers.feed import same_for_all_splits
 from tests.unit.proxy.machines import PROXY, feed, merge, pop3_listener, sent
 
@@ -233,3 +241,40 @@ def test_back_stls() -> None:
     assert machine.handle(TlsEstablished()) == [Send(b"USER bob\r\n")]
     required = run_back(b"+OK hi\r\n+OK\r\nUSER\r\n.\r\n", BackendTls.STARTTLS_REQUIRED)
     assert required[-1] == BackendFailed(FailureKind.BACKEND_PROTOCOL, "store offers no STLS")
+
+
+ENDPOINTS = Endpoints(client=("127.0.0.77", 40001), local=("127.0.0.1", 10110))
+
+
+@pytest.mark.parametrize("answer", [b"+OK\r\n", b"-ERR not trusted\r\n"])
+def test_back_xclient_before_user_whatever_the_answer(answer: bytes) -> None:
+    def once(chunks: Sequence[bytes]) -> list[Command]:
+        machine = Pop3Back("bob", Secret(PASSWORD), BackendTls.NONE, tls_active=False,
+                           forward=ForwardClient.ID, endpoints=ENDPOINTS)
+        return drive(machine, chunks)
+
+    data = b"+OK [XCLIENT] Dovecot ready.\r\n" + answer + b"+OK\r\n+OK Logged in.\r\n"
+    assert same_for_all_splits(data, once) == [
+        Send(b"XCLIENT ADDR=127.0.0.77 PORT=40001\r\nUSER bob\r\nPASS good pass  word\r\n",
+             secret=True),
+        BackendReady(LoginSucceeded()),
+    ]
+
+
+def test_back_plaintext_refused_user_never_gets_the_password() -> None:
+    data = (b"+OK hi\r\n"
+            b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n")
+    commands = run_back(data)
+    assert not any(isinstance(c, Send) and c.secret for c in commands)
+    assert isinstance(commands[-1], BackendFailed)
+
+
+@pytest.mark.parametrize("mode", [ForwardClient.PROXY_V1, ForwardClient.PROXY_V2])
+def test_back_proxy_header_first(mode: ForwardClient) -> None:
+    machine = Pop3Back("bob", Secret(PASSWORD), BackendTls.NONE, tls_active=False,
+                       forward=mode, endpoints=ENDPOINTS)
+    [header] = machine.start()
+    assert isinstance(header, Send)
+    assert header.data == (encode_v1 if mode is ForwardClient.PROXY_V1 else encode_v2)(
+        ENDPOINTS.client, ENDPOINTS.local)
+    assert feed(machine, [b"+OK hi\r\n"]) == [Send(b"USER bob\r\n")]

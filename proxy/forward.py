@@ -1,0 +1,46 @@
+"""The client's address for a store: what each ``forward_client`` mode puts on the wire.
+
+Dovecot trusts these only from ``login_trusted_networks`` (nginx-haproxy.md
+§4.2): IMAP ``ID`` with ``x-originating-ip``/``-port`` (the client) and
+``x-connected-ip``/``-port`` (where it connected), POP3 ``XCLIENT ADDR= PORT=``;
+or a PROXY header before anything else, for a listener with ``haproxy = yes``.
+Pure functions, used by the back machines; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from authsvc.settings import ForwardClient
+from proxy.events import Endpoints
+from proxy.proxy_protocol import encode_v1, encode_v2
+
+#: Dovecot refuses ID values over 1024 bytes and XCLIENT lines over 1024 (§4.2);
+#: addresses and ports are far below that.
+
+
+def proxy_header(mode: ForwardClient, endpoints: Endpoints | None) -> bytes:
+    """The PROXY header to send before the greeting, or b"" for the other modes."""
+    if endpoints is None:
+        return b""
+    if mode is ForwardClient.PROXY_V1:
+        return encode_v1(endpoints.client, endpoints.local)
+    if mode is ForwardClient.PROXY_V2:
+        return encode_v2(endpoints.client, endpoints.local)
+    return b""
+
+
+def imap_id_arguments(endpoints: Endpoints) -> str:
+    """The parenthesised list of ``ID`` (RFC 2971) with Dovecot's forwarding keys."""
+    fields = (
+        ("x-originating-ip", endpoints.client[0]),
+        ("x-originating-port", str(endpoints.client[1])),
+        ("x-connected-ip", endpoints.local[0]),
+        ("x-connected-port", str(endpoints.local[1])),
+    )
+    # Addresses and decimal ports never hold '"' or '\\': quoting is enough.
+    return "(" + " ".join(f'"{key}" "{value}"' for key, value in fields) + ")"
+
+
+def pop3_xclient(endpoints: Endpoints) -> bytes:
+    """Dovecot's POP3 ``XCLIENT`` line for the client's address and port."""
+    host, port = endpoints.client
+    return f"XCLIENT ADDR={host} PORT={port}\r\n".encode("ascii")

@@ -1,0 +1,141 @@
+"""Who may have a session: connection, per-client and pre-auth limits, by counting alone.
+
+Pure bookkeeping, no I/O: the server asks :meth:`Admission.connect` when it
+accepts a connection (the listener's ``connection_limit``, and ``preauth_limit``
+over all listeners), :meth:`Admission.identify` once it knows the client's
+real address (after a PROXY header: ``client_limit`` and
+``client_preauth_limit``), tells it when the session logs in and when it ends.
+Each :class:`Ticket` is released exactly once, whatever path the session took.
+
+Perdition counted every live child of a listener, logged in or not, against
+``connection_limit`` and then killed its own listener at the limit
+(perdition.md §6.3); here the extra client is refused and the listener stays.
+The pre-auth limits exist because a connection that never logs in costs the
+same memory as one that does and is what a flood is made of.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections import Counter
+from collections.abc import Mapping
+
+from authsvc.settings import ProxySettings
+
+
+class Refused(enum.Enum):
+    """Why a connection was not admitted (a metric label and a log field)."""
+
+    CONNECTION_LIMIT = "connection_limit"
+    PREAUTH_LIMIT = "preauth_limit"
+    CLIENT_LIMIT = "client_limit"
+    CLIENT_PREAUTH_LIMIT = "client_preauth_limit"
+
+
+def client_key(address: str) -> str:
+    """One client, one key: an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(parsed)
+
+
+class Ticket:
+    """One admitted connection; hand it back to :meth:`Admission.release` once."""
+
+    __slots__ = ("client", "listener", "logged_in", "released")
+
+    def __init__(self, listener: str) -> None:
+        self.listener = listener
+        self.client: str | None = None
+        self.logged_in = False
+        self.released = False
+
+
+class Admission:
+    """The counters behind every limit, for one process."""
+
+    def __init__(self, proxy: ProxySettings, connection_limits: Mapping[str, int]) -> None:
+        self._limits = dict(connection_limits)
+        self._client_limit = proxy.client_limit
+        self._preauth_limit = proxy.preauth_limit
+        self._client_preauth_limit = proxy.client_preauth_limit
+        self._live: Counter[str] = Counter()  # per listener, logged in or not
+        self._preauth: Counter[str] = Counter()  # per listener, not logged in
+        self._client_live: Counter[str] = Counter()
+        self._client_preauth: Counter[str] = Counter()
+
+    # --- reading (metrics) --------------------------------------------------------
+
+    def live(self, listener: str) -> int:
+        return self._live[listener]
+
+    def preauth(self, listener: str) -> int:
+        return self._preauth[listener]
+
+    def logged_in(self, listener: str) -> int:
+        return self._live[listener] - self._preauth[listener]
+
+    @property
+    def preauth_total(self) -> int:
+        return self._preauth.total()
+
+    # --- the life of a ticket -----------------------------------------------------
+
+    def connect(self, listener: str) -> Ticket | Refused:
+        """A new connection on ``listener``, before its client is known."""
+        limit = self._limits.get(listener, 0)
+        if limit and self._live[listener] >= limit:
+            return Refused.CONNECTION_LIMIT
+        if self._preauth_limit and self.preauth_total >= self._preauth_limit:
+            return Refused.PREAUTH_LIMIT
+        self._live[listener] += 1
+        self._preauth[listener] += 1
+        return Ticket(listener)
+
+    def identify(self, ticket: Ticket, address: str) -> Refused | None:
+        """The client's real address is known; None when it may go on."""
+        if ticket.released or ticket.client is not None:
+            return None
+        key = client_key(address)
+        if self._client_limit and self._client_live[key] >= self._client_limit:
+            return Refused.CLIENT_LIMIT
+        if self._client_preauth_limit and (
+                self._client_preauth[key] >= self._client_preauth_limit):
+            return Refused.CLIENT_PREAUTH_LIMIT
+        ticket.client = key
+        self._client_live[key] += 1
+        self._client_preauth[key] += 1
+        return None
+
+    def login(self, ticket: Ticket) -> None:
+        """The session logged in: it no longer counts as pre-auth."""
+        if ticket.released or ticket.logged_in:
+            return
+        ticket.logged_in = True
+        self._decrement(self._preauth, ticket.listener)
+        if ticket.client is not None:
+            self._decrement(self._client_preauth, ticket.client)
+
+    def release(self, ticket: Ticket) -> None:
+        """The connection is gone (idempotent)."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self._decrement(self._live, ticket.listener)
+        if not ticket.logged_in:
+            self._decrement(self._preauth, ticket.listener)
+        if ticket.client is not None:
+            self._decrement(self._client_live, ticket.client)
+            if not ticket.logged_in:
+                self._decrement(self._client_preauth, ticket.client)
+
+    @staticmethod
+    def _decrement(counter: Counter[str], key: str) -> None:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]  # no key per client that ever connected
