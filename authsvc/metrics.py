@@ -19,6 +19,11 @@ most twice a second while logins come in, every second otherwise, and before
 answering a scrape itself, so another worker's cache counters may lag by up to
 a second.  With one process the array simply lives in memory.  docs/serve.md
 has the details.
+
+Other front ends (``authsvc proxy``) add families of their own with
+``Metrics(..., families=...)`` and record with :meth:`Metrics.add` and
+:meth:`Metrics.set`; a gauge that counts (live sessions) says
+``combine="sum"`` and is added up over the live workers instead.
 """
 
 from __future__ import annotations
@@ -82,6 +87,13 @@ class Family:
     name: str
     kind: str  # counter | gauge | histogram
     help: str
+    #: Gauges over several workers: "min" (map_up: down if any worker sees it
+    #: down) or "sum" (a count, such as live sessions).
+    combine: str = "min"
+
+
+#: An extra family and the label sets of its series (``Metrics(families=...)``).
+FamilySeries = tuple[Family, Sequence[Mapping[str, str]]]
 
 
 DECISIONS = Family(
@@ -167,14 +179,26 @@ def _map_layout(names: Sequence[str]) -> list[tuple[str, str]]:
 class Metrics:
     """One process's numbers; see the module docstring for the multi-worker files."""
 
-    def __init__(self, directory: str | None = None, *, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | None = None,
+        *,
+        pid: int | None = None,
+        families: Sequence[FamilySeries] = (),
+    ) -> None:
         """``directory``: the private run directory shared by all workers, or None.
 
         ``pid`` names this worker's file (default: the process id; tests set it).
+        ``families``: extra families and every label set they will be recorded
+        with (the layout is fixed, so all workers' files line up).
         """
         self._directory = directory
         self._pid = pid if pid is not None else os.getpid()
-        self._layout = _base_layout()
+        self._extra = [family for family, _ in families]
+        self._families = {**_FAMILIES, **{family.name: family for family in self._extra}}
+        self._layout = _base_layout() + [
+            (family.name, _labels(**labels)) for family, series in families for labels in series
+        ]
         self._values: memoryview[float] = memoryview(bytearray(8 * len(self._layout))).cast("d")
         self._mmap: mmap.mmap | None = None
         # Every export of the mmap, released before the mmap is closed.
@@ -221,6 +245,14 @@ class Metrics:
             values[base + 3] = counters.stale
             values[base + 4] = counters.errors
             values[base + 5] = 1.0 if counters.map_up else 0.0
+
+    def add(self, family: Family, amount: float = 1.0, **labels: str) -> None:
+        """Add to one series of an extra family (a counter, or a gauge that counts)."""
+        self._values[self._index[(family.name, _labels(**labels))]] += amount
+
+    def set(self, family: Family, value: float, **labels: str) -> None:
+        """Set one series of an extra family (a gauge)."""
+        self._values[self._index[(family.name, _labels(**labels))]] = value
 
     def set_map_up(self, name: str, up: bool) -> None:
         """Record a map's state seen by a readiness check (maps without a cache)."""
@@ -303,9 +335,13 @@ class Metrics:
             live = pid == self._pid or _alive(pid)
             alive += live
             for key, value in read_file(path):
-                kind = _kind(key[0])
-                if kind == "gauge":
-                    if live:
+                family = self._families.get(key[0])
+                if family is not None and family.kind == "gauge":
+                    if not live:
+                        continue
+                    if family.combine == "sum":
+                        gauges[key] = gauges.get(key, 0.0) + value
+                    else:
                         gauges[key] = min(gauges.get(key, value), value)
                 else:
                     totals[key] = totals.get(key, 0.0) + value
@@ -342,7 +378,7 @@ class Metrics:
         total = sum(v for _, v in by_family.get(DURATION.name + "_sum", []))
         lines.append(f"{DURATION.name}_sum {total!r}")
         lines.append(f"{DURATION.name}_count {_format_value(count)}")
-        for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP):
+        for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, *self._extra):
             series = by_family.get(family.name)
             if not series:
                 continue
@@ -350,11 +386,6 @@ class Metrics:
             for labels, value in series:
                 lines.append(f"{family.name}{labels} {_format_value(value)}")
         return "\n".join(lines) + "\n"
-
-
-def _kind(stored_family: str) -> str:
-    family = _FAMILIES.get(stored_family)
-    return family.kind if family is not None else "counter"
 
 
 def _alive(pid: int) -> bool:
