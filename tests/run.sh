@@ -21,6 +21,8 @@ wanted=(
   "/usr/sbin/haproxy:haproxy"
   "/usr/lib/dovecot/imap-login:dovecot-imapd"
   "/usr/lib/dovecot/pop3-login:dovecot-pop3d"
+  "/usr/sbin/perdition.imap4:perdition"
+  "/usr/lib/x86_64-linux-gnu/libperditiondb_mysql.so.0:perdition-mysql"
   "/usr/bin/openssl:openssl"
   "/usr/bin/curl:curl"
   "/usr/bin/systemd-analyze:systemd"
