@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("proxy", help="run the IMAP/POP3 proxy (every configured listener)")
     _add_config(p)
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes sharing the listening ports (default 1)")
     return parser
 
 

@@ -9,7 +9,9 @@ Pure functions, used by the back machines; nothing here does I/O.
 
 from __future__ import annotations
 
-from authsvc.settings import ForwardClient
+import ipaddress
+
+from authsvc.settings import ForwardClient, ProxySettings
 from proxy.events import Endpoints
 from proxy.proxy_protocol import encode_v1, encode_v2
 
@@ -44,3 +46,24 @@ def pop3_xclient(endpoints: Endpoints) -> bytes:
     """Dovecot's POP3 ``XCLIENT`` line for the client's address and port."""
     host, port = endpoints.client
     return f"XCLIENT ADDR={host} PORT={port}\r\n".encode("ascii")
+
+
+def backend_options(
+    proxy: ProxySettings, host: str, port: int
+) -> tuple[ForwardClient, str | None]:
+    """(forward_client, certificate name) for a route: the first matching
+    ``[[proxy.backends]]`` entry, else the ``[proxy]`` defaults."""
+    wanted = _canonical(host)
+    for backend in proxy.backends:
+        if _canonical(backend.host) == wanted and backend.port in (None, port):
+            return (backend.forward_client or proxy.forward_client,
+                    backend.tls_name or proxy.backend_tls_name)
+    return proxy.forward_client, proxy.backend_tls_name
+
+
+def _canonical(host: str) -> str:
+    """An IP address in its one textual form, a host name in lower case."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")

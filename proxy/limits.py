@@ -19,9 +19,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from authsvc.settings import ProxySettings
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Refused(enum.Enum):
@@ -139,3 +141,17 @@ class Admission:
         counter[key] -= 1
         if counter[key] <= 0:
             del counter[key]  # no key per client that ever connected
+
+
+def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDR strings (validated by the config) as network objects."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def in_networks(address: str, networks: Iterable[IPNetwork]) -> bool:
+    """Whether ``address`` (IPv4-mapped IPv6 counts as IPv4) is in any of ``networks``."""
+    try:
+        parsed = ipaddress.ip_address(client_key(address))
+    except ValueError:
+        return False  # not an IP peer (a unix socket): never trusted
+    return any(parsed in network for network in networks if network.version == parsed.version)

@@ -21,6 +21,8 @@ class SessionRecord:
     protocol: str
     client: str
     local: str
+    #: The peer that sent a PROXY header (HAProxy); ``client`` is then the header's.
+    via: str | None = None
     tls: str = "none"  # none | implicit | starttls
     login: str | None = None  # the last login tried, as the client typed it
     mechanism: str | None = None
@@ -43,6 +45,7 @@ class SessionRecord:
             "protocol": self.protocol,
             "client": self.client,
             "local": self.local,
+            "via": self.via,
             "tls": self.tls,
             "login": self.login,
             "mechanism": self.mechanism,

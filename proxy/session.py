@@ -1,11 +1,19 @@
 """The session driver: one client connection from accept to close.
 
-One of the few modules that touch the event loop.  It runs the client-facing
-machine (``ImapFront``/``Pop3Front``), carries out its commands, asks the
-routing core where a login goes (``authsvc.routing``, never the maps), runs the
-store-facing machine (``ImapBack``/``Pop3Back``) over a second Channel, then
-hands both to ``splice``.  It logs one ``event=session`` line when the
-connection ends, and one ``event=login_failed`` line per failed attempt.
+One of the few modules that touch the event loop.  It takes the accepted
+socket (its PROXY header, if any, already read by the server), makes it a
+Channel (on an implicit-TLS listener, with the TLS handshake bounded by
+``login_timeout``), runs the client-facing machine (``ImapFront``/``Pop3Front``),
+carries out its commands, asks the routing core where a login goes
+(``authsvc.routing``, never the maps), runs the store-facing machine
+(``ImapBack``/``Pop3Back``) over a second Channel, then hands both to
+``splice``.  It logs one ``event=session`` line when the connection ends, one
+``event=login_failed`` line per failed attempt and, when ``[proxy] auth_log``
+is on, Perdition's ``Auth:`` line per attempt to syslog (perdition.md §7.2).
+
+The client's address everywhere (routing, logs, limits, what the store is
+told) is :class:`~proxy.events.Endpoints`: the PROXY header's when there was
+one, else the socket's.
 
 Failed logins are answered at a fixed deadline from the command
 (``proxy.auth_failure_delay``), whatever failed and however long the store
@@ -18,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
@@ -31,6 +41,7 @@ from authsvc.settings import (
     MailProtocol,
     ProxySettings,
 )
+from proxy.authline import perdition_status, secure_name
 from proxy.events import (
     Authenticate,
     BackendFailed,
@@ -40,6 +51,7 @@ from proxy.events import (
     ConnectionClosed,
     Credentials,
     DataReceived,
+    Endpoints,
     Event,
     LoginFailed,
     LoginSucceeded,
@@ -49,14 +61,18 @@ from proxy.events import (
     TimedOut,
     TlsEstablished,
     Trace,
+    to_wire,
 )
 from proxy.failures import is_auth_failure
-from proxy.imap.back import ImapBack
+from proxy.forward import backend_options
+from proxy.imap.back import LOGINDISABLED_REASON, ImapBack
 from proxy.imap.front import ImapFront
 from proxy.logline import SessionRecord, address
+from proxy.metrics import ProxyMetrics
 from proxy.pop3.back import Pop3Back
 from proxy.pop3.front import Pop3Front
 from proxy.splice import splice
+from proxy.syslog import AuthLog
 from proxy.transport import Channel
 
 log = logging.getLogger("proxy.session")
@@ -74,6 +90,9 @@ class ListenerContext:
     server_tls: ssl.SSLContext | None
     #: How we check stores' certificates; None when no listener talks TLS to stores.
     backend_tls: ssl.SSLContext | None
+    #: Perdition's Auth: line to syslog, when ``[proxy] auth_log`` is on.
+    auth_log: AuthLog | None = None
+    metrics: ProxyMetrics | None = None
 
 
 class _LoginFailure(Exception):
@@ -86,30 +105,55 @@ class _LoginFailure(Exception):
 class Session:
     """One client connection."""
 
-    def __init__(self, context: ListenerContext, client: Channel, number: int) -> None:
+    def __init__(
+        self,
+        context: ListenerContext,
+        sock: socket.socket,
+        number: int,
+        *,
+        endpoints: Endpoints,
+        via: tuple[str, int] | None = None,
+        on_login: Callable[[], None] | None = None,
+        started: float | None = None,
+    ) -> None:
         self._ctx = context
-        self._client = client
+        self._sock = sock
+        self._client: Channel | None = None
         self._backend: Channel | None = None
+        self._endpoints = endpoints
+        self._on_login = on_login
         #: What a timeout during login means: map, connect or store dialogue.
         self._stage = FailureKind.MAP_UNAVAILABLE
+        self._route: Route | None = None
+        self._backend_secure = "plaintext"
         listener = context.listener
         self.record = SessionRecord(
             session=number,
             listener=listener.name,
             protocol=listener.protocol.value,
-            client=address(client.peer()),
-            local=address(client.local()),
+            client=address(endpoints.client),
+            local=address(endpoints.local),
+            via=address(via) if via is not None else None,
         )
         #: True once the store accepted the login (the server drains these on stop).
         self.logged_in = False
         self._tracing = context.log.connection_logging and log.isEnabledFor(logging.DEBUG)
+        #: Loop time the connection was accepted (login_deadline counts from it).
+        self._started = started
+
+    @property
+    def client(self) -> Channel | None:
+        """The client's Channel once the connection is set up (for byte counts)."""
+        return self._client
 
     async def run(self) -> None:
         """Serve the connection until it ends; never raises (except cancellation)."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._started if self._started is not None else loop.time()
+        self._started = started
         try:
-            await self._run()
+            if await self._open():
+                await self._run()
         except asyncio.CancelledError:
             self.record.end = self.record.end or "shutdown"
             raise
@@ -120,11 +164,14 @@ class Session:
             log.exception("", extra={"fields": {"event": "session_error",
                                                 "session": self.record.session}})
         finally:
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
+                self.record.bytes_in = self._client.bytes_in
+                self.record.bytes_out = self._client.bytes_out
+            else:
+                self._sock.close()
             if self._backend is not None:
                 self._backend.close()
-            self.record.bytes_in = self._client.bytes_in
-            self.record.bytes_out = self._client.bytes_out
             self.record.duration = loop.time() - started
             log.info("", extra={"fields": self.record.fields()})
 
@@ -133,13 +180,51 @@ class Session:
             log.debug("", extra={"fields": {"event": "trace", "session": self.record.session,
                                             "line": text}})
 
+    async def _open(self) -> bool:
+        """The socket as a Channel; on an implicit-TLS listener, after the handshake.
+
+        The handshake is asyncio's own (``connect_accepted_socket(ssl=...)``), so
+        a ClientHello that came in one packet with a PROXY header is read from
+        the kernel by the TLS layer itself (docs/architecture.md).
+        """
+        ctx = self._ctx
+        implicit = ctx.listener.tls is ListenTls.IMPLICIT
+        high_water = ctx.proxy.splice_buffer
+        loop = asyncio.get_running_loop()
+        try:
+            if implicit:
+                assert ctx.server_tls is not None, "the server checks TLS listeners have one"
+                timeout = self._preauth_timeout()
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError("login deadline")
+                _, self._client = await loop.connect_accepted_socket(
+                    lambda: Channel(high_water=high_water, tls=True), self._sock,
+                    ssl=ctx.server_tls, ssl_handshake_timeout=timeout)
+                self.record.tls = "implicit"
+            else:
+                _, self._client = await loop.connect_accepted_socket(
+                    lambda: Channel(high_water=high_water), self._sock)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.record.result = "tls_failed" if implicit else "error"
+            self.record.end = (f"tls_failed:{type(exc).__name__}" if implicit
+                               else f"error:{type(exc).__name__}")
+            if implicit and ctx.metrics is not None:
+                ctx.metrics.tls_failure(ctx.listener.name, "client")
+            return False
+        return True
+
+    def _preauth_timeout(self) -> float | None:
+        """The idle ``login_timeout``, cut short by what is left of ``login_deadline``."""
+        timeout = self._ctx.listener.login_timeout or None
+        deadline = self._ctx.proxy.login_deadline
+        if deadline and self._started is not None:
+            left = self._started + deadline - asyncio.get_running_loop().time()
+            timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
     async def _run(self) -> None:
         ctx = self._ctx
-        tls_active = False
-        if ctx.listener.tls is ListenTls.IMPLICIT:
-            if not await self._start_tls("implicit"):
-                return
-            tls_active = True
+        tls_active = self.record.tls == "implicit"
         front: ImapFront | Pop3Front
         if ctx.listener.protocol is MailProtocol.IMAP:
             front = ImapFront(ctx.listener, ctx.proxy, tls_active=tls_active)
@@ -158,12 +243,15 @@ class Session:
             queue.extend(front.handle(await self._read_client()))
 
     async def _read_client(self) -> Event:
-        timeout = self._ctx.listener.login_timeout or None
+        assert self._client is not None
+        timeout = self._preauth_timeout()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(timeout, 0.0) if timeout is not None else None):
                 data = await self._client.read()
         except TimeoutError:
-            self.record.end = "login_timeout"
+            idle = self._ctx.listener.login_timeout
+            self.record.end = ("login_timeout" if idle and timeout is not None and timeout >= idle
+                               else "login_deadline")
             return TimedOut()
         return DataReceived(data) if data else ConnectionClosed()
 
@@ -171,6 +259,7 @@ class Session:
         match command:
             case Send(data=data):
                 self._trace(f"S: {data[:120]!r}")
+                assert self._client is not None
                 self._client.write(data)
                 return None
             case Trace(text=text):
@@ -192,12 +281,17 @@ class Session:
     async def _start_tls(self, how: str) -> bool:
         context = self._ctx.server_tls
         assert context is not None, "the server checks TLS listeners have a certificate"
-        timeout = self._ctx.listener.login_timeout or None
+        assert self._client is not None
+        timeout = self._preauth_timeout()
         try:
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("login deadline")
             await self._client.start_tls(context, server_side=True, handshake_timeout=timeout)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.record.result = "tls_failed"
             self.record.end = f"tls_failed:{type(exc).__name__}"
+            if self._ctx.metrics is not None:
+                self._ctx.metrics.tls_failure(self._ctx.listener.name, "client")
             return False
         self.record.tls = how
         return True
@@ -212,6 +306,8 @@ class Session:
         record.login = credentials.login
         record.mechanism = credentials.mechanism
         record.backend = None
+        self._route = None
+        self._backend_secure = "plaintext"
         try:
             async with asyncio.timeout(self._ctx.proxy.backend_timeout):
                 result = await self._route_and_login(credentials)
@@ -222,26 +318,50 @@ class Session:
         else:
             record.result = "ok"
             self.logged_in = True
+            self._attempt_done(credentials, None, "")
+            if self._on_login is not None:
+                self._on_login()
             return result
         if self._backend is not None:
             self._backend.close()
             self._backend = None
         record.result = "auth_failed" if is_auth_failure(kind) else "temporary_failure"
         log.info("", extra={"fields": record.failure_fields(kind.value, reason)})
+        self._attempt_done(credentials, kind, reason)
         # The fixed deadline: the same wait for every failure (see module docstring).
         await asyncio.sleep(max(0.0, deadline - loop.time()))
         return LoginFailed(kind)
 
+    def _attempt_done(self, credentials: Credentials, kind: FailureKind | None,
+                      reason: str) -> None:
+        """Metrics, and Perdition's Auth: line, for one login attempt."""
+        ctx = self._ctx
+        if ctx.metrics is not None:
+            ctx.metrics.login(ctx.listener.name, kind)
+        if ctx.auth_log is None:
+            return
+        route = self._route
+        server = (f"{route.host}:{route.port}" if route is not None
+                  else f"(null):{ctx.listener.default_port}")  # perdition.md §7.2
+        ctx.auth_log.record(
+            ctx.listener,
+            client=self._endpoints.client,
+            local=self._endpoints.local,
+            client_secure=secure_name(self.record.tls),
+            login=to_wire(credentials.login),
+            server=server,
+            server_secure=self._backend_secure,
+            status=perdition_status(kind, login_disabled=reason.endswith(LOGINDISABLED_REASON)),
+        )
+
     async def _route_and_login(self, credentials: Credentials) -> LoginSucceeded:
         listener = self._ctx.listener
-        peer = self._client.peer()
-        local = self._client.local()
         request = LoginRequest(
             login=credentials.login,
             protocol=listener.protocol,
             listener=listener.name,
-            client_ip=str(peer[0]) if isinstance(peer, tuple) else None,
-            local_name=str(local[0]) if isinstance(local, tuple) else None,
+            client_ip=self._endpoints.client[0],
+            local_name=self._endpoints.local[0],
             attempt=self.record.attempts,
         )
         self._stage = FailureKind.MAP_UNAVAILABLE
@@ -250,13 +370,23 @@ class Session:
             raise _LoginFailure(decision.kind, decision.reason)
         return await self._backend_login(decision, credentials)
 
+    def _store_tls_failed(self, exc: BaseException) -> _LoginFailure:
+        if self._ctx.metrics is not None:
+            self._ctx.metrics.tls_failure(self._ctx.listener.name, "store")
+        return _LoginFailure(FailureKind.BACKEND_PROTOCOL, f"store TLS: {exc}")
+
     async def _backend_login(self, route: Route, credentials: Credentials) -> LoginSucceeded:
+        self._route = route
         self.record.backend = address((route.host, route.port))
         self.record.backend_login = route.backend_login
         implicit = route.backend_tls is BackendTls.IMPLICIT
         context = self._ctx.backend_tls if route.backend_tls is not BackendTls.NONE else None
         if route.backend_tls is not BackendTls.NONE and context is None:
             raise _LoginFailure(FailureKind.BACKEND_CONNECT, "no TLS context for the store")
+        forward, tls_name = backend_options(self._ctx.proxy, route.host, route.port)
+        # The name the certificate must carry: a configured one (maps that give
+        # IP addresses), else the map's host (perdition.md §5.3).
+        server_hostname = tls_name or route.host
         loop = asyncio.get_running_loop()
         high_water = self._ctx.proxy.splice_buffer
         self._stage = FailureKind.BACKEND_CONNECT
@@ -266,19 +396,23 @@ class Session:
                 route.host,
                 route.port,
                 ssl=context if implicit else None,
-                server_hostname=route.host if implicit else None,
+                server_hostname=server_hostname if implicit else None,
             )
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            raise self._store_tls_failed(exc) from None
+        except OSError as exc:
             raise _LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
         self._backend = backend
+        if implicit:
+            self._backend_secure = "ssl"
         self._stage = FailureKind.BACKEND_PROTOCOL
         machine: ImapBack | Pop3Back
         if self._ctx.listener.protocol is MailProtocol.IMAP:
             machine = ImapBack(route.backend_login, credentials.password, route.backend_tls,
-                               tls_active=implicit)
+                               tls_active=implicit, forward=forward, endpoints=self._endpoints)
         else:
             machine = Pop3Back(route.backend_login, credentials.password, route.backend_tls,
-                               tls_active=implicit)
+                               tls_active=implicit, forward=forward, endpoints=self._endpoints)
         queue: deque[Command] = deque(machine.start())
         while True:
             while queue:
@@ -297,10 +431,10 @@ class Session:
                             continue
                         try:
                             await backend.start_tls(context, server_side=False,
-                                                    server_hostname=route.host)
+                                                    server_hostname=server_hostname)
                         except (OSError, ssl.SSLError) as exc:
-                            raise _LoginFailure(FailureKind.BACKEND_PROTOCOL,
-                                                f"store TLS: {exc}") from None
+                            raise self._store_tls_failed(exc) from None
+                        self._backend_secure = "starttls"
                         queue.extend(machine.handle(TlsEstablished()))
                     case BackendReady(result=result):
                         return result
@@ -317,6 +451,7 @@ class Session:
     async def _splice(self, command: Splice) -> None:
         backend = self._backend
         assert backend is not None
+        assert self._client is not None
         # Store bytes behind its OK go to the client after our OK; client bytes
         # behind LOGIN (the front's, then the Channel's) go to the store in order.
         self._client.write(command.to_client)

@@ -123,10 +123,13 @@ def supervise(
     run_dir: str,
     *,
     child_main: Callable[[Settings, socket.socket, str], int] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> int:
     """Fork ``count`` workers and look after them until SIGTERM; returns the exit code.
 
     ``sockets`` holds one socket per worker (TCP) or a single shared one (unix).
+    ``on_stop`` closes anything else the parent listens on (``authsvc proxy``
+    hands each worker several sockets), when the parent closes ``sockets``.
     """
     waited = HANDLED_SIGNALS | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
@@ -178,6 +181,8 @@ def supervise(
                                                   "signal": signal.Signals(signo).name}})
                 for sock in sockets:  # no more queueing on sockets nobody will accept from
                     sock.close()
+                if on_stop is not None:
+                    on_stop()
                 for pid in children:
                     _kill(pid, signal.SIGTERM)
             elif signo == signal.SIGHUP:
@@ -201,6 +206,8 @@ def supervise(
                     failed = stopping = True
                     for sock in sockets:
                         sock.close()
+                    if on_stop is not None:
+                        on_stop()
                     for other in children:
                         _kill(other, signal.SIGTERM)
                     respawn.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from authsvc.settings import ProxySettings
-from proxy.limits import Admission, Refused, Ticket, client_key
+from proxy.limits import Admission, Refused, Ticket, client_key, in_networks, parse_networks
 
 
 def admitted(result: Ticket | Refused) -> Ticket:
@@ -63,3 +63,14 @@ def test_client_key() -> None:
     assert client_key("::ffff:127.0.0.77") == "127.0.0.77"
     assert client_key("2001:DB8::1") == "2001:db8::1"
     assert client_key("not-an-address") == "not-an-address"
+
+
+def test_trusted_networks() -> None:
+    networks = parse_networks(["127.0.0.1/32", "2001:db8::/64"])
+    assert in_networks("127.0.0.1", networks)
+    assert in_networks("::ffff:127.0.0.1", networks)
+    assert in_networks("2001:db8::99", networks)
+    assert not in_networks("127.0.0.77", networks)
+    assert not in_networks("2001:db9::1", networks)
+    assert not in_networks("/run/sock", networks)
+    assert not in_networks("127.0.0.1", ())

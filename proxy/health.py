@@ -1,0 +1,84 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` for ``authsvc proxy``, on their own port.
+
+One of the few modules that touch the event loop.  The handlers are
+``authsvc serve``'s own (``authsvc/http/health.py``): the same liveness, the
+same readiness rules (503 while starting or draining; a map that is down makes
+it 503 only with ``[http] ready_requires_map``), the same Prometheus text, with
+the proxy's families added (``proxy/metrics.py``).  HAProxy checks it with
+``tcp-check connect port ...`` + ``GET /readyz`` without a PROXY header
+(nginx-haproxy.md §3.3; ``authsvc render-haproxy``).  With ``--workers N``
+every worker serves it on a SO_REUSEPORT socket and any one of them answers
+with the totals of all.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+from aiohttp import web
+
+from authsvc.http.health import Health, MapStates, Readiness, health_routes
+from authsvc.http.workers import bind_tcp
+from authsvc.metrics import Metrics
+from authsvc.routing import Router
+from authsvc.settings import Settings
+
+
+class _Refreshable(Protocol):
+    def refresh_metrics(self) -> None: ...
+
+
+class HealthEndpoint:
+    """The health listener of one process (or worker); does nothing when not configured."""
+
+    def __init__(
+        self, settings: Settings, router: Router, server: _Refreshable, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._router = router
+        self._server = server
+        self._metrics = metrics
+        self.health = Health()
+
+        def record(states: MapStates) -> None:
+            for name, error in states.items():
+                metrics.set_map_up(name, error is None)
+
+        self.readiness = Readiness(self.health, router.check_maps,
+                                   requires_map=settings.http.ready_requires_map,
+                                   on_result=record)
+        self._runner: web.AppRunner | None = None
+        self.socket: socket.socket | None = None
+
+    def render_metrics(self) -> str:
+        """This worker's numbers brought up to date, then everyone's totals."""
+        self._server.refresh_metrics()
+        self._metrics.set_cache_stats(self._router.cache_stats())
+        return self._metrics.render()
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve on ``sock``, else on ``[proxy] health_listen`` if set."""
+        address = self._settings.proxy.health_listen
+        if sock is None and address is None:
+            return
+        if sock is None:
+            assert address is not None
+            sock = bind_tcp(address, 1)[0]
+        self.socket = sock
+        app = web.Application()
+        app.router.add_routes(health_routes(self.readiness, self.render_metrics))
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    def set_ready(self) -> None:
+        self.health.set_ready()
+
+    def set_draining(self) -> None:
+        self.health.set_draining()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
