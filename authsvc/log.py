@@ -16,8 +16,10 @@ message and traceback before a handler writes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -57,11 +59,21 @@ _PASSWORD = re.compile(
 )
 
 
+_PASS = re.compile("pass", re.IGNORECASE)
+
+
 def mask_passwords(text: str) -> str:
     """``text`` with every ``Auth-Pass`` value replaced by ``***``."""
     if "pass" not in text.lower():
         return text
     return _PASSWORD.sub(lambda match: match.group(1) + MASK, text)
+
+
+def mask_fields(fields: Mapping[str, object]) -> Mapping[str, object]:
+    """``fields`` with ``Auth-Pass`` values masked in its strings (the same object if none)."""
+    if _PASS.search("\0".join(v for v in fields.values() if type(v) is str)) is None:
+        return fields  # the usual case, found with one search
+    return {k: mask_passwords(v) if type(v) is str else v for k, v in fields.items()}
 
 
 class PasswordFilter(logging.Filter):
@@ -80,6 +92,9 @@ class PasswordFilter(logging.Filter):
         if masked != message:
             record.msg = masked
             record.args = None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            record.fields = mask_fields(fields)
         if record.exc_info and not record.exc_text:
             record.exc_text = mask_passwords(
                 logging.Formatter().formatException(record.exc_info)
@@ -156,6 +171,12 @@ class KeyValueFormatter(logging.Formatter):
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         return f"{self._second_text}.{int((created - seconds) * 1000):03d}Z"
 
+    def fields_line(self, created: float, level: str, pid: int | None, logger: str,
+                    fields: Mapping[str, object]) -> str:
+        """The line of a record with no message, only ``fields`` (BatchedLog's direct path)."""
+        return (f"ts={self._timestamp(created)} level={level.lower()} pid={pid} "
+                f"logger={logger} {format_fields(fields, self._memo)}")
+
     def format(self, record: logging.LogRecord) -> str:
         head = (
             f"ts={self._timestamp(record.created)} level={record.levelname.lower()} "
@@ -177,6 +198,14 @@ class KeyValueFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as :class:`KeyValueFormatter`."""
+
+    def fields_line(self, created: float, level: str, pid: int | None, logger: str,
+                    fields: Mapping[str, object]) -> str:
+        """The line of a record with no message, only ``fields`` (BatchedLog's direct path)."""
+        out: dict[str, object] = {"ts": _timestamp(created), "level": level.lower(), "pid": pid,
+                                  "logger": logger}
+        out.update(fields)
+        return json.dumps(out, default=str)
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -237,6 +266,11 @@ class BatchedLog:
         if not pending:
             return
         logger = self._logger
+        handlers = _handlers(logger)
+        if (len(handlers) == 1 and isinstance(handlers[0], LineHandler)
+                and not _logger_filters(logger)
+                and handlers[0].write_fields(logger.name, pending)):
+            return  # the usual production set-up: only our handler listens
         # One record made the ordinary way per batch, then copied per line:
         # LogRecord.__init__ (clock, pid, path splitting) is the costly part,
         # and Logger.log would also walk the stack (findCaller) every time.
@@ -258,6 +292,16 @@ class BatchedLog:
             handler.flush()
 
 
+def _logger_filters(logger: logging.Logger) -> bool:
+    """Whether a logger on the record's way filters (then records must be made)."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return True
+        current = current.parent if current.propagate else None
+    return False
+
+
 def _handlers(logger: logging.Logger) -> list[logging.Handler]:
     """The handlers a record of ``logger`` reaches (its own and its ancestors')."""
     found: list[logging.Handler] = []
@@ -273,6 +317,37 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     Every other record is flushed at once, as ``logging.StreamHandler`` does.
     """
+
+    def write_fields(self, logger: str,
+                     pending: list[tuple[int, Mapping[str, object], float]]) -> bool:
+        """Write field-only records without making LogRecords; False if it cannot.
+
+        The same text as through ``handle()``: the password mask (this
+        handler's only filter) on the fields, then our formatter's line.
+        """
+        formatter = self.formatter
+        if not isinstance(formatter, (KeyValueFormatter, JsonFormatter)) or any(
+            not isinstance(f, PasswordFilter) for f in self.filters
+        ):
+            return False
+        pid = os.getpid() if logging.logProcesses else None
+        mask = bool(self.filters)
+        text = "".join(
+            formatter.fields_line(created, logging.getLevelName(level), pid, logger,
+                                  mask_fields(fields) if mask else fields)
+            + self.terminator
+            for level, fields, created in pending
+            if level >= self.level
+        )
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            try:
+                self.stream.write(text)
+                self.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": "writing decision lines"}))
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -37,9 +37,10 @@ from authsvc.http.auth_http import AuthService
 _END = b"\r\n\r\n"
 #: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
 MAX_HEAD = 65536
-_REQUEST_LINE = re.compile(rb"GET ([^ ]+) HTTP/1\.([01])")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 §5.6.2)
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is allowed in a value
+_REQUEST_LINE = re.compile(r"GET ([^ ]+) HTTP/1\.([01])")
+# Header names (RFC 9110 §5.6.2 tokens), one per line: all checked with one match.
+_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is allowed in a value
 
 
 def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
@@ -49,26 +50,27 @@ def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
     request nginx sends", for aiohttp to handle: another method or path, a
     body, keep-alive, or any line that is not a plain ``Name: value``.
     """
-    request_line, *lines = head.split(b"\r\n")
+    # aiohttp reads header values as UTF-8 with surrogateescape; so do we, so
+    # that decode_escaped() gets the same text from either path.
+    text = head.decode("utf-8", "surrogateescape")
+    request_line, *lines = text.split("\r\n")
     match = _REQUEST_LINE.fullmatch(request_line)
-    if match is None:
+    if match is None or match.group(1).split("?", 1)[0] != path:
         return None
-    target = match.group(1).split(b"?", 1)[0]
-    if target != path.encode():
-        return None
-    if _CONTROL.search(head.replace(b"\r\n", b"")) is not None:
+    if _CONTROL.search(text.replace("\r\n", "")) is not None:
         return None  # a bare CR or LF, or a control character in a value
     headers: dict[str, str] = {}
+    names = []
     for line in lines:
-        raw_name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(raw_name) is None:
-            return None  # not "Name: value" (a folded line starts with a space)
-        name = raw_name.decode("ascii").lower()
-        # aiohttp reads header values as UTF-8 with surrogateescape; so do we,
-        # so that decode_escaped() gets the same text from either path.  The
-        # first of duplicate headers wins, as with aiohttp's headers.get().
-        if name not in headers:
-            headers[name] = value.strip(b" \t").decode("utf-8", "surrogateescape")
+        name, colon, value = line.partition(":")
+        if not colon:
+            return None
+        names.append(name)
+        key = name.lower()
+        if key not in headers:  # the first of duplicates wins, as with aiohttp's get()
+            headers[key] = value.strip(" \t")
+    if lines and _NAMES.fullmatch("\n".join(names)) is None:
+        return None  # not "Name: value" (a folded line starts with a space)
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
         return None
     minor = int(match.group(2))

@@ -6,11 +6,13 @@ import base64
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from authsvc.log import (
+    BatchedLog,
     KeyValueFormatter,
     PasswordFilter,
     configure_logging,
@@ -196,3 +198,34 @@ def test_configure_logging_replaces_its_own_handler_only() -> None:
             if handler not in before:
                 root.removeHandler(handler)
         root.setLevel(level)
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_batched_direct_lines_equal_the_record_path(fmt: str) -> None:
+    """BatchedLog writes straight to our handler when nothing else listens: same text."""
+    logger = logging.getLogger(f"authsvc.test.batched.{fmt}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    fields = {"event": "auth", "login": "Auth-Pass: hunter2", "attempt": 3, "reason": None,
+              "ms": "0.12"}
+
+    def write(extra_handler: bool) -> str:
+        stream = io.StringIO()
+        handler = make_handler(LogSettings(format=fmt), stream)
+        logger.handlers = [handler]
+        if extra_handler:  # anything else listening forces real LogRecords
+            logger.addHandler(logging.NullHandler())
+        batch = BatchedLog(logger, "x.py")
+        batch.log(logging.INFO, fields)
+        batch.log(logging.DEBUG, fields)  # below the logger's level: dropped
+        batch.log(logging.WARNING, fields)
+        return re.sub(r'"?ts"?[=:] ?"?[0-9T:.-]+Z"?', "TS", stream.getvalue())
+
+    try:
+        direct, through_records = write(False), write(True)
+    finally:
+        logger.handlers = []
+    assert direct == through_records
+    assert direct.count("\n") == 2
+    assert "hunter2" not in direct
+    assert "warning" in direct.splitlines()[1]
