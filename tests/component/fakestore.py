@@ -15,6 +15,8 @@ import re
 import ssl
 from dataclasses import dataclass, field
 
+from proxy.proxy_protocol import ProxyHeader, ProxyHeaderReader
+
 #: Text of the store's own refusal: tests check the client never sees it.
 STORE_REFUSAL = "Authentication failed (store-internal detail)."
 _LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
@@ -40,6 +42,11 @@ class FakeStore:
     flooded: int = 0
     #: Implicit TLS for the store's port (the proxy's backend_tls = implicit).
     tls: ssl.SSLContext | None = None
+    #: Commands before login other than LOGIN/USER/PASS (ID, XCLIENT, CAPABILITY).
+    preauth: list[bytes] = field(default_factory=list)
+    #: Expect a PROXY header on every connection (a Dovecot haproxy = yes listener).
+    proxy_protocol: bool = False
+    proxy_headers: list[ProxyHeader] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -54,6 +61,13 @@ class FakeStore:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def _proxy_header(self, reader: asyncio.StreamReader) -> None:
+        header = ProxyHeaderReader()
+        while header.header is None:
+            byte = await reader.readexactly(1)  # one by one: never past the header
+            header.feed(byte)
+        self.proxy_headers.append(header.header)
 
     async def _misbehave(self, writer: asyncio.StreamWriter) -> bool:
         self._writers.append(writer)
@@ -107,6 +121,8 @@ class FakeStore:
     async def _imap_session(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            if self.proxy_protocol:
+                await self._proxy_header(reader)
             if await self._misbehave(writer):
                 return
             writer.write(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE AUTH=PLAIN] fake ready\r\n")
@@ -120,6 +136,8 @@ class FakeStore:
                 name = name.upper()
                 if logged_in:
                     self.commands.append(command)
+                elif name != b"LOGIN":
+                    self.preauth.append(command)
                 if name == b"LOGIN" and not logged_in:
                     if self.behaviour == "close_mid_login":
                         writer.close()
@@ -182,7 +200,9 @@ class FakeStore:
 
     async def _pop3_session(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            if self.proxy_protocol:
+                await self._proxy_header(reader)
             if await self._misbehave(writer):
                 return
             writer.write(b"+OK fake POP3 ready\r\n")
@@ -197,6 +217,8 @@ class FakeStore:
                 word = word.upper()
                 if logged_in:
                     self.commands.append(line)
+                elif word not in (b"USER", b"PASS"):
+                    self.preauth.append(line)
                 if word == b"USER" and not logged_in:
                     user = arg.decode("utf-8", "surrogateescape")
                     writer.write(b"+OK\r\n")
