@@ -1,0 +1,162 @@
+"""Limits: the extra client hears why and the listener keeps serving (Perdition's died)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from authsvc.settings import FileMapSettings, ListenTls, MailProtocol
+from proxy.proxy_protocol import encode_v2
+from tests.component.conftest import FAST, make_listener, running, write_map
+from tests.component.fakestore import FakeStore
+from tests.services.certs import ServerCert
+
+BUSY_IMAP = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+BUSY_POP3 = b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+CLIENT_BUSY = b"* BYE [UNAVAILABLE] Too many connections from your address, try again later.\r\n"
+
+
+def connect(address: tuple[str, int], first: bytes = b"") -> tuple[socket.socket, bytes]:
+    """A client that reads its first line (the greeting or the refusal)."""
+    sock = socket.create_connection(address, timeout=5)
+    if first:
+        sock.sendall(first)
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return sock, data
+
+
+def rest(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    sock.close()
+    return data
+
+
+@pytest.mark.parametrize(("protocol", "busy"), [(MailProtocol.IMAP, BUSY_IMAP),
+                                                (MailProtocol.POP3, BUSY_POP3)])
+async def test_connection_limit_three_fourth_refused_fifth_served_after_one_left(
+    tmp_path: Path, pki: ServerCert, protocol: MailProtocol, busy: bytes
+) -> None:
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", protocol, ListenTls.NONE, FileMapSettings(str(path)), pki,
+                             connection_limit=3)
+    async with running([listener]) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        first = [await asyncio.to_thread(connect, address) for _ in range(3)]
+        assert all(not greeting.startswith(busy) and greeting for _, greeting in first)
+        fourth, refusal = await asyncio.to_thread(connect, address)
+        assert refusal == busy
+        assert await asyncio.to_thread(rest, fourth) == b""
+        first[0][0].close()
+        for _ in range(200):  # the first session has ended
+            if proxy.server.admission.live("front") == 2:
+                break
+            await asyncio.sleep(0.01)
+        fifth, greeting = await asyncio.to_thread(connect, address)
+        assert greeting.startswith(b"* OK" if protocol is MailProtocol.IMAP else b"+OK")
+        for sock, _ in first[1:]:
+            sock.close()
+        fifth.close()
+
+
+async def test_implicit_tls_listener_refuses_without_plaintext(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.IMPLICIT,
+                             FileMapSettings(str(path)), pki, connection_limit=1)
+    async with running([listener]) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        held = socket.create_connection(address, timeout=5)
+        for _ in range(200):
+            if proxy.server.admission.live("front") == 1:
+                break
+            await asyncio.sleep(0.01)
+        extra = socket.create_connection(address, timeout=5)
+        assert await asyncio.to_thread(rest, extra) == b""
+        held.close()
+
+
+async def test_client_limit_counts_the_address_from_the_proxy_header(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki, proxy_protocol=True,
+                             proxy_protocol_from=("127.0.0.1/32",))
+    settings = replace(FAST, client_limit=2)
+    one = encode_v2(("192.0.2.7", 1000), ("198.51.100.1", 143))
+    other = encode_v2(("192.0.2.8", 1000), ("198.51.100.1", 143))
+    async with running([listener], settings) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        held = [await asyncio.to_thread(connect, address, one) for _ in range(2)]
+        assert all(greeting.startswith(b"* OK") for _, greeting in held)
+        third, refusal = await asyncio.to_thread(connect, address, one)
+        assert refusal == CLIENT_BUSY
+        assert await asyncio.to_thread(rest, third) == b""
+        fourth, greeting = await asyncio.to_thread(connect, address, other)
+        assert greeting.startswith(b"* OK")
+        for sock, _ in [*held, (fourth, b"")]:
+            sock.close()
+
+
+async def test_preauth_limit_and_room_after_a_login(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore
+) -> None:
+    path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki)
+    async with running([listener], replace(FAST, preauth_limit=2)) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        a, _ = await asyncio.to_thread(connect, address)
+        b, _ = await asyncio.to_thread(connect, address)
+        c, refusal = await asyncio.to_thread(connect, address)
+        assert refusal == BUSY_IMAP
+        c.close()
+        a.sendall(b"a LOGIN bob good\r\n")
+        assert (await asyncio.to_thread(a.recv, 4096)).startswith(b"a OK")
+        d, greeting = await asyncio.to_thread(connect, address)
+        assert greeting.startswith(b"* OK")  # a logged-in session is not pre-auth
+        for sock in (a, b, d):
+            sock.close()
+
+
+async def test_login_deadline_ends_a_busy_but_never_authenticating_client(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki, login_timeout=5.0)
+    async with running([listener], replace(FAST, login_deadline=0.4)) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+
+        def chatter() -> bytes:
+            sock, _ = connect(address)
+            data = b""
+            started = time.monotonic()
+            try:
+                while time.monotonic() - started < 5:
+                    sock.sendall(b"n NOOP\r\n")
+                    data += sock.recv(4096)
+                    if b"* BYE" in data:
+                        break
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            sock.close()
+            return data
+
+        data = await asyncio.to_thread(chatter)
+    assert b"n OK" in data
+    assert b"* BYE Autologout; idle for too long." in data

@@ -1,0 +1,165 @@
+"""/healthz, /readyz, /metrics of the proxy, and Perdition's Auth: line on a syslog socket."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from authsvc.settings import (
+    CacheSettings,
+    FileMapSettings,
+    HostPort,
+    ListenTls,
+    MailProtocol,
+    ProxySettings,
+    Settings,
+)
+from proxy.server import ProxyServer, serve
+from tests.component.conftest import FAST, make_listener, write_map
+from tests.component.fakestore import FakeStore
+from tests.services.certs import ServerCert
+from tests.services.ports import free_port
+
+
+@dataclass
+class Running:
+    server: ProxyServer
+    health: str
+    syslog: socket.socket
+
+    def address(self, listener: str) -> tuple[str, int]:
+        return self.server.addresses(listener)[0]
+
+
+@pytest.fixture
+async def running_proxy(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore
+) -> AsyncIterator[Running]:
+    path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
+    file_map = FileMapSettings(str(path))
+    listeners = (make_listener("imap4", MailProtocol.IMAP, ListenTls.STARTTLS, file_map, pki),
+                 make_listener("imaps", MailProtocol.IMAP, ListenTls.IMPLICIT, file_map, pki))
+    syslog_path = str(tmp_path / "syslog.sock")
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(syslog_path)
+    syslog.settimeout(5)
+    port = free_port("127.0.0.1")
+    proxy: ProxySettings = replace(FAST, health_listen=HostPort("127.0.0.1", port),
+                                   drain_timeout=0.5, auth_log=True,
+                                   auth_log_target=syslog_path)
+    settings = Settings(listeners=listeners, proxy=proxy, cache=CacheSettings(enabled=False))
+    stop = asyncio.Event()
+    started: asyncio.Future[ProxyServer] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(serve(settings, stop, started=started))
+    try:
+        server = await asyncio.wait_for(started, 10)
+        yield Running(server, f"http://127.0.0.1:{port}", syslog)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        syslog.close()
+
+
+def exchange(address: tuple[str, int], payload: bytes, until: bytes) -> bytes:
+    sock = socket.create_connection(address, timeout=5)
+    sock.sendall(payload)
+    data = b""
+    while until not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return data
+
+
+def drained(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return data
+
+
+def metric(text: str, series: str) -> float:
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, series
+    return float(found.group(1))
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as client, client.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_health_and_metrics_count_sessions_logins_tls_failures_and_bytes(
+    running_proxy: Running
+) -> None:
+    assert await get(running_proxy.health + "/healthz") == (200, "ok\n")
+    status, body = await get(running_proxy.health + "/readyz")
+    assert status == 200
+    assert '"status": "ready"' in body
+    # One session logged in and held open, one failed login, one bad handshake.
+    held = socket.create_connection(running_proxy.address("imap4"), timeout=5)
+    await asyncio.to_thread(held.recv, 4096)
+    held.sendall(b"a LOGIN bob good\r\n")
+    assert (await asyncio.to_thread(held.recv, 4096)).startswith(b"a OK")
+    refused = await asyncio.to_thread(exchange, running_proxy.address("imap4"),
+                                      b"a LOGIN bob bad\r\n", b"a NO")
+    assert b"a NO [AUTHENTICATIONFAILED]" in refused
+    waiting = socket.create_connection(running_proxy.address("imap4"), timeout=5)
+    await asyncio.to_thread(waiting.recv, 4096)
+    bad_tls = socket.create_connection(running_proxy.address("imaps"), timeout=5)
+    bad_tls.sendall(b"\x16\x03\x01\x00\x05hello, not TLS")
+    assert await asyncio.to_thread(drained, bad_tls) == b""  # closed, no reply
+    await asyncio.sleep(0.05)
+    status, text = await get(running_proxy.health + "/metrics")
+    assert status == 200
+    assert metric(text, 'authsvc_proxy_sessions{listener="imap4"}') == 1
+    assert metric(text, 'authsvc_proxy_preauth_sessions{listener="imap4"}') == 1
+    assert metric(text, 'authsvc_proxy_connections_total{listener="imap4"}') == 3
+    assert metric(text, 'authsvc_proxy_logins_total{listener="imap4",result="ok"}') == 1
+    assert metric(text, 'authsvc_proxy_logins_total{listener="imap4",result="backend_auth"}'
+                  ) == 1
+    assert metric(text, 'authsvc_proxy_tls_handshake_failures_total{listener="imaps",'
+                  'side="client"}') == 1
+    assert metric(text, 'authsvc_proxy_bytes_total{listener="imap4",direction="in"}') == 35
+    assert metric(text, 'authsvc_proxy_bytes_total{listener="imap4",direction="out"}') > 100
+    assert "authsvc_workers 1" in text
+    held.close()
+    waiting.close()
+
+
+def datagrams(sock: socket.socket, count: int) -> list[bytes]:
+    return [sock.recv(9000) for _ in range(count)]
+
+
+async def test_auth_lines_reach_the_syslog_socket(running_proxy: Running) -> None:
+    data = await asyncio.to_thread(
+        exchange, running_proxy.address("imap4"),
+        b"a LOGIN Bob bad\r\nb LOGIN nobody x\r\nc LOGIN bob good\r\nd LOGOUT\r\n", b"d OK")
+    assert b"c OK" in data
+    lines = await asyncio.to_thread(datagrams, running_proxy.syslog, 3)
+    pattern = (rb"^<21>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d perdition\.imap4\[\d+\]: Auth: "
+               rb"127\.0\.0\.1:\d+->127\.0\.0\.1:\d+ client-secure=plaintext "
+               rb"authorisation_id=NONE authentication_id=\"(?P<login>[^\"]+)\" "
+               rb"server=\"(?P<server>[^\"]+)\" protocol=IMAP4 server-secure=plaintext "
+               rb"status=\"(?P<status>[^\"]+)\"$")
+    found = [re.match(pattern, line) for line in lines]
+    assert all(found), lines
+    assert [(m["login"], m["status"]) for m in found if m] == [
+        (b"Bob", b"failed: Re-Authentication Failure"),
+        (b"nobody", b"failed: Could not determine server"),
+        (b"bob", b"ok"),
+    ]
+    assert [m["server"] for m in found if m][1] == b"(null):143"
