@@ -58,6 +58,8 @@ SMTP_ERROR_CODE = "554 5.3.3"
 #: Seconds between copies of the cache counters into the metrics (see metrics.py).
 CACHE_STATS_INTERVAL = 0.5
 
+_PROTOCOLS = {p.value: p for p in MailProtocol}
+
 _WARN_RESULTS = frozenset({"forbidden", "bad_request", "unknown_listener", "error"})
 
 #: Longest backend login we will put in Auth-User: the whole reply must stay
@@ -275,7 +277,7 @@ class AuthService:
         decision = await router.route(
             LoginRequest(
                 login=parsed.login,
-                protocol=MailProtocol(parsed.protocol),
+                protocol=_PROTOCOLS[parsed.protocol],
                 listener=parsed.listener,
                 client_ip=parsed.client_ip,
                 local_name=parsed.local_name,
@@ -284,7 +286,15 @@ class AuthService:
         )
         if isinstance(decision, Refusal):
             return self._refusal(decision, parsed.attempt)
-        return await self._success(decision, parsed)
+        # Addresses already known (every IP literal) are answered without
+        # another coroutine; names may need a lookup.
+        address = self._resolver.known(decision.host)
+        if address is None:
+            try:
+                address = await self._resolver.resolve(decision.host)
+            except ResolveError as exc:
+                return self._failed(decision, parsed.attempt, "resolve_failed", str(exc))
+        return self._success(decision, parsed, address)
 
     def _refusal(self, refusal: Refusal, attempt: int) -> Outcome:
         kind = refusal.kind
@@ -302,13 +312,9 @@ class AuthService:
         return Outcome(self._refuse(text, attempt), result, reason, key=route.key,
                        listener=route.listener)
 
-    async def _success(self, route: Route, parsed: AuthRequest) -> Outcome:
+    def _success(self, route: Route, parsed: AuthRequest, address: str) -> Outcome:
         if not 0 < route.port < 65536:  # nginx checks the range too (§1.5)
             return self._failed(route, parsed.attempt, "error", f"map gave port {route.port}")
-        try:
-            address = await self._resolver.resolve(route.host)
-        except ResolveError as exc:
-            return self._failed(route, parsed.attempt, "resolve_failed", str(exc))
         headers = {"Auth-Status": "OK", "Auth-Server": address, "Auth-Port": str(route.port)}
         if route.backend_login != parsed.login:
             login = route.backend_login

@@ -52,6 +52,10 @@ class Resolver:
         self._names: TTLCache[str, str] = TTLCache(maxsize=max_size, ttl=ttl)
         self._pending: dict[str, asyncio.Future[str]] = {}
 
+    def known(self, host: str) -> str | None:
+        """The address for ``host`` when it needs no lookup (a literal seen before)."""
+        return self._literals.get(host)
+
     async def resolve(self, host: str) -> str:
         """The address to put in ``Auth-Server``; raises :class:`ResolveError`."""
         known = self._literals.get(host)

@@ -116,7 +116,7 @@ class NginxProtocol(asyncio.Protocol):
         make_inner: Callable[[], asyncio.Protocol],
         service: AuthService | None,
         path: str,
-        in_flight: set[asyncio.Task[None]],
+        in_flight: set[NginxProtocol],
         replies: ReplyCache,
     ) -> None:
         self._replies = replies
@@ -156,12 +156,11 @@ class NginxProtocol(asyncio.Protocol):
             return
         task = asyncio.get_running_loop().create_task(self._answer(service, *parsed))
         self._task = task
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
 
     async def _answer(self, service: AuthService, minor: int, headers: dict[str, str]) -> None:
         transport = self._transport
         assert transport is not None
+        self._in_flight.add(self)
         try:
             peer = transport.get_extra_info("peername")
             outcome = await service.answer(
@@ -170,6 +169,12 @@ class NginxProtocol(asyncio.Protocol):
                 transport.write(self._replies.get(minor, outcome.headers))
         finally:
             transport.close()
+            self._in_flight.discard(self)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The fast-path answer in progress, if any."""
+        return self._task
 
     def _hand_over(self, data: bytes) -> None:
         """From now on aiohttp owns the connection, starting with ``data``."""
@@ -213,7 +218,7 @@ class NginxSockSite(web.SockSite):
         super().__init__(runner, sock, backlog=backlog)
         self._fast_path = fast_path
         self._drain_timeout = drain_timeout
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[NginxProtocol] = set()  # answering on the fast path
         self._replies = ReplyCache()
 
     async def start(self) -> None:
@@ -233,7 +238,8 @@ class NginxSockSite(web.SockSite):
 
     async def stop(self) -> None:
         await super().stop()  # no more connections
-        if self._in_flight:
+        tasks = [p.task for p in self._in_flight if p.task is not None]
+        if tasks:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._drain_timeout):
-                    await asyncio.gather(*self._in_flight, return_exceptions=True)
+                    await asyncio.gather(*tasks, return_exceptions=True)
