@@ -20,6 +20,10 @@ Settings chosen for tests (Debian's 2.3.19 defaults otherwise):
   one user, as the seed's Perdition (``lower_case all``) sends either form.
 * high ``mail_max_userip_connections`` and ``process_limit``: every login of a
   load test comes from the same front-end address.
+* with ``haproxy=True``, two more listeners (``imap_haproxy``, ``pop3_haproxy``)
+  with ``haproxy = yes``: Dovecot then requires a PROXY header from every peer
+  on them (from ``haproxy_trusted_networks``), so they get ports of their own
+  and the plain listeners stay as they are.
 * running as root needs the package's ``dovecot``/``dovenull`` users
   (``default_internal_user``/``default_login_user``); mail is owned by
   ``nobody``, and the temp directory is world-traversable so they can reach it.
@@ -61,9 +65,12 @@ class StorePorts:
     pop3: int
     imaps: int | None
     pop3s: int | None
+    #: ``haproxy = yes`` listeners (a PROXY header required), when asked for.
+    imap_haproxy: int | None = None
+    pop3_haproxy: int | None = None
 
 
-def shared_ports(addresses: tuple[str, ...], *, tls: bool) -> StorePorts:
+def shared_ports(addresses: tuple[str, ...], *, tls: bool, haproxy: bool = False) -> StorePorts:
     """Ports free on every one of ``addresses``: one number per service for all stores.
 
     The seed's MySQL map answers a store address with a constant port
@@ -77,7 +84,8 @@ def shared_ports(addresses: tuple[str, ...], *, tls: bool) -> StorePorts:
                 return port
 
     return StorePorts(
-        imap=pick(), pop3=pick(), imaps=pick() if tls else None, pop3s=pick() if tls else None
+        imap=pick(), pop3=pick(), imaps=pick() if tls else None, pop3s=pick() if tls else None,
+        imap_haproxy=pick() if haproxy else None, pop3_haproxy=pick() if haproxy else None,
     )
 
 
@@ -124,6 +132,16 @@ def _config(
             f"    port = {ports.pop3s}\n    ssl = yes\n  }}\n"
         ),
     }
+    for service, port in (("imap", ports.imap_haproxy), ("pop3", ports.pop3_haproxy)):
+        if port is not None:
+            tls_listener[service] += (
+                f"  inet_listener {service}_haproxy {{\n    address = {address}\n"
+                f"    port = {port}\n    haproxy = yes\n  }}\n"
+            )
+    haproxy = (
+        f"haproxy_trusted_networks = {' '.join(trusted_networks)}\nhaproxy_timeout = 3s\n"
+        if ports.imap_haproxy is not None or ports.pop3_haproxy is not None else ""
+    )
     ssl = (
         f"ssl = yes\nssl_cert = <{pki.cert}\nssl_key = <{pki.key}\n" if pki else "ssl = no\n"
     )
@@ -146,7 +164,7 @@ default_login_user = dovenull
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 100000
 imap_id_send = name * x-authsvc-store {marker}
-{ssl}
+{haproxy}{ssl}
 passdb {{
   driver = passwd-file
   args = {passwd}
@@ -406,13 +424,15 @@ def dovecot_stores(
     *,
     pki: ServerCert | None = None,
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8",),
+    haproxy: bool = False,
 ) -> Iterator[dict[str, DovecotStore]]:
     """Start one store per name in ``users_by_store``; all stop when the block ends.
 
     All stores listen on the same port numbers (:func:`shared_ports`), each
-    on its own address.
+    on its own address.  ``haproxy``: add the ``haproxy = yes`` listeners.
     """
-    ports = shared_ports(tuple(addresses[name] for name in users_by_store), tls=pki is not None)
+    ports = shared_ports(tuple(addresses[name] for name in users_by_store), tls=pki is not None,
+                         haproxy=haproxy)
     stores: dict[str, DovecotStore] = {}
     try:
         for name, users in users_by_store.items():
