@@ -26,6 +26,8 @@ wanted=(
   "/usr/bin/openssl:openssl"
   "/usr/bin/curl:curl"
   "/usr/bin/systemd-analyze:systemd"
+  # Debian's fail2ban filters: the proxy's Auth: line must match filter.d/perdition.conf
+  "/etc/fail2ban/filter.d/perdition.conf:fail2ban"
 )
 missing=()
 for pair in "${wanted[@]}"; do
