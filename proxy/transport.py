@@ -11,8 +11,10 @@ Flow control: reading pauses while more than ``high_water`` bytes wait, and
 (``pause_writing``/``resume_writing``), so neither direction of a splice can
 grow memory without bound.
 
-TLS, by the decision in docs/architecture.md ("Proxy TLS path"): STARTTLS and
-implicit TLS both go through ``loop.start_tls()`` on this same protocol object.
+TLS, by the decision in docs/architecture.md ("Proxy TLS path"): STARTTLS goes
+through ``loop.start_tls()`` on this same protocol object; implicit TLS from
+clients is asyncio's ``connect_accepted_socket(ssl=...)`` (the server read any
+PROXY header first), and to stores ``create_connection(ssl=...)``.
 """
 
 from __future__ import annotations
