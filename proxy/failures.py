@@ -36,9 +36,12 @@ def is_auth_failure(kind: FailureKind) -> bool:
 
 
 def credentials_ok(login: bytes, password: bytes) -> bool:
-    """Neither part empty, and no NUL, CR or LF anywhere (refused, never truncated)."""
-    if not login or not password:
-        return False
+    """No NUL, CR or LF anywhere: such credentials are refused, never truncated.
+
+    Empty parts are fine here: an empty password is a wrong password, and goes
+    the failed-login way (same reply, same delay), as Perdition sends it to the
+    store; an empty login is refused by the routing core as a bad login.
+    """
     return not any(byte in FORBIDDEN_CREDENTIAL_BYTES for byte in login + password)
 
 

@@ -81,16 +81,7 @@ BOB_PLAIN = base64.b64encode(b"\0bob\0bob-secret").decode()
 
 #: Cases whose difference is a proxy bug, not a choice: case -> reason naming it.
 #: They run xfail(strict=True), so fixing the bug makes them fail until removed.
-_EMPTY_PASSWORD_BUG = (
-    "proxy bug: an empty password (IMAP LOGIN bob \"\", POP3 'PASS ') is refused as "
-    "'BAD/-ERR Login or password contains NUL, CR or LF.', which is untrue and skips the "
-    "failed-login path (proxy/failures.py credentials_ok refuses empty parts under the "
-    "NUL/CR/LF text); expected the ordinary failed-login refusal"
-)
-KNOWN_BUGS: dict[str, str] = {
-    "imap.empty_password": _EMPTY_PASSWORD_BUG,
-    "pop3.empty_password": _EMPTY_PASSWORD_BUG,
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 Observation = tuple[str, ...]
 

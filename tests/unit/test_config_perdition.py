@@ -585,9 +585,19 @@ def test_regex_map_with_its_path(tmp_path: Path) -> None:
 def test_regex_map_default_path(tmp_path: Path) -> None:
     loaded = load(tmp_path, "map_library libperditiondb_posix_regex.so\n")
     assert loaded.settings.listeners[0].map == RegexMapSettings("/etc/perdition/popmap.re")
+
+
+def test_regex_map_missing_file_warns(tmp_path: Path) -> None:
+    # The default path exists wherever Debian's perdition package is installed
+    # (the compatibility rig installs it), so the warning is shown on a path
+    # that certainly does not.
+    missing = tmp_path / "popmap.re"
+    loaded = load(
+        tmp_path,
+        f"map_library libperditiondb_posix_regex.so\nmap_library_opt {missing}\n",
+    )
     assert [str(w).split(":", 1)[1] for w in loaded.warnings] == [
-        "1: map_library: regex map file /etc/perdition/popmap.re does not exist or is not "
-        "readable (Perdition's default, as map_library_opt is not set)"
+        f"2: map_library_opt: regex map file {missing} does not exist or is not readable"
     ]
 
 
