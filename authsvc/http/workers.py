@@ -142,6 +142,8 @@ def supervise(
 
     def spawn(slot: int) -> None:
         sock = sockets[slot] if len(sockets) > 1 else sockets[0]
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # or the child would write the parent's buffered lines again
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
