@@ -7,7 +7,8 @@ with fresh randomness (``bench/fuzz_deep.sh``).  Neither has a per-example
 deadline: a slow example on a busy 2-core CI machine is not a bug, and the
 sizes the strategies draw are bounded instead.  No example database is kept
 (``database=None``): nothing is written into the work tree, and a failure
-prints its reproduction blob instead.
+prints its reproduction blob instead.  ``AUTHSVC_FUZZ_EXAMPLES=N`` overrides
+the number of examples of either profile (for a quick look between the two).
 """
 
 from __future__ import annotations
@@ -36,4 +37,10 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=_SLOW_OK,
 )
-settings.load_profile(os.environ.get("AUTHSVC_FUZZ_PROFILE", "ci"))
+_profile = os.environ.get("AUTHSVC_FUZZ_PROFILE", "ci")
+_examples = os.environ.get("AUTHSVC_FUZZ_EXAMPLES")
+if _examples:
+    settings.register_profile(f"{_profile}-{_examples}", settings.get_profile(_profile),
+                              max_examples=int(_examples))
+    _profile = f"{_profile}-{_examples}"
+settings.load_profile(_profile)
