@@ -12,13 +12,13 @@ from __future__ import annotations
 import enum
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from authsvc import login as login_rules
 from authsvc.maps import MapBackend, MapEntry, MapUnavailable
-from authsvc.maps.factory import open_maps
+from authsvc.maps.factory import MapShelf, open_maps
 from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
 
 
@@ -267,3 +267,45 @@ async def open_router(settings: Settings) -> AsyncIterator[Router]:
     """Open every listener's map (shared where settings agree) and build the Router."""
     async with open_maps(settings) as maps:
         yield Router(settings, maps)
+
+
+class RouterSwitch:
+    """The current :class:`Router` of a long-running front end, replaced on reload (issue 11).
+
+    Sessions that already hold a Router keep it; new logins take
+    :attr:`router`.  MySQL maps with unchanged settings carry over with their
+    caches (``maps/factory.py:MapShelf``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._shelf = MapShelf()
+        maps, _ = self._shelf.build(settings)
+        self.router = Router(settings, maps)
+
+    def replace(self, settings: Settings) -> tuple[Router, Callable[[], Awaitable[None]]]:
+        """Switch to a Router for ``settings``; returns it and a closer for the retired maps.
+
+        The caller runs the closer once sessions that may still be looking up
+        in the retired maps are done (reload.py waits a grace period).
+        """
+        maps, retired = self._shelf.build(settings)
+        self.router = Router(settings, maps)
+
+        async def close_retired() -> None:
+            for backend in retired:
+                await backend.close()
+
+        return self.router, close_retired
+
+    async def close(self) -> None:
+        await self._shelf.close()
+
+
+@asynccontextmanager
+async def open_router_switch(settings: Settings) -> AsyncIterator[RouterSwitch]:
+    """Like :func:`open_router`, but the Router can be replaced while open."""
+    switch = RouterSwitch(settings)
+    try:
+        yield switch
+    finally:
+        await switch.close()
