@@ -10,6 +10,7 @@ before the first request, closed after the last one.  Tests pass their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -20,7 +21,7 @@ from authsvc.http.control import FLUSH_PATH, CacheControl, Peers
 from authsvc.http.health import Health, MapStates, Readiness, health_routes
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
-from authsvc.routing import Router, open_router
+from authsvc.routing import Router, RouterSwitch, open_router, open_router_switch
 from authsvc.settings import Settings
 
 RouterFactory = Callable[[Settings], AbstractAsyncContextManager[Router]]
@@ -33,6 +34,8 @@ AUTH = web.AppKey("auth", AuthService)
 CONTROL = web.AppKey("control", CacheControl)
 #: Present only between startup and cleanup.
 ROUTER = web.AppKey("router", Router)
+#: Present when the router can be reloaded (the real one, not a test's).
+ROUTERS = web.AppKey("routers", RouterSwitch)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -83,12 +86,15 @@ def create_app(
     app.on_response_prepare.append(_drop_server_header)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_router_fn(settings) as router:
-            app[ROUTER] = router
-            metrics.attach_maps(router.cache_stats())
-            readiness.check = router.check_maps
-            auth.bind(router)
-            control.router = router
+        async with contextlib.AsyncExitStack() as stack:
+            if open_router_fn is open_router:
+                # The real router can be replaced by a reload (authsvc/reload.py).
+                switch = await stack.enter_async_context(open_router_switch(settings))
+                app[ROUTERS] = switch
+                router = switch.router
+            else:
+                router = await stack.enter_async_context(open_router_fn(settings))
+            bind_router(app, router)
             health.set_ready()
             # Other workers' scrapes read our file: keep its cache counters
             # fresh even when no login comes in (metrics.py).
@@ -106,6 +112,15 @@ def create_app(
 
     app.cleanup_ctx.append(router_ctx)
     return app
+
+
+def bind_router(app: web.Application, router: Router) -> None:
+    """Answer new requests with ``router`` (at start, and after a reload)."""
+    app[ROUTER] = router
+    app[METRICS].attach_maps(router.cache_stats())
+    app[READINESS].check = router.check_maps
+    app[AUTH].bind(router)
+    app[CONTROL].router = router
 
 
 async def _refresh_periodically(auth: AuthService, every: float = 1.0) -> None:

@@ -24,6 +24,7 @@ from authsvc.http.workers import (
     supervise,
 )
 from authsvc.log import configure_logging
+from authsvc.reload import ReloadSource
 from authsvc.settings import HostPort, Settings
 
 logger = logging.getLogger("authsvc.serve")
@@ -81,10 +82,13 @@ def serve(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         print(f"authsvc serve: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    # SIGHUP reads the same files again, with the same command-line overrides.
+    reload_from = ReloadSource.of(
+        args.config, lambda new: apply_overrides(new, listen=args.listen, unix=args.unix))
     try:
         if workers == 1:
-            return run_single(settings, sockets[0])
-        return supervise(settings, sockets, workers, make_run_dir())
+            return run_single(settings, sockets[0], reload_from)
+        return supervise(settings, sockets, workers, make_run_dir(), reload_from=reload_from)
     finally:
         for sock in sockets:
             sock.close()

@@ -3,8 +3,8 @@
 ``run_server`` is what a worker runs (or the only process, without
 ``--workers``).  On SIGTERM or SIGINT it marks itself draining (``/readyz``
 503), stops accepting, lets requests in flight finish (up to
-``drain_timeout``), closes the maps and returns 0.  SIGHUP is logged and
-ignored until hot reload exists.
+``drain_timeout``), closes the maps and returns 0.  SIGHUP reloads the
+configuration (``authsvc/reload.py``) when the process knows its files.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import socket
 
 from aiohttp import web
 
-from authsvc.http.app import HEALTH, RouterFactory, create_app
+from authsvc.http.app import HEALTH, ROUTERS, RouterFactory, bind_router, create_app
 from authsvc.http.control import Peers
 from authsvc.http.wire import NginxSockSite
 from authsvc.metrics import Metrics
+from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import open_router
 from authsvc.settings import Settings
 
@@ -58,6 +59,7 @@ async def run_server(
     stop: asyncio.Event | None = None,
     started: asyncio.Future[web.Application] | None = None,
     open_router_fn: RouterFactory = open_router,
+    reload_from: ReloadSource | None = None,
 ) -> int:
     """Serve on ``sock`` until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code.
 
@@ -65,7 +67,7 @@ async def run_server(
     it and ``stop``/``open_router_fn`` to drive a real server in process.
     """
     loop = asyncio.get_running_loop()
-    metrics = Metrics(run_dir)
+    metrics = Metrics(run_dir, families=RELOAD_FAMILIES)
     peers = Peers(run_dir) if run_dir is not None else None
     app = create_app(settings, metrics, peers=peers, open_router_fn=open_router_fn)
     verbose = settings.log.connection_logging or settings.log.level == "debug"
@@ -82,14 +84,23 @@ async def run_server(
     stop = stop if stop is not None else asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: logger.info("SIGHUP received: configuration reload is not implemented yet, "
-                            "carrying on with the current settings"),
-    )
+    reloader: Reloader | None = None
+
+    def on_sighup() -> None:
+        if reloader is None:
+            logger.info("SIGHUP received: nothing to reload (no configuration files)")
+            return
+        logger.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
+        reloader.request()
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     try:
         await runner.setup()  # opens the router (cleanup_ctx)
+        if reload_from is not None and ROUTERS in app:
+            reloader = Reloader(reload_from, app[ROUTERS],
+                                lambda _settings, router: bind_router(app, router),
+                                metrics=metrics)
         await NginxSockSite(runner, sock, drain_timeout=drain, backlog=1024).start()
         if peers is not None:
             await web.UnixSite(runner, peers.own).start()
@@ -108,6 +119,8 @@ async def run_server(
         app[HEALTH].set_draining()
     finally:
         await runner.cleanup()  # stop accepting, finish in-flight requests, close maps
+        if reloader is not None:
+            await reloader.close()  # maps retired by a reload, after the last request
         metrics.close()
         for handled in HANDLED_SIGNALS:
             loop.remove_signal_handler(handled)

@@ -10,8 +10,10 @@ accept from it.
 The parent only supervises: it blocks SIGTERM/SIGINT/SIGHUP/SIGCHLD and waits
 for them with ``sigwaitinfo``.  SIGTERM/SIGINT: close its copies of the
 listening sockets (so the kernel stops queueing on them), pass SIGTERM to every
-worker, wait, and exit 0 when all of them exited 0.  SIGHUP is logged (reload
-comes later).  A worker that dies on its own is replaced; three that die within
+worker, wait, and exit 0 when all of them exited 0.  SIGHUP: the parent
+reads the configuration again (so workers it starts later get the new one) and
+passes SIGHUP to every worker, each of which reloads itself (``reload.py``).
+A worker that dies on its own is replaced; three that die within
 seconds of starting mean something is broken, and the parent gives up.
 
 Workers share a private run directory (mode 0700) for metrics files and
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable
 
 from authsvc.http.server import HANDLED_SIGNALS, run_server
+from authsvc.reload import ReloadSource
 from authsvc.settings import HostPort, Settings
 
 logger = logging.getLogger("authsvc.workers")
@@ -111,9 +114,10 @@ def make_run_dir() -> str:
     return tempfile.mkdtemp(prefix="authsvc-serve-", dir=base or None)
 
 
-def run_single(settings: Settings, sock: socket.socket) -> int:
+def run_single(settings: Settings, sock: socket.socket,
+               reload_from: ReloadSource | None = None) -> int:
     """No fork: this process serves."""
-    return asyncio.run(run_server(settings, sock))
+    return asyncio.run(run_server(settings, sock, reload_from=reload_from))
 
 
 def supervise(
@@ -124,6 +128,7 @@ def supervise(
     *,
     child_main: Callable[[Settings, socket.socket, str], int] | None = None,
     on_stop: Callable[[], None] | None = None,
+    reload_from: ReloadSource | None = None,
 ) -> int:
     """Fork ``count`` workers and look after them until SIGTERM; returns the exit code.
 
@@ -133,7 +138,10 @@ def supervise(
     """
     waited = HANDLED_SIGNALS | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    main = child_main if child_main is not None else _child_main
+    def default_main(settings: Settings, sock: socket.socket, run_dir: str) -> int:
+        return asyncio.run(run_server(settings, sock, run_dir=run_dir, reload_from=reload_from))
+
+    main = child_main if child_main is not None else default_main
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, start time)
     respawn: list[tuple[float, int]] = []  # (when, slot)
     stopping = False
@@ -187,9 +195,10 @@ def supervise(
                     on_stop()
                 for pid in children:
                     _kill(pid, signal.SIGTERM)
-            elif signo == signal.SIGHUP:
-                logger.info("SIGHUP received: configuration reload is not implemented yet, "
-                            "carrying on with the current settings")
+            elif signo == signal.SIGHUP and not stopping:
+                settings = _reloaded(settings, reload_from)
+                for pid in children:  # each worker reloads itself (server.py)
+                    _kill(pid, signal.SIGHUP)
             # SIGCHLD, or any wake-up: reap whoever has exited.
             for pid, status in _reap():
                 slot, started = children.pop(pid, (-1, 0.0))
@@ -222,8 +231,18 @@ def supervise(
     return 1 if failed else 0
 
 
-def _child_main(settings: Settings, sock: socket.socket, run_dir: str) -> int:
-    return asyncio.run(run_server(settings, sock, run_dir=run_dir))
+def _reloaded(settings: Settings, source: ReloadSource | None) -> Settings:
+    """The settings workers started from now on get: the new ones if they load."""
+    logger.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP",
+                                      "workers": "forwarded"}})
+    if source is None:
+        return settings
+    try:
+        return source.load()
+    except Exception as exc:  # the workers log and count it too; keep the old ones
+        logger.warning("reload: keeping the previous configuration for new workers: %s",
+                       str(exc).strip() or type(exc).__name__)
+        return settings
 
 
 def _reap() -> list[tuple[int, int]]:
