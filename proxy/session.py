@@ -77,6 +77,12 @@ from proxy.transport import Channel
 
 log = logging.getLogger("proxy.session")
 
+#: Said to a client that has not logged in when the server shuts down (drain).
+_SHUTTING_DOWN = {
+    MailProtocol.IMAP: b"* BYE [UNAVAILABLE] Server shutting down, try again later.\r\n",
+    MailProtocol.POP3: b"-ERR [SYS/TEMP] Server shutting down, try again later.\r\n",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerContext:
@@ -156,6 +162,12 @@ class Session:
                 await self._run()
         except asyncio.CancelledError:
             self.record.end = self.record.end or "shutdown"
+            if not self.logged_in and self._client is not None:
+                # Before login only the proxy writes to the client, in whole lines,
+                # so a goodbye fits between them (RFC 9051 §7.1.5 BYE; RFC 3206
+                # §4 [SYS/TEMP]).  A relayed stream gets none: we do not parse
+                # the store's bytes and cannot know where a line ends.
+                self._client.write(_SHUTTING_DOWN[self._ctx.listener.protocol])
             raise
         except Exception as exc:
             # A bug must cost one session, not the server; its text stays in our log.
