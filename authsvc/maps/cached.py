@@ -89,6 +89,11 @@ class CachedMap:
         # Bumped by invalidate(): a query that started before must not refill the cache.
         self._generation = 0
         self.stats = CacheStats()
+        # Built once: the router asks for it on every request (Trace.map_description).
+        self._description = (
+            f"{inner.describe()} [cache: ttl {settings.ttl:g}s, "
+            f"negative {settings.negative_ttl:g}s, stale-if-error {settings.stale_if_error:g}s]"
+        )
 
     @property
     def inner(self) -> MapBackend:
@@ -192,11 +197,7 @@ class CachedMap:
         self.stats.map_up = True
 
     def describe(self) -> str:
-        s = self._settings
-        return (
-            f"{self._inner.describe()} [cache: ttl {s.ttl:g}s, negative {s.negative_ttl:g}s, "
-            f"stale-if-error {s.stale_if_error:g}s]"
-        )
+        return self._description
 
     async def close(self) -> None:
         tasks = list(self._inflight.values())

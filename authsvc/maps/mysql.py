@@ -4,6 +4,21 @@ One parametrised query per lookup::
 
     SELECT `<server col>`[, `<port col>`] FROM `<table>` WHERE `<user col>` = %s LIMIT 1
 
+Lookups that arrive together share one round trip (micro-batching): keys
+asked in the same event-loop pass, or while every pooled connection already
+has a query in flight, go out as one statement of up to ``BATCH_MAX`` of
+those same queries, each tagged with its key's index::
+
+    (SELECT 0, `<server col>` ... WHERE `<user col>` = %s LIMIT 1)
+    UNION ALL (SELECT 1, `<server col>` ... WHERE `<user col>` = %s LIMIT 1) ...
+
+Each member is exactly the single-key query, so each key keeps Perdition's
+matching (the column's collation against a literal, §3.2) and "first row
+wins" (§3.3); a join against a derived table of keys would compare two
+implicit collations instead.  A failing batch fails every key in it.  This
+cuts the per-key cost of a miss (aiomysql parses the protocol in pure Python,
+and most of that cost is per statement, not per row).
+
 The key is always a parameter, never pasted into the SQL (Perdition escapes it
 into a 256-byte buffer and truncates, §3.2).  Identifiers come validated from
 the settings and are checked again and backtick-quoted here.  Matching is the
@@ -64,6 +79,10 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
 # 1927 ER_CONNECTION_KILLED and 4031 ER_CLIENT_INTERACTION_TIMEOUT likewise.
 _CONNECTION_ERRNOS = range(2000, 3000)
 _KILLED_ERRNOS = (1927, 4031)
+#: Most keys in one batched statement (keeps it far below max_allowed_packet).
+BATCH_MAX = 64
+
+_Row = tuple[object, ...]
 
 
 def quote_identifier(name: str) -> str:
@@ -73,15 +92,30 @@ def quote_identifier(name: str) -> str:
     return f"`{name}`"
 
 
-def build_query(settings: MySqlMapSettings) -> str:
-    """The lookup SQL, with ``%s`` for the key."""
+def _query_parts(settings: MySqlMapSettings) -> tuple[str, str]:
+    """The selected columns and the ``FROM ... LIMIT 1`` tail, identifiers quoted."""
     columns = [quote_identifier(settings.server_column)]
     if settings.port_constant is None and settings.port_column is not None:
         columns.append(quote_identifier(settings.port_column))
     # Only quoted, validated identifiers are pasted; the key stays a parameter.
     table = quote_identifier(settings.table)
     where = quote_identifier(settings.user_column)
-    return f"SELECT {', '.join(columns)} FROM {table} WHERE {where} = %s LIMIT 1"  # noqa: S608
+    return ", ".join(columns), f"FROM {table} WHERE {where} = %s LIMIT 1"
+
+
+def build_query(settings: MySqlMapSettings) -> str:
+    """The lookup SQL, with ``%s`` for the key."""
+    columns, tail = _query_parts(settings)
+    return f"SELECT {columns} {tail}"
+
+
+def build_batch_query(settings: MySqlMapSettings, count: int) -> str:
+    """The SQL for ``count`` keys: the single-key query per key, tagged 0..count-1.
+
+    One ``%s`` per key, in order; rows come back as ``(index, server[, port])``.
+    """
+    columns, tail = _query_parts(settings)
+    return " UNION ALL ".join(f"(SELECT {i}, {columns} {tail})" for i in range(count))
 
 
 def _text(value: object) -> str | None:
@@ -138,6 +172,15 @@ class _Pool:
         self.pool = pool
 
 
+class _Waiting:
+    """Lookups of one key waiting for the next batch."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[tuple[_Row | None, HostPort]]] = []
+
+
 class MySqlMap:
     """The MySQL/MariaDB map."""
 
@@ -154,10 +197,18 @@ class MySqlMap:
         self._delimiter = delimiter
         self._recycle = pool_recycle
         self._sql = build_query(settings)
+        self._batch_sql: dict[int, str] = {1: self._sql}
+        self._description = self._describe()
         self._pool: _Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._up: bool | None = None  # None until the first answer
         self._closing: set[asyncio.Task[None]] = set()
+        # Micro-batching: keys not yet sent, whether a flush is scheduled, and
+        # the batches in flight (at most one per pooled connection).
+        self._waiting: dict[str, _Waiting] = {}
+        self._flush_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
+        self._max_batches = max(settings.pool_size, 1)
 
     # -- the MapBackend interface ---------------------------------------------------
 
@@ -167,7 +218,7 @@ class MySqlMap:
         except UnicodeEncodeError:
             # Undecodable bytes from the client: no utf8mb4 row can hold this key.
             return None
-        row, host = await self._run(key)
+        row, host = await self._enqueue(key)
         if row is None:
             return None
         try:
@@ -180,9 +231,13 @@ class MySqlMap:
     async def check(self) -> None:
         # The real query (with a key no mailbox has) also catches a wrong
         # table, column or grant, which "SELECT 1" would not.
-        await self._run("")
+        await self._run([""])
 
     def describe(self) -> str:
+        # Computed once: the router asks on every request (Trace.map_description).
+        return self._description
+
+    def _describe(self) -> str:
         hosts = ",".join(str(h) for h in self._settings.hosts)
         port = ""
         if self._settings.port_constant is not None:
@@ -190,6 +245,11 @@ class MySqlMap:
         return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}"
 
     async def close(self) -> None:
+        batches = list(self._batches)
+        for batch in batches:
+            batch.cancel()
+        await asyncio.gather(*batches, return_exceptions=True)
+        self._fail_waiting("mysql: map closed")
         current = self._pool
         if current is not None:
             self._discard(current)
@@ -197,6 +257,77 @@ class MySqlMap:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
                     await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- micro-batching ---------------------------------------------------------------
+
+    def _enqueue(self, key: str) -> asyncio.Future[tuple[_Row | None, HostPort]]:
+        """Queue a key for the next batch; the future gets its row and host."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[_Row | None, HostPort]] = loop.create_future()
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = _Waiting()
+        waiting.futures.append(future)
+        if not self._flush_scheduled:
+            # call_soon runs after every callback already ready in this loop
+            # pass, so the keys of one pass of accepted requests travel together.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        """Send waiting keys as batches while a pooled connection is free for one."""
+        self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._waiting and len(self._batches) < self._max_batches:
+            batch: dict[str, _Waiting] = {}
+            for key in list(self._waiting)[:BATCH_MAX]:
+                batch[key] = self._waiting.pop(key)
+            task = loop.create_task(self._send(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+        # Keys left over wait for the first batch to finish (_batch_done).
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if self._waiting and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _send(self, batch: dict[str, _Waiting]) -> None:
+        keys = list(batch)
+        try:
+            rows, host = await self._run(keys)
+        except MapUnavailable as exc:
+            for waiting in batch.values():
+                for future in waiting.futures:
+                    if not future.done():
+                        # One exception object per waiter: each gets its own traceback.
+                        future.set_exception(MapUnavailable(str(exc)))
+            return
+        except BaseException as exc:
+            for waiting in batch.values():
+                for future in waiting.futures:
+                    if not future.done():
+                        future.set_exception(MapUnavailable(f"mysql: lookup aborted: {exc!r}"))
+            raise
+        for key, row in zip(keys, rows, strict=True):
+            for future in batch[key].futures:
+                if not future.done():  # a caller may have given up
+                    future.set_result((row, host))
+
+    def _fail_waiting(self, message: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for entry in waiting.values():
+            for future in entry.futures:
+                if not future.done():
+                    future.set_exception(MapUnavailable(message))
+
+    def _sql_for(self, count: int) -> str:
+        sql = self._batch_sql.get(count)
+        if sql is None:
+            sql = self._batch_sql[count] = build_batch_query(self._settings, count)
+        return sql
 
     # -- connections ----------------------------------------------------------------
 
@@ -272,7 +403,8 @@ class MySqlMap:
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
-    async def _query(self, current: _Pool, key: str) -> tuple[object, ...] | None:
+    async def _query(self, current: _Pool, keys: list[str]) -> list[_Row | None]:
+        """One statement for ``keys``; each key's first row, or None."""
         settings = self._settings
         pool = current.pool
         try:
@@ -288,8 +420,8 @@ class MySqlMap:
             try:
                 async with asyncio.timeout(settings.query_timeout):
                     async with conn.cursor() as cursor:
-                        await cursor.execute(self._sql, (key,))
-                        row = await cursor.fetchone()
+                        await cursor.execute(self._sql_for(len(keys)), keys)
+                        rows = await cursor.fetchall()
             except TimeoutError:
                 raise TimeoutError(
                     f"query took longer than query_timeout {settings.query_timeout:g}s"
@@ -300,16 +432,24 @@ class MySqlMap:
             raise
         finally:
             pool.release(conn)
-        return None if row is None else tuple(row)
+        if len(keys) == 1:
+            return [tuple(rows[0]) if rows else None]
+        found: list[_Row | None] = [None] * len(keys)
+        for row in rows:
+            index = row[0]
+            # Each member has LIMIT 1: one row per key at most, and it is the first.
+            if isinstance(index, int) and 0 <= index < len(keys) and found[index] is None:
+                found[index] = tuple(row[1:])
+        return found
 
-    async def _run(self, key: str) -> tuple[tuple[object, ...] | None, HostPort]:
+    async def _run(self, keys: list[str]) -> tuple[list[_Row | None], HostPort]:
         """Run the query once, and once more on a fresh connection after a connection error."""
         current: _Pool | None = None
         try:
             for attempt in (1, 2):
                 current = await self._get_pool()
                 try:
-                    row = await self._query(current, key)
+                    rows = await self._query(current, keys)
                 except (aiomysql.Error, OSError, TimeoutError) as exc:
                     if attempt == 1 and _is_connection_error(exc):
                         # The server may have restarted or cut us: the whole pool is
@@ -318,7 +458,7 @@ class MySqlMap:
                         continue
                     raise
                 self._note(True, f"mysql {current.host}")
-                return row, current.host
+                return rows, current.host
         except MapUnavailable as exc:
             self._note(False, str(exc))
             raise
