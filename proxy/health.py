@@ -72,6 +72,11 @@ class HealthEndpoint:
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
 
+    def rebind(self, router: Router) -> None:
+        """Report the maps of ``router`` from now on (after a reload)."""
+        self._router = router
+        self.readiness.check = router.check_maps
+
     def set_ready(self) -> None:
         self.health.set_ready()
 

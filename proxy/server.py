@@ -16,8 +16,12 @@ listener behind HAProxy can read its PROXY header before asyncio's transport
   keeps serving; Perdition's listener died here (perdition.md §6.3);
 * the connection becomes a :class:`Session`.
 
-On SIGTERM or SIGINT it stops accepting, closes sessions that have not logged
-in, gives logged-in ones ``drain_timeout`` seconds, then cancels the rest.
+On SIGTERM or SIGINT it stops accepting (``/readyz`` answers 503), says BYE
+/ ``-ERR`` to sessions that have not logged in and closes them, gives logged-in
+ones ``drain_timeout`` seconds, then closes the rest without a word: a relay
+does not parse the store's stream, so it cannot know where a line ends.  On
+SIGHUP it reloads (``authsvc/reload.py``): new sessions get the new settings,
+maps and certificates, live ones keep theirs.
 ``main`` runs one process, or ``--workers N`` processes on SO_REUSEPORT
 sockets through ``authsvc/http/workers.py``'s supervisor, with ``/healthz``,
 ``/readyz`` and ``/metrics`` on ``[proxy] health_listen`` (``proxy/health.py``).
@@ -42,7 +46,8 @@ from authsvc.http.server import HANDLED_SIGNALS
 from authsvc.http.workers import ListenError, bind_tcp, make_run_dir, supervise
 from authsvc.log import configure_logging
 from authsvc.metrics import Metrics
-from authsvc.routing import Router, open_router
+from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
+from authsvc.routing import Router, open_router_switch
 from authsvc.settings import (
     BackendTls,
     HostPort,
@@ -249,6 +254,7 @@ class ProxyServer:
 
     def _resume_accepting(self, context: ListenerContext, listening: socket.socket) -> None:
         if not self._stopping and listening.fileno() >= 0:
+            context = self._contexts.get(context.listener.name, context)  # a reload's
             asyncio.get_running_loop().add_reader(
                 listening.fileno(), self._accept_ready, context, listening)
 
@@ -340,13 +346,53 @@ class ProxyServer:
             self._bytes[name, "in"] += session.client.bytes_in
             self._bytes[name, "out"] += session.client.bytes_out
 
+    # --- reloading ----------------------------------------------------------------
+
+    def reconfigure(self, settings: Settings, router: Router) -> None:
+        """New sessions get ``settings``, ``router`` and fresh certificates (hot reload).
+
+        Sessions in progress keep the context they started with.  Sockets are
+        neither bound nor closed here: a new listener, a removed one or a
+        changed address takes a restart, and the log says so.  Raises
+        ProxyConfigError (before changing anything) when a certificate fails.
+        """
+        needs_backend_tls = any(ls.backend_tls is not BackendTls.NONE for ls in settings.listeners)
+        backend_tls = backend_tls_context(settings.proxy) if needs_backend_tls else None
+        contexts: dict[str, ListenerContext] = {}
+        for listener in settings.listeners:
+            if listener.name not in self._listening:
+                log.warning("", extra={"fields": {"event": "reload_needs_restart",
+                                                  "listener": listener.name,
+                                                  "why": "new listener"}})
+                continue
+            contexts[listener.name] = ListenerContext(
+                listener=listener, proxy=settings.proxy, log=settings.log, router=router,
+                server_tls=server_tls_context(listener), backend_tls=backend_tls,
+                auth_log=self._auth_log, metrics=self._metrics)
+        for name in self._listening:
+            if name not in contexts:
+                log.warning("", extra={"fields": {"event": "reload_needs_restart",
+                                                  "listener": name,
+                                                  "why": "listener removed; old settings kept"}})
+        loop = asyncio.get_running_loop()
+        self._router = router
+        for name, context in contexts.items():
+            self._contexts[name] = context
+            self._trusted[name] = parse_networks(
+                context.listener.proxy_protocol_from or settings.proxy.proxy_protocol_from)
+            for sock in self._listening[name]:
+                # Replaces this socket's callback; a paused one (EMFILE) is
+                # resumed with the new context by _resume_accepting.
+                if not self._stopping and sock.fileno() >= 0 and loop.remove_reader(sock.fileno()):
+                    loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
+
     # --- metrics ------------------------------------------------------------------
 
     def refresh_metrics(self) -> None:
         """Copy live counts and byte totals into the metrics (on scrape, and every second)."""
         if self._metrics is None:
             return
-        names = [ls.name for ls in self._settings.listeners]
+        names = [ls.name for ls in self._settings.listeners]  # the ones started
         totals = Counter(self._bytes)
         for session in self._tasks.values():
             if session is not None and session.client is not None:
@@ -426,8 +472,9 @@ async def serve(
     health_socket: socket.socket | None = None,
     run_dir: str | None = None,
     started: asyncio.Future[ProxyServer] | None = None,
+    reload_from: ReloadSource | None = None,
 ) -> None:
-    """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT."""
+    """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT; SIGHUP reloads."""
     from proxy.health import HealthEndpoint  # aiohttp only when asked for
 
     stop = stop or asyncio.Event()
@@ -435,19 +482,37 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    reloader: Reloader | None = None
+
+    def on_sighup() -> None:
+        if reloader is None:
+            log.info("SIGHUP received: nothing to reload (no configuration files)")
+            return
+        log.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
+        reloader.request()
+
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.info(
-            "SIGHUP received: configuration reload is not implemented yet, carrying on"))
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     # A worker starts with these blocked (workers.py); its handlers are in place now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-    metrics = Metrics(run_dir, families=families(ls.name for ls in settings.listeners))
+    metrics = Metrics(run_dir, families=[*families(ls.name for ls in settings.listeners),
+                                         *RELOAD_FAMILIES])
     auth_log = AuthLog(settings.proxy) if settings.proxy.auth_log else None
     try:
-        async with open_router(settings) as router:
+        async with open_router_switch(settings) as switch:
+            router = switch.router
             metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
             server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log)
             health = HealthEndpoint(settings, router, server, metrics)
             await server.start(sockets)
+
+            def apply(new: Settings, new_router: Router) -> None:
+                server.reconfigure(new, new_router)
+                health.rebind(new_router)
+
+            if reload_from is not None:
+                reloader = Reloader(reload_from, switch, apply, metrics=metrics,
+                                    check=check_tls)
             try:
                 await health.start(health_socket)
                 health.set_ready()
@@ -457,9 +522,11 @@ async def serve(
             finally:
                 health.set_draining()
                 log.info("", extra={"fields": {"event": "stopping", "sessions": server.sessions}})
-                await server.stop(settings.proxy.drain_timeout)
-                metrics.set_cache_stats(router.cache_stats())
+                await server.stop(switch.router.settings.proxy.drain_timeout)
+                metrics.set_cache_stats(switch.router.cache_stats())
                 await health.stop()
+                if reloader is not None:
+                    await reloader.close()
     finally:
         metrics.close()
         if auth_log is not None:
@@ -522,6 +589,7 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     for warning in loaded.warnings:
         print(f"authsvc: warning: {warning}", file=sys.stderr)
     settings: Settings = loaded.settings
+    reload_from = ReloadSource.of(paths)  # SIGHUP reads the same files again
     configure_logging(settings.log)
     health_address = settings.proxy.health_listen
     try:
@@ -537,7 +605,7 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
         return 1
     try:
         if workers == 1:
-            asyncio.run(serve(settings, sockets=slots[0],
+            asyncio.run(serve(settings, sockets=slots[0], reload_from=reload_from,
                               health_socket=health[0] if health else None))
             return 0
         # One token per worker for the supervisor: the worker's first listening
@@ -548,10 +616,12 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
             index = next(i for i, t in enumerate(tokens) if t is token)
             _close_all(slots, health, keep=index)
             asyncio.run(serve(settings, sockets=slots[index], run_dir=run_dir,
+                              reload_from=reload_from,
                               health_socket=health[index] if health else None))
             return 0
 
         return supervise(settings, tokens, workers, make_run_dir(), child_main=child,
+                         reload_from=reload_from,
                          on_stop=lambda: _close_all(slots, health))
     except (ProxyConfigError, OSError) as exc:
         print(f"authsvc proxy: {exc}", file=sys.stderr)
