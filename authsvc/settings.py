@@ -336,6 +336,37 @@ class ProxySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ThrottleSettings:
+    """``[throttle]``: brute-force throttling in serve and proxy (docs/security.md)."""
+
+    enabled: bool = False
+    #: HMAC key for password fingerprints; the same on every worker and node.
+    #: None = a random key per process (repeats are then only recognised there).
+    key: Secret | None = None
+    #: Sliding windows (seconds) and the failures counted within them.
+    address_window: float = 600.0
+    #: Failures from one address (IPv6: its prefix) before it is refused outright.
+    address_limit: int = 50
+    login_window: float = 600.0
+    #: Failures for one login (any address) that raise the delay to its maximum.
+    login_limit: int = 20
+    #: Failures before any delay at all.
+    free_failures: int = 3
+    #: First delay, doubled per further failure up to ``max_delay`` (seconds).
+    delay: float = 1.0
+    max_delay: float = 15.0
+    ipv6_prefix: int = 64
+    #: Networks never throttled (webmail, monitoring), as CIDR text.
+    trusted: tuple[str, ...] = ()
+    store: str = "memory"  # memory | redis
+    redis_url: Secret | None = None
+    #: Each Redis command must answer within this, else the local counts are used.
+    redis_timeout: float = 0.25
+    #: After a Redis failure, seconds before Redis is tried again.
+    redis_retry: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything authsvc needs, built once in ``cli.main`` and passed down."""
 
@@ -346,6 +377,7 @@ class Settings:
     nginx: NginxSettings = field(default_factory=NginxSettings)
     haproxy: HaproxySettings = field(default_factory=HaproxySettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
     def listener(self, name: str) -> ListenerSettings | None:
         """The listener called ``name``, if any."""

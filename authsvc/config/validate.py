@@ -42,6 +42,7 @@ from authsvc.settings import (
     RegexMapSettings,
     Settings,
     Stage,
+    ThrottleSettings,
     TlsSettings,
 )
 
@@ -340,7 +341,8 @@ class _Validator:
         settings = Settings(listeners=listeners, cache=cache, http=http, log=log,
                             nginx=self.nginx(top, pos), haproxy=self.haproxy(top, pos),
                             proxy=self.proxy(top, pos, tables=top.tables("listener"),
-                                             listeners=listeners))
+                                             listeners=listeners),
+                            throttle=self.throttle(top, pos))
         top.finish()
         return settings
 
@@ -483,6 +485,65 @@ class _Validator:
                     raw.pos.key if raw else "listener.proxy_protocol",
                     f"listener {listener.name!r} expects PROXY headers but trusts nobody to "
                     "send them: set proxy_protocol_from here or in [proxy]")
+        return settings
+
+
+    def throttle(self, top: Section, pos: Pos) -> ThrottleSettings:
+        """``[throttle]``: brute-force throttling (docs/security.md)."""
+        t = self.section(top.table_of("throttle"), "throttle", pos)
+        d = ThrottleSettings()
+        key: Secret | None = None
+        key_text = t.optional_string("key")
+        key_file = t.path("key_file")
+        if key_text is not None and key_file is not None:
+            t.error("key_file", "give key or key_file, not both", t.table.items.get("key_file"))
+        elif key_file is not None:
+            try:
+                with open(key_file, encoding="utf-8") as handle:
+                    key_text = handle.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                t.error("key_file", f"cannot read {key_file}: {reason}",
+                        t.table.items.get("key_file"))
+                key_text = None
+        if key_text is not None:
+            if len(key_text) < 16:
+                t.error("key_file" if key_file is not None else "key",
+                        "the key must be at least 16 characters",
+                        t.table.items.get("key_file" if key_file is not None else "key"))
+            else:
+                key = Secret(key_text)
+        store = t.choice("store", d.store, ("memory", "redis"))
+        url = t.optional_string("redis_url")
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            t.error("redis_url", "must start with redis://, rediss:// or unix://",
+                    t.table.items.get("redis_url"))
+            url = None
+        if store == "redis" and url is None and "redis_url" not in t.table.items:
+            t.required_string("redis_url")
+        delay = t.seconds("delay", d.delay)
+        max_delay = t.seconds("max_delay", d.max_delay)
+        if max_delay < delay:
+            t.error("max_delay", f"{max_delay} is less than delay ({delay})",
+                    t.table.items.get("max_delay"))
+        settings = ThrottleSettings(
+            enabled=t.boolean("enabled", d.enabled),
+            key=key,
+            address_window=t.seconds("address_window", d.address_window, positive=True),
+            address_limit=t.integer("address_limit", d.address_limit, 1, 1_000_000),
+            login_window=t.seconds("login_window", d.login_window, positive=True),
+            login_limit=t.integer("login_limit", d.login_limit, 1, 1_000_000),
+            free_failures=t.integer("free_failures", d.free_failures, 0, 1_000_000),
+            delay=delay,
+            max_delay=max_delay,
+            ipv6_prefix=t.integer("ipv6_prefix", d.ipv6_prefix, 32, 128),
+            trusted=_networks(t, "trusted"),
+            store=store,
+            redis_url=Secret(url) if url is not None else None,
+            redis_timeout=t.seconds("redis_timeout", d.redis_timeout, positive=True),
+            redis_retry=t.seconds("redis_retry", d.redis_retry, positive=True),
+        )
+        t.finish()
         return settings
 
 

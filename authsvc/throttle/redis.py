@@ -1,0 +1,162 @@
+"""The Redis counter store: one view of the counts for every node behind HAProxy.
+
+Why Redis: it is the shared engine a cluster of mail front ends already runs,
+its ``HINCRBY``/``SET NX EX`` do exactly what a counter and a "seen once"
+mark need, atomically, and keys expire on their own.  ``redis`` (redis-py,
+asyncio client) is an optional extra (``pip install authsvc[redis]``),
+imported only here and only when ``[throttle] store = "redis"``.
+
+Layout, under ``authsvc:throttle:``: one hash per counter (``a:<address>``,
+``l:<login>``, ``p:<address>|<login>``) whose fields are bucket numbers
+(``store.py``), and one string per seen fingerprint (``s:<pair>|<hmac>``).
+Every command is bounded by ``redis_timeout``; any failure raises
+:class:`~authsvc.throttle.store.StoreError` and ``service.py`` falls back to
+the local store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+from authsvc.redact import Secret
+from authsvc.throttle.policy import ADDRESS, LOGIN, PAIR, Keys
+from authsvc.throttle.store import BUCKETS, StoreError, bucket_of, oldest_bucket
+
+PREFIX = "authsvc:throttle:"
+SEEN = "s"
+
+T = TypeVar("T")
+
+
+def _total(fields: Mapping[Any, Any], oldest: int) -> int:
+    total = 0
+    for bucket, value in fields.items():
+        if int(bucket) >= oldest:
+            total += int(value)
+    return max(0, total)
+
+
+class RedisStore:
+    """Counters in Redis (redis-py's asyncio client)."""
+
+    def __init__(self, url: Secret, *, timeout: float, address_window: float,
+                 login_window: float) -> None:
+        import redis.asyncio as aioredis  # optional extra: only when configured
+
+        self._timeout = timeout
+        self._windows = {ADDRESS: address_window, LOGIN: login_window}
+        self._client: Any = aioredis.Redis.from_url(
+            url.reveal(), socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry_on_timeout=False, decode_responses=True)
+
+    def window_of(self, key: str) -> float:
+        return self._windows[LOGIN if key.startswith(LOGIN + ":") else ADDRESS]
+
+    async def _run(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # redis.exceptions.RedisError and friends
+            if type(exc).__module__.startswith("redis"):
+                raise StoreError(f"redis: {type(exc).__name__}: {exc}") from None
+            raise
+
+    async def record(self, keys: Keys, now: float, fingerprint: str | None) -> tuple[int, int]:
+        return await self._run(self._record(keys, now, fingerprint))
+
+    async def _record(self, keys: Keys, now: float, fingerprint: str | None) -> tuple[int, int]:
+        client = self._client
+        counted = True
+        if fingerprint is not None:
+            # SET NX: only the first time this device sends this password counts.
+            counted = bool(await client.set(f"{PREFIX}{SEEN}:{keys.pair}|{fingerprint}", "1",
+                                            nx=True, ex=max(1, math.ceil(keys.address_window))))
+        pipe = client.pipeline(transaction=True)
+        if counted:
+            for key, window in ((keys.address, keys.address_window),
+                                (keys.login, keys.login_window),
+                                (keys.pair, keys.address_window)):
+                pipe.hincrby(PREFIX + key, str(bucket_of(now, window)), 1)
+                pipe.expire(PREFIX + key, math.ceil(window + window / BUCKETS) + 1)
+        pipe.hgetall(PREFIX + keys.address)
+        pipe.hgetall(PREFIX + keys.login)
+        results = await pipe.execute()
+        return (_total(results[-2], oldest_bucket(now, keys.address_window)),
+                _total(results[-1], oldest_bucket(now, keys.login_window)))
+
+    async def counts(self, keys: Keys, now: float) -> tuple[int, int]:
+        return await self._run(self._counts(keys, now))
+
+    async def _counts(self, keys: Keys, now: float) -> tuple[int, int]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(PREFIX + keys.address)
+        pipe.hgetall(PREFIX + keys.login)
+        address, login = await pipe.execute()
+        return (_total(address, oldest_bucket(now, keys.address_window)),
+                _total(login, oldest_bucket(now, keys.login_window)))
+
+    async def reset_pair(self, keys: Keys, now: float) -> None:
+        await self._run(self._reset_pair(keys, now))
+
+    async def _reset_pair(self, keys: Keys, now: float) -> None:
+        client = self._client
+        failures = _total(await client.hgetall(PREFIX + keys.pair),
+                          oldest_bucket(now, keys.address_window))
+        pipe = client.pipeline(transaction=True)
+        if failures:
+            pipe.hincrby(PREFIX + keys.address, str(bucket_of(now, keys.address_window)),
+                         -failures)
+            pipe.hincrby(PREFIX + keys.login, str(bucket_of(now, keys.login_window)), -failures)
+        pipe.delete(PREFIX + keys.pair)
+        await pipe.execute()
+        seen = [key async for key in client.scan_iter(
+            match=f"{PREFIX}{SEEN}:{_glob(keys.pair)}|*", count=500)]
+        if seen:
+            await client.delete(*seen)
+
+    async def entries(self, now: float) -> list[tuple[str, int]]:
+        return await self._run(self._entries(now))
+
+    async def _entries(self, now: float) -> list[tuple[str, int]]:
+        client = self._client
+        found: list[tuple[str, int]] = []
+        for kind in (ADDRESS, LOGIN, PAIR):
+            async for name in client.scan_iter(match=f"{PREFIX}{kind}:*", count=500):
+                key = name[len(PREFIX):]
+                count = _total(await client.hgetall(name),
+                               oldest_bucket(now, self.window_of(key)))
+                if count > 0:
+                    found.append((key, count))
+        return sorted(found)
+
+    async def clear(self, who: str) -> int:
+        return await self._run(self._clear(who))
+
+    async def _clear(self, who: str) -> int:
+        client = self._client
+        folded = who.casefold()
+        names = [PREFIX + f"{ADDRESS}:{who}", PREFIX + f"{LOGIN}:{folded}"]
+        for pattern in (f"{PAIR}:{_glob(who)}|*", f"{PAIR}:*|{_glob(folded)}",
+                        f"{SEEN}:{PAIR}:{_glob(who)}|*", f"{SEEN}:{PAIR}:*|{_glob(folded)}|*"):
+            names += [name async for name in client.scan_iter(match=PREFIX + pattern,
+                                                                 count=500)]
+        existing = int(await client.exists(*names)) if names else 0
+        if names:
+            await client.delete(*names)
+        return existing
+
+    async def close(self) -> None:
+        # Closing a dead connection must not fail the shutdown.
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis glob characters escaped."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -1,0 +1,228 @@
+"""``Throttle``: the policy, the stores and the Redis fallback, as serve and proxy call it.
+
+serve (nginx ``auth_http``) calls :meth:`Throttle.check` before routing and
+:meth:`Throttle.failed` after its own refusals; the proxy also calls
+:meth:`Throttle.failed` with the password (for the fingerprint) after a store
+refused, and :meth:`Throttle.succeeded` after a login.  docs/security.md says
+what counts where.
+
+With ``store = "redis"`` every call goes to Redis first; when Redis fails or
+is slower than ``redis_timeout`` the local store answers instead (never
+"refuse everyone", never "let everyone through"), the switch is logged once
+and ``authsvc_throttle_fallback`` says so, and Redis is tried again after
+``redis_retry`` seconds.  The local store keeps counting meanwhile, so an
+attacker gains nothing from the outage but a fresh count on this node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from authsvc.metrics import escape_label
+from authsvc.redact import Secret
+from authsvc.settings import ThrottleSettings
+from authsvc.throttle.local import LocalStore
+from authsvc.throttle.policy import (
+    ADDRESS,
+    FREE,
+    LOGIN,
+    PAIR,
+    Keys,
+    Policy,
+    Verdict,
+    fingerprint,
+    subject,
+)
+from authsvc.throttle.store import CountStore, StoreError
+
+logger = logging.getLogger("authsvc.throttle")
+
+#: The local store's file in a server's private run directory (``--workers N``).
+DB_NAME = "throttle.sqlite3"
+
+T = TypeVar("T")
+
+_COUNTERS = (
+    ("failures", "authsvc_throttle_failures_total",
+     "Failed logins counted by the throttle (repeats of one password from one device once)."),
+    ("delayed", "authsvc_throttle_delayed_total",
+     "Refusals answered with a throttle delay (Auth-Wait or the proxy's tarpit)."),
+    ("blocked", "authsvc_throttle_blocked_total",
+     "Logins refused because the address is past the hard cap."),
+    ("store_errors", "authsvc_throttle_store_errors_total",
+     "Redis commands that failed or timed out (answered from local counts)."),
+)
+
+
+class Throttle:
+    """One per process; ``directory`` is the workers' shared run directory, if any."""
+
+    def __init__(self, settings: ThrottleSettings, *, directory: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.policy = Policy(settings)
+        # Wall-clock time: buckets must agree between workers and between nodes.
+        self._clock = clock
+        self.local = LocalStore(os.path.join(directory, DB_NAME) if directory else None,
+                                address_window=settings.address_window,
+                                login_window=settings.login_window)
+        self._redis: CountStore | None = None
+        if settings.enabled and settings.store == "redis" and settings.redis_url is not None:
+            from authsvc.throttle.redis import RedisStore
+
+            self._redis = RedisStore(settings.redis_url, timeout=settings.redis_timeout,
+                                     address_window=settings.address_window,
+                                     login_window=settings.login_window)
+        self._redis_retry_at = 0.0
+        self._on_fallback = False
+        # Without a configured key, fingerprints are only comparable inside
+        # this process (docs/security.md); the random key never leaves it.
+        self._key = settings.key if settings.key is not None else Secret(secrets.token_hex(32))
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    @property
+    def on_fallback(self) -> bool:
+        """Whether Redis is configured but the local store answers now."""
+        return self._on_fallback
+
+    # -- store selection -------------------------------------------------------------------
+
+    async def _call(self, redis_call: Callable[[CountStore], Awaitable[T]],
+                    local_call: Callable[[LocalStore], Awaitable[T]]) -> T:
+        redis = self._redis
+        now = self._clock()
+        if redis is not None and now >= self._redis_retry_at:
+            try:
+                result = await redis_call(redis)
+            except StoreError as exc:
+                self.local.bump("store_errors")
+                self._redis_retry_at = now + self.settings.redis_retry
+                if not self._on_fallback:
+                    self._on_fallback = True
+                    self.local.set_fallback(True)
+                    logger.warning("", extra={"fields": {
+                        "event": "throttle_fallback", "store": "local", "reason": str(exc),
+                        "retry_in": self.settings.redis_retry}})
+            else:
+                if self._on_fallback:
+                    self._on_fallback = False
+                    self.local.set_fallback(False)
+                    logger.info("", extra={"fields": {"event": "throttle_fallback",
+                                                      "store": "redis", "reason": "reachable"}})
+                return result
+        return await local_call(self.local)
+
+    # -- what serve and proxy call ----------------------------------------------------------
+
+    async def check(self, client_ip: str | None, login: str) -> Verdict:
+        """Before routing: is this address blocked (and what delay do failures earn)?"""
+        keys = self.policy.keys(client_ip, login)
+        if keys is None:
+            return FREE
+        now = self._clock()
+        address, login_count = await self._call(lambda s: s.counts(keys, now),
+                                                lambda s: s.counts(keys, now))
+        verdict = self.policy.verdict(address, login_count)
+        if verdict.blocked:
+            self.local.bump("blocked")
+        return verdict
+
+    async def failed(self, client_ip: str | None, login: str,
+                     password: Secret | None = None) -> Verdict:
+        """Count a failed login; the delay or refusal its counts now earn.
+
+        With ``password`` (the proxy), the same password from the same address
+        for the same login counts once per window: a phone retrying an old
+        password is one failure, not hundreds.
+        """
+        keys = self.policy.keys(client_ip, login)
+        if keys is None:
+            return FREE
+        mark = fingerprint(self._key, keys.address, login, password) if password else None
+        now = self._clock()
+        address, login_count = await self._call(lambda s: s.record(keys, now, mark),
+                                                lambda s: s.record(keys, now, mark))
+        self.local.bump("failures")
+        verdict = self.policy.verdict(address, login_count)
+        if verdict.blocked:
+            self.local.bump("blocked")
+        elif verdict.delay > 0:
+            self.local.bump("delayed")
+        return verdict
+
+    async def succeeded(self, client_ip: str | None, login: str) -> None:
+        """A login the store accepted (proxy only): forget this pair's failures."""
+        keys = self.policy.keys(client_ip, login)
+        if keys is None:
+            return
+        now = self._clock()
+        await self._call(lambda s: s.reset_pair(keys, now), lambda s: s.reset_pair(keys, now))
+
+    def keys(self, client_ip: str | None, login: str) -> Keys | None:
+        return self.policy.keys(client_ip, login)
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def entries(self) -> list[dict[str, object]]:
+        """Every counter with failures in its window, for ``authsvc throttle list``."""
+        now = self._clock()
+        found = await self._call(lambda s: s.entries(now), lambda s: s.entries(now))
+        listed: list[dict[str, object]] = []
+        for key, count in found:
+            kind, _, who = key.partition(":")
+            entry: dict[str, object] = {"kind": _KINDS.get(kind, kind), "who": who,
+                                        "failures": count}
+            if kind == ADDRESS:
+                entry["blocked"] = count >= self.settings.address_limit
+            listed.append(entry)
+        return listed
+
+    async def clear(self, who: str) -> int:
+        """Forget an address (or network) or a login, in the shared store and locally."""
+        # An address is cleared as the subject it is counted as (its IPv6
+        # network); a network or a login as given.
+        target = who if "/" in who else subject(who, self.settings.ipv6_prefix) or who
+        dropped = await self._call(lambda s: s.clear(target), lambda s: s.clear(target))
+        if self._redis is not None and not self._on_fallback:
+            dropped += self.local.clear_now(target)  # what the fallback counted, too
+        logger.info("", extra={"fields": {"event": "throttle_clear", "who": target,
+                                          "dropped": dropped}})
+        return dropped
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def render_metrics(self) -> str:
+        """Prometheus text for the throttle's families (node-wide, from the local store)."""
+        stats = self.local.stats()
+        lines: list[str] = []
+        for name, family, text in _COUNTERS:
+            lines += [f"# HELP {family} {text}", f"# TYPE {family} counter",
+                      f"{family} {int(stats.get(name, 0))}"]
+        fallback = self.local.fallback_workers() if self._redis is not None else 0
+        store = self.settings.store if self.enabled else "off"
+        lines += [
+            "# HELP authsvc_throttle_fallback Workers counting locally because Redis is "
+            "unreachable.",
+            "# TYPE authsvc_throttle_fallback gauge",
+            f"authsvc_throttle_fallback {fallback}",
+            "# HELP authsvc_throttle_store_info The configured throttle store.",
+            "# TYPE authsvc_throttle_store_info gauge",
+            f'authsvc_throttle_store_info{{store="{escape_label(store)}"}} 1',
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.close()
+        await self.local.close()
+
+
+_KINDS = {ADDRESS: "address", LOGIN: "login", PAIR: "pair"}
