@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
 
+    p = sub.add_parser("reload", help="make a running serve or proxy re-read its configuration "
+                       "(sends SIGHUP, as systemctl reload does)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pid", type=int, help="process id of authsvc serve/proxy")
+    which.add_argument("--pid-file", metavar="FILE", help="file holding that process id")
+
     p = sub.add_parser("render-nginx", help="print an nginx mail {} config for these settings")
     _add_config(p)
     p.add_argument("--standalone", action="store_true", help="a complete nginx.conf, for tests")
@@ -138,6 +144,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from authsvc.http.flush import flush
 
         return flush(args)
+    if command == "reload":
+        from authsvc.reload import reload_command
+
+        return reload_command(args)
     if command == "proxy":
         from proxy.server import main as proxy_main
 

@@ -17,8 +17,12 @@ what it must (the proxy loads its certificates), then swaps a new Router in
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
+import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -140,3 +144,28 @@ class Reloader:
     def _count(self, result: str) -> None:
         if self._metrics is not None:
             self._metrics.add(RELOADS, result=result)
+
+
+def reload_command(args: argparse.Namespace) -> int:
+    """``authsvc reload --pid PID | --pid-file FILE``: send SIGHUP; the exit code.
+
+    The process logs ``event=reloaded`` or ``event=reload_failed``; with
+    ``--workers`` the supervisor passes the signal on to every worker.
+    """
+    pid: int | None = args.pid
+    if pid is None:
+        try:
+            with open(args.pid_file, encoding="ascii") as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError) as exc:
+            print(f"authsvc reload: {args.pid_file}: {exc}", file=sys.stderr)
+            return 1
+    if pid <= 1:
+        print(f"authsvc reload: {pid} is not a process to signal", file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"authsvc reload: process {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
