@@ -54,6 +54,7 @@ RESULTS = (
     "bad_request",
     "forbidden",
     "error",
+    "throttled",
 )
 #: Latency histogram bounds in seconds: a cache hit is well under 1 ms, a MySQL
 #: round trip a few ms, and nginx gives up at auth_http_timeout (60 s default).
@@ -213,6 +214,11 @@ class Metrics:
         self._sum = self._index[(DURATION.name + "_sum", "")]
         self._count = self._index[(DURATION.name + "_count", "")]
         self._map_index: dict[str, int] = {}
+
+    @property
+    def directory(self) -> str | None:
+        """The workers' shared run directory, or None (one process)."""
+        return self._directory
 
     # -- recording ---------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
 from authsvc.routing import Router, RouterSwitch, open_router, open_router_switch
 from authsvc.settings import Settings
+from authsvc.throttle.control import ThrottleControl
+from authsvc.throttle.service import Throttle
 
 RouterFactory = Callable[[Settings], AbstractAsyncContextManager[Router]]
 
@@ -66,7 +68,10 @@ def create_app(
         requires_map=settings.http.ready_requires_map,
         on_result=record_map_states,
     )
-    auth = AuthService(settings, metrics, resolver if resolver is not None else Resolver())
+    # Counts shared by every worker through the run directory (docs/security.md).
+    throttle = Throttle(settings.throttle, directory=metrics.directory)
+    auth = AuthService(settings, metrics, resolver if resolver is not None else Resolver(),
+                       throttle)
     control = CacheControl(settings.http.secret, settings.http.secret_header, peers)
 
     app = web.Application()
@@ -79,10 +84,13 @@ def create_app(
     app.router.add_get(settings.http.path, auth.handle)
     def render_metrics() -> str:
         auth.refresh_cache_stats()  # this worker's cache counters, current to the scrape
-        return metrics.render()
+        return metrics.render() + throttle.render_metrics()
 
     app.router.add_routes(health_routes(readiness, render_metrics))
     app.router.add_post(FLUSH_PATH, control.handle)
+    app.router.add_routes(ThrottleControl(throttle, settings.http.secret,
+                                          settings.http.secret_header).routes())
+    app.on_cleanup.append(lambda _app: throttle.close())
     app.on_response_prepare.append(_drop_server_header)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:

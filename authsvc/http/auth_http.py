@@ -22,6 +22,7 @@ authsvc never checks passwords: ``Auth-Pass`` is wrapped in
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import urllib.parse
@@ -36,6 +37,7 @@ from authsvc.metrics import Metrics
 from authsvc.redact import Secret
 from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
 from authsvc.settings import MailProtocol, Settings
+from authsvc.throttle.service import Throttle
 
 logger = logging.getLogger("authsvc.auth")
 
@@ -59,6 +61,9 @@ SMTP_ERROR_CODE = "554 5.3.3"
 CACHE_STATS_INTERVAL = 0.5
 
 _PROTOCOLS = {p.value: p for p in MailProtocol}
+
+#: Refusals the throttle counts: what a wrong login looks like from here.
+_COUNTED = frozenset({FailureKind.NO_ROUTE, FailureKind.BAD_LOGIN})
 
 _WARN_RESULTS = frozenset({"forbidden", "bad_request", "unknown_listener", "error"})
 
@@ -180,8 +185,11 @@ def refusal_headers(text: str, *, attempt: int, wait: int | None) -> dict[str, s
 class AuthService:
     """The ``GET /auth`` handler: decode, route, resolve, answer, log, count."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, resolver: Resolver) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, resolver: Resolver,
+                 throttle: Throttle | None = None) -> None:
         self._settings = settings
+        #: Brute-force throttling (docs/security.md); None or disabled = off.
+        self._throttle = throttle if throttle is not None and throttle.enabled else None
         self._http = settings.http
         self._metrics = metrics
         self._resolver = resolver
@@ -274,6 +282,16 @@ class AuthService:
         router = self._router
         if router is None:  # not started yet, or draining
             return Outcome(self._refuse(TEXT_TEMPORARY, parsed.attempt), "error", "not ready")
+        throttle = self._throttle
+        if throttle is not None:
+            verdict = await throttle.check(parsed.client_ip, parsed.login)
+            if verdict.blocked:
+                # Past the hard cap the address is refused even for a valid
+                # user, with the text of any refusal and no Auth-Wait, so nginx
+                # closes the session (§1.7; docs/security.md).
+                return Outcome(refusal_headers(TEXT_INVALID, attempt=parsed.attempt, wait=None),
+                               "throttled",
+                               f"{verdict.address_failures} failures from this address")
         decision = await router.route(
             LoginRequest(
                 login=parsed.login,
@@ -285,7 +303,10 @@ class AuthService:
             )
         )
         if isinstance(decision, Refusal):
-            return self._refusal(decision, parsed.attempt)
+            outcome = self._refusal(decision, parsed.attempt)
+            if throttle is not None and decision.kind in _COUNTED:
+                await self._throttled(throttle, parsed, outcome)
+            return outcome
         # Addresses already known (every IP literal) are answered without
         # another coroutine; names may need a lookup.
         address = self._resolver.known(decision.host)
@@ -306,6 +327,23 @@ class AuthService:
             headers = self._refuse(TEXT_INVALID, attempt)
         return Outcome(headers, kind.value, refusal.reason, key=refusal.key,
                        listener=refusal.listener)
+
+    async def _throttled(self, throttle: Throttle, parsed: AuthRequest, outcome: Outcome) -> None:
+        """Count our own refusal and stretch (or drop) its Auth-Wait accordingly.
+
+        nginx never tells us whether a store accepted a password, so in serve
+        only authsvc's own refusals count, as a rate per address and per login
+        (docs/security.md).  A temporary failure never reaches here.
+        """
+        verdict = await throttle.failed(parsed.client_ip, parsed.login)
+        headers = outcome.headers
+        if verdict.blocked:
+            headers.pop("Auth-Wait", None)  # nginx closes the session (§1.7)
+            outcome.result = "throttled"
+        elif verdict.delay > 0 and "Auth-Wait" in headers:
+            # Auth-Wait is whole seconds (§1.7); never shorter than [http] auth_wait.
+            wait = max(self._http.auth_wait, math.ceil(verdict.delay))
+            headers["Auth-Wait"] = str(wait)
 
     def _failed(self, route: Route, attempt: int, result: str, reason: str,
                 text: str = TEXT_TEMPORARY) -> Outcome:

@@ -1,0 +1,77 @@
+"""``GET /throttle`` and ``POST /throttle/clear``: the running service's throttle state.
+
+Trusted like ``POST /cache/flush`` (``authsvc/http/control.py``): callers on
+the unix socket, or with the shared secret; anyone else gets a 403, since the
+list names logins and addresses.  The counts live in the shared store (the
+run directory's SQLite file, or Redis), so whichever worker answers sees, and
+clears, them all: no fan-out to the other workers is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from authsvc.redact import Secret
+from authsvc.throttle.service import Throttle
+
+logger = logging.getLogger("authsvc.throttle")
+
+LIST_PATH = "/throttle"
+CLEAR_PATH = "/throttle/clear"
+
+
+class ThrottleControl:
+    """The two handlers, bound to one process's :class:`Throttle`."""
+
+    def __init__(self, throttle: Throttle, secret: Secret | None, secret_header: str) -> None:
+        self._throttle = throttle
+        self._secret = secret
+        self._secret_header = secret_header
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(LIST_PATH, self.list), web.post(CLEAR_PATH, self.clear)]
+
+    def _trusted(self, request: web.Request) -> bool:
+        transport = request.transport
+        if transport is not None and isinstance(transport.get_extra_info("sockname"), str):
+            return True  # a unix socket: file permissions decided who may connect
+        if self._secret is None:
+            return False
+        offered = request.headers.get(self._secret_header)
+        try:
+            return offered is not None and self._secret.matches(offered)
+        except UnicodeEncodeError:
+            return False
+
+    def _forbidden(self, request: web.Request) -> web.Response:
+        logger.warning("", extra={"fields": {"event": "throttle_control", "result": "forbidden",
+                                             "client": request.remote}})
+        return web.json_response({"error": "forbidden: use the unix socket or the secret"},
+                                 status=403)
+
+    async def list(self, request: web.Request) -> web.Response:
+        """Every counter with failures in its window."""
+        if not self._trusted(request):
+            return self._forbidden(request)
+        throttle = self._throttle
+        return web.json_response({
+            "enabled": throttle.enabled,
+            "store": throttle.settings.store,
+            "fallback": throttle.on_fallback,
+            "address_limit": throttle.settings.address_limit,
+            "entries": await throttle.entries(),
+        })
+
+    async def clear(self, request: web.Request) -> web.Response:
+        """Forget an address, a network or a login (``who=``)."""
+        if not self._trusted(request):
+            return self._forbidden(request)
+        params = dict(request.query)
+        params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+        who = (params.get("who") or "").strip()
+        if not who:
+            return web.json_response({"error": "give who=ADDRESS or who=LOGIN"}, status=400)
+        dropped = await self._throttle.clear(who)
+        return web.json_response({"who": who, "dropped": dropped})
