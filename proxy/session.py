@@ -195,9 +195,9 @@ class Session:
     async def _open(self) -> bool:
         """The socket as a Channel; on an implicit-TLS listener, after the handshake.
 
-        The handshake is asyncio's own (``connect_accepted_socket(ssl=...)``), so
-        a ClientHello that came in one packet with a PROXY header is read from
-        the kernel by the TLS layer itself (docs/architecture.md).
+        The handshake is the Channel's own (``proxy/tls.py``), begun before the
+        transport reads a byte, so a ClientHello that came in one packet with a
+        PROXY header is read from the kernel by the TLS layer (docs/architecture.md).
         """
         ctx = self._ctx
         implicit = ctx.listener.tls is ListenTls.IMPLICIT
@@ -209,9 +209,15 @@ class Session:
                 timeout = self._preauth_timeout()
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError("login deadline")
-                _, self._client = await loop.connect_accepted_socket(
-                    lambda: Channel(high_water=high_water, tls=True), self._sock,
-                    ssl=ctx.server_tls, ssl_handshake_timeout=timeout)
+                context = ctx.server_tls
+                _, client = await loop.connect_accepted_socket(
+                    lambda: Channel(high_water=high_water, tls_context=context), self._sock)
+                try:
+                    await client.handshake(timeout)
+                except BaseException:
+                    client.abort()
+                    raise
+                self._client = client
                 self.record.tls = "implicit"
             else:
                 _, self._client = await loop.connect_accepted_socket(

@@ -11,17 +11,25 @@ Flow control: reading pauses while more than ``high_water`` bytes wait, and
 (``pause_writing``/``resume_writing``), so neither direction of a splice can
 grow memory without bound.
 
-TLS, by the decision in docs/architecture.md ("Proxy TLS path"): STARTTLS goes
-through ``loop.start_tls()`` on this same protocol object; implicit TLS from
-clients is asyncio's ``connect_accepted_socket(ssl=...)`` (the server read any
-PROXY header first), and to stores ``create_connection(ssl=...)``.
+TLS, by the decision in docs/architecture.md ("Proxy TLS path", issue 9): TLS
+runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
+on memory BIOs) on asyncio's plain transport, not in asyncio's ``SSLProtocol``
+with its 256 KiB buffer per connection.  Implicit TLS from clients passes
+``tls_context`` so the handshake starts in ``connection_made``, before the
+transport reads a byte (the server read any PROXY header first; the ClientHello
+behind it is still in the kernel); STARTTLS/STLS, either side, is
+:meth:`Channel.start_tls`.  Implicit TLS to stores stays asyncio's
+``create_connection(ssl=...)`` (one per logged-in session, see the doc).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
+
+from proxy.tls import TlsEndpoint
 
 DEFAULT_HIGH_WATER = 262_144
 
@@ -35,6 +43,7 @@ class Channel(asyncio.Protocol):
         high_water: int = DEFAULT_HIGH_WATER,
         on_connected: Callable[[Channel], None] | None = None,
         tls: bool = False,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -47,7 +56,10 @@ class Channel(asyncio.Protocol):
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_callbacks: list[Callable[[], None]] = []
-        self.tls = tls
+        self.tls = tls or tls_context is not None
+        self._tls_context = tls_context
+        self._tls: TlsEndpoint | None = None
+        self._handshake: asyncio.Future[None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         #: Loop time of the last byte read by :meth:`read`, for idle timeouts.
@@ -58,10 +70,17 @@ class Channel(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._tls_context is not None:
+            # Implicit TLS: the endpoint exists before the first byte is read.
+            self._begin_tls(self._tls_context, server_side=True, server_hostname=None)
         if self._on_connected is not None:
             self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None:
+            data = self._tls_received(data)
+            if not data:
+                return
         self._buffer += data
         self.bytes_in += len(data)
         self._wake_reader()
@@ -71,6 +90,7 @@ class Channel(asyncio.Protocol):
             self._transport.pause_reading()
 
     def eof_received(self) -> bool:
+        self._fail_handshake(ConnectionResetError("EOF during the TLS handshake"))
         self._eof = True
         self._wake_reader()
         # Keep the socket open for writing: a half-closed client may still be
@@ -78,6 +98,7 @@ class Channel(asyncio.Protocol):
         return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_handshake(exc or ConnectionResetError("closed during the TLS handshake"))
         self._eof = True
         self._lost = True
         self._wake_reader()
@@ -146,7 +167,15 @@ class Channel(asyncio.Protocol):
         """Queue bytes for the peer; silently dropped once the connection is closing."""
         if self._transport is None or self._transport.is_closing() or not data:
             return
-        self._transport.write(data)
+        if self._tls is not None:
+            try:
+                self._tls.send(data)
+            except ssl.SSLError:
+                self._transport.abort()
+                return
+            self._transport.write(self._tls.outgoing())
+        else:
+            self._transport.write(data)
         self.bytes_out += len(data)
 
     async def drain(self) -> None:
@@ -160,7 +189,8 @@ class Channel(asyncio.Protocol):
 
     def can_write_eof(self) -> bool:
         transport = self._transport
-        return transport is not None and not transport.is_closing() and transport.can_write_eof()
+        return (self._tls is None and transport is not None and not transport.is_closing()
+                and transport.can_write_eof())
 
     def write_eof(self) -> None:
         if self.can_write_eof():
@@ -170,6 +200,9 @@ class Channel(asyncio.Protocol):
     def close(self) -> None:
         """Close after what is queued has been written."""
         if self._transport is not None and not self._transport.is_closing():
+            if self._tls is not None and self._tls.handshake_done:
+                with contextlib.suppress(ssl.SSLError):
+                    self._transport.write(self._tls.close())
             self._transport.close()
 
     def abort(self) -> None:
@@ -184,6 +217,64 @@ class Channel(asyncio.Protocol):
 
     def local(self) -> object:
         return None if self._transport is None else self._transport.get_extra_info("sockname")
+
+    def _begin_tls(
+        self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None
+    ) -> None:
+        assert self._transport is not None
+        self._tls = TlsEndpoint(context, server_side=server_side,
+                                server_hostname=server_hostname)
+        self.tls = True
+        self._handshake = asyncio.get_running_loop().create_future()
+        # A failure nobody awaits (the peer left first) must not be logged as
+        # "exception never retrieved".
+        self._handshake.add_done_callback(
+            lambda f: None if f.cancelled() else f.exception())
+        try:
+            hello = self._tls.start()
+        except ssl.SSLError as exc:
+            self._fail_handshake(exc)
+            return
+        if hello:
+            self._transport.write(hello)
+
+    def _tls_received(self, data: bytes) -> bytes:
+        """Decrypt ``data``; send what TLS has to say back; the plaintext, maybe b""."""
+        tls, transport = self._tls, self._transport
+        assert tls is not None
+        assert transport is not None
+        try:
+            plain = tls.receive(data)
+        except ssl.SSLError as exc:
+            # Closed without the alert OpenSSL queued, as asyncio's SSLProtocol
+            # does: a plaintext client on a TLS port gets no bytes back.
+            self._fail_handshake(exc)
+            transport.abort()
+            return b""
+        pending = tls.outgoing()
+        if pending:
+            transport.write(pending)
+        if tls.handshake_done and self._handshake is not None and not self._handshake.done():
+            self._handshake.set_result(None)
+        if tls.peer_closed and not self._eof:
+            # close_notify: no more data from the peer, like a TCP EOF.
+            self._eof = True
+            self._wake_reader()
+        return plain
+
+    def _fail_handshake(self, exc: BaseException) -> None:
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(exc)
+
+    async def handshake(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait for the TLS handshake; raises OSError, ssl.SSLError or TimeoutError."""
+        assert self._handshake is not None, "no TLS on this channel"
+        async with asyncio.timeout(timeout):
+            await self._handshake
+
+    def tls_info(self, name: str) -> object:
+        """TLS details (``peercert``, ``cipher``, ``version``), None without TLS."""
+        return None if self._tls is None else self._tls.info(name)
 
     async def start_tls(
         self,
@@ -200,20 +291,10 @@ class Channel(asyncio.Protocol):
         """
         assert self._transport is not None
         self._buffer.clear()
-        # Pause now, in this same loop step: no plaintext byte may reach
-        # data_received between the OK we just wrote and the handshake.
-        self._transport.pause_reading()
-        self._reading_paused = False
-        loop = asyncio.get_running_loop()
-        upgraded = await loop.start_tls(
-            self._transport,
-            self,
-            context,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            ssl_handshake_timeout=handshake_timeout,
-        )
-        if upgraded is None:  # pragma: no cover - only on a closing transport
-            raise ConnectionResetError("connection closed during the TLS handshake")
-        self._transport = upgraded
-        self.tls = True
+        if self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        # In this same loop step as the OK the caller just wrote: every byte
+        # that arrives from now on goes through TLS, none is read as plaintext.
+        self._begin_tls(context, server_side=server_side, server_hostname=server_hostname)
+        await self.handshake(handshake_timeout)
