@@ -57,6 +57,7 @@ from authsvc.settings import (
     ProxySettings,
     Settings,
 )
+from authsvc.throttle.service import Throttle
 from proxy.accept import read_proxy_header, refuse
 from proxy.events import Endpoints
 from proxy.limits import Admission, IPNetwork, Refused, Ticket, in_networks, parse_networks
@@ -156,8 +157,10 @@ class ProxyServer:
         *,
         metrics: Metrics | None = None,
         auth_log: AuthLog | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self._settings = settings
+        self._throttle = throttle if throttle is not None and throttle.enabled else None
         self._router = router
         self._metrics = ProxyMetrics(metrics) if metrics is not None else None
         self._auth_log = auth_log
@@ -194,6 +197,7 @@ class ProxyServer:
                     backend_tls=backend_tls,
                     auth_log=self._auth_log,
                     metrics=self._metrics,
+                    throttle=self._throttle,
                 )
                 self._contexts[listener.name] = context
                 self._trusted[listener.name] = parse_networks(
@@ -368,7 +372,7 @@ class ProxyServer:
             contexts[listener.name] = ListenerContext(
                 listener=listener, proxy=settings.proxy, log=settings.log, router=router,
                 server_tls=server_tls_context(listener), backend_tls=backend_tls,
-                auth_log=self._auth_log, metrics=self._metrics)
+                auth_log=self._auth_log, metrics=self._metrics, throttle=self._throttle)
         for name in self._listening:
             if name not in contexts:
                 log.warning("", extra={"fields": {"event": "reload_needs_restart",
@@ -502,7 +506,10 @@ async def serve(
         async with open_router_switch(settings) as switch:
             router = switch.router
             metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
-            server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log)
+            # Counts shared by the workers through the run directory (docs/security.md).
+            throttle = Throttle(settings.throttle, directory=run_dir)
+            server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log,
+                                 throttle=throttle)
             health = HealthEndpoint(settings, router, server, metrics)
             await server.start(sockets)
 
@@ -525,6 +532,7 @@ async def serve(
                 await server.stop(switch.router.settings.proxy.drain_timeout)
                 metrics.set_cache_stats(switch.router.cache_stats())
                 await health.stop()
+                await throttle.close()
                 if reloader is not None:
                     await reloader.close()
     finally:

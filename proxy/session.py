@@ -41,6 +41,7 @@ from authsvc.settings import (
     MailProtocol,
     ProxySettings,
 )
+from authsvc.throttle.service import Throttle
 from proxy.authline import perdition_status, secure_name
 from proxy.events import (
     Authenticate,
@@ -99,6 +100,8 @@ class ListenerContext:
     #: Perdition's Auth: line to syslog, when ``[proxy] auth_log`` is on.
     auth_log: AuthLog | None = None
     metrics: ProxyMetrics | None = None
+    #: Brute-force throttling (docs/security.md); None = off.
+    throttle: Throttle | None = None
 
 
 class _LoginFailure(Exception):
@@ -146,6 +149,8 @@ class Session:
         self._tracing = context.log.connection_logging and log.isEnabledFor(logging.DEBUG)
         #: Loop time the connection was accepted (login_deadline counts from it).
         self._started = started
+        #: The throttle refused this client: close once the refusal is written.
+        self._close_after_reply = False
 
     @property
     def client(self) -> Channel | None:
@@ -279,6 +284,10 @@ class Session:
                 self._trace(f"S: {data[:120]!r}")
                 assert self._client is not None
                 self._client.write(data)
+                if self._close_after_reply:
+                    # Past the throttle's hard cap: refuse and close (docs/security.md).
+                    self.record.end = "throttled"
+                    return _Done()
                 return None
             case Trace(text=text):
                 self._trace(text)
@@ -326,7 +335,15 @@ class Session:
         record.backend = None
         self._route = None
         self._backend_secure = "plaintext"
+        throttle = self._ctx.throttle
+        client_ip = self._endpoints.client[0]
         try:
+            if throttle is not None and (await throttle.check(client_ip,
+                                                              credentials.login)).blocked:
+                # Refused even with the right password, in the words of any
+                # refusal, and the store never sees the attempt.
+                self._close_after_reply = True
+                raise _LoginFailure(FailureKind.BACKEND_AUTH, "throttled")
             async with asyncio.timeout(self._ctx.proxy.backend_timeout):
                 result = await self._route_and_login(credentials)
         except _LoginFailure as failure:
@@ -336,6 +353,8 @@ class Session:
         else:
             record.result = "ok"
             self.logged_in = True
+            if throttle is not None:
+                await throttle.succeeded(client_ip, credentials.login)
             self._attempt_done(credentials, None, "")
             if self._on_login is not None:
                 self._on_login()
@@ -344,10 +363,19 @@ class Session:
             self._backend.close()
             self._backend = None
         record.result = "auth_failed" if is_auth_failure(kind) else "temporary_failure"
+        tarpit = 0.0
+        if throttle is not None and is_auth_failure(kind) and not self._close_after_reply:
+            # Only refused logins count; a store or map that is down never does.
+            verdict = await throttle.failed(client_ip, credentials.login, credentials.password)
+            if verdict.blocked:
+                self._close_after_reply = True
+                reason = f"{reason}; throttled"
+            tarpit = verdict.delay
         log.info("", extra={"fields": record.failure_fields(kind.value, reason)})
         self._attempt_done(credentials, kind, reason)
-        # The fixed deadline: the same wait for every failure (see module docstring).
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
+        # The fixed deadline: the same wait for every failure (see module
+        # docstring), plus the throttle's tarpit for repeated failures.
+        await asyncio.sleep(max(0.0, deadline - loop.time()) + tarpit)
         return LoginFailed(kind)
 
     def _attempt_done(self, credentials: Credentials, kind: FailureKind | None,
