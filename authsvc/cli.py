@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
 
+    p = sub.add_parser("throttle", help="list or clear brute-force throttle counts in a "
+                       "running authsvc serve")
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("list", help="every address and login with failures counted")
+    t.add_argument("--json", action="store_true", help="the raw JSON answer")
+    _add_config(t)
+    t.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
+    t = actions.add_parser("clear", help="forget the failures of an address, network or login")
+    t.add_argument("who", metavar="ADDRESS|LOGIN")
+    _add_config(t)
+    t.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
+
     p = sub.add_parser("reload", help="make a running serve or proxy re-read its configuration "
                        "(sends SIGHUP, as systemctl reload does)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -144,6 +156,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from authsvc.http.flush import flush
 
         return flush(args)
+    if command == "throttle":
+        from authsvc.throttle.command import throttle_command
+
+        return throttle_command(args)
     if command == "reload":
         from authsvc.reload import reload_command
 
