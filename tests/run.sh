@@ -28,6 +28,8 @@ wanted=(
   "/usr/bin/systemd-analyze:systemd"
   # Debian's fail2ban filters: the proxy's Auth: line must match filter.d/perdition.conf
   "/etc/fail2ban/filter.d/perdition.conf:fail2ban"
+  # [throttle] store = "redis": the tests start a private redis-server
+  "/usr/bin/redis-server:redis-server"
 )
 missing=()
 for pair in "${wanted[@]}"; do
