@@ -118,7 +118,14 @@ class Reloader:
                 "kept": "previous configuration"}})
             return False
         router, close_retired = self._switch.replace(settings)
-        self._apply(settings, router)
+        try:
+            self._apply(settings, router)
+        except Exception as exc:  # e.g. a certificate that vanished since check()
+            self._count("failed")
+            logger.exception("", extra={"fields": {
+                "event": "reload_failed", "error": str(exc).strip() or type(exc).__name__,
+                "kept": "partly applied"}})
+            return False
         task = asyncio.get_running_loop().create_task(self._retire(close_retired))
         self._retiring[task] = close_retired
         task.add_done_callback(lambda done: self._retiring.pop(done, None))

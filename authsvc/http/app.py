@@ -123,9 +123,14 @@ def create_app(
 
 
 def bind_router(app: web.Application, router: Router) -> None:
-    """Answer new requests with ``router`` (at start, and after a reload)."""
+    """Answer new requests with ``router`` (at start, and after a reload).
+
+    The metrics' per-map series are laid out once, at start: a map that only
+    a reload brought in is counted after the next restart.
+    """
+    if ROUTER not in app:
+        app[METRICS].attach_maps(router.cache_stats())
     app[ROUTER] = router
-    app[METRICS].attach_maps(router.cache_stats())
     app[READINESS].check = router.check_maps
     app[AUTH].bind(router)
     app[CONTROL].router = router
