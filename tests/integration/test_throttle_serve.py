@@ -189,5 +189,6 @@ def test_two_nodes_share_redis_and_survive_its_death(tmp_path: Path,
             assert_escalates_then_closes(waits)
             assert "event=throttle_fallback store=local" in node.log_text()
             status, text = node.get("/metrics")
+            assert status == 200
             assert "authsvc_throttle_fallback 1\n" in text
             assert "authsvc_throttle_store_errors_total " in text
