@@ -106,11 +106,11 @@ login_timeout = 10
         shutil.copyfile(cert.key, self.key)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@contextlib.contextmanager
+def make_world(root: Path) -> Iterator[World]:
+    """Two Dovecot stores, a PKI with two server certificates, ports; no proxy yet."""
     require_binary("dovecot")
     require_binary("openssl")
-    root = tmp_path_factory.mktemp("reload")
     ca_cert, ca_key = make_ca(root / "pki")
     pki = make_server_cert(root / "pki", ca_cert, ca_key, stem="first")
     rotated = make_server_cert(root / "pki", ca_cert, ca_key, stem="second")
@@ -120,6 +120,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                   ports={"imap4": free_port(HOST), "imaps": free_port(HOST),
                          "health": free_port(HOST)})
         w.install_cert(pki)
+        yield w
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with make_world(tmp_path_factory.mktemp("reload")) as w:
         yield w
 
 
