@@ -1,4 +1,4 @@
-"""Claims of docs/security.md about ``authsvc serve`` that no other test proved: input caps.
+"""Claims of docs/security.md about ``authsvc serve`` and render-nginx that no other test proved.
 
 nginx escapes a login or password into up to three times its bytes.  serve's
 fast path reads request heads up to ``MAX_HEAD`` (64 KiB); a longer head goes
@@ -17,6 +17,8 @@ import pytest
 from authsvc.http.auth_http import TEXT_INVALID
 from authsvc.http.server import MAX_FIELD_SIZE
 from authsvc.http.wire import MAX_HEAD
+from authsvc.render import NginxOptions, render_nginx
+from tests.golden.cases import nest
 from tests.unit.auth_http_fakes import (
     exchange,
     make_app,
@@ -72,3 +74,12 @@ async def test_head_over_the_cap_gets_no_answer_and_no_echo(port: int) -> None:
     # The service goes on answering.
     reply = parse_reply(await exchange(port, nginx_request(b"nobody")))
     assert reply.get("Auth-Status") == TEXT_INVALID
+
+
+def test_nginx_mail_tls_is_1_2_and_up_with_nginx_default_ciphers() -> None:
+    # The rendered mail {} names the protocols and leaves ssl_ciphers to nginx's
+    # default (HIGH:!aNULL:!MD5): docs/security.md says so.
+    text = render_nginx(nest(), NginxOptions()).text
+    assert "    ssl_protocols TLSv1.2 TLSv1.3;\n" in text
+    assert "ssl_ciphers" not in text
+    assert "ssl_prefer_server_ciphers" not in text
