@@ -348,7 +348,7 @@ class ThrottleSettings:
     #: Failures from one address (IPv6: its prefix) before it is refused outright.
     address_limit: int = 50
     login_window: float = 600.0
-    #: Failures for one login (any address) that raise the delay to its maximum.
+    #: Failures for one login (any address) past which every attempt on it waits max_delay.
     login_limit: int = 20
     #: Failures before any delay at all.
     free_failures: int = 3

@@ -5,11 +5,12 @@ and carries out what it says.  docs/security.md explains the choices:
 
 * a client is its IPv4 address, or its IPv6 ``/ipv6_prefix`` network (one
   customer usually gets a /64, and rotating through it must not reset the count);
-* three counters: per address (refuses outright past ``address_limit``), per
-  login from any address (raises the delay, never refuses: otherwise anyone
-  could lock a user out), and per (address, login) pair (the proxy resets it,
-  and takes it back out of the address counter, on a successful login);
-* the delay doubles per failure past ``free_failures``, up to ``max_delay``.
+* three counters: per address (the delay doubles per failure past
+  ``free_failures`` up to ``max_delay``, and past ``address_limit`` the address
+  is refused outright), per login from any address (at ``login_limit`` every
+  attempt on it waits ``max_delay``; never refused, or anyone could lock a
+  user out), and per (address, login) pair (the proxy resets it, and takes it
+  back out of the address and login counters, on a successful login).
 """
 
 from __future__ import annotations
@@ -130,9 +131,10 @@ class Policy:
             return Verdict(0.0, True, address_failures, login_failures)
         delay = self.delay_for(address_failures)
         if login_failures >= s.login_limit:
+            # A login under attack from many addresses: everyone trying it
+            # waits the most, but below the limit one user's typos elsewhere
+            # never slow down the same user at home.
             delay = s.max_delay
-        else:
-            delay = max(delay, self.delay_for(login_failures))
         return Verdict(delay, False, address_failures, login_failures)
 
 

@@ -1,0 +1,164 @@
+"""Brute-force throttling in ``authsvc proxy``, with real clients and a real Dovecot.
+
+Each test's client connects from its own loopback address (127.0.0.77,
+127.0.0.78, ...), so its counts are its own.  Delays are kept small
+([proxy] auth_failure_delay 0.8 s, [throttle] delay 0.5 s doubling to 1 s)
+and asserted with a tolerance: the tarpit is a behaviour, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.services.dovecot import DovecotStore, dovecot_stores
+from tests.services.mailclient import RawLines
+from tests.services.ports import free_port
+from tests.services.proxy import ProxyProcess
+from tests.services.require import require_binary
+from tests.services.stack import STORE_ADDRESSES
+
+pytestmark = pytest.mark.integration
+
+PROXY_ADDRESS = "127.0.0.1"
+USERS = {"b": {"bob": "bob-secret"}}
+#: [proxy] auth_failure_delay: longer than a Dovecot refusal takes, so every
+#: failure is answered at this fixed time plus the tarpit.
+BASE = 0.8
+SLACK = 0.35
+NO_TEXT = b"NO [AUTHENTICATIONFAILED]"
+
+
+@dataclass
+class World:
+    store: DovecotStore
+    proxy: ProxyProcess
+    port: int
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    require_binary("dovecot")
+    root = tmp_path_factory.mktemp("throttle-proxy")
+    with dovecot_stores(USERS, STORE_ADDRESSES) as stores:
+        store = stores["b"]
+        port = free_port(PROXY_ADDRESS)
+        (root / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{store.ports.imap}\n")
+        config = root / "authsvc.toml"
+        config.write_text(f"""
+[proxy]
+auth_failure_delay = {BASE}
+backend_timeout = 5
+drain_timeout = 1
+max_login_attempts = 100
+
+[throttle]
+enabled = true
+key = "proxy-test-key-0123456789abcdef"
+free_failures = 2
+delay = 0.5
+max_delay = 1.0
+address_limit = 6
+login_limit = 1000
+trusted = ["127.0.0.90/32"]
+
+[[listener]]
+name = "imap4"
+protocol = "imap"
+tls = "none"
+bind = ["{PROXY_ADDRESS}:{port}"]
+login_timeout = 30
+[listener.map]
+type = "file"
+path = "{root / 'map'}"
+""")
+        proxy = ProxyProcess(config, root / "proxy.log")
+        proxy.start(listening=1)
+        try:
+            yield World(store, proxy, port)
+        finally:
+            proxy.stop()
+
+
+@contextlib.contextmanager
+def client(world: World, source: str) -> Iterator[RawLines]:
+    lines = RawLines(PROXY_ADDRESS, world.port, source=source)
+    try:
+        assert lines.line().startswith(b"* OK")
+        yield lines
+    finally:
+        lines.sock.close()
+
+
+def login(lines: RawLines, tag: str, password: str) -> tuple[bytes, float]:
+    """``LOGIN bob <password>``: the tagged reply and how long it took."""
+    started = time.monotonic()
+    reply = lines.command(f"{tag} LOGIN bob {password}".encode(), tag.encode())[-1]
+    return reply, time.monotonic() - started
+
+
+def assert_took(elapsed: float, expected: float) -> None:
+    assert expected - 0.05 <= elapsed <= expected + SLACK, (elapsed, expected)
+
+
+def test_wrong_passwords_escalate_then_close(world: World) -> None:
+    with client(world, "127.0.0.77") as lines:
+        # free_failures = 2: no tarpit; then 0.5 s, 1 s, 1 s on top of the base delay.
+        for i, extra in enumerate([0.0, 0.0, 0.5, 1.0, 1.0]):
+            reply, elapsed = login(lines, f"a{i}", f"wrong-{i}")
+            assert reply.startswith(f"a{i} ".encode() + NO_TEXT), reply
+            assert_took(elapsed, BASE + extra)
+        # The sixth failure reaches address_limit: the same refusal, then the close.
+        reply, _ = login(lines, "a5", "wrong-5")
+        assert reply.startswith(b"a5 " + NO_TEXT), reply
+        assert lines.closed_by_peer()
+    # Now even the right password is refused from this address, in the same words...
+    with client(world, "127.0.0.77") as lines:
+        reply, _ = login(lines, "b1", "bob-secret")
+        assert reply.startswith(b"b1 " + NO_TEXT), reply
+        assert lines.closed_by_peer()
+    # ...while bob from another address logs in.
+    with client(world, "127.0.0.78") as lines:
+        reply, _ = login(lines, "c1", "bob-secret")
+        assert reply.startswith(b"c1 OK"), reply
+    found = world.proxy.wait_for("login_failed", client="127.0.0.77", reason="throttled")
+    assert found, world.proxy.log_text()[-2000:]
+
+
+def test_one_device_repeating_one_wrong_password_counts_once(world: World) -> None:
+    with client(world, "127.0.0.79") as lines:
+        for i in range(8):  # more than address_limit: never throttled
+            reply, elapsed = login(lines, f"r{i}", "the-old-password")
+            assert reply.startswith(f"r{i} ".encode() + NO_TEXT), reply
+            assert_took(elapsed, BASE)
+        reply, _ = login(lines, "ok", "bob-secret")
+        assert reply.startswith(b"ok OK"), reply
+
+
+def test_a_success_resets_the_count(world: World) -> None:
+    with client(world, "127.0.0.80") as lines:
+        for i, extra in enumerate([0.0, 0.0, 0.5, 1.0]):
+            _, elapsed = login(lines, f"w{i}", f"typo-{i}")
+            assert_took(elapsed, BASE + extra)
+        reply, _ = login(lines, "ok", "bob-secret")
+        assert reply.startswith(b"ok OK"), reply
+    with client(world, "127.0.0.80") as lines:
+        # Back to no tarpit at all: the four failures were taken back out.
+        for i in range(2):
+            reply, elapsed = login(lines, f"x{i}", f"again-{i}")
+            assert reply.startswith(f"x{i} ".encode() + NO_TEXT), reply
+            assert_took(elapsed, BASE)
+
+
+def test_a_trusted_network_is_never_throttled(world: World) -> None:
+    with client(world, "127.0.0.90") as lines:
+        for i in range(8):
+            reply, elapsed = login(lines, f"t{i}", f"webmail-{i}")
+            assert reply.startswith(f"t{i} ".encode() + NO_TEXT), reply
+            assert_took(elapsed, BASE)
+        reply, _ = login(lines, "ok", "bob-secret")
+        assert reply.startswith(b"ok OK"), reply
