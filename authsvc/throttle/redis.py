@@ -75,8 +75,11 @@ class RedisStore:
         counted = True
         if fingerprint is not None:
             # SET NX: only the first time this device sends this password counts.
-            counted = bool(await client.set(f"{PREFIX}{SEEN}:{keys.pair}|{fingerprint}", "1",
-                                            nx=True, ex=max(1, math.ceil(keys.address_window))))
+            seen, ttl = f"{PREFIX}{SEEN}:{keys.pair}|{fingerprint}", max(
+                1, math.ceil(keys.address_window))
+            counted = bool(await client.set(seen, "1", nx=True, ex=ttl))
+            if not counted:  # a repeat renews the mark, as the local store does
+                await client.expire(seen, ttl)
         pipe = client.pipeline(transaction=True)
         if counted:
             for key, window in ((keys.address, keys.address_window),
