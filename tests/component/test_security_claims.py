@@ -73,6 +73,7 @@ def test_listener_context_sets_the_floor_itself(pki: ServerCert) -> None:
 @pytest.mark.parametrize(("ciphers", "expected"), [
     ("ECDHE-ECDSA-AES128-GCM-SHA256", "TLSv1.2"),
     ("ECDHE-ECDSA-CHACHA20-POLY1305", "TLSv1.2"),
+    ("ECDHE-ECDSA-AES128-SHA256", "TLSv1.2"),
     # SHA-1 MAC: left out of Python's default cipher string (!SHA1).
     ("ECDHE-ECDSA-AES128-SHA", "refused"),
     # No forward secrecy, no authentication, no encryption.
