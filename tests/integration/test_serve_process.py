@@ -190,7 +190,7 @@ def test_two_workers_totals_flush_and_signals(config: Path, tmp_path: Path) -> N
         assert re.fullmatch(r"dropped 2 cached route\(s\) in 2 worker\(s\)\n", done.stdout)
 
         serve.process.send_signal(signal.SIGHUP)
-        serve.wait_for(r"SIGHUP received")
+        serve.wait_for(r"event=reloaded", count=2)  # every worker reloads (issue 11)
         assert ask(("127.0.0.1", port), nginx_request(b"procbob"))["Auth-Status"] == "OK"
         assert serve.process.poll() is None
     finally:
