@@ -23,6 +23,7 @@ from authsvc.http.workers import bind_tcp
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.settings import Settings
+from authsvc.throttle.service import Throttle
 
 
 class _Refreshable(Protocol):
@@ -33,9 +34,12 @@ class HealthEndpoint:
     """The health listener of one process (or worker); does nothing when not configured."""
 
     def __init__(
-        self, settings: Settings, router: Router, server: _Refreshable, metrics: Metrics
+        self, settings: Settings, router: Router, server: _Refreshable, metrics: Metrics,
+        *, throttle: Throttle | None = None,
     ) -> None:
         self._settings = settings
+        #: Its families are added to /metrics (docs/security.md).
+        self._throttle = throttle
         self._router = router
         self._server = server
         self._metrics = metrics
@@ -55,7 +59,10 @@ class HealthEndpoint:
         """This worker's numbers brought up to date, then everyone's totals."""
         self._server.refresh_metrics()
         self._metrics.set_cache_stats(self._router.cache_stats())
-        return self._metrics.render()
+        text = self._metrics.render()
+        if self._throttle is not None:
+            text += self._throttle.render_metrics()
+        return text
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Serve on ``sock``, else on ``[proxy] health_listen`` if set."""

@@ -510,7 +510,8 @@ async def serve(
             throttle = Throttle(settings.throttle, directory=run_dir)
             server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log,
                                  throttle=throttle)
-            health = HealthEndpoint(settings, router, server, metrics)
+            health = HealthEndpoint(settings, router, server, metrics,
+                                    throttle=throttle if throttle.enabled else None)
             await server.start(sockets)
 
             def apply(new: Settings, new_router: Router) -> None:

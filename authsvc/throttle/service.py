@@ -68,7 +68,9 @@ class Throttle:
         self.policy = Policy(settings)
         # Wall-clock time: buckets must agree between workers and between nodes.
         self._clock = clock
-        self.local = LocalStore(os.path.join(directory, DB_NAME) if directory else None,
+        # No file when throttling is off.
+        path = os.path.join(directory, DB_NAME) if directory and settings.enabled else None
+        self.local = LocalStore(path,
                                 address_window=settings.address_window,
                                 login_window=settings.login_window)
         self._redis: CountStore | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +39,12 @@ class World:
     store: DovecotStore
     proxy: ProxyProcess
     port: int
+    health: int
+
+    def metrics(self) -> str:
+        url = f"http://{PROXY_ADDRESS}:{self.health}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return str(reply.read().decode())
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with dovecot_stores(USERS, STORE_ADDRESSES) as stores:
         store = stores["b"]
         port = free_port(PROXY_ADDRESS)
+        health = free_port(PROXY_ADDRESS)
         (root / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{store.ports.imap}\n")
         config = root / "authsvc.toml"
         config.write_text(f"""
@@ -55,6 +63,7 @@ auth_failure_delay = {BASE}
 backend_timeout = 5
 drain_timeout = 1
 max_login_attempts = 100
+health_listen = "{PROXY_ADDRESS}:{health}"
 
 [throttle]
 enabled = true
@@ -79,7 +88,7 @@ path = "{root / 'map'}"
         proxy = ProxyProcess(config, root / "proxy.log")
         proxy.start(listening=1)
         try:
-            yield World(store, proxy, port)
+            yield World(store, proxy, port, health)
         finally:
             proxy.stop()
 
@@ -127,6 +136,9 @@ def test_wrong_passwords_escalate_then_close(world: World) -> None:
         assert reply.startswith(b"c1 OK"), reply
     found = world.proxy.wait_for("login_failed", client="127.0.0.77", reason="throttled")
     assert found, world.proxy.log_text()[-2000:]
+    text = world.metrics()
+    assert "authsvc_throttle_blocked_total 2\n" in text  # the sixth failure, then bob
+    assert 'authsvc_throttle_store_info{store="memory"} 1\n' in text
 
 
 def test_one_device_repeating_one_wrong_password_counts_once(world: World) -> None:
