@@ -135,7 +135,10 @@ def parse_request(headers: Mapping[str, str]) -> AuthRequest | BadRequest:
     login, utf8 = decode_escaped(raw_user)
     password, _ = decode_escaped(get("auth-pass") or "")
     attempt_text = get("auth-login-attempt") or "1"
-    attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 9 else 1
+    # isascii(): str.isdigit() is true for '²', which int() refuses.
+    attempt = (int(attempt_text)
+               if attempt_text.isascii() and attempt_text.isdigit() and len(attempt_text) < 9
+               else 1)
     listener = get("x-authsvc-listener") or None
     local_name = get("x-authsvc-local-name") or None
     client_ip = get("client-ip") or None

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from authsvc.http.app import HEALTH, ROUTERS, RouterFactory, bind_router, create_app
 from authsvc.http.control import Peers
+from authsvc.http.wire import MAX_FIELD_SIZE as MAX_FIELD_SIZE  # re-exported
 from authsvc.http.wire import NginxSockSite
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
@@ -38,7 +39,6 @@ HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 #: header limit would answer 400, which nginx shows as an internal error; with
 #: room to spare, an over-long login reaches the login rules and gets a proper
 #: refusal.
-MAX_FIELD_SIZE = 32768
 
 
 def describe_socket(sock: socket.socket) -> str:

@@ -37,6 +37,9 @@ from authsvc.http.auth_http import AuthService
 _END = b"\r\n\r\n"
 #: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
 MAX_HEAD = 65536
+#: aiohttp's per-line limit as ``server.py`` configures it; a longer line is
+#: handed to aiohttp, which answers 400, so both paths refuse the same heads.
+MAX_FIELD_SIZE = 32768
 _REQUEST_LINE = re.compile(r"GET ([^ ]+) HTTP/1\.([01])")
 # Header names (RFC 9110 §5.6.2 tokens), one per line: all checked with one match.
 _NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
@@ -63,12 +66,16 @@ def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
     names = []
     for line in lines:
         name, colon, value = line.partition(":")
-        if not colon:
+        if not colon or len(line) > MAX_FIELD_SIZE:
             return None
         names.append(name)
         key = name.lower()
-        if key not in headers:  # the first of duplicates wins, as with aiohttp's get()
-            headers[key] = value.strip(" \t")
+        if key in headers:
+            # nginx never repeats a header; aiohttp refuses a repeated singleton
+            # (Host, Content-Length: RFC 9110 §5.3, request smuggling), so a
+            # repeat of any name goes to aiohttp to decide.
+            return None
+        headers[key] = value.strip(" \t")
     if lines and _NAMES.fullmatch("\n".join(names)) is None:
         return None  # not "Name: value" (a folded line starts with a space)
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
@@ -147,6 +154,9 @@ class NginxProtocol(asyncio.Protocol):
                 self._hand_over(buffer.replace(b"\x7f", b"%7F"))
             return
         self._buffer = b""
+        if end > MAX_HEAD:  # the same decision however the head was cut into reads
+            self._hand_over(buffer[:end].replace(b"\x7f", b"%7F") + buffer[end:])
+            return
         head = buffer[:end].replace(b"\x7f", b"%7F")
         rest = buffer[end + len(_END):]
         service = self._service

@@ -28,8 +28,7 @@ from authsvc.http.auth_http import (
     decode_escaped,
     parse_request,
 )
-from authsvc.http.server import MAX_FIELD_SIZE
-from authsvc.http.wire import MAX_HEAD, NginxProtocol, ReplyCache, parse_head
+from authsvc.http.wire import MAX_FIELD_SIZE, MAX_HEAD, NginxProtocol, ReplyCache, parse_head
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
 from tests.unit.auth_http_fakes import nginx_escape, nginx_request
 
@@ -91,8 +90,6 @@ def test_parse_request_gives_a_request_or_bad_request(
         assert isinstance(parsed, BadRequest)
 
 
-@pytest.mark.xfail(strict=True, reason="parse_request: int() of a non-ASCII str.isdigit() value "
-                   "(Auth-Login-Attempt: ²) raises ValueError instead of falling back to 1")
 def test_attempt_with_a_superscript_digit() -> None:
     parsed = parse_request({"auth-protocol": "imap", "auth-user": "bob",
                             "auth-login-attempt": "²"})
@@ -172,18 +169,12 @@ def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     assert headers == slow_headers
 
 
-@pytest.mark.xfail(strict=True, reason="wire.parse_head takes the first of duplicate Host "
-                   "(or Content-Type, User-Agent...) headers, which aiohttp refuses with 400 "
-                   "(RFC 9110 §5.3 singleton fields; request smuggling)")
 def test_fast_path_refuses_a_duplicate_host() -> None:
     head = nginx_request(b"bob")[:-4] + b"\r\nHost: other.example"
     assert aiohttp_parse(head) is None
     assert parse_head(head, PATH) is None
 
 
-@pytest.mark.xfail(strict=True, reason="wire.parse_head has no per-line limit: a header line "
-                   "over server.MAX_FIELD_SIZE (32768), which aiohttp answers 400, is parsed by "
-                   "the fast path when the whole head is under MAX_HEAD")
 def test_fast_path_keeps_aiohttp_field_limit() -> None:
     head = b"GET /auth HTTP/1.0\r\nAuth-Protocol: imap\r\nX-A: " + b"a" * (MAX_FIELD_SIZE + 1)
     assert aiohttp_parse(head) is None
@@ -271,9 +262,6 @@ def test_nginx_protocol_same_decision_for_every_split(
     event(kind)
 
 
-@pytest.mark.xfail(strict=True, reason="wire.NginxProtocol checks MAX_HEAD only on a read that "
-                   "ends without the blank line: a head over 64 KiB whose end comes in the same "
-                   "read is parsed by the fast path, one cut after 64 KiB goes to aiohttp")
 def test_a_head_over_max_head_goes_to_aiohttp_however_it_arrives(
     loop: asyncio.AbstractEventLoop,
 ) -> None:

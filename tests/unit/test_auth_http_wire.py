@@ -249,12 +249,18 @@ def test_parse_head_takes_only_nginx_shaped_requests(head: bytes, fast: bool) ->
 
 
 def test_parse_head_headers() -> None:
-    parsed = parse_head(b"GET /auth HTTP/1.0\r\nAuth-User:  b\xc3\xb6b \r\nAUTH-USER: x\r\n"
+    parsed = parse_head(b"GET /auth HTTP/1.0\r\nAuth-User:  b\xc3\xb6b \r\n"
                         b"Client-IP: 192.0.2.1", "/auth")
     assert parsed is not None
     minor, headers = parsed
     assert minor == 0
-    assert headers == {"auth-user": "böb", "client-ip": "192.0.2.1"}  # trimmed; first wins
+    assert headers == {"auth-user": "böb", "client-ip": "192.0.2.1"}  # trimmed
+
+
+def test_parse_head_leaves_repeated_headers_to_aiohttp() -> None:
+    # nginx never repeats a header; a repeat (any case) is aiohttp's to judge.
+    head = b"GET /auth HTTP/1.0\r\nAuth-User: b\r\nAUTH-USER: x"
+    assert parse_head(head, "/auth") is None
 
 
 async def test_keep_alive_request_is_served_by_aiohttp(port: int) -> None:
