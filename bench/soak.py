@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import resource
 import signal
@@ -333,12 +334,14 @@ async def run(args: argparse.Namespace, proxy_pid: int, port: int) -> dict[str, 
 
 
 def write_svg(path: Path, samples: list[dict[str, float]], title: str) -> None:
-    """Three stacked panels: RSS/PSS (MiB), descriptors, p99 latency (ms), against time."""
+    """Three stacked panels against time: memory (MiB), descriptors, latency (ms, log scale)."""
     width, panel_h, left, top = 720, 150, 70, 30
-    series = [
-        ("proxy memory, MiB (RSS solid, PSS dashed)", [("rss_mib", ""), ("pss_mib", "6,4")]),
-        ("proxy open descriptors", [("fds", "")]),
-        ("login latency per 10 s, ms (p99 solid, p50 dashed)", [("p99_ms", ""), ("p50_ms", "6,4")]),
+    series: list[tuple[str, list[tuple[str, str]], bool]] = [
+        ("proxy memory, MiB, all processes (RSS solid, PSS dashed)",
+         [("rss_mib", ""), ("pss_mib", "6,4")], False),
+        ("proxy open descriptors, all processes", [("fds", "")], False),
+        ("login latency per 10 s window, ms, log scale (p99 solid, p50 dashed)",
+         [("p99_ms", ""), ("p50_ms", "6,4")], True),
     ]
     ts = [float(s["t"]) for s in samples]
     tmin, tmax = min(ts), max(ts)
@@ -352,22 +355,33 @@ def write_svg(path: Path, samples: list[dict[str, float]], title: str) -> None:
     def x(t: float) -> float:
         return left + (t - tmin) / ((tmax - tmin) or 1) * plot_w
 
-    for i, (label, keys) in enumerate(series):
+    for i, (label, keys, log_scale) in enumerate(series):
         y0 = top + i * (panel_h + 40) + 15
         vmax = max(float(s[k]) for s in samples for k, _ in keys) * 1.1 or 1.0
+        hi = math.ceil(math.log10(vmax)) if log_scale else 0  # 1 ms .. next power of ten
+
+        def frac(v: float, vmax: float = vmax, hi: int = hi, log_scale: bool = log_scale,
+                 ) -> float:
+            if log_scale:
+                return math.log10(max(v, 1.0)) / (hi or 1)
+            return v / vmax
+
+        ticks = ([(frac(10.0 ** e), f"{10 ** e:g}") for e in range(hi + 1)] if log_scale
+                 else [(f, f"{vmax * f:.0f}") for f in (0.0, 0.5, 1.0)])
         out.append(f'<text x="{left}" y="{y0 - 4}">{label}</text>')
         out.append(f'<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel_h}" '
                    f'fill="none" stroke="#999"/>')
-        for frac in (0.0, 0.5, 1.0):
-            yy = y0 + panel_h - frac * panel_h
-            out.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">'
-                       f'{vmax * frac:.0f}</text>')
+        for f, text in ticks:
+            yy = y0 + panel_h - f * panel_h
+            out.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">{text}</text>')
+            out.append(f'<line x1="{left}" y1="{yy:.1f}" x2="{left + plot_w}" y2="{yy:.1f}" '
+                       f'stroke="#eee"/>')
         if tmin < 0 < tmax:
             out.append(f'<line x1="{x(0):.1f}" y1="{y0}" x2="{x(0):.1f}" '
                        f'y2="{y0 + panel_h}" stroke="#bbb" stroke-dasharray="2,2"/>')
         for key, dash in keys:
             points = " ".join(f"{x(float(s['t'])):.1f},"
-                              f"{y0 + panel_h - float(s[key]) / vmax * panel_h:.1f}"
+                              f"{y0 + panel_h - frac(float(s[key])) * panel_h:.1f}"
                               for s in samples)
             dashed = f' stroke-dasharray="{dash}"' if dash else ""
             out.append(f'<polyline points="{points}" fill="none" stroke="#1f5fa8" '
@@ -377,6 +391,11 @@ def write_svg(path: Path, samples: list[dict[str, float]], title: str) -> None:
                    f'{tmax:.0f} s (0 = churn starts, all idle sessions open)</text>')
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
+
+
+def _title(idle: int, args: argparse.Namespace) -> str:
+    return (f"authsvc proxy soak: {idle} idle sessions, {args.rate:g} logins/s, "
+            f"{args.minutes:g} min, {args.workers} workers")
 
 
 def main() -> None:
@@ -393,7 +412,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--svg", type=Path)
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="only draw --svg again from a saved --json")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        write_svg(args.svg, saved["samples"], _title(saved["idle_requested"], args))
+        return
     # SIGTERM ends the run through the finally below, which stops the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     raise_nofile(args.idle * 3 + 10_000)
@@ -448,9 +473,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.svg:
-        write_svg(args.svg, samples,
-                  f"authsvc proxy soak: {args.idle} idle sessions, {args.rate:g} logins/s, "
-                  f"{args.minutes:g} min")
+        write_svg(args.svg, samples, _title(args.idle, args))
 
 
 if __name__ == "__main__":
