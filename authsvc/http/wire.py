@@ -7,7 +7,8 @@ is read here, line by line, and answered by the same
 aiohttp handler calls; aiohttp's request machinery is not involved.  That
 halves the CPU a login costs (docs/benchmarks.md).  Anything else on the
 socket (HTTP/1.1 keep-alive, a body, another path, ``/readyz``, a malformed
-head) is handed, bytes unchanged, to aiohttp, which parses it as usual.
+head) is handed, bytes unchanged, to aiohttp, which parses it as usual; a head
+past aiohttp's size limits is refused here with a 431 that quotes nothing.
 
 DEL (0x7F): nginx escapes only 0x00-0x1F, space and ``%`` in
 ``Auth-User``/``Auth-Pass`` (§1.3), so a password containing DEL arrives raw,
@@ -115,6 +116,25 @@ class ReplyCache:
         return reply
 
 
+#: The reply to a head past MAX_HEAD or with a line past MAX_FIELD_SIZE.
+TOO_LONG_REPLY = (
+    b"HTTP/1.0 431 Request Header Fields Too Large\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
+
+def _too_long(head: bytes) -> bool:
+    """Past aiohttp's limits: the whole head, or any one line (escaped bytes)."""
+    if len(head) > MAX_HEAD:
+        return True
+    # Only a head this long can hold an over-long line; nginx's are tiny.
+    return len(head) > MAX_FIELD_SIZE and max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE
+
+
+class _Discard(asyncio.Protocol):
+    """Where bytes go after an over-long head was refused: nowhere."""
+
+
 class NginxProtocol(asyncio.Protocol):
     """One connection: nginx's request answered here, anything else passed to aiohttp."""
 
@@ -150,14 +170,14 @@ class NginxProtocol(asyncio.Protocol):
         end = buffer.find(_END)
         if end < 0:
             self._buffer = buffer
-            if len(buffer) > MAX_HEAD:
-                self._hand_over(buffer.replace(b"\x7f", b"%7F"))
+            if _too_long(buffer.replace(b"\x7f", b"%7F")):
+                self._refuse()
             return
         self._buffer = b""
-        if end > MAX_HEAD:  # the same decision however the head was cut into reads
-            self._hand_over(buffer[:end].replace(b"\x7f", b"%7F") + buffer[end:])
-            return
         head = buffer[:end].replace(b"\x7f", b"%7F")
+        if _too_long(head):  # the same decision however the head was cut into reads
+            self._refuse()
+            return
         rest = buffer[end + len(_END):]
         service = self._service
         parsed = None if rest or service is None else parse_head(head, self._path)
@@ -185,6 +205,20 @@ class NginxProtocol(asyncio.Protocol):
     def task(self) -> asyncio.Task[None] | None:
         """The fast-path answer in progress, if any."""
         return self._task
+
+    def _refuse(self) -> None:
+        """Answer an over-long head ourselves, quoting nothing, and close.
+
+        aiohttp would answer 400 quoting the first 100 bytes of an over-long
+        line, and log them with the traceback: an ``Auth-Pass`` line would put
+        part of a password in the reply and the log (docs/security.md).
+        nginx never sends such a head.
+        """
+        assert self._transport is not None
+        self._task = None
+        self._inner = _Discard()
+        self._transport.write(TOO_LONG_REPLY)
+        self._transport.close()
 
     def _hand_over(self, data: bytes) -> None:
         """From now on aiohttp owns the connection, starting with ``data``."""

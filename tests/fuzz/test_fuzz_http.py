@@ -28,7 +28,14 @@ from authsvc.http.auth_http import (
     decode_escaped,
     parse_request,
 )
-from authsvc.http.wire import MAX_FIELD_SIZE, MAX_HEAD, NginxProtocol, ReplyCache, parse_head
+from authsvc.http.wire import (
+    MAX_FIELD_SIZE,
+    MAX_HEAD,
+    TOO_LONG_REPLY,
+    NginxProtocol,
+    ReplyCache,
+    parse_head,
+)
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
 from tests.unit.auth_http_fakes import nginx_escape, nginx_request
 
@@ -262,10 +269,21 @@ def test_nginx_protocol_same_decision_for_every_split(
     event(kind)
 
 
-def test_a_head_over_max_head_goes_to_aiohttp_however_it_arrives(
+def test_a_head_over_max_head_is_refused_however_it_arrives(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     head = nginx_request(b"bob")[:-4] + b"\r\nX-Pad: " + b"a" * MAX_HEAD
     data = head + b"\r\n\r\n"
-    assert serve(loop, [data[: MAX_HEAD + 1], data[MAX_HEAD + 1 :]])[0] == "aiohttp"
-    assert serve(loop, [data])[0] == "aiohttp"
+    refused = ("fast", TOO_LONG_REPLY)
+    assert serve(loop, [data[: MAX_HEAD + 1], data[MAX_HEAD + 1 :]]) == refused
+    assert serve(loop, [data]) == refused
+
+
+def test_an_over_long_line_is_refused_however_it_arrives(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    head = nginx_request(b"bob")[:-4] + b"\r\nAuth-Pass: " + b"x" * MAX_FIELD_SIZE
+    data = head + b"\r\n\r\n"
+    refused = ("fast", TOO_LONG_REPLY)
+    assert serve(loop, [data]) == refused
+    assert serve(loop, [data[:40000], data[40000:]]) == refused
