@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 
 from authsvc.config.fields import IDENTIFIER, Section, parse_host, parse_hostport, where
 from authsvc.config.issues import Report
@@ -526,8 +527,18 @@ class _Validator:
         if max_delay < delay:
             t.error("max_delay", f"{max_delay} is less than delay ({delay})",
                     t.table.items.get("max_delay"))
+        enabled = t.boolean("enabled", d.enabled)
+        if enabled and key is None:
+            # Settings are built once, before --workers forks, so one random
+            # key made here is shared by every worker: a repeated wrong
+            # password counts once whichever worker sees it.  Nodes sharing
+            # Redis cannot share it, and need a configured key.
+            key = Secret(secrets.token_hex(32))
+            if store == "redis":
+                t.warn("key", "no key or key_file: each node makes its own random key, so "
+                       "one device's repeated wrong password counts once per node")
         settings = ThrottleSettings(
-            enabled=t.boolean("enabled", d.enabled),
+            enabled=enabled,
             key=key,
             address_window=t.seconds("address_window", d.address_window, positive=True),
             address_limit=t.integer("address_limit", d.address_limit, 1, 1_000_000),
