@@ -270,13 +270,19 @@ class Metrics:
         """Add per-map series once the router is open; opens the worker file if any."""
         known = self._map_index
         names = [n for n in dict.fromkeys(names) if n not in known]
+        if not names and (self._directory is None or self._mmap is not None):
+            return  # nothing new, and the worker file (if any) is open already
         old_layout, old_values = self._layout, self._values
+        # Copy the counts out first: a second attach (a reload that adds a
+        # map) rewrites this worker's file and unmaps the old view.
+        saved = old_values.tolist()
         layout = old_layout + _map_layout(names)
         if self._directory is not None:
             values = self._open_file(layout)
         else:
             values = memoryview(bytearray(8 * len(layout))).cast("d")
-        values[: len(old_layout)] = old_values
+        for i, value in enumerate(saved):
+            values[i] = value
         start = len(old_layout)
         for offset, name in enumerate(names):
             base = start + offset * (len(_CACHE_FIELDS) + 1)

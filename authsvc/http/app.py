@@ -125,11 +125,9 @@ def create_app(
 def bind_router(app: web.Application, router: Router) -> None:
     """Answer new requests with ``router`` (at start, and after a reload).
 
-    The metrics' per-map series are laid out once, at start: a map that only
-    a reload brought in is counted after the next restart.
+    A map that a reload brings in gets its metric series at once.
     """
-    if ROUTER not in app:
-        app[METRICS].attach_maps(router.cache_stats())
+    app[METRICS].attach_maps(router.cache_stats())
     app[ROUTER] = router
     app[READINESS].check = router.check_maps
     app[AUTH].bind(router)

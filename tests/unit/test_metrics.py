@@ -161,3 +161,18 @@ async def test_cache_counters_come_from_the_router(aiohttp_client: MakeClient) -
     assert got[f'authsvc_cache_misses_total{{map="{name}"}}'] == "2"
     assert got[f'authsvc_cache_negative_hits_total{{map="{name}"}}'] == "1"
     assert got[f'authsvc_map_up{{map="{name}"}}'] == "1"
+
+
+def test_attaching_maps_twice_keeps_the_counts(tmp_path: Path) -> None:
+    # A reload that adds a map attaches again; the worker file is rewritten.
+    metrics = Metrics(str(tmp_path))
+    metrics.attach_maps(["db"])
+    metrics.observe_decision("imap", "ok", 0.001)
+    metrics.set_cache_stats({"db": stats(hits=5, up=True)})
+    metrics.attach_maps(["db", "popmap"])
+    metrics.set_cache_stats({"popmap": stats(hits=2, up=True)})
+    got = samples(metrics.render())
+    assert got['authsvc_auth_decisions_total{protocol="imap",result="ok"}'] == "1"
+    assert got['authsvc_cache_hits_total{map="db"}'] == "5"
+    assert got['authsvc_cache_hits_total{map="popmap"}'] == "2"
+    metrics.close()
