@@ -74,11 +74,6 @@ _values = st.one_of(
                      "\t", "192.0.2.7", "١٢"]),
     st.binary(max_size=12).map(_text),
 )
-#: ``auth-login-attempt`` values other than ASCII digits that still pass str.isdigit()
-#: are excluded here: they are the known bug of test_attempt_with_a_superscript_digit.
-_KNOWN_BAD_ATTEMPT = frozenset("²³¹⁰⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉")
-
-
 @given(st.fixed_dictionaries({}, optional={"auth-protocol": st.just("imap"),
                                            "auth-user": st.just("bob")}),
        st.dictionaries(st.sampled_from(_NAMES), _values))
@@ -86,8 +81,6 @@ def test_parse_request_gives_a_request_or_bad_request(
     base: dict[str, str], fuzzed: dict[str, str]
 ) -> None:
     headers = base | fuzzed
-    if set(headers.get("auth-login-attempt", "")) & _KNOWN_BAD_ATTEMPT:
-        return
     parsed = parse_request(headers)
     event(type(parsed).__name__)
     if isinstance(parsed, AuthRequest):
@@ -131,11 +124,6 @@ heads = st.builds(
               st.binary(max_size=12), st.binary(max_size=12))
 
 
-#: aiohttp's http_parser.SINGLETON_HEADERS: fields it refuses to see twice.
-_SINGLETONS = [b"content-length", b"content-location", b"content-range", b"content-type",
-               b"etag", b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"]
-
-
 def aiohttp_parse(head: bytes) -> tuple[str, str, int, dict[str, str]] | None:
     """(method, path, minor, first value of each lower-cased name) as aiohttp reads it."""
     loop = asyncio.new_event_loop()
@@ -164,16 +152,22 @@ def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     if fast is None:
         return
     minor, headers = fast
-    if max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE:
-        return  # the known bug of test_fast_path_keeps_aiohttp_field_limit
-    names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n")[1:]]
-    if any(names.count(name) > 1 for name in _SINGLETONS):
-        return  # the known bug of test_fast_path_refuses_a_duplicate_host
+    if minor == 1 and "host" not in headers:
+        return  # the known bug of test_fast_path_refuses_http11_without_host
     slow = aiohttp_parse(head)
     assert slow is not None, "the fast path took a request aiohttp refuses"
     method, path, slow_minor, slow_headers = slow
     assert (method, path.split("?")[0], slow_minor) == ("GET", PATH, minor)
     assert headers == slow_headers
+
+
+@pytest.mark.xfail(strict=True, reason="wire.parse_head answers an HTTP/1.1 request without Host, "
+                   "which aiohttp refuses with 400 (RFC 9112 §3.2: a server MUST); nginx sends "
+                   "HTTP/1.0, so only a non-nginx client sees the difference")
+def test_fast_path_refuses_http11_without_host() -> None:
+    head = b"GET /auth HTTP/1.1\r\nConnection: close\r\nAuth-Protocol: imap\r\nAuth-User: bob"
+    assert aiohttp_parse(head) is None
+    assert parse_head(head, PATH) is None
 
 
 def test_fast_path_refuses_a_duplicate_host() -> None:
@@ -264,7 +258,12 @@ def serve(loop: asyncio.AbstractEventLoop, chunks: Sequence[bytes]) -> tuple[str
 def test_nginx_protocol_same_decision_for_every_split(
     loop: asyncio.AbstractEventLoop, head: bytes, plan: SplitPlan
 ) -> None:
+    # Only the first request: bytes behind its blank line go to aiohttp when they
+    # come in the same read and are ignored when later, and both paths answer
+    # that first request alone and close (HTTP/1.0 or "close", no body), so
+    # nginx sees the same either way.
     data = head + b"\r\n\r\n"
+    data = data[: data.index(b"\r\n\r\n") + 4]
     kind, _ = same_for_splits(data, plan, lambda chunks: serve(loop, chunks))
     event(kind)
 
