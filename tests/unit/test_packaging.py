@@ -1,0 +1,26 @@
+"""The wheel ships every package: pyproject's explicit list names each one.
+
+The list is explicit because ``templates/`` installs as ``authsvc.templates``;
+an editable install hides a forgotten package, a real install (the README's
+run command) fails on it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_package_is_listed() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("authsvc", "proxy")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed
+    assert "authsvc.templates" in listed
+    assert config["tool"]["setuptools"]["package-dir"]["authsvc.templates"] == "templates"
