@@ -27,7 +27,10 @@ Measured, each ``--runs`` times, front ends interleaved:
   process on 127.0.0.4), not Dovecot, so 10,000 sessions need no Dovecot
   process per login; the front ends cannot tell (the map sends ``idle*``
   users there).  RLIMIT_NOFILE is raised to 65,536 in this process, which the
-  front ends and the backend inherit.
+  front ends and the backend inherit; where the hard limit cannot be raised
+  (a container without CAP_SYS_RESOURCE, hard limit 20,000) one proxy process
+  holds at most ~9,990 sessions (two descriptors each): use ``--sessions 9900``.
+  A fill that fails is a row with ``error``, and the run goes on.
 
 Run (as root, from the repository root)::
 
