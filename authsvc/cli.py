@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
 
     p = sub.add_parser("throttle", help="list or clear brute-force throttle counts in a "
-                       "running authsvc serve")
+                       "running authsvc serve, or proxy (--url http://<its health_listen>)")
     actions = p.add_subparsers(dest="action", required=True)
     t = actions.add_parser("list", help="every address and login with failures counted")
     t.add_argument("--json", action="store_true", help="the raw JSON answer")

@@ -23,6 +23,7 @@ from authsvc.http.workers import bind_tcp
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.settings import Settings
+from authsvc.throttle.control import ThrottleControl
 from authsvc.throttle.service import Throttle
 
 
@@ -75,6 +76,12 @@ class HealthEndpoint:
         self.socket = sock
         app = web.Application()
         app.router.add_routes(health_routes(self.readiness, self.render_metrics))
+        if self._throttle is not None:
+            # `authsvc throttle list|clear --url http://<health_listen>` with
+            # the [http] secret: the same endpoints serve has (docs/security.md).
+            http = self._settings.http
+            control = ThrottleControl(self._throttle, http.secret, http.secret_header)
+            app.router.add_routes(control.routes())
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()

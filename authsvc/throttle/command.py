@@ -73,7 +73,7 @@ def throttle_command(args: argparse.Namespace) -> int:
             status, body = asyncio.run(call(settings, "POST", CLEAR_PATH, {"who": args.who},
                                             url=args.url))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        print(f"authsvc throttle: cannot reach authsvc serve: {exc or type(exc).__name__}",
+        print(f"authsvc throttle: cannot reach authsvc: {exc or type(exc).__name__}",
               file=sys.stderr)
         return EXIT_FAILURE
     if status != 200:

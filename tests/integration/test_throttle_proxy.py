@@ -13,9 +13,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from authsvc.cli import main
 from tests.services.dovecot import DovecotStore, dovecot_stores
 from tests.services.mailclient import RawLines
 from tests.services.ports import free_port
@@ -40,6 +42,7 @@ class World:
     proxy: ProxyProcess
     port: int
     health: int
+    config: Path
 
     def metrics(self) -> str:
         url = f"http://{PROXY_ADDRESS}:{self.health}/metrics"
@@ -57,7 +60,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         health = free_port(PROXY_ADDRESS)
         (root / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{store.ports.imap}\n")
         config = root / "authsvc.toml"
+        (root / "secret").write_text("throttle-control-secret\n")
         config.write_text(f"""
+[http]
+secret_file = "{root / 'secret'}"
+
 [proxy]
 auth_failure_delay = {BASE}
 backend_timeout = 5
@@ -88,7 +95,7 @@ path = "{root / 'map'}"
         proxy = ProxyProcess(config, root / "proxy.log")
         proxy.start(listening=1)
         try:
-            yield World(store, proxy, port, health)
+            yield World(store, proxy, port, health, config)
         finally:
             proxy.stop()
 
@@ -174,3 +181,19 @@ def test_a_trusted_network_is_never_throttled(world: World) -> None:
             assert_took(elapsed, BASE)
         reply, _ = login(lines, "ok", "bob-secret")
         assert reply.startswith(b"ok OK"), reply
+
+
+def test_throttle_list_and_clear_reach_the_proxy(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with client(world, "127.0.0.81") as lines:
+        for i in range(2):
+            reply, _ = login(lines, f"l{i}", f"wrong-{i}")
+            assert reply.startswith(f"l{i} ".encode() + NO_TEXT), reply
+    url = ["--config", str(world.config), "--url", f"http://{PROXY_ADDRESS}:{world.health}"]
+    assert main(["throttle", "list", *url]) == 0
+    assert "127.0.0.81" in capsys.readouterr().out
+    assert main(["throttle", "clear", "127.0.0.81", *url]) == 0
+    assert "cleared" in capsys.readouterr().out
+    assert main(["throttle", "list", *url]) == 0
+    assert "127.0.0.81" not in capsys.readouterr().out
