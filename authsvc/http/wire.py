@@ -82,6 +82,8 @@ def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
         return None
     minor = int(match.group(2))
+    if minor == 1 and "host" not in headers:
+        return None  # RFC 9112 §3.2: aiohttp answers 400; nginx sends 1.0 with Host
     connection = (headers.get("connection") or "").lower()
     keep_alive = "keep-alive" in connection if minor == 0 else "close" not in connection
     if keep_alive:

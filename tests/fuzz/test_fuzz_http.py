@@ -152,8 +152,6 @@ def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     if fast is None:
         return
     minor, headers = fast
-    if minor == 1 and "host" not in headers:
-        return  # the known bug of test_fast_path_refuses_http11_without_host
     slow = aiohttp_parse(head)
     assert slow is not None, "the fast path took a request aiohttp refuses"
     method, path, slow_minor, slow_headers = slow
@@ -161,9 +159,6 @@ def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     assert headers == slow_headers
 
 
-@pytest.mark.xfail(strict=True, reason="wire.parse_head answers an HTTP/1.1 request without Host, "
-                   "which aiohttp refuses with 400 (RFC 9112 §3.2: a server MUST); nginx sends "
-                   "HTTP/1.0, so only a non-nginx client sees the difference")
 def test_fast_path_refuses_http11_without_host() -> None:
     head = b"GET /auth HTTP/1.1\r\nConnection: close\r\nAuth-Protocol: imap\r\nAuth-User: bob"
     assert aiohttp_parse(head) is None

@@ -230,7 +230,8 @@ async def test_fast_path_answers_like_aiohttp(
     [
         (b"GET /auth HTTP/1.0\r\nAuth-User: a", True),
         (b"GET /auth?x=1 HTTP/1.0\r\nAuth-User: a", True),
-        (b"GET /auth HTTP/1.1\r\nConnection: close\r\nAuth-User: a", True),
+        (b"GET /auth HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuth-User: a", True),
+        (b"GET /auth HTTP/1.1\r\nConnection: close\r\nAuth-User: a", False),  # no Host
         (b"GET /auth HTTP/1.1\r\nAuth-User: a", False),  # keep-alive: aiohttp's job
         (b"GET /auth HTTP/1.0\r\nConnection: keep-alive", False),
         (b"POST /auth HTTP/1.0\r\nAuth-User: a", False),
