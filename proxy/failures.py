@@ -48,3 +48,12 @@ def credentials_ok(login: bytes, password: bytes) -> bool:
 def secret_from_wire(password: bytes) -> Secret:
     """A password as a :class:`Secret`, keeping 8-bit bytes (surrogateescape)."""
     return Secret(password.decode("utf-8", "surrogateescape"))
+
+
+def clip_for_log(line: bytes) -> str:
+    """A store's line for a log field: the first 200 bytes, never raising.
+
+    Only store replies pass through here (never a client's password): the
+    store's refusal text is logged, never sent to the client.
+    """
+    return line[:200].decode("utf-8", "backslashreplace")

@@ -35,6 +35,7 @@ from proxy.events import (
     TlsEstablished,
     to_wire,
 )
+from proxy.failures import clip_for_log as _clip
 from proxy.forward import imap_id_arguments, proxy_header
 from proxy.imap.serialise import login_command
 from proxy.linebuffer import LineBuffer, TooLong
@@ -69,10 +70,6 @@ def response_code(text: bytes) -> tuple[str, bytes]:
     inner = text[1 : text.index(b"]")]
     word, _, args = inner.partition(b" ")
     return word.decode("ascii", "replace").upper(), args
-
-
-def _clip(line: bytes) -> str:
-    return line[:200].decode("utf-8", "backslashreplace")
 
 
 class ImapBack:

@@ -32,6 +32,7 @@ from proxy.events import (
     TlsEstablished,
     to_wire,
 )
+from proxy.failures import clip_for_log as _clip
 from proxy.forward import pop3_xclient, proxy_header
 from proxy.linebuffer import LineBuffer, TooLong
 from proxy.pop3 import replies as wire
@@ -51,10 +52,6 @@ class BackState(enum.Enum):
     USER = "user"
     LOGIN_SENT = "login_sent"  # PASS sent, waiting for +OK
     DONE = "done"
-
-
-def _clip(line: bytes) -> str:
-    return line[:200].decode("utf-8", "backslashreplace")
 
 
 class Pop3Back:
