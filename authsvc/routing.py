@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from authsvc import login as login_rules
-from authsvc.maps import MapBackend, MapEntry, MapUnavailable
+from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, Peeked
 from authsvc.maps.factory import MapShelf, open_maps
 from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
 
@@ -99,6 +99,15 @@ class Trace:
 
 
 @dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What :meth:`Router._prepare` found: the listener, the map key and the map."""
+
+    listener: ListenerSettings
+    key: str
+    backend: MapBackend
+
+
+@dataclass(frozen=True, slots=True)
 class CacheStats:
     """A copy of one map cache's counters (``Router.cache_stats()``)."""
 
@@ -142,6 +151,26 @@ class Router:
         assert trace.decision is not None
         return trace.decision
 
+    def route_now(self, request: LoginRequest) -> Decision | None:
+        """Route without waiting, or None when the map itself must be asked.
+
+        A cached answer (or a refusal that needs no map) is decided here, in
+        the caller's stack frame: nginx's auth requests are answered without a
+        task or a coroutine (``authsvc/http/wire.py``).  None is returned
+        before anything is counted or rotated, so the caller then simply
+        awaits :meth:`route` for the same request.
+        """
+        prepared = self._prepare(request, None)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        peek: Callable[[str], Peeked] | None = getattr(prepared.backend, "peek", None)
+        if peek is None:
+            return None  # not a cache: only lookup() can answer
+        entry = peek(prepared.key)
+        if entry is NOT_CACHED:
+            return None
+        return self._finish(request, prepared, entry, "map", None)
+
     async def trace(self, request: LoginRequest) -> Trace:
         """Route one login attempt and record every step on the way."""
         started = time.perf_counter()
@@ -151,25 +180,10 @@ class Router:
         return trace
 
     async def _decide(self, request: LoginRequest, trace: Trace) -> Decision:
-        listener = self.listener_for(request)
-        if listener is None:
-            return Refusal(
-                FailureKind.UNKNOWN_LISTENER,
-                f"no {request.protocol.value} listener named {request.listener!r}",
-            )
-        trace.listener = listener.name
-        policy = listener.login
-        try:
-            login_rules.check_login(request.login, policy)
-        except login_rules.LoginRejected as exc:
-            return Refusal(FailureKind.BAD_LOGIN, str(exc), listener=listener.name)
-
-        trace.lookup_steps = login_rules.normalise_steps(
-            request.login, Stage.LOOKUP, policy, request.local_name
-        )
-        key = trace.lookup_steps[-1].value
-        trace.key = key
-        backend = self._maps[listener.name]
+        prepared = self._prepare(request, trace)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        listener, key, backend = prepared.listener, prepared.key, prepared.backend
         trace.map_description = backend.describe()
         source = "map"
         try:
@@ -184,28 +198,60 @@ class Router:
             entry = None
         else:
             trace.map_answer = str(entry) if entry is not None else "no entry"
-            if entry is not None and entry.stale:
-                source = "stale"
+        return self._finish(request, prepared, entry, source, trace)
+
+    def _prepare(self, request: LoginRequest, trace: Trace | None) -> _Prepared | Refusal:
+        """Listener, login checks and the lookup key: everything before the map."""
+        listener = self.listener_for(request)
+        if listener is None:
+            return Refusal(
+                FailureKind.UNKNOWN_LISTENER,
+                f"no {request.protocol.value} listener named {request.listener!r}",
+            )
+        policy = listener.login
+        try:
+            login_rules.check_login(request.login, policy)
+        except login_rules.LoginRejected as exc:
+            if trace is not None:
+                trace.listener = listener.name
+            return Refusal(FailureKind.BAD_LOGIN, str(exc), listener=listener.name)
+        steps = login_rules.normalise_steps(request.login, Stage.LOOKUP, policy,
+                                            request.local_name)
+        key = steps[-1].value
+        if trace is not None:
+            trace.listener = listener.name
+            trace.lookup_steps = steps
+            trace.key = key
+        return _Prepared(listener, key, self._maps[listener.name])
+
+    def _finish(self, request: LoginRequest, prepared: _Prepared, entry: MapEntry | None,
+                source: str, trace: Trace | None) -> Decision:
+        """The map's answer (None: absent or unavailable) made into a route or refusal."""
+        listener, policy = prepared.listener, prepared.listener.login
+        if entry is not None and entry.stale:
+            source = "stale"
         if entry is None:
             entry = self._default_server(listener)
             source = "default"
             if entry is None:
                 return Refusal(
-                    FailureKind.NO_ROUTE, "not in map", key=key, listener=listener.name
+                    FailureKind.NO_ROUTE, "not in map", key=prepared.key, listener=listener.name
                 )
 
         backend_name = request.login
         if policy.username_from_database and entry.user:
             backend_name = entry.user
-        trace.backend_steps = login_rules.normalise_steps(
+        steps = login_rules.normalise_steps(
             backend_name, Stage.BACKEND_LOGIN, policy, request.local_name
         )
+        if trace is not None:
+            trace.backend_steps = steps
         return Route(
             host=entry.host,
             port=entry.port if entry.port is not None else listener.default_port,
-            backend_login=trace.backend_steps[-1].value,
+            backend_login=steps[-1].value,
             backend_tls=listener.backend_tls,
-            key=key,
+            key=prepared.key,
             listener=listener.name,
             source=source,
         )

@@ -26,7 +26,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -213,25 +213,59 @@ class AuthService:
     async def answer(self, headers: Mapping[str, str], peer: str | None) -> Outcome:
         """Decide, count and log one request; never raises.
 
-        Shared by the aiohttp handler and the fast path in ``wire.py``, which
-        reads nginx's one-shot requests itself.
+        Shared by the aiohttp handler and ``wire.py``'s own reading of
+        nginx's one-shot requests.
+        """
+        outcome = self.answer_now(headers, peer)
+        return outcome if isinstance(outcome, Outcome) else await outcome
+
+    def answer_now(self, headers: Mapping[str, str],
+                   peer: str | None) -> Outcome | Awaitable[Outcome]:
+        """:meth:`answer` without waiting where nothing needs waiting for.
+
+        A cached route (the usual login) is decided, counted and logged here
+        and returned; ``wire.py`` then writes the reply without a task.  When a
+        map query, the throttle's store or a DNS lookup is needed, the rest of
+        the work is returned as an awaitable that the caller must await.
         """
         started = time.perf_counter()
         parsed: AuthRequest | BadRequest | None = None
-        protocol = "unknown"
         try:
             if not self._authorised(headers):
-                outcome = Outcome(refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
-                                  "forbidden", f"missing or wrong {self._http.secret_header}")
+                outcome: Outcome | Awaitable[Outcome] = Outcome(
+                    refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
+                    "forbidden", f"missing or wrong {self._http.secret_header}")
             else:
                 parsed = parse_request(headers)
-                protocol = parsed.protocol
-                outcome = await self._decide(parsed)
+                outcome = self._decide(parsed)
         except Exception as exc:  # never let nginx see aiohttp's 500 page (no Auth-* headers)
-            logger.exception("auth request failed: %s", type(exc).__name__)
-            attempt = parsed.attempt if isinstance(parsed, AuthRequest) else 1
-            outcome = Outcome(self._refuse(TEXT_TEMPORARY, attempt), "error", type(exc).__name__)
+            outcome = self._crashed(exc, parsed)
+        if isinstance(outcome, Outcome):
+            self._record(headers, peer, parsed, outcome, started)
+            return outcome
+        return self._finish(outcome, headers, peer, parsed, started)
+
+    async def _finish(self, pending: Awaitable[Outcome], headers: Mapping[str, str],
+                      peer: str | None, parsed: AuthRequest | BadRequest | None,
+                      started: float) -> Outcome:
+        try:
+            outcome = await pending
+        except Exception as exc:
+            outcome = self._crashed(exc, parsed)
+        self._record(headers, peer, parsed, outcome, started)
+        return outcome
+
+    def _crashed(self, exc: Exception, parsed: AuthRequest | BadRequest | None) -> Outcome:
+        logger.exception("auth request failed: %s", type(exc).__name__)
+        attempt = parsed.attempt if isinstance(parsed, AuthRequest) else 1
+        return Outcome(self._refuse(TEXT_TEMPORARY, attempt), "error", type(exc).__name__)
+
+    def _record(self, headers: Mapping[str, str], peer: str | None,
+                parsed: AuthRequest | BadRequest | None, outcome: Outcome,
+                started: float) -> None:
+        """Count and log one decided request."""
         elapsed = time.perf_counter() - started
+        protocol = parsed.protocol if parsed is not None else "unknown"
         self._metrics.observe_decision(protocol, outcome.result, elapsed)
         if started >= self._stats_due and outcome.key is not None:  # a map was asked
             self.refresh_cache_stats()
@@ -239,7 +273,6 @@ class AuthService:
         level = logging.WARNING if outcome.result in _WARN_RESULTS else logging.INFO
         if logger.isEnabledFor(level):
             self._log(headers, peer, parsed, outcome, elapsed, level)
-        return outcome
 
     def flush_log(self) -> None:
         """Write the decision lines still queued (at shutdown)."""
@@ -269,7 +302,7 @@ class AuthService:
         wait = self._http.auth_wait if attempt <= self._http.max_attempts else None
         return refusal_headers(text, attempt=attempt, wait=wait)
 
-    async def _decide(self, parsed: AuthRequest | BadRequest) -> Outcome:
+    def _decide(self, parsed: AuthRequest | BadRequest) -> Outcome | Awaitable[Outcome]:
         if isinstance(parsed, BadRequest):
             return Outcome(refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
                            "bad_request", parsed.reason)
@@ -285,40 +318,68 @@ class AuthService:
         router = self._router
         if router is None:  # not started yet, or draining
             return Outcome(self._refuse(TEXT_TEMPORARY, parsed.attempt), "error", "not ready")
-        throttle = self._throttle
-        if throttle is not None:
-            verdict = await throttle.check(parsed.client_ip, parsed.login)
-            if verdict.blocked:
-                # Past the hard cap the address is refused even for a valid
-                # user, with the text of any refusal and no Auth-Wait, so nginx
-                # closes the session (§1.7; docs/security.md).
-                return Outcome(refusal_headers(TEXT_INVALID, attempt=parsed.attempt, wait=None),
-                               "throttled",
-                               f"{verdict.address_failures} failures from this address")
-        decision = await router.route(
-            LoginRequest(
-                login=parsed.login,
-                protocol=_PROTOCOLS[parsed.protocol],
-                listener=parsed.listener,
-                client_ip=parsed.client_ip,
-                local_name=parsed.local_name,
-                attempt=parsed.attempt,
-            )
+        request = LoginRequest(
+            login=parsed.login,
+            protocol=_PROTOCOLS[parsed.protocol],
+            listener=parsed.listener,
+            client_ip=parsed.client_ip,
+            local_name=parsed.local_name,
+            attempt=parsed.attempt,
         )
+        if self._throttle is not None:
+            return self._decide_throttled(self._throttle, router, request, parsed)
+        decision = router.route_now(request)
+        if decision is None:
+            return self._decide_later(router, request, parsed)
+        if isinstance(decision, Refusal):
+            return self._refusal(decision, parsed.attempt)
+        return self._answer_route(decision, parsed)
+
+    async def _decide_later(self, router: Router, request: LoginRequest,
+                            parsed: AuthRequest) -> Outcome:
+        """The route once the map has answered (a cache miss)."""
+        decision = await router.route(request)
+        if isinstance(decision, Refusal):
+            return self._refusal(decision, parsed.attempt)
+        return await self._settled(self._answer_route(decision, parsed))
+
+    async def _decide_throttled(self, throttle: Throttle, router: Router, request: LoginRequest,
+                                parsed: AuthRequest) -> Outcome:
+        """As :meth:`_decide`, with the throttle's store asked before and after."""
+        verdict = await throttle.check(parsed.client_ip, parsed.login)
+        if verdict.blocked:
+            # Past the hard cap the address is refused even for a valid
+            # user, with the text of any refusal and no Auth-Wait, so nginx
+            # closes the session (§1.7; docs/security.md).
+            return Outcome(refusal_headers(TEXT_INVALID, attempt=parsed.attempt, wait=None),
+                           "throttled",
+                           f"{verdict.address_failures} failures from this address")
+        decision = await router.route(request)
         if isinstance(decision, Refusal):
             outcome = self._refusal(decision, parsed.attempt)
-            if throttle is not None and decision.kind in _COUNTED:
+            if decision.kind in _COUNTED:
                 await self._throttled(throttle, parsed, outcome)
             return outcome
-        # Addresses already known (every IP literal) are answered without
-        # another coroutine; names may need a lookup.
-        address = self._resolver.known(decision.host)
+        return await self._settled(self._answer_route(decision, parsed))
+
+    @staticmethod
+    async def _settled(outcome: Outcome | Awaitable[Outcome]) -> Outcome:
+        return outcome if isinstance(outcome, Outcome) else await outcome
+
+    def _answer_route(self, route: Route, parsed: AuthRequest) -> Outcome | Awaitable[Outcome]:
+        """The reply for a route: at once for an address already known (every IP
+        literal); a name may first need a DNS lookup."""
+        address = self._resolver.known(route.host)
         if address is None:
-            try:
-                address = await self._resolver.resolve(decision.host)
-            except ResolveError as exc:
-                return self._failed(decision, parsed.attempt, "resolve_failed", str(exc))
-        return self._success(decision, parsed, address)
+            return self._resolve_then_answer(route, parsed)
+        return self._success(route, parsed, address)
+
+    async def _resolve_then_answer(self, route: Route, parsed: AuthRequest) -> Outcome:
+        try:
+            address = await self._resolver.resolve(route.host)
+        except ResolveError as exc:
+            return self._failed(route, parsed.attempt, "resolve_failed", str(exc))
+        return self._success(route, parsed, address)
 
     def _refusal(self, refusal: Refusal, attempt: int) -> Outcome:
         kind = refusal.kind

@@ -8,12 +8,23 @@ as a missing user.  Only :mod:`authsvc.routing` calls maps.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class MapUnavailable(Exception):
     """The map could not answer now; the caller must treat it as temporary."""
+
+
+class NotCached(enum.Enum):
+    """The one value of :data:`NOT_CACHED`."""
+
+    NOT_CACHED = "not cached"
+
+
+#: What a cache's ``peek`` answers when only the map itself knows.
+NOT_CACHED = NotCached.NOT_CACHED
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +43,10 @@ class MapEntry:
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = f":{self.port}" if self.port is not None else ""
         return f"{user}{host}{port}"
+
+
+#: ``peek``'s answer: an entry, None (known absent) or NOT_CACHED.
+Peeked = MapEntry | None | Literal[NotCached.NOT_CACHED]
 
 
 class MapBackend(Protocol):

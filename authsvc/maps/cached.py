@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from cachetools import TTLCache
 
-from authsvc.maps import MapBackend, MapEntry, MapUnavailable
+from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, Peeked
 from authsvc.settings import CacheSettings
 
 V = TypeVar("V")
@@ -99,7 +99,12 @@ class CachedMap:
     def inner(self) -> MapBackend:
         return self._inner
 
-    async def lookup(self, key: str) -> MapEntry | None:
+    def peek(self, key: str) -> Peeked:
+        """The cached answer, counted as a hit, or NOT_CACHED (nothing counted).
+
+        The router's synchronous path (``Router.route_now``) asks this first
+        and awaits :meth:`lookup` only for NOT_CACHED.
+        """
         entry = self._hits.get(key)
         if entry is not None:
             self.stats.hits += 1
@@ -107,6 +112,12 @@ class CachedMap:
         if key in self._misses:
             self.stats.negative_hits += 1
             return None
+        return NOT_CACHED
+
+    async def lookup(self, key: str) -> MapEntry | None:
+        entry = self.peek(key)
+        if entry is not NOT_CACHED:
+            return entry
         return await self._wait_for_map(key)
 
     async def _wait_for_map(self, key: str) -> MapEntry | None:
