@@ -21,8 +21,8 @@ from aiohttp import web
 
 from authsvc.http.app import HEALTH, ROUTERS, RouterFactory, bind_router, create_app
 from authsvc.http.control import Peers
+from authsvc.http.site import NginxSockSite
 from authsvc.http.wire import MAX_FIELD_SIZE as MAX_FIELD_SIZE  # re-exported
-from authsvc.http.wire import NginxSockSite
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import open_router

@@ -25,15 +25,12 @@ is, so a Content-Length stays right.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import re
-import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from aiohttp import web
-
-from authsvc.http.app import AUTH, SETTINGS
-from authsvc.http.auth_http import AuthService
+from authsvc.http.auth_http import AuthService, Outcome
 
 _END = b"\r\n\r\n"
 #: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
@@ -133,12 +130,58 @@ def _too_long(head: bytes) -> bool:
     return len(head) > MAX_FIELD_SIZE and max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE
 
 
+class Need(enum.Enum):
+    """:func:`examine` found no complete head yet (MORE), or one past the limits."""
+
+    MORE = "more"
+    TOO_LONG = "too long"
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """Not nginx's one-shot request: aiohttp gets these bytes (DEL escaped, else unchanged)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OneShot:
+    """nginx's request, to be answered here: HTTP minor version and headers."""
+
+    minor: int
+    headers: dict[str, str]
+
+
+def examine(buffer: bytes, path: str | None) -> Need | HandOver | OneShot:
+    """What to do with everything read so far on a new connection (sans-IO).
+
+    ``path`` is the auth path, or None when every request goes to aiohttp.
+    The answer depends only on the bytes, never on how they were cut into
+    reads: a head is judged once its blank line has arrived.
+    """
+    end = buffer.find(_END)
+    if end < 0:
+        return Need.TOO_LONG if _too_long(buffer.replace(b"\x7f", b"%7F")) else Need.MORE
+    head = buffer[:end].replace(b"\x7f", b"%7F")
+    if _too_long(head):
+        return Need.TOO_LONG
+    rest = buffer[end + len(_END):]
+    parsed = None if rest or path is None else parse_head(head, path)
+    if parsed is None:
+        return HandOver(head + _END + rest)
+    return OneShot(*parsed)
+
+
 class _Discard(asyncio.Protocol):
     """Where bytes go after an over-long head was refused: nowhere."""
 
 
 class NginxProtocol(asyncio.Protocol):
-    """One connection: nginx's request answered here, anything else passed to aiohttp."""
+    """One connection: nginx's request answered here, anything else passed to aiohttp.
+
+    ``initial`` is what was read from the socket before this protocol took it
+    over (``site.py``'s acceptor reads first).
+    """
 
     def __init__(
         self,
@@ -147,56 +190,66 @@ class NginxProtocol(asyncio.Protocol):
         path: str,
         in_flight: set[NginxProtocol],
         replies: ReplyCache,
+        initial: bytes = b"",
     ) -> None:
         self._replies = replies
         self._make_inner = make_inner
         self._service = service
-        self._path = path
+        self._path = path if service is not None else None
         self._in_flight = in_flight
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
-        self._buffer = b""
+        self._buffer = initial
+        self._answered = False
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        initial, self._buffer = self._buffer, b""
+        if initial:
+            self.data_received(initial)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
             return
-        if self._task is not None:
+        if self._answered:
             return  # nginx sends nothing after its head; ignore anything that does
         buffer = self._buffer + data if self._buffer else data
-        end = buffer.find(_END)
-        if end < 0:
+        step = examine(buffer, self._path)
+        if step is Need.MORE:
             self._buffer = buffer
-            if _too_long(buffer.replace(b"\x7f", b"%7F")):
-                self._refuse()
             return
         self._buffer = b""
-        head = buffer[:end].replace(b"\x7f", b"%7F")
-        if _too_long(head):  # the same decision however the head was cut into reads
+        if step is Need.TOO_LONG:
             self._refuse()
-            return
-        rest = buffer[end + len(_END):]
-        service = self._service
-        parsed = None if rest or service is None else parse_head(head, self._path)
-        if parsed is None or service is None:
-            self._hand_over(head + _END + rest)
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(service, *parsed))
-        self._task = task
+        elif isinstance(step, HandOver):
+            self._hand_over(step.data)
+        else:
+            assert isinstance(step, OneShot)
+            assert self._service is not None
+            self._answer(self._service, step)
 
-    async def _answer(self, service: AuthService, minor: int, headers: dict[str, str]) -> None:
+    def _answer(self, service: AuthService, request: OneShot) -> None:
+        """Reply at once when the decision needs no waiting, else from a task."""
         transport = self._transport
         assert transport is not None
+        self._answered = True
+        peer = transport.get_extra_info("peername")
+        result = service.answer_now(request.headers, peer[0] if isinstance(peer, tuple) else None)
+        if isinstance(result, Outcome):
+            transport.write(self._replies.get(request.minor, result.headers))
+            transport.close()
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._answer_later(transport, result, request.minor))
+
+    async def _answer_later(self, transport: asyncio.Transport, pending: Awaitable[Outcome],
+                            minor: int) -> None:
         self._in_flight.add(self)
         try:
-            peer = transport.get_extra_info("peername")
-            outcome = await service.answer(
-                headers, peer[0] if isinstance(peer, tuple) else None)
+            outcome = await pending
             if not transport.is_closing():
                 transport.write(self._replies.get(minor, outcome.headers))
         finally:
@@ -205,7 +258,7 @@ class NginxProtocol(asyncio.Protocol):
 
     @property
     def task(self) -> asyncio.Task[None] | None:
-        """The fast-path answer in progress, if any."""
+        """The answer still being decided, if any."""
         return self._task
 
     def _refuse(self) -> None:
@@ -217,7 +270,6 @@ class NginxProtocol(asyncio.Protocol):
         nginx never sends such a head.
         """
         assert self._transport is not None
-        self._task = None
         self._inner = _Discard()
         self._transport.write(TOO_LONG_REPLY)
         self._transport.close()
@@ -248,44 +300,3 @@ class NginxProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._inner is not None:
             self._inner.resume_writing()
-
-
-class NginxSockSite(web.SockSite):
-    """``web.SockSite`` whose connections go through :class:`NginxProtocol`.
-
-    ``fast_path=False`` keeps only the DEL escaping and lets aiohttp parse
-    every request (tests compare the two).  On stop, requests answered on the
-    fast path are waited for (up to ``drain_timeout``) the way aiohttp waits
-    for its own.
-    """
-
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, fast_path: bool = True,
-                 drain_timeout: float = 10.0, backlog: int = 1024) -> None:
-        super().__init__(runner, sock, backlog=backlog)
-        self._fast_path = fast_path
-        self._drain_timeout = drain_timeout
-        self._in_flight: set[NginxProtocol] = set()  # answering on the fast path
-        self._replies = ReplyCache()
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
-        app = getattr(self._runner, "app", None)
-        service = app[AUTH] if self._fast_path and isinstance(app, web.Application) else None
-        path = app[SETTINGS].http.path if isinstance(app, web.Application) else "/auth"
-        self._server = await loop.create_server(
-            lambda: NginxProtocol(server, service, path, self._in_flight, self._replies),
-            sock=self._sock,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-        )
-
-    async def stop(self) -> None:
-        await super().stop()  # no more connections
-        tasks = [p.task for p in self._in_flight if p.task is not None]
-        if tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._drain_timeout):
-                    await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,7 +11,7 @@ the same decision however the head is cut into reads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import cast
 
 import pytest
@@ -25,6 +25,7 @@ from authsvc.http.auth_http import (
     AuthRequest,
     AuthService,
     BadRequest,
+    Outcome,
     decode_escaped,
     parse_request,
 )
@@ -209,16 +210,26 @@ class _Inner(asyncio.Protocol):
         self.received += data
 
 
-class _Outcome:
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
-
-
 class _Service:
-    """Stands in for AuthService: echoes the headers it was given, so they are compared."""
+    """Stands in for AuthService: echoes the headers it was given, so they are compared.
 
-    async def answer(self, headers: dict[str, str], peer: str | None) -> _Outcome:
-        return _Outcome({"Auth-Status": "OK", "X-Seen": repr(sorted(headers.items()))})
+    ``later``: answer "not yet" (an awaitable), NginxProtocol's other way of
+    replying.
+    """
+
+    def __init__(self, later: bool) -> None:
+        self.later = later
+
+    def answer_now(self, headers: dict[str, str],
+                   peer: str | None) -> Outcome | Awaitable[Outcome]:
+        outcome = Outcome({"Auth-Status": "OK", "X-Seen": repr(sorted(headers.items()))}, "ok")
+        if not self.later:
+            return outcome
+
+        async def later() -> Outcome:
+            return outcome
+
+        return later()
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +239,15 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def serve(loop: asyncio.AbstractEventLoop, chunks: Sequence[bytes]) -> tuple[str, bytes]:
+def serve(loop: asyncio.AbstractEventLoop, chunks: Sequence[bytes],
+          later: bool = False) -> tuple[str, bytes]:
     """("fast", reply bytes) or ("aiohttp", bytes handed over) for these reads."""
 
     async def run() -> tuple[str, bytes]:
         inner = _Inner()
         in_flight: set[NginxProtocol] = set()
-        protocol = NginxProtocol(lambda: inner, cast(AuthService, _Service()), PATH, in_flight,
+        protocol = NginxProtocol(lambda: inner, cast(AuthService, _Service(later)), PATH,
+                                 in_flight,
                                  ReplyCache())
         transport = _Transport()
         protocol.connection_made(transport)
@@ -259,7 +272,10 @@ def test_nginx_protocol_same_decision_for_every_split(
     # nginx sees the same either way.
     data = head + b"\r\n\r\n"
     data = data[: data.index(b"\r\n\r\n") + 4]
-    kind, _ = same_for_splits(data, plan, lambda chunks: serve(loop, chunks))
+    kind, reply = same_for_splits(data, plan, lambda chunks: serve(loop, chunks))
+    # A decision that had to wait gives the same bytes as one made at once.
+    assert same_for_splits(data, plan, lambda chunks: serve(loop, chunks, later=True)) == (
+        kind, reply)
     event(kind)
 
 

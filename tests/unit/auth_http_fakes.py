@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from authsvc.http.app import create_app
-from authsvc.http.wire import NginxSockSite
+from authsvc.http.site import NginxSockSite
 from authsvc.maps import MapBackend, MapEntry, MapUnavailable
 from authsvc.maps.cached import CachedMap
 from authsvc.metrics import Metrics

@@ -154,7 +154,7 @@ async def test_unix_socket(tmp_path: Path) -> None:
     app = make_app(seed_settings(), make_maps())
     from aiohttp import web
 
-    from authsvc.http.wire import NginxSockSite
+    from authsvc.http.site import NginxSockSite
 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
