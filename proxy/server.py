@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import signal
@@ -42,6 +41,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from authsvc.accepting import accept_batch
 from authsvc.http.server import HANDLED_SIGNALS
 from authsvc.http.workers import ListenError, bind_tcp, make_run_dir, supervise
 from authsvc.log import configure_logging
@@ -235,26 +235,19 @@ class ProxyServer:
     # --- accepting ----------------------------------------------------------------
 
     def _accept_ready(self, context: ListenerContext, listening: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, peer = listening.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                # Out of descriptors: pause this socket briefly rather than spin.
-                log.error("", extra={"fields": {"event": "accept_failed",
-                                                "listener": context.listener.name,
-                                                "error": exc.strerror}})
-                loop = asyncio.get_running_loop()
-                loop.remove_reader(listening.fileno())
-                loop.call_later(ACCEPT_PAUSE, self._resume_accepting, context, listening)
-                return
+        def accepted(conn: socket.socket, peer: object) -> None:
             conn.setblocking(False)
             self._accepted(context, conn, _inet(peer))
+
+        exhausted = accept_batch(listening, ACCEPT_BATCH, accepted)
+        if exhausted is not None:
+            # Out of descriptors: pause this socket briefly rather than spin.
+            log.error("", extra={"fields": {"event": "accept_failed",
+                                            "listener": context.listener.name,
+                                            "error": exhausted.strerror}})
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(listening.fileno())
+            loop.call_later(ACCEPT_PAUSE, self._resume_accepting, context, listening)
 
     def _resume_accepting(self, context: ListenerContext, listening: socket.socket) -> None:
         if not self._stopping and listening.fileno() >= 0:

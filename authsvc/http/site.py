@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from authsvc.accepting import accept_batch
 from authsvc.http.app import AUTH, SETTINGS
 from authsvc.http.auth_http import AuthService, Outcome
 from authsvc.http.wire import (
@@ -52,7 +52,6 @@ ACCEPT_BATCH = 64
 ACCEPT_RETRY_DELAY = 1.0
 #: Seconds the kernel holds a connection that has sent nothing (TCP_DEFER_ACCEPT).
 DEFER_ACCEPT_SECONDS = 5
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Acceptor:
@@ -96,25 +95,24 @@ class Acceptor:
             self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, address = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # nothing more waiting
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    logger.error("accept failed: %s", exc)
-                    return
-                # Linux keeps reporting the socket readable: pause, as asyncio does.
-                logger.error("accept failed: %s; pausing for %gs", exc, ACCEPT_RETRY_DELAY)
-                self._loop.remove_reader(self._sock.fileno())
-                self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
-                return
-            try:
-                self._serve(conn, address)
-            except Exception:  # one connection's trouble must not stop accepting
-                logger.exception("auth_http connection failed")
-                conn.close()
+        try:
+            exhausted = accept_batch(self._sock, ACCEPT_BATCH, self._accepted)
+        except OSError as exc:
+            logger.error("", extra={"fields": {"event": "accept_failed", "error": str(exc)}})
+            return
+        if exhausted is not None:
+            logger.error("", extra={"fields": {"event": "accept_failed",
+                                            "error": exhausted.strerror,
+                                            "retry_in": ACCEPT_RETRY_DELAY}})
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+
+    def _accepted(self, conn: socket.socket, address: object) -> None:
+        try:
+            self._serve(conn, address)
+        except Exception:  # one connection's trouble must not stop accepting
+            logger.exception("auth_http connection failed")
+            conn.close()
 
     def _serve(self, conn: socket.socket, address: object) -> None:
         try:

@@ -49,11 +49,13 @@ def start(args: list[str], log: Path, ready: Callable[[], bool]) -> subprocess.P
     return process
 
 
-def exhaust(port: int, log: Path, marker: str) -> list[socket.socket]:
-    """Idle connections until the server logs that accept failed."""
+def exhaust(port: int, log: Path, marker: str, hello: bytes = b"") -> list[socket.socket]:
+    """Idle connections, each sending ``hello``, until the server logs that accept failed."""
     idle = []
     for _ in range(IDLE):
-        idle.append(socket.create_connection((HOST, port), timeout=5))
+        sock = socket.create_connection((HOST, port), timeout=5)
+        sock.sendall(hello)
+        idle.append(sock)
     deadline = time.monotonic() + 10
     while marker not in log.read_text(errors="replace"):
         assert time.monotonic() < deadline, log.read_text()[-3000:]
@@ -118,8 +120,10 @@ def test_serve_listener_survives_emfile(tmp_path: Path) -> None:
                     lambda: "event=listening" in log.read_text())
     try:
         assert ask(port, "alice")["Auth-Server"] == "127.0.0.2"
-        # asyncio's own accept loop logs this and retries a second later.
-        idle = exhaust(port, log, "out of system resource")
+        # Each sends the start of a head and waits: serve's listening socket
+        # defers accept until data arrives (site.py), and holds a connection
+        # whose head is incomplete.  Its acceptor pauses and retries a second later.
+        idle = exhaust(port, log, "event=accept_failed", b"GET /auth HTTP/1.0\r\n")
         assert process.poll() is None
         for sock in idle:
             sock.close()
