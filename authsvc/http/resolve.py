@@ -53,25 +53,31 @@ class Resolver:
         self._pending: dict[str, asyncio.Future[str]] = {}
 
     def known(self, host: str) -> str | None:
-        """The address for ``host`` when it needs no lookup (a literal seen before)."""
-        return self._literals.get(host)
+        """The address for ``host`` when it needs no lookup: a literal, or a name resolved lately.
+
+        None means :meth:`resolve` must be awaited (a name not resolved in the
+        last ``ttl`` seconds, or a literal nginx cannot take).
+        """
+        found = self._literals.get(host)
+        if found is not None:
+            return found
+        literal = literal_address(host)
+        if literal is None:
+            return self._names.get(host)
+        if literal == _INADDR_NONE:
+            return None  # resolve() says why
+        if len(self._literals) >= self._max_size:
+            self._literals.clear()
+        self._literals[host] = literal
+        return literal
 
     async def resolve(self, host: str) -> str:
         """The address to put in ``Auth-Server``; raises :class:`ResolveError`."""
-        known = self._literals.get(host)
+        known = self.known(host)
         if known is not None:
             return known
-        literal = literal_address(host)
-        if literal is not None:
-            if literal == _INADDR_NONE:
-                raise ResolveError(f"{host} cannot be sent to nginx")
-            if len(self._literals) >= self._max_size:
-                self._literals.clear()
-            self._literals[host] = literal
-            return literal
-        cached = self._names.get(host)
-        if cached is not None:
-            return cached
+        if literal_address(host) is not None:  # only INADDR_NONE is not known()
+            raise ResolveError(f"{host} cannot be sent to nginx")
         pending = self._pending.get(host)
         if pending is None:
             pending = asyncio.ensure_future(self._lookup(host))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from authsvc.log import (
+    FLUSH_DELAY,
+    FLUSH_LINES,
     BatchedLog,
     KeyValueFormatter,
     PasswordFilter,
@@ -229,3 +232,30 @@ def test_batched_direct_lines_equal_the_record_path(fmt: str) -> None:
     assert direct.count("\n") == 2
     assert "hunter2" not in direct
     assert "warning" in direct.splitlines()[1]
+
+
+async def test_batched_lines_wait_at_most_flush_delay_and_warnings_go_at_once() -> None:
+    logger = logging.getLogger("authsvc.test.batched.timing")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    stream = io.StringIO()
+    logger.handlers = [make_handler(LogSettings(), stream)]
+    try:
+        batch = BatchedLog(logger, "x.py")
+        batch.log(logging.INFO, {"event": "auth", "n": 1})
+        batch.log(logging.INFO, {"event": "auth", "n": 2})
+        assert stream.getvalue() == ""  # queued, not written per line
+        await asyncio.sleep(FLUSH_DELAY + 0.05)
+        assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["n=1", "n=2"]
+
+        batch.log(logging.INFO, {"event": "auth", "n": 3})
+        batch.log(logging.WARNING, {"event": "auth", "n": 4})
+        # The warning is written at once, after the line queued before it.
+        assert [line.split()[-1] for line in stream.getvalue().splitlines()] == [
+            "n=1", "n=2", "n=3", "n=4"]
+
+        for n in range(FLUSH_LINES):  # a full batch does not wait for the timer
+            batch.log(logging.INFO, {"event": "auth", "n": n})
+        assert stream.getvalue().count("\n") == 4 + FLUSH_LINES
+    finally:
+        logger.handlers = []
