@@ -8,7 +8,8 @@ Perdition gets from ``getnameinfo()``, is an argument.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from authsvc.settings import LoginPolicy, Stage
 
@@ -17,15 +18,19 @@ _ASCII_LOWER = "abcdefghijklmnopqrstuvwxyz"
 # str.lower() would fold non-ASCII letters too (and "İ" into two characters).
 # Perdition calls tolower() byte by byte with no setlocale(), so only A-Z change.
 _ASCII_FOLD = str.maketrans(_ASCII_UPPER, _ASCII_LOWER)
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class LoginRejected(ValueError):
     """A login that is refused before any lookup (too long, NUL, control bytes)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of the normalisation, for ``authsvc lookup``'s explanation."""
+class Step(NamedTuple):
+    """One step of the normalisation, for ``authsvc lookup``'s explanation.
+
+    A named tuple, not a frozen dataclass: two are made for every login, and a
+    tuple is several times cheaper to build.
+    """
 
     name: str
     value: str
@@ -42,7 +47,7 @@ def check_login(login: str, policy: LoginPolicy) -> None:
         raise LoginRejected("empty login")
     if len(login.encode("utf-8", "surrogateescape")) > policy.max_login_length:
         raise LoginRejected(f"login longer than {policy.max_login_length} bytes")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in login):
+    if _CONTROL.search(login) is not None:
         raise LoginRejected("control character in login")
 
 

@@ -35,6 +35,11 @@ class Stage(enum.Enum):
     LOOKUP = "lookup"
     BACKEND_LOGIN = "backend_login"
 
+    # Members are singletons, so identity hashing is right; Enum's own
+    # __hash__ is a Python-level call, and every login asks "stage in ..."
+    # of three frozensets twice.
+    __hash__ = object.__hash__
+
 
 class ListenTls(enum.Enum):
     """How a listener offers TLS to clients (Perdition ``ssl_mode`` *_listen bits)."""

@@ -38,10 +38,14 @@ MAX_HEAD = 65536
 #: aiohttp's per-line limit as ``server.py`` configures it; a longer line is
 #: handed to aiohttp, which answers 400, so both paths refuse the same heads.
 MAX_FIELD_SIZE = 32768
-_REQUEST_LINE = re.compile(r"GET ([^ ]+) HTTP/1\.([01])")
-# Header names (RFC 9110 §5.6.2 tokens), one per line: all checked with one match.
-_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is allowed in a value
+# The whole head in one match: the request line, then "Name: value" lines whose
+# names are RFC 9110 §5.6.2 tokens and whose values hold no control character
+# but HTAB (so no bare CR or LF either; a folded line starts with a space).
+_FIELD_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = r"[^\x00-\x08\x0a-\x1f\x7f]*"
+_HEAD = re.compile(
+    rf"GET ([^ \x00-\x08\x0a-\x1f\x7f]+) HTTP/1\.([01])((?:\r\n{_FIELD_NAME}:{_VALUE})*)")
+_FIELD = re.compile(r"\r\n([^:]+):([^\r]*)")
 
 
 def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
@@ -54,19 +58,14 @@ def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
     # aiohttp reads header values as UTF-8 with surrogateescape; so do we, so
     # that decode_escaped() gets the same text from either path.
     text = head.decode("utf-8", "surrogateescape")
-    request_line, *lines = text.split("\r\n")
-    match = _REQUEST_LINE.fullmatch(request_line)
+    match = _HEAD.fullmatch(text)
     if match is None or match.group(1).split("?", 1)[0] != path:
         return None
-    if _CONTROL.search(text.replace("\r\n", "")) is not None:
-        return None  # a bare CR or LF, or a control character in a value
     headers: dict[str, str] = {}
-    names = []
-    for line in lines:
-        name, colon, value = line.partition(":")
-        if not colon or len(line) > MAX_FIELD_SIZE:
+    long_lines_possible = len(text) > MAX_FIELD_SIZE
+    for name, value in _FIELD.findall(match.group(3)):
+        if long_lines_possible and len(name) + 1 + len(value) > MAX_FIELD_SIZE:
             return None
-        names.append(name)
         key = name.lower()
         if key in headers:
             # nginx never repeats a header; aiohttp refuses a repeated singleton
@@ -74,8 +73,6 @@ def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
             # repeat of any name goes to aiohttp to decide.
             return None
         headers[key] = value.strip(" \t")
-    if lines and _NAMES.fullmatch("\n".join(names)) is None:
-        return None  # not "Name: value" (a folded line starts with a space)
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
         return None
     minor = int(match.group(2))

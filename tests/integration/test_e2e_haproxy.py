@@ -122,12 +122,12 @@ def test_a_node_with_a_stopped_part_leaves_the_pool(stack: Stack, part: str) -> 
         states = _states(stack)
         assert all(states[(backend, second.name)] == "UP" for backend in BACKENDS), states
         # Clients keep logging in, through the other node only.
-        before = len(second.serve.decisions())
+        before = len(second.serve.decisions(settle=True))
         for n in range(4):
             user = stack.users_on("b")[40 + n]
             assert _login_imap(stack, user.local, user.password) == "store-b"
             assert _login_pop3(stack, user.local, user.password) == "store-b"
-        assert len(second.serve.decisions()) - before == 8
+        assert len(second.serve.decisions(settle=True)) - before == 8
     finally:
         if part == "serve":
             first.serve.start()

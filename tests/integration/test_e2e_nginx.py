@@ -83,7 +83,7 @@ def test_every_spelling_reaches_the_mapped_store(
 ) -> None:
     client, tls, listener = TRANSPORTS[transport]
     serve = stack.nodes[0].serve
-    before = len(serve.decisions())
+    before = len(serve.decisions(settle=True))
     assert client(stack, tls, login, "bob-secret") == "store-b"
     decision = serve.wait_for_decision(since=before, login=login, listener=listener)
     assert decision["key"] == "bob@riseup.net"
@@ -181,7 +181,7 @@ def test_pop3_capabilities_before_and_after_stls(stack: Stack) -> None:
 
 def test_wrong_password_is_refused_by_the_store_and_nginx_closes(stack: Stack) -> None:
     serve = stack.nodes[0].serve
-    before = len(serve.decisions())
+    before = len(serve.decisions(settle=True))
     with RawLines(stack.front_address, stack.port("imap4")) as conn:
         conn.line()
         # The store's own refusal, passed through (proxy_pass_error_message on).
@@ -203,7 +203,7 @@ def test_wrong_password_pop3(stack: Stack) -> None:
 
 def test_unknown_user_is_refused_after_auth_wait_and_may_retry(stack: Stack) -> None:
     serve = stack.nodes[0].serve
-    before = len(serve.decisions())
+    before = len(serve.decisions(settle=True))
     with RawLines(stack.front_address, stack.port("imap4")) as conn:
         conn.line()
         started = time.monotonic()

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from authsvc.http.app import create_app
+from authsvc.http.app import AUTH, create_app
 from authsvc.http.auth_http import TEXT_INVALID, TEXT_TEMPORARY
 from authsvc.redact import Secret
 from authsvc.settings import (
@@ -113,6 +113,7 @@ async def test_outage_serves_stale_refuses_temporarily_stays_ready_and_recovers(
     await asyncio.sleep(0.7)  # bob's cached route expires; only the stale copy is left
 
     assert (await auth(client, "Bob"))["Auth-Server"] == "127.0.0.2"
+    client.app[AUTH].flush_log()  # decision lines are batched (authsvc/log.py)
     stale = [r for r in caplog.records if getattr(r, "fields", {}).get("source") == "stale"]
     assert stale, "bob was not served from the stale store"
     assert await auth(client, "alice") == {"Auth-Status": TEXT_TEMPORARY, "Auth-Wait": "3"}

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
+from authsvc.log import FLUSH_DELAY
 from tests.services.ports import free_port
 
 START_TIMEOUT = 20.0
@@ -155,8 +156,15 @@ class ServeProcess:
         """The last lines of the log, for error messages."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def decisions(self) -> list[dict[str, str | None]]:
-        """Every ``event=auth`` log line so far, parsed (oldest first)."""
+    def decisions(self, settle: bool = False) -> list[dict[str, str | None]]:
+        """Every ``event=auth`` log line so far, parsed (oldest first).
+
+        serve writes decision lines up to ``FLUSH_DELAY`` late (authsvc/log.py);
+        ``settle`` first waits that long, so that a count taken before or after
+        an action includes every decision already made.
+        """
+        if settle:
+            time.sleep(FLUSH_DELAY + 0.1)
         return [
             parse_fields(line) for line in self.log_text().splitlines()
             if " event=auth " in f" {line} "
