@@ -147,49 +147,48 @@ class Router:
 
     async def route(self, request: LoginRequest) -> Decision:
         """Route one login attempt."""
-        trace = await self.trace(request)
-        assert trace.decision is not None
-        return trace.decision
+        decision = self.route_now(request)
+        return decision if isinstance(decision, Route | Refusal) else await decision
 
-    def route_now(self, request: LoginRequest) -> Decision | None:
-        """Route without waiting, or None when the map itself must be asked.
+    def route_now(self, request: LoginRequest) -> Decision | Awaitable[Decision]:
+        """:meth:`route` without waiting when nothing needs waiting for.
 
         A cached answer (or a refusal that needs no map) is decided here, in
         the caller's stack frame: nginx's auth requests are answered without a
-        task or a coroutine (``authsvc/http/wire.py``).  None is returned
-        before anything is counted or rotated, so the caller then simply
-        awaits :meth:`route` for the same request.
+        task or a coroutine (``authsvc/http/wire.py``).  Otherwise the rest,
+        asking the map, is returned as an awaitable the caller must await.
         """
         prepared = self._prepare(request, None)
-        if not isinstance(prepared, _Prepared):
+        if isinstance(prepared, Refusal):
             return prepared
         peek: Callable[[str], Peeked] | None = getattr(prepared.backend, "peek", None)
-        if peek is None:
-            return None  # not a cache: only lookup() can answer
-        entry = peek(prepared.key)
-        if entry is NOT_CACHED:
-            return None
-        return self._finish(request, prepared, entry, "map", None)
+        if peek is not None:  # a cache: it may know the answer already
+            entry = peek(prepared.key)
+            if entry is not NOT_CACHED:
+                return self._finish(request, prepared, entry, "map", None)
+        return self._ask_map(request, prepared, None)
 
     async def trace(self, request: LoginRequest) -> Trace:
         """Route one login attempt and record every step on the way."""
         started = time.perf_counter()
         trace = Trace()
-        trace.decision = await self._decide(request, trace)
+        prepared = self._prepare(request, trace)
+        trace.decision = (prepared if isinstance(prepared, Refusal)
+                          else await self._ask_map(request, prepared, trace))
         trace.seconds = time.perf_counter() - started
         return trace
 
-    async def _decide(self, request: LoginRequest, trace: Trace) -> Decision:
-        prepared = self._prepare(request, trace)
-        if not isinstance(prepared, _Prepared):
-            return prepared
+    async def _ask_map(self, request: LoginRequest, prepared: _Prepared,
+                       trace: Trace | None) -> Decision:
+        """The map's answer (through its cache) made into a decision."""
         listener, key, backend = prepared.listener, prepared.key, prepared.backend
-        trace.map_description = backend.describe()
-        source = "map"
+        if trace is not None:
+            trace.map_description = backend.describe()
         try:
             entry = await backend.lookup(key)
         except MapUnavailable as exc:
-            trace.map_answer = f"unavailable: {exc}"
+            if trace is not None:
+                trace.map_answer = f"unavailable: {exc}"
             on_error = getattr(listener.map, "default_server_on_error", False)
             if not (on_error and listener.default_servers):
                 return Refusal(
@@ -197,8 +196,9 @@ class Router:
                 )
             entry = None
         else:
-            trace.map_answer = str(entry) if entry is not None else "no entry"
-        return self._finish(request, prepared, entry, source, trace)
+            if trace is not None:
+                trace.map_answer = str(entry) if entry is not None else "no entry"
+        return self._finish(request, prepared, entry, "map", trace)
 
     def _prepare(self, request: LoginRequest, trace: Trace | None) -> _Prepared | Refusal:
         """Listener, login checks and the lookup key: everything before the map."""

@@ -35,7 +35,7 @@ from authsvc.http.resolve import ResolveError, Resolver
 from authsvc.log import BatchedLog
 from authsvc.metrics import Metrics
 from authsvc.redact import Secret
-from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
+from authsvc.routing import Decision, FailureKind, LoginRequest, Refusal, Route, Router
 from authsvc.settings import MailProtocol, Settings
 from authsvc.throttle.service import Throttle
 
@@ -329,16 +329,15 @@ class AuthService:
         if self._throttle is not None:
             return self._decide_throttled(self._throttle, router, request, parsed)
         decision = router.route_now(request)
-        if decision is None:
-            return self._decide_later(router, request, parsed)
+        if isinstance(decision, Route):
+            return self._answer_route(decision, parsed)
         if isinstance(decision, Refusal):
             return self._refusal(decision, parsed.attempt)
-        return self._answer_route(decision, parsed)
+        return self._decide_later(decision, parsed)
 
-    async def _decide_later(self, router: Router, request: LoginRequest,
-                            parsed: AuthRequest) -> Outcome:
-        """The route once the map has answered (a cache miss)."""
-        decision = await router.route(request)
+    async def _decide_later(self, pending: Awaitable[Decision], parsed: AuthRequest) -> Outcome:
+        """The reply once the map has answered (a cache miss)."""
+        decision = await pending
         if isinstance(decision, Refusal):
             return self._refusal(decision, parsed.attempt)
         return await self._settled(self._answer_route(decision, parsed))

@@ -160,9 +160,12 @@ class Acceptor:
             except BaseException:
                 conn.close()  # cancelled (shutdown past the drain timeout)
                 raise
-            await self._send_rest(conn, self._replies.get(minor, outcome.headers))
+            self._reply(conn, self._replies.get(minor, outcome.headers))
 
-        self._spawn(reply(), conn)
+        conn.setblocking(False)
+        task = self._loop.create_task(reply())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _send_rest(self, conn: socket.socket, data: bytes) -> None:
         try:
