@@ -205,3 +205,27 @@ async def test_out_of_descriptors_pauses_accepting_then_resumes(
     finally:
         acceptor.stop()
         await runner.cleanup()
+
+
+async def test_ipv6_listener(gated: GatedMap) -> None:
+    gated.gate.set()
+    app = make_app(seed_settings(), cached_maps(gated))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.bind(("::1", 0))
+    except OSError:
+        sock.close()
+        await runner.cleanup()
+        pytest.fail("no ::1 here: the brief's loopback includes it")
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    await site.NginxSockSite(runner, sock).start()
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+        for _ in range(2):  # a miss (through a task), then a hit (in the accept callback)
+            reply = parse_reply(await exchange(port, nginx_request(b"Bob"), host="::1"))
+            assert (reply.get("Auth-Status"), reply.get("Auth-Server")) == ("OK", "10.0.0.5")
+    finally:
+        await runner.cleanup()
