@@ -165,7 +165,7 @@ class Router:
         if peek is not None:  # a cache: it may know the answer already
             entry = peek(prepared.key)
             if entry is not NOT_CACHED:
-                return self._finish(request, prepared, entry, "map", None)
+                return self._finish(request, prepared, entry, None)
         return self._ask_map(request, prepared, None)
 
     async def trace(self, request: LoginRequest) -> Trace:
@@ -198,7 +198,7 @@ class Router:
         else:
             if trace is not None:
                 trace.map_answer = str(entry) if entry is not None else "no entry"
-        return self._finish(request, prepared, entry, "map", trace)
+        return self._finish(request, prepared, entry, trace)
 
     def _prepare(self, request: LoginRequest, trace: Trace | None) -> _Prepared | Refusal:
         """Listener, login checks and the lookup key: everything before the map."""
@@ -225,11 +225,10 @@ class Router:
         return _Prepared(listener, key, self._maps[listener.name])
 
     def _finish(self, request: LoginRequest, prepared: _Prepared, entry: MapEntry | None,
-                source: str, trace: Trace | None) -> Decision:
+                trace: Trace | None) -> Decision:
         """The map's answer (None: absent or unavailable) made into a route or refusal."""
         listener, policy = prepared.listener, prepared.listener.login
-        if entry is not None and entry.stale:
-            source = "stale"
+        source = "stale" if entry is not None and entry.stale else "map"
         if entry is None:
             entry = self._default_server(listener)
             source = "default"

@@ -1,14 +1,17 @@
 """nginx's side of the socket: answer its one-shot auth requests directly, hand the rest to aiohttp.
 
 nginx sends one ``GET <uri> HTTP/1.0`` per login on a fresh connection, reads
-the reply headers and closes (nginx-haproxy.md §0 rule 1, §1.1).  Such a request
-is read here, line by line, and answered by the same
-:meth:`AuthService.answer <authsvc.http.auth_http.AuthService.answer>` that the
-aiohttp handler calls; aiohttp's request machinery is not involved.  That
-halves the CPU a login costs (docs/benchmarks.md).  Anything else on the
-socket (HTTP/1.1 keep-alive, a body, another path, ``/readyz``, a malformed
-head) is handed, bytes unchanged, to aiohttp, which parses it as usual; a head
-past aiohttp's size limits is refused here with a 431 that quotes nothing.
+the reply headers and closes (nginx-haproxy.md §0 rule 1, §1.1).
+:func:`examine` (sans-IO) says what the bytes read so far are: such a request,
+matched whole by one regular expression, is answered by
+:meth:`AuthService.answer_now <authsvc.http.auth_http.AuthService.answer_now>`,
+the first half of the ``answer()`` the aiohttp handler awaits; aiohttp's
+request machinery is not involved.  ``site.py`` does this inside its accept
+callback when the first read holds the request; :class:`NginxProtocol` does
+it on an asyncio connection otherwise.  Anything else on the socket (HTTP/1.1
+keep-alive, a body, another path, ``/readyz``, a malformed head) is handed,
+bytes unchanged, to aiohttp, which parses it as usual; a head past aiohttp's
+size limits is refused here with a 431 that quotes nothing.
 
 DEL (0x7F): nginx escapes only 0x00-0x1F, space and ``%`` in
 ``Auth-User``/``Auth-Pass`` (§1.3), so a password containing DEL arrives raw,
