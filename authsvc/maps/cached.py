@@ -4,8 +4,10 @@
   with their own TTLs (``CacheSettings.ttl`` and ``negative_ttl``) and one size
   bound.  cachetools' decorators do not await coroutines (tkem/cachetools#112),
   so the caches are used as plain mappings here.
-* Concurrent lookups of one key share one query to the map (a dict of tasks),
-  so a burst of logins for one mailbox costs the database one SELECT.
+* Concurrent lookups of one key share one query to the map: the first caller
+  asks in its own task and leaves a future for the others (a dict of them),
+  so a burst of logins for one mailbox costs the database one SELECT.  If the
+  first caller gives up (cancelled), the others ask again.
 * :class:`MapUnavailable` is never cached.  While the map raises it, a route
   learnt less than ``ttl + stale_if_error`` seconds ago is served from a
   separate bounded store with ``stale=True`` (Perdition has no cache and fails
@@ -23,7 +25,6 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import TypeVar
 
 from cachetools import TTLCache
@@ -57,6 +58,16 @@ class CacheStats:
     map_up: bool = True
 
 
+class _Abandoned(Exception):
+    """The caller that was asking the map gave up before it answered."""
+
+
+def _settle(shared: asyncio.Future[MapEntry | None], exc: BaseException) -> None:
+    """Pass ``exc`` to the callers sharing a query; marked retrieved, as there may be none."""
+    shared.set_exception(exc)
+    shared.exception()
+
+
 def _put(cache: TTLCache[str, V], key: str, value: V) -> None:
     if cache.maxsize > 0:  # max_size 0 turns the store off (TTLCache would raise)
         cache[key] = value
@@ -85,7 +96,7 @@ class CachedMap:
             settings.ttl + max(settings.stale_if_error, 0.0),
             timer=clock,
         )
-        self._inflight: dict[str, asyncio.Task[MapEntry | None]] = {}
+        self._inflight: dict[str, asyncio.Future[MapEntry | None]] = {}
         # Bumped by invalidate(): a query that started before must not refill the cache.
         self._generation = 0
         self.stats = CacheStats()
@@ -123,17 +134,24 @@ class CachedMap:
     async def _wait_for_map(self, key: str) -> MapEntry | None:
         stats = self.stats
         stats.misses += 1
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._ask(key, self._generation))
-            self._inflight[key] = task
-            task.add_done_callback(partial(self._forget, key))
-        else:
-            stats.coalesced += 1
         try:
-            # shield: one caller giving up (client gone) must not cancel the
-            # query the others are waiting for.
-            return await asyncio.shield(task)
+            while True:
+                shared = self._inflight.get(key)
+                if shared is None:
+                    return await self._ask(key)
+                stats.coalesced += 1
+                try:
+                    # shield: this caller giving up (client gone) must not
+                    # cancel the answer the others are waiting for.
+                    return await asyncio.shield(shared)
+                except _Abandoned:
+                    # The caller that asked gave up.  Another may have asked
+                    # again and been answered already; else ask again.
+                    entry = self._hits.get(key)
+                    if entry is not None:
+                        return entry
+                    if key in self._misses:
+                        return None
         except MapUnavailable:
             stale = self._stale.get(key)
             if stale is None:
@@ -141,13 +159,32 @@ class CachedMap:
             stats.stale += 1
             return stale
 
-    async def _ask(self, key: str, generation: int) -> MapEntry | None:
+    async def _ask(self, key: str) -> MapEntry | None:
+        """Ask the map, in the first caller's own task; later callers share the answer.
+
+        No task of its own: a miss is a login's whole cost after a hit, and a
+        task, its shield and their callbacks were a quarter of it.  If this
+        caller gives up, the callers sharing its query ask again.
+        """
+        shared: asyncio.Future[MapEntry | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        generation = self._generation
         try:
             entry = await self._inner.lookup(key)
-        except MapUnavailable:
+        except MapUnavailable as exc:
             self.stats.errors += 1
             self.stats.map_up = False
+            _settle(shared, exc)
             raise
+        except Exception as exc:  # a bug: every caller sees it, as the first one does
+            _settle(shared, exc)
+            raise
+        except BaseException:  # cancelled: the first caller gave up
+            _settle(shared, _Abandoned())
+            raise
+        finally:
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
         self.stats.map_up = True
         if generation == self._generation:
             if entry is None:
@@ -157,13 +194,8 @@ class CachedMap:
                 _put(self._hits, key, entry)
                 # MapEntry(...) directly: dataclasses.replace costs several times more.
                 _put(self._stale, key, MapEntry(entry.host, entry.port, entry.user, stale=True))
+        shared.set_result(entry)
         return entry
-
-    def _forget(self, key: str, task: asyncio.Task[MapEntry | None]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception never retrieved" when all callers left
 
     def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
         """Drop one key, every key ending in ``@domain``, or (neither given) everything.

@@ -106,7 +106,29 @@ async def test_concurrent_lookups_share_one_query(inner: FakeMap, clock: Clock) 
     assert cache.stats.coalesced == 49
 
 
-async def test_one_caller_giving_up_does_not_cancel_the_others(
+async def test_one_caller_giving_up_does_not_leave_the_others_without_an_answer(
+    inner: FakeMap, clock: Clock
+) -> None:
+    cache = cached(inner, clock)
+    inner.gate = asyncio.Event()
+    first = asyncio.create_task(cache.lookup("bob@riseup.net"))
+    second = asyncio.create_task(cache.lookup("bob@riseup.net"))
+    third = asyncio.create_task(cache.lookup("bob@riseup.net"))
+    await asyncio.sleep(0)
+    assert cache.stats.coalesced == 2
+    first.cancel()  # the caller whose task was asking the map
+    inner.gate.set()
+    assert await second == BOB
+    assert await third == BOB
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await cache.lookup("bob@riseup.net") == BOB  # and the answer was cached
+    # The first caller asked in its own task; when it gave up, one of the
+    # others asked again, and the last one shared that second query.
+    assert inner.calls == ["bob@riseup.net"] * 2
+
+
+async def test_a_follower_giving_up_does_not_cancel_the_query(
     inner: FakeMap, clock: Clock
 ) -> None:
     cache = cached(inner, clock)
@@ -114,12 +136,11 @@ async def test_one_caller_giving_up_does_not_cancel_the_others(
     first = asyncio.create_task(cache.lookup("bob@riseup.net"))
     second = asyncio.create_task(cache.lookup("bob@riseup.net"))
     await asyncio.sleep(0)
-    first.cancel()
+    second.cancel()
     inner.gate.set()
-    assert await second == BOB
+    assert await first == BOB
     with pytest.raises(asyncio.CancelledError):
-        await first
-    assert await cache.lookup("bob@riseup.net") == BOB  # and the answer was cached
+        await second
     assert inner.calls == ["bob@riseup.net"]
 
 
