@@ -340,7 +340,8 @@ class AuthService:
         decision = await pending
         if isinstance(decision, Refusal):
             return self._refusal(decision, parsed.attempt)
-        return await self._settled(self._answer_route(decision, parsed))
+        outcome = self._answer_route(decision, parsed)
+        return outcome if isinstance(outcome, Outcome) else await outcome
 
     async def _decide_throttled(self, throttle: Throttle, router: Router, request: LoginRequest,
                                 parsed: AuthRequest) -> Outcome:
@@ -359,11 +360,8 @@ class AuthService:
             if decision.kind in _COUNTED:
                 await self._throttled(throttle, parsed, outcome)
             return outcome
-        return await self._settled(self._answer_route(decision, parsed))
-
-    @staticmethod
-    async def _settled(outcome: Outcome | Awaitable[Outcome]) -> Outcome:
-        return outcome if isinstance(outcome, Outcome) else await outcome
+        answered = self._answer_route(decision, parsed)
+        return answered if isinstance(answered, Outcome) else await answered
 
     def _answer_route(self, route: Route, parsed: AuthRequest) -> Outcome | Awaitable[Outcome]:
         """The reply for a route: at once for an address already known (every IP

@@ -162,7 +162,6 @@ class Acceptor:
                 raise
             self._reply(conn, self._replies.get(minor, outcome.headers))
 
-        conn.setblocking(False)
         task = self._loop.create_task(reply())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
