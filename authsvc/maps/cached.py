@@ -116,14 +116,19 @@ class CachedMap:
         The router's synchronous path (``Router.route_now``) asks this first
         and awaits :meth:`lookup` only for NOT_CACHED.
         """
+        entry = self._cached(key)
+        if entry is None:
+            self.stats.negative_hits += 1
+        elif entry is not NOT_CACHED:
+            self.stats.hits += 1
+        return entry
+
+    def _cached(self, key: str) -> Peeked:
+        """What the route and negative caches hold for ``key``; counts nothing."""
         entry = self._hits.get(key)
         if entry is not None:
-            self.stats.hits += 1
             return entry
-        if key in self._misses:
-            self.stats.negative_hits += 1
-            return None
-        return NOT_CACHED
+        return None if key in self._misses else NOT_CACHED
 
     async def lookup(self, key: str) -> MapEntry | None:
         entry = self.peek(key)
@@ -147,11 +152,9 @@ class CachedMap:
                 except _Abandoned:
                     # The caller that asked gave up.  Another may have asked
                     # again and been answered already; else ask again.
-                    entry = self._hits.get(key)
-                    if entry is not None:
+                    entry = self._cached(key)
+                    if entry is not NOT_CACHED:
                         return entry
-                    if key in self._misses:
-                        return None
         except MapUnavailable:
             stale = self._stale.get(key)
             if stale is None:
