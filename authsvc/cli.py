@@ -165,7 +165,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return reload_command(args)
     if command == "proxy":
-        from proxy.server import main as proxy_main
+        from authsvc.proxy.server import main as proxy_main
 
         return proxy_main(args)
     if command in ("render-nginx", "render-haproxy"):

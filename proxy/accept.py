@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import socket
 
-from proxy.proxy_protocol import DEFAULT_MAX_LENGTH, ProxyHeader, ProxyHeaderReader
+from authsvc.proxy.proxy_protocol import DEFAULT_MAX_LENGTH, ProxyHeader, ProxyHeaderReader
 
 #: How long a refused client may keep sending before the socket is closed anyway.
 LINGER = 2.0

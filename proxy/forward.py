@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from authsvc.proxy.events import Endpoints
+from authsvc.proxy.proxy_protocol import encode_v1, encode_v2
+
 from authsvc.settings import ForwardClient, ProxySettings
-from proxy.events import Endpoints
-from proxy.proxy_protocol import encode_v1, encode_v2
 
 #: Dovecot refuses ID values over 1024 bytes and XCLIENT lines over 1024 (§4.2);
 #: addresses and ports are far below that.

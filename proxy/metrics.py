@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from authsvc.proxy.limits import Refused
+
 from authsvc.metrics import Family, FamilySeries, Metrics
 from authsvc.routing import FailureKind
-from proxy.limits import Refused
 
 SESSIONS = Family("authsvc_proxy_sessions", "gauge",
                   "Logged-in sessions, relaying between client and store.", combine="sum")

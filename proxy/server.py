@@ -41,6 +41,14 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from authsvc.proxy.accept import read_proxy_header, refuse
+from authsvc.proxy.events import Endpoints
+from authsvc.proxy.limits import Admission, IPNetwork, Refused, Ticket, in_networks, parse_networks
+from authsvc.proxy.metrics import ProxyMetrics, families
+from authsvc.proxy.proxy_protocol import ProxyProtocolError
+from authsvc.proxy.session import ListenerContext, Session
+from authsvc.proxy.syslog import AuthLog
+
 from authsvc.accepting import accept_batch
 from authsvc.http.server import HANDLED_SIGNALS
 from authsvc.http.workers import ListenError, bind_tcp, make_run_dir, supervise
@@ -58,13 +66,6 @@ from authsvc.settings import (
     Settings,
 )
 from authsvc.throttle.service import Throttle
-from proxy.accept import read_proxy_header, refuse
-from proxy.events import Endpoints
-from proxy.limits import Admission, IPNetwork, Refused, Ticket, in_networks, parse_networks
-from proxy.metrics import ProxyMetrics, families
-from proxy.proxy_protocol import ProxyProtocolError
-from proxy.session import ListenerContext, Session
-from proxy.syslog import AuthLog
 
 log = logging.getLogger("proxy.server")
 
@@ -472,7 +473,7 @@ async def serve(
     reload_from: ReloadSource | None = None,
 ) -> None:
     """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT; SIGHUP reloads."""
-    from proxy.health import HealthEndpoint  # aiohttp only when asked for
+    from authsvc.proxy.health import HealthEndpoint  # aiohttp only when asked for
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -32,18 +32,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
-from authsvc.settings import (
-    BackendTls,
-    ListenerSettings,
-    ListenTls,
-    LogSettings,
-    MailProtocol,
-    ProxySettings,
-)
-from authsvc.throttle.service import Throttle
-from proxy.authline import perdition_status, secure_name
-from proxy.events import (
+from authsvc.proxy.authline import perdition_status, secure_name
+from authsvc.proxy.events import (
     Authenticate,
     BackendFailed,
     BackendReady,
@@ -64,17 +54,28 @@ from proxy.events import (
     Trace,
     to_wire,
 )
-from proxy.failures import is_auth_failure
-from proxy.forward import backend_options
-from proxy.imap.back import LOGINDISABLED_REASON, ImapBack
-from proxy.imap.front import ImapFront
-from proxy.logline import SessionRecord, address
-from proxy.metrics import ProxyMetrics
-from proxy.pop3.back import Pop3Back
-from proxy.pop3.front import Pop3Front
-from proxy.splice import splice
-from proxy.syslog import AuthLog
-from proxy.transport import Channel
+from authsvc.proxy.failures import is_auth_failure
+from authsvc.proxy.forward import backend_options
+from authsvc.proxy.imap.back import LOGINDISABLED_REASON, ImapBack
+from authsvc.proxy.imap.front import ImapFront
+from authsvc.proxy.logline import SessionRecord, address
+from authsvc.proxy.metrics import ProxyMetrics
+from authsvc.proxy.pop3.back import Pop3Back
+from authsvc.proxy.pop3.front import Pop3Front
+from authsvc.proxy.splice import splice
+from authsvc.proxy.syslog import AuthLog
+from authsvc.proxy.transport import Channel
+
+from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
+from authsvc.settings import (
+    BackendTls,
+    ListenerSettings,
+    ListenTls,
+    LogSettings,
+    MailProtocol,
+    ProxySettings,
+)
+from authsvc.throttle.service import Throttle
 
 log = logging.getLogger("proxy.session")
 

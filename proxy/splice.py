@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.transport import Channel
+from authsvc.proxy.transport import Channel
 
 
 async def _pump(source: Channel, sink: Channel) -> None:

@@ -15,9 +15,10 @@ import os
 import socket
 import time
 
+from authsvc.proxy.authline import auth_line, protocol_name, syslog_datagram
+
 from authsvc.config.fields import parse_hostport
 from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
-from proxy.authline import auth_line, protocol_name, syslog_datagram
 
 log = logging.getLogger("proxy.syslog")
 

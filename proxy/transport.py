@@ -29,7 +29,7 @@ import contextlib
 import ssl
 from collections.abc import Callable
 
-from proxy.tls import TlsEndpoint
+from authsvc.proxy.tls import TlsEndpoint
 
 DEFAULT_HIGH_WATER = 262_144
 

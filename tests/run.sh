@@ -65,12 +65,14 @@ if ! mariadb_up; then
 fi
 
 # --- Python: a venv (PEP 668 forbids a system-wide pip install) ------------
+# The editable install is strict (a tree of links under build/): proxy/ installs
+# as authsvc.proxy, and only a real tree lets mypy resolve that name.
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=strict
 
 # --- Lint, types, tests ----------------------------------------------------
 say "ruff"

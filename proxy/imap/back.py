@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import enum
 
-from authsvc.redact import Secret
-from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls, ForwardClient
-from proxy.events import (
+from authsvc.proxy.events import (
     BackendFailed,
     BackendReady,
     Command,
@@ -35,10 +32,14 @@ from proxy.events import (
     TlsEstablished,
     to_wire,
 )
-from proxy.failures import clip_for_log as _clip
-from proxy.forward import imap_id_arguments, proxy_header
-from proxy.imap.serialise import login_command
-from proxy.linebuffer import LineBuffer, TooLong
+from authsvc.proxy.failures import clip_for_log as _clip
+from authsvc.proxy.forward import imap_id_arguments, proxy_header
+from authsvc.proxy.imap.serialise import login_command
+from authsvc.proxy.linebuffer import LineBuffer, TooLong
+
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind
+from authsvc.settings import BackendTls, ForwardClient
 
 #: Store replies before login are short; this only bounds memory.
 MAX_BACKEND_LINE = 65_536

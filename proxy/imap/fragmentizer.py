@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.linebuffer import LineBuffer, TooLong
+from authsvc.proxy.linebuffer import LineBuffer, TooLong
 
 #: RFC 9051 §9: number = 1*DIGIT, an unsigned 32-bit value.  Longer digit runs
 #: are clamped to one past that, so "{99999999999999999999}" cannot cost a bignum.

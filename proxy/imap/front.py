@@ -19,10 +19,8 @@ import enum
 from collections.abc import Callable
 from typing import ClassVar
 
-from authsvc.routing import FailureKind
-from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
-from proxy import sasl
-from proxy.events import (
+from authsvc.proxy import sasl
+from authsvc.proxy.events import (
     Authenticate,
     Close,
     Command,
@@ -40,12 +38,22 @@ from proxy.events import (
     Trace,
     from_wire,
 )
-from proxy.failures import credentials_ok, is_auth_failure, secret_from_wire
-from proxy.imap import serialise as wire
-from proxy.imap.fragmentizer import Fragment, Fragmentizer, LineFragment, LiteralFragment
-from proxy.imap.grammar import Atom, CommandError, ParenList, astring, parse_command, parse_tag
-from proxy.imap.grammar import Command as ImapCommand
-from proxy.linebuffer import TooLong
+from authsvc.proxy.failures import credentials_ok, is_auth_failure, secret_from_wire
+from authsvc.proxy.imap import serialise as wire
+from authsvc.proxy.imap.fragmentizer import Fragment, Fragmentizer, LineFragment, LiteralFragment
+from authsvc.proxy.imap.grammar import (
+    Atom,
+    CommandError,
+    ParenList,
+    astring,
+    parse_command,
+    parse_tag,
+)
+from authsvc.proxy.imap.grammar import Command as ImapCommand
+from authsvc.proxy.linebuffer import TooLong
+
+from authsvc.routing import FailureKind
+from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 
 #: Words we add or remove ourselves; the operator's list supplies the rest.
 _MANAGED = frozenset({"STARTTLS", "LOGINDISABLED", "SASL-IR"})

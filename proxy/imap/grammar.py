@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.imap.fragmentizer import LiteralFragment
+from authsvc.proxy.imap.fragmentizer import LiteralFragment
 
 #: How deep ID's parenthesised lists may nest before we call it abuse.
 MAX_LIST_DEPTH = 4

@@ -8,7 +8,7 @@ oddly punctuated password reaches the store byte for byte.
 
 from __future__ import annotations
 
-from proxy.imap.grammar import ASTRING_CHARS
+from authsvc.proxy.imap.grammar import ASTRING_CHARS
 
 CRLF = b"\r\n"
 

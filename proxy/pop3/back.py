@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import enum
 
-from authsvc.redact import Secret
-from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls, ForwardClient
-from proxy.events import (
+from authsvc.proxy.events import (
     BackendFailed,
     BackendReady,
     Command,
@@ -32,10 +29,14 @@ from proxy.events import (
     TlsEstablished,
     to_wire,
 )
-from proxy.failures import clip_for_log as _clip
-from proxy.forward import pop3_xclient, proxy_header
-from proxy.linebuffer import LineBuffer, TooLong
-from proxy.pop3 import replies as wire
+from authsvc.proxy.failures import clip_for_log as _clip
+from authsvc.proxy.forward import pop3_xclient, proxy_header
+from authsvc.proxy.linebuffer import LineBuffer, TooLong
+from authsvc.proxy.pop3 import replies as wire
+
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind
+from authsvc.settings import BackendTls, ForwardClient
 
 MAX_BACKEND_LINE = 65_536
 #: A CAPA list longer than this is not a store we want to talk to.

@@ -16,10 +16,8 @@ import enum
 from collections.abc import Callable
 from typing import ClassVar
 
-from authsvc.routing import FailureKind
-from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
-from proxy import sasl
-from proxy.events import (
+from authsvc.proxy import sasl
+from authsvc.proxy.events import (
     Authenticate,
     Close,
     Command,
@@ -37,9 +35,12 @@ from proxy.events import (
     Trace,
     from_wire,
 )
-from proxy.failures import credentials_ok, is_auth_failure, secret_from_wire
-from proxy.linebuffer import LineBuffer, TooLong
-from proxy.pop3 import replies as wire
+from authsvc.proxy.failures import credentials_ok, is_auth_failure, secret_from_wire
+from authsvc.proxy.linebuffer import LineBuffer, TooLong
+from authsvc.proxy.pop3 import replies as wire
+
+from authsvc.routing import FailureKind
+from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 
 #: A TLS record starts 0x16 (RFC 8446 §5.1); no POP3 command does.
 _TLS_HANDSHAKE = 0x16

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.server import ProxyServer
 
 from authsvc.routing import Router, open_router
 from authsvc.settings import (
@@ -25,7 +26,6 @@ from authsvc.settings import (
     Stage,
     TlsSettings,
 )
-from proxy.server import ProxyServer
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert, make_test_pki
 

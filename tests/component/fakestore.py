@@ -15,7 +15,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 
-from proxy.proxy_protocol import ProxyHeader, ProxyHeaderReader
+from authsvc.proxy.proxy_protocol import ProxyHeader, ProxyHeaderReader
 
 #: Text of the store's own refusal: tests check the client never sees it.
 STORE_REFUSAL = "Authentication failed (store-internal detail)."

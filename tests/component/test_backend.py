@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.proxy_protocol import ProxyHeader
 
 from authsvc.settings import (
     BackendOverride,
@@ -17,7 +18,6 @@ from authsvc.settings import (
     ForwardClient,
     ProxySettings,
 )
-from proxy.proxy_protocol import ProxyHeader
 from tests.component.conftest import FAST, running, seed_listeners, write_map
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert, make_ca

@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.proxy_protocol import encode_v2
 
 from authsvc.settings import FileMapSettings, ListenTls, MailProtocol
-from proxy.proxy_protocol import encode_v2
 from tests.component.conftest import FAST, make_listener, running, write_map
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from authsvc.proxy.server import ProxyServer, serve
 
 from authsvc.settings import (
     CacheSettings,
@@ -21,7 +22,6 @@ from authsvc.settings import (
     ProxySettings,
     Settings,
 )
-from proxy.server import ProxyServer, serve
 from tests.component.conftest import FAST, make_listener, write_map
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.proxy_protocol import encode_v1, encode_v2, encode_v2_local
 
 from authsvc.settings import (
     FileMapSettings,
@@ -25,7 +26,6 @@ from authsvc.settings import (
     MailProtocol,
     ProxySettings,
 )
-from proxy.proxy_protocol import encode_v1, encode_v2, encode_v2_local
 from tests.component.conftest import FAST, Proxy, make_listener, running, write_map
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert

@@ -13,11 +13,11 @@ import socket
 import ssl
 
 import pytest
+from authsvc.proxy.events import Credentials
+from authsvc.proxy.server import server_tls_context
 
 from authsvc.redact import Secret
 from authsvc.settings import FileMapSettings, ListenTls, MailProtocol
-from proxy.events import Credentials
-from proxy.server import server_tls_context
 from tests.component.conftest import Proxy, make_listener
 from tests.services.certs import ServerCert
 

@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.server import ProxyConfigError, ProxyServer
 
 from authsvc.routing import open_router
 from authsvc.settings import CacheSettings, ProxySettings, Settings
-from proxy.server import ProxyConfigError, ProxyServer
 from tests.component.conftest import seed_listeners, write_map
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert

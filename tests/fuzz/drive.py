@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from authsvc.routing import FailureKind
-from proxy.events import (
+from authsvc.proxy.events import (
     Authenticate,
     BackendFailed,
     BackendReady,
@@ -31,6 +30,8 @@ from proxy.events import (
     StartTls,
     TlsEstablished,
 )
+
+from authsvc.routing import FailureKind
 from tests.unit.proxy.machines import Machine, merge
 
 Outcome = LoginFailed | LoginSucceeded

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import base64
 
+from authsvc.proxy.sasl import encode_plain
 from hypothesis import strategies as st
-
-from proxy.sasl import encode_plain
 
 MAX_TOKENS = 40
 

@@ -11,13 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import event, example, given
-from hypothesis import strategies as st
-
-from authsvc.redact import Secret
-from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls, ForwardClient, ListenTls
-from proxy.events import (
+from authsvc.proxy.events import (
     Authenticate,
     BackendFailed,
     BackendReady,
@@ -27,9 +21,9 @@ from proxy.events import (
     LoginSucceeded,
     Send,
 )
-from proxy.imap import serialise as wire
-from proxy.imap.back import MAX_BACKEND_LINE, ImapBack
-from proxy.imap.fragmentizer import (
+from authsvc.proxy.imap import serialise as wire
+from authsvc.proxy.imap.back import MAX_BACKEND_LINE, ImapBack
+from authsvc.proxy.imap.fragmentizer import (
     MAX_NUMBER,
     Fragment,
     Fragmentizer,
@@ -37,8 +31,8 @@ from proxy.imap.fragmentizer import (
     LiteralFragment,
     split_announcement,
 )
-from proxy.imap.front import ImapFront
-from proxy.imap.grammar import (
+from authsvc.proxy.imap.front import ImapFront
+from authsvc.proxy.imap.grammar import (
     ASTRING_CHARS,
     ATOM_CHARS,
     MAX_LIST_DEPTH,
@@ -51,9 +45,15 @@ from proxy.imap.grammar import (
     Quoted,
     parse_command,
 )
-from proxy.imap.grammar import (
+from authsvc.proxy.imap.grammar import (
     Command as ImapCommand,
 )
+from hypothesis import event, example, given
+from hypothesis import strategies as st
+
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind
+from authsvc.settings import BackendTls, ForwardClient, ListenTls
 from tests.fuzz.drive import check_front_output, drive_back, drive_front
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
 from tests.fuzz.strategies import imap_client_bytes, imap_store_bytes

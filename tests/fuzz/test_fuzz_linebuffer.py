@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from authsvc.proxy.linebuffer import LineBuffer, TooLong
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.linebuffer import LineBuffer, TooLong
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
 
 _pieces = st.lists(

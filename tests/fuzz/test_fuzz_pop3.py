@@ -9,13 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hypothesis import event, example, given
-from hypothesis import strategies as st
-
-from authsvc.redact import Secret
-from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls, ForwardClient, ListenerSettings, ListenTls
-from proxy.events import (
+from authsvc.proxy.events import (
     Authenticate,
     BackendFailed,
     BackendReady,
@@ -25,9 +19,15 @@ from proxy.events import (
     LoginSucceeded,
     Send,
 )
-from proxy.pop3 import replies as wire
-from proxy.pop3.back import MAX_BACKEND_LINE, Pop3Back
-from proxy.pop3.front import Pop3Front
+from authsvc.proxy.pop3 import replies as wire
+from authsvc.proxy.pop3.back import MAX_BACKEND_LINE, Pop3Back
+from authsvc.proxy.pop3.front import Pop3Front
+from hypothesis import event, example, given
+from hypothesis import strategies as st
+
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind
+from authsvc.settings import BackendTls, ForwardClient, ListenerSettings, ListenTls
 from tests.fuzz.drive import check_front_output, drive_back, drive_front
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
 from tests.fuzz.strategies import pop3_client_bytes, pop3_store_bytes

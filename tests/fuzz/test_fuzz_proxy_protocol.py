@@ -12,10 +12,7 @@ import ipaddress
 import struct
 from collections.abc import Sequence
 
-from hypothesis import event, example, given
-from hypothesis import strategies as st
-
-from proxy.proxy_protocol import (
+from authsvc.proxy.proxy_protocol import (
     DEFAULT_MAX_LENGTH,
     V1_MAX,
     V2_SIGNATURE,
@@ -26,6 +23,9 @@ from proxy.proxy_protocol import (
     encode_v2,
     encode_v2_local,
 )
+from hypothesis import event, example, given
+from hypothesis import strategies as st
+
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
 
 MAX_LENGTH = 256  # a small v2 limit, so fuzzing reaches it

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 
+from authsvc.proxy import sasl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import sasl
 from tests.fuzz.strategies import sasl_responses
 
 _field = st.binary(max_size=20).map(lambda b: b.replace(b"\0", b""))

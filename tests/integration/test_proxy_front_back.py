@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.proxy_protocol import encode_v2
 
-from proxy.proxy_protocol import encode_v2
 from tests.helpers.fail2ban import FILTER_DIR, failregexes, logfile_line, match
 from tests.services.certs import ServerCert, make_ca, make_test_pki
 from tests.services.dovecot import DovecotStore, dovecot_stores

@@ -17,10 +17,14 @@ def test_every_package_is_listed() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(config["tool"]["setuptools"]["packages"])
     found = {
-        ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("authsvc", "proxy")
-        for init in (ROOT / top).rglob("__init__.py")
+        ".".join(i.parent.relative_to(ROOT).parts) for i in (ROOT / "authsvc").rglob("__init__.py")
+    }
+    found |= {
+        ".".join(("authsvc", *i.parent.relative_to(ROOT).parts))
+        for i in (ROOT / "proxy").rglob("__init__.py")
     }
     assert found <= listed
     assert "authsvc.templates" in listed
-    assert config["tool"]["setuptools"]["package-dir"]["authsvc.templates"] == "templates"
+    assert not {name for name in listed if not name.startswith("authsvc")}
+    dirs = config["tool"]["setuptools"]["package-dir"]
+    assert dirs == {"authsvc.proxy": "proxy", "authsvc.templates": "templates"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from authsvc.proxy.events import Command, DataReceived, Event, Send
+
 from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, ProxySettings, TlsSettings
-from proxy.events import Command, DataReceived, Event, Send
 
 PROXY = ProxySettings(max_line_length=256, max_literal_length=64, max_bad_commands=5)
 

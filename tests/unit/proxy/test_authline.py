@@ -9,17 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from authsvc.routing import FailureKind
-from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, ProxySettings
-from proxy.authline import (
+from authsvc.proxy.authline import (
     auth_line,
     perdition_status,
     protocol_name,
     secure_name,
     syslog_datagram,
 )
-from proxy.syslog import AuthLog, SyslogSender
+from authsvc.proxy.syslog import AuthLog, SyslogSender
+
+from authsvc.routing import FailureKind
+from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, ProxySettings
 from tests.helpers.fail2ban import FILTER_DIR, failregexes, logfile_line, match
 
 #: perdition.md §7.2, real samples of Perdition 2.2.

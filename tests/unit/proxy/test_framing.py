@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-
-from proxy.imap.fragmentizer import (
+from authsvc.proxy.imap.fragmentizer import (
     MAX_NUMBER,
     Announcement,
     Fragment,
@@ -15,7 +14,8 @@ from proxy.imap.fragmentizer import (
     LiteralFragment,
     split_announcement,
 )
-from proxy.linebuffer import LineBuffer, TooLong
+from authsvc.proxy.linebuffer import LineBuffer, TooLong
+
 from tests.helpers.feed import all_splits, same_for_all_splits
 
 

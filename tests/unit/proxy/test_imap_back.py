@@ -6,11 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
-
-from authsvc.redact import Secret
-from authsvc.routing import FailureKind
-from authsvc.settings import BackendTls, ForwardClient
-from proxy.events import (
+from authsvc.proxy.events import (
     BackendFailed,
     BackendReady,
     Command,
@@ -22,9 +18,13 @@ from proxy.events import (
     StartTls,
     TlsEstablished,
 )
-from proxy.imap.back import LOGINDISABLED_REASON, ImapBack
-from proxy.imap.serialise import astring, login_command
-from proxy.proxy_protocol import encode_v2
+from authsvc.proxy.imap.back import LOGINDISABLED_REASON, ImapBack
+from authsvc.proxy.imap.serialise import astring, login_command
+from authsvc.proxy.proxy_protocol import encode_v2
+
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind
+from authsvc.settings import BackendTls, ForwardClient
 from tests.helpers.feed import same_for_all_splits
 from tests.unit.proxy.machines import feed, merge
 

@@ -6,10 +6,7 @@ import base64
 from collections.abc import Sequence
 
 import pytest
-
-from authsvc.routing import FailureKind
-from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
-from proxy.events import (
+from authsvc.proxy.events import (
     Authenticate,
     Close,
     Command,
@@ -24,7 +21,10 @@ from proxy.events import (
     TlsEstablished,
     Trace,
 )
-from proxy.imap.front import ImapFront, State
+from authsvc.proxy.imap.front import ImapFront, State
+
+from authsvc.routing import FailureKind
+from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 from tests.helpers.feed import same_for_all_splits
 from tests.unit.proxy.machines import PROXY, feed, imap_listener, merge, sent
 

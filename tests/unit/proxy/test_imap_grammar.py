@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-
-from proxy.imap.fragmentizer import Fragmentizer, LineFragment, LiteralFragment
-from proxy.imap.grammar import (
+from authsvc.proxy.imap.fragmentizer import Fragmentizer, LineFragment, LiteralFragment
+from authsvc.proxy.imap.grammar import (
     Atom,
     Command,
     CommandError,
@@ -17,7 +16,8 @@ from proxy.imap.grammar import (
     parse_command,
     parse_tag,
 )
-from proxy.linebuffer import TooLong
+from authsvc.proxy.linebuffer import TooLong
+
 from tests.helpers.feed import same_for_all_splits
 
 Result = Command | tuple[str | None, str]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from authsvc.proxy.limits import Admission, Refused, Ticket, client_key, in_networks, parse_networks
+
 from authsvc.settings import ProxySettings
-from proxy.limits import Admission, Refused, Ticket, client_key, in_networks, parse_networks
 
 
 def admitted(result: Ticket | Refused) -> Ticket:

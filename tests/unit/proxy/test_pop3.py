@@ -6,17 +6,7 @@ import base64
 from collections.abc import Sequence
 
 import pytest
-
-from authsvc.redact import Secret
-from authsvc.routing import FailureKind
-from authsvc.settings import (
-    BackendTls,
-    ForwardClient,
-    ListenerSettings,
-    ListenTls,
-    ProxySettings,
-)
-from proxy.events import (
+from authsvc.proxy.events import (
     Authenticate,
     BackendFailed,
     BackendReady,
@@ -33,9 +23,19 @@ from proxy.events import (
     TlsEstablished,
     Trace,
 )
-from proxy.pop3.back import Pop3Back
-from proxy.pop3.front import Pop3Front, State
-from proxy.proxy_protocol import encode_v1, encode_v2
+from authsvc.proxy.pop3.back import Pop3Back
+from authsvc.proxy.pop3.front import Pop3Front, State
+from authsvc.proxy.proxy_protocol import encode_v1, encode_v2
+
+from authsvc.redact import Secret
+from authsvc.routing import FailureKind
+from authsvc.settings import (
+    BackendTls,
+    ForwardClient,
+    ListenerSettings,
+    ListenTls,
+    ProxySettings,
+)
 from tests.helpers.feed import same_for_all_splits
 from tests.unit.proxy.machines import PROXY, feed, merge, pop3_listener, sent
 

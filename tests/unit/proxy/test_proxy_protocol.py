@@ -10,8 +10,7 @@ import struct
 from collections.abc import Sequence
 
 import pytest
-
-from proxy.proxy_protocol import (
+from authsvc.proxy.proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
     ProxyHeaderReader,
@@ -20,6 +19,7 @@ from proxy.proxy_protocol import (
     encode_v2,
     encode_v2_local,
 )
+
 from tests.helpers.feed import same_for_all_splits
 
 #: The start of a TLS 1.2/1.3 ClientHello record, as a client sends it behind the header.

@@ -7,8 +7,8 @@ import ssl
 from pathlib import Path
 
 import pytest
+from authsvc.proxy.tls import TlsEndpoint
 
-from proxy.tls import TlsEndpoint
 from tests.services.certs import make_test_pki
 
 ROOT = Path(__file__).resolve().parents[3]
