@@ -50,6 +50,7 @@ from authsvc.proxy.session import ListenerContext, Session
 from authsvc.proxy.syslog import AuthLog
 
 from authsvc.accepting import accept_batch
+from authsvc.address import well_known_port
 from authsvc.http.server import HANDLED_SIGNALS
 from authsvc.http.workers import ListenError, bind_tcp, make_run_dir, supervise
 from authsvc.log import configure_logging
@@ -69,13 +70,6 @@ from authsvc.throttle.service import Throttle
 
 log = logging.getLogger("proxy.server")
 
-#: IANA ports (RFC 9051 §1.3 uses 143/993; RFC 1939 / RFC 8314 110/995).
-STANDARD_PORTS = {
-    (MailProtocol.IMAP, False): 143,
-    (MailProtocol.IMAP, True): 993,
-    (MailProtocol.POP3, False): 110,
-    (MailProtocol.POP3, True): 995,
-}
 _BUSY = {
     MailProtocol.IMAP: b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
     MailProtocol.POP3: b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
@@ -443,7 +437,7 @@ def bind_listener(listener: ListenerSettings, count: int = 1) -> list[socket.soc
 
     The list holds, for each bind address in turn, its ``count`` sockets.
     """
-    port = STANDARD_PORTS[listener.protocol, listener.tls is ListenTls.IMPLICIT]
+    port = well_known_port(listener.protocol, listener.tls is ListenTls.IMPLICIT)
     binds = [HostPort(b.host, b.port if b.port is not None else port)
              for b in listener.bind] or [HostPort("0.0.0.0", port)]
     found: list[socket.socket] = []

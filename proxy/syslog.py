@@ -17,7 +17,7 @@ import time
 
 from authsvc.proxy.authline import auth_line, protocol_name, syslog_datagram
 
-from authsvc.config.fields import parse_hostport
+from authsvc.address import parse_hostport
 from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 
 log = logging.getLogger("proxy.syslog")

@@ -16,18 +16,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from authsvc.address import well_known_port
 from authsvc.config.issues import Report
 from authsvc.config.perdition_map import read_map
 from authsvc.config.perdition_options import find
 from authsvc.config.perdition_syntax import Directive, lex
 from authsvc.config.raw import Pos, RawTable, values
+from authsvc.settings import MailProtocol
 
-#: Perdition protocol -> (listener name, native protocol, default port) (§1.1, §1.5).
-PROTOCOLS: dict[str, tuple[str, str, int]] = {
-    "IMAP4": ("imap4", "imap", 143),
-    "IMAP4S": ("imaps", "imap", 993),
-    "POP3": ("pop3", "pop3", 110),
-    "POP3S": ("pop3s", "pop3", 995),
+#: Perdition protocol -> (listener name, native protocol); the ``S`` protocols listen on
+#: the implicit-TLS port (perdition(8), --protocol and the default of --listen_port).
+PROTOCOLS: dict[str, tuple[str, MailProtocol]] = {
+    "IMAP4": ("imap4", MailProtocol.IMAP),
+    "IMAP4S": ("imaps", MailProtocol.IMAP),
+    "POP3": ("pop3", MailProtocol.POP3),
+    "POP3S": ("pop3s", MailProtocol.POP3),
 }
 #: ``PROTO=`` words accepted on the command line.
 PROTO_WORDS = {"imap4": "IMAP4", "imaps": "IMAP4S", "imap4s": "IMAP4S",
@@ -84,6 +87,11 @@ def _number(text: str) -> int | str:
 
 def _port(text: str) -> int | str:
     return _SERVICES.get(text, _number(text))
+
+
+def _default_port(protocol: str) -> int:
+    """The port a Perdition ``protocol`` listens on and connects to by default."""
+    return well_known_port(PROTOCOLS[protocol][1], implicit_tls=protocol.endswith("S"))
 
 
 class _Options:
@@ -204,7 +212,7 @@ class _Reader:
             self.report.warn(self.file, 0, "ssl_mode",
                              f"not set, so {self.protocol} means ssl_all, as in Perdition: "
                              "implicit TLS to clients AND to the backends (default port "
-                             f"{PROTOCOLS[self.protocol][2]}); write 'ssl_mode ssl_listen' "
+                             f"{_default_port(self.protocol)}); write 'ssl_mode ssl_listen' "
                              "for plaintext backends")
         tls = ("implicit" if "ssl_listen" in bits
                else "starttls" if "tls_listen" in bits else "none")
@@ -266,7 +274,7 @@ class _Reader:
         listener.set("capability", values([i for i in items if i not in managed], pos), pos)
 
     def network(self, listener: RawTable) -> None:
-        default_port = PROTOCOLS[self.protocol][2]
+        default_port = _default_port(self.protocol)
         d = self.opts.last("listen_port")
         if d is not None and d.value is not None:
             listener.set("port", _port(d.value), self.opts.pos(d))
@@ -309,7 +317,7 @@ class _Reader:
         constant = map_table is not None and "port_constant" in map_table.items
         if (self.protocol in ("IMAP4S", "POP3S") and _text(listener, "backend_tls") == "none"
                 and self.opts.last("outgoing_port") is None and not constant):
-            port = PROTOCOLS[self.protocol][2]
+            port = _default_port(self.protocol)
             self.report.warn(self.file, 0, "outgoing_port",
                              f"not set, so it is {port} for {self.protocol} as in Perdition, "
                              "although the backend connection is plaintext: map entries "
@@ -375,7 +383,8 @@ def read_perdition(file: str, proto: str | None, text: str, report: Report) -> P
                      "PROTO one of imap4, imaps, pop3, pop3s")
         return None
     reader = _Reader(file, opts, protocol, report)
-    name, native, _ = PROTOCOLS[protocol]
+    name, mail = PROTOCOLS[protocol]
+    native = mail.value
     listener = RawTable(Pos(file, 0, "(file)"))
     listener.set("name", name, Pos(file, 0, "protocol"))
     listener.set("protocol", native, Pos(file, 0, "protocol"))

@@ -16,7 +16,8 @@ import ipaddress
 import re
 import secrets
 
-from authsvc.config.fields import IDENTIFIER, Section, parse_host, parse_hostport, where
+from authsvc.address import parse_host, parse_hostport, well_known_port
+from authsvc.config.fields import IDENTIFIER, Section, where
 from authsvc.config.issues import Report
 from authsvc.config.raw import Pos, RawTable, RawValue, overlay
 from authsvc.redact import Secret
@@ -51,8 +52,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
 _STAGES = {"lookup": (Stage.LOOKUP,), "backend_login": (Stage.BACKEND_LOGIN,),
            "all": (Stage.LOOKUP, Stage.BACKEND_LOGIN)}
-#: (protocol, implicit TLS) -> the protocol's well-known port.
-_PORTS = {("imap", False): 143, ("imap", True): 993, ("pop3", False): 110, ("pop3", True): 995}
 #: Capabilities the front ends add and remove themselves (perdition.md §4.2, §8).
 _MANAGED = {True: {"STARTTLS", "LOGINDISABLED"}, False: {"STLS"}}
 #: syslog(3) facility names (the Auth: line of ``authsvc proxy``, perdition.md §7.1).
@@ -227,12 +226,14 @@ class _Validator:
         if tls_required and tls != "starttls":
             s.error("tls_required", "applies only to tls = \"starttls\"", table.items.get(
                 "tls_required"))
-        port = s.integer("port", _PORTS.get((protocol, tls == "implicit"), 143), 1, 65535)
+        # A missing protocol is reported above; IMAP's ports stand in until it is fixed.
+        mail = MailProtocol(protocol or "imap")
+        port = s.integer("port", well_known_port(mail, tls == "implicit"), 1, 65535)
         binds = [(HostPort(h.host, h.port or port), raw) for h, raw in
                  s.hostports("bind", ["0.0.0.0"])]
         backend_tls = s.choice("backend_tls", "none", [t.value for t in BackendTls])
         outgoing_port = s.integer(
-            "outgoing_port", _PORTS.get((protocol, backend_tls == "implicit"), 143), 1, 65535)
+            "outgoing_port", well_known_port(mail, backend_tls == "implicit"), 1, 65535)
         servers = tuple(h for h, _ in s.hostports("outgoing_server", []))
         cert = s.path("cert", check="certificate")
         key = s.path("key", check="private key")
@@ -249,7 +250,7 @@ class _Validator:
         map_settings = _map(self.section(map_table, "map", table.pos))
         settings = ListenerSettings(
             name=name or "",
-            protocol=MailProtocol(protocol or "imap"),
+            protocol=mail,
             tls=ListenTls(tls),
             tls_required=tls_required,
             bind=tuple(h for h, _ in binds),
@@ -394,9 +395,15 @@ class _Validator:
             name, host = s.required_string("name"), s.required_string("host")
             if host is not None:
                 try:
-                    parse_hostport(host)
+                    node = parse_hostport(host)
                 except ValueError as exc:
                     s.error("host", str(exc), table.items["host"])
+                else:
+                    if node.port is not None:
+                        s.error("host", f"{host!r}: a node's host takes no port (the ports "
+                                "come from the listeners, port_offset and health)",
+                                table.items["host"])
+                    host = node.host
             nodes.append(PoolNode(name=name or "", host=host or "",
                                   port_offset=s.integer("port_offset", 0, 0, 60000),
                                   health=s.hostport("health", need_port=True)))

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from authsvc.address import parse_hostport
 from authsvc.http.workers import (
     ListenError,
     bind_tcp,
@@ -25,7 +26,7 @@ from authsvc.http.workers import (
 )
 from authsvc.log import configure_logging
 from authsvc.reload import ReloadSource
-from authsvc.settings import HostPort, Settings
+from authsvc.settings import Settings
 
 logger = logging.getLogger("authsvc.serve")
 
@@ -34,23 +35,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def parse_hostport(text: str) -> HostPort:
-    """``HOST:PORT`` or ``[IPv6]:PORT``; raises ValueError."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [::1]:PORT")
-    return HostPort(host, int(port_text))
-
-
 def apply_overrides(settings: Settings, *, listen: str | None, unix: str | None) -> Settings:
     """The settings with ``--listen``/``--unix`` applied."""
     http = settings.http
     if listen is not None:
-        http = dataclasses.replace(http, listen=parse_hostport(listen), unix=None)
+        http = dataclasses.replace(http, listen=parse_hostport(listen, need_port=True),
+                                   unix=None)
     elif unix is not None:
         http = dataclasses.replace(http, unix=unix)
     return dataclasses.replace(settings, http=http)

@@ -63,7 +63,7 @@ from typing import Any
 import aiomysql
 
 from authsvc.maps import MapEntry, MapUnavailable
-from authsvc.maps.serverspec import ServerSpecError, parse_port, parse_server
+from authsvc.maps.serverspec import ServerSpecError, map_port, parse_server
 from authsvc.settings import HostPort, MySqlMapSettings
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def row_to_entry(
         port: int | None = port_constant
     else:
         port_text = _text(row[1]) if len(row) > 1 else None
-        port = parse_port(port_text.strip()) if port_text and port_text.strip() else None
+        port = map_port(port_text.strip()) if port_text and port_text.strip() else None
     return MapEntry(host=entry.host, port=port, user=entry.user)
 
 

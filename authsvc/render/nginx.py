@@ -1,83 +1,57 @@
-"""Render nginx ``mail {}`` and HAProxy configs from Settings: ``render-nginx``, ``render-haproxy``.
+"""The nginx view: Settings plus ``render-nginx`` options to the ``mail {}`` config.
 
-The work is split in three: ``render_command`` turns command-line options into
-:class:`NginxOptions` / :class:`HaproxyOptions`; ``nginx_view`` / ``haproxy_view``
-turn Settings plus options into a small view model (already quoted for the
-target syntax, every decision made here, in typed Python); the Jinja2 templates
-in ``templates/`` only lay the view model out.  Templates never see Settings.
-
-Facts used here come from nginx-haproxy.md §2 (nginx mail directives, Debian
-packaging) and §3 (HAProxy 2.6 checks and PROXY protocol); each is cited where
-it is used.  Anything nginx cannot do that the settings ask for is either an
-error (backend TLS that was required) or a warning printed to stderr *and*
-written as a comment into the output, so the file explains itself.
+:func:`nginx_view` makes every decision in typed Python and quotes every value
+for nginx; ``templates/nginx-mail.conf.j2`` only lays the view out.  The nginx
+facts used here come from nginx's mail module documentation
+(https://nginx.org/en/docs/mail/) and source, and are gathered for operators in
+docs/operations.md ("What the render contains").  Anything nginx cannot do that
+the settings ask for is either an error (backend TLS that was required) or a
+warning printed to stderr *and* written as a comment into the output, so the
+file explains itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Literal
-
-import jinja2
 
 from authsvc import __version__
+from authsvc.render.common import (
+    ALL_ADDRESSES,
+    Rendered,
+    RenderError,
+    bind_host,
+    format_time,
+    listener_ports,
+    nonzero,
+    render_template,
+)
 from authsvc.settings import (
     BackendTls,
-    HaproxySettings,
     HostPort,
-    ListenerSettings,
     ListenTls,
     MailProtocol,
-    PoolNode,
     Settings,
     Stage,
 )
 
-#: Debian 12's libnginx-mod-mail puts the module here (nginx-haproxy.md §2.1).
+#: Where Debian 12's libnginx-mod-mail package installs the module (docs/operations.md).
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 
 #: The two request headers ``authsvc serve`` reads to know which listener and
-#: local name a login came through; nginx sends no port (nginx-haproxy.md §0 rule 9).
+#: local name a login came through: nginx's auth_http request carries no
+#: listening port (docs/serve.md).
 LISTENER_HEADER = "X-Authsvc-Listener"
 LOCAL_NAME_HEADER = "X-Authsvc-Local-Name"
-
-#: RFC 2177 asks IDLE clients to refresh every 29 minutes and RFC 9051 §5.4 sets
-#: the autologout timer to at least 30: a load balancer must wait longer than both
-#: (nginx-haproxy.md §3.5).
-HAPROXY_MIN_SESSION_TIMEOUT = 31 * 60.0
-#: How much longer than the node's own idle timeout HAProxy waits, so the node
-#: (which can say goodbye properly) is the one that closes an idle session.
-HAPROXY_TIMEOUT_MARGIN = 60.0
-#: Perdition's ``timeout 0`` / ``authenticate_timeout 0`` mean "never"; nginx and
-#: HAProxy have no "never", so we use nginx's own ``proxy_timeout`` default.
-NO_TIMEOUT = 24 * 3600.0
 
 _WILDCARDS = frozenset({"", "*", "0.0.0.0", "::"})
 # Words nginx reads unquoted: no whitespace, quotes, ';', '{', '}', '#', '$' or '\'.
 _NGINX_BARE = re.compile(r"[A-Za-z0-9._:/=+@*,%\[\]-]+")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # nginx-haproxy.md §1.4: letters, digits, '-'
-_HAPROXY_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
-_HAPROXY_TIME = re.compile(r"\d+(us|ms|s|m|h|d)?")
+# Letters, digits and '-': a header name (RFC 9110 §5.1) that nginx writes verbatim
+# and that needs no quoting in either config syntax.
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 _IMAP_DROPPED = ("STARTTLS", "LOGINDISABLED")
-
-
-class RenderError(ValueError):
-    """The settings ask for something the target cannot do; the message says what."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A rendered config file and the warnings that were also written into it."""
-
-    text: str
-    warnings: tuple[str, ...] = ()
-
-
-# --------------------------------------------------------------------------- options
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,27 +73,6 @@ class NginxOptions:
     #: Standalone only: pid file, and the directory for pid and error log.
     pid: str | None = None
     prefix: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HaproxyOptions:
-    """``render-haproxy`` command-line overrides; the defaults change nothing."""
-
-    #: Replaces ``settings.haproxy.nodes`` when not empty.
-    nodes: tuple[PoolNode, ...] = ()
-    #: Replaces the address of every frontend.
-    bind: str | None = None
-    #: Replaces every node's port offset when set.
-    node_port_offset: int | None = None
-    #: "v1", "v2" or "none"; None keeps ``settings.haproxy.proxy_protocol``.
-    proxy_protocol: str | None = None
-    stats: HostPort | None = None
-    admin_socket: str | None = None
-    #: An HAProxy time (``2s``, ``500ms``); None keeps ``settings.haproxy.check_inter``.
-    check_inter: str | None = None
-
-
-# --------------------------------------------------------------------------- view models
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,50 +116,6 @@ class NginxView:
     has_secret: bool
 
 
-@dataclass(frozen=True, slots=True)
-class HaproxyServer:
-    """One ``server`` line: a node's mail port for one listener."""
-
-    name: str
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class HaproxyPool:
-    """A frontend for one listener and the backend of nodes behind it."""
-
-    listener: str
-    frontend: str
-    backend: str
-    binds: tuple[str, ...]
-    timeout: str
-    banner: str
-    goodbye: str
-    goodbye_reply: str
-    tls: bool
-    send_proxy: str | None
-    health_port: int | None
-    servers: tuple[HaproxyServer, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HaproxyView:
-    """Everything ``haproxy.cfg.j2`` prints."""
-
-    version: str
-    admin_socket: str | None
-    stats: str | None
-    check_inter: str
-    check_fall: int
-    check_rise: int
-    proxy_protocol: str
-    pools: tuple[HaproxyPool, ...]
-    warnings: tuple[str, ...]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
 def nginx_quote(word: str) -> str:
     """``word`` as one nginx config argument: bare when safe, else double-quoted."""
     if _NGINX_BARE.fullmatch(word):
@@ -215,72 +124,6 @@ def nginx_quote(word: str) -> str:
         raise RenderError(f"control character in nginx value {word!r}")
     # nginx unescapes \" and \\ inside double quotes (ngx_conf_file.c).
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def format_time(seconds: float) -> str:
-    """A duration in the largest exact unit nginx and HAProxy both read (h, m, s, ms)."""
-    if seconds <= 0:
-        raise RenderError(f"duration must be positive, got {seconds}")
-    ms = round(seconds * 1000)
-    if ms % 1000:
-        return f"{ms}ms"
-    whole = ms // 1000
-    for unit, size in (("h", 3600), ("m", 60)):
-        if whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
-
-
-def _nonzero(seconds: float) -> float:
-    return NO_TIMEOUT if seconds <= 0 else seconds
-
-
-def parse_host(text: str) -> str:
-    """A ``--bind`` value: an IPv4/IPv6 literal or name, brackets optional."""
-    host = text.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or any(ch.isspace() for ch in host) or host.startswith("["):
-        raise RenderError(f"--bind: not an address: {text!r}")
-    return host
-
-
-def parse_node(text: str, default_offset: int = 0) -> PoolNode:
-    """``NAME=HOST[:HEALTHPORT]`` (IPv6 as ``[::1]:9143``) as a :class:`PoolNode`."""
-    name, sep, rest = text.partition("=")
-    if not sep or not name or not rest:
-        raise RenderError(f"--node: expected NAME=HOST[:HEALTHPORT], got {text!r}")
-    port: int | None = None
-    if rest.startswith("["):
-        host, bracket, tail = rest[1:].partition("]")
-        if not bracket or (tail and not tail.startswith(":")):
-            raise RenderError(f"--node: bad IPv6 address in {text!r}")
-        port_text = tail[1:] if tail else ""
-    elif rest.count(":") == 1:
-        host, _, port_text = rest.partition(":")
-    else:
-        host, port_text = rest, ""  # a bare IPv6 literal has no port
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise RenderError(f"--node: bad health port in {text!r}")
-        port = int(port_text)
-    return PoolNode(
-        name=name,
-        host=host,
-        port_offset=default_offset,
-        health=HostPort(host, port) if port is not None else None,
-    )
-
-
-def listener_ports(listener: ListenerSettings) -> tuple[HostPort, ...]:
-    """The listener's addresses with every port filled in (143/993/110/995 by default)."""
-    implicit = listener.tls is ListenTls.IMPLICIT
-    if listener.protocol is MailProtocol.IMAP:
-        default = 993 if implicit else 143
-    else:
-        default = 995 if implicit else 110
-    binds = listener.bind or (HostPort(""),)
-    return tuple(HostPort(b.host, b.port if b.port is not None else default) for b in binds)
 
 
 def _source_name(source: str) -> str:
@@ -294,31 +137,18 @@ def _source_name(source: str) -> str:
     return PurePath(source).name
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("authsvc.templates", "."),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # config files, not HTML  # noqa: S701
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
-# --------------------------------------------------------------------------- nginx
-
-
 def _auth_http_url(settings: Settings) -> str:
     http = settings.http
     if http.unix:
-        # nginx-haproxy.md §1.1: ``unix:/path[:/uri]``, verified on 1.22.
+        # nginx's URL parser (ngx_parse_url) reads ``unix:/path[:/uri]``; checked on 1.22.
         return f"unix:{http.unix}:{http.path}"
     return f"http://{http.listen}{http.path}"
 
 
 def _imap_capabilities(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(kept, dropped): nginx adds STARTTLS/LOGINDISABLED itself per ``starttls`` and
-    ``AUTH=`` per ``imap_auth``; ``ID`` before login is a BAD in nginx (§2.2)."""
+    ``AUTH=`` per ``imap_auth`` (nginx docs, imap_capabilities); nginx answers ``ID``
+    before login with BAD (docs/operations.md)."""
     kept: list[str] = []
     dropped: list[str] = []
     for word in words:
@@ -331,7 +161,8 @@ def _imap_capabilities(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[s
 
 
 def _pop3_capabilities(lines: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(kept, dropped): nginx adds ``STLS`` and ``SASL ...`` itself (§2.2)."""
+    """(kept, dropped): nginx adds ``STLS`` and ``SASL ...`` itself (nginx docs,
+    pop3_capabilities)."""
     kept: list[str] = []
     dropped: list[str] = []
     for line in lines:
@@ -347,7 +178,7 @@ def _local_name(host: str, settings: Settings) -> str:
     """What serve's add_domain (without explicit_domain) sees as the local name.
 
     Perdition took the reverse-DNS name of the address the client reached
-    (perdition.md §2.2).  A listener bound to one address names that address;
+    (perdition(8), --add_domain).  A listener bound to one address names that address;
     a wildcard bind falls back to ``nginx.server_name``, then to the wildcard.
     """
     if host not in _WILDCARDS:
@@ -360,7 +191,7 @@ def _local_name(host: str, settings: Settings) -> str:
 def _nginx_servers(
     settings: Settings, options: NginxOptions, proxy_protocol: bool, warnings: list[str]
 ) -> tuple[NginxServer, ...]:
-    bind_host = parse_host(options.bind) if options.bind is not None else None
+    bound = bind_host(options.bind) if options.bind is not None else None
     secret = settings.http.secret
     if not _HEADER_NAME.fullmatch(settings.http.secret_header):
         raise RenderError(f"http.secret_header {settings.http.secret_header!r}: use A-Z, 0-9, -")
@@ -370,7 +201,8 @@ def _nginx_servers(
         notes: list[str] = []
         where = f"listener {listener.name}"
         if listener.backend_tls in (BackendTls.IMPLICIT, BackendTls.STARTTLS_REQUIRED):
-            # nginx mail has no TLS to backends (nginx-haproxy.md §2.2, Mailu #272);
+            # nginx mail has no TLS to backends (ngx_mail_proxy_module has no ssl
+            # directives; Mailu issue #272);
             # rendering plaintext where TLS was required would be a silent downgrade.
             raise RenderError(
                 f"{where} ({listener.source or 'settings'}): TLS to the backend "
@@ -408,10 +240,10 @@ def _nginx_servers(
             starttls = "only" if listener.tls_required else "on"
 
         # One server {} per distinct address: the local-name header is static per
-        # server (nginx sends auth_http_header verbatim, nginx-haproxy.md §1.2).
+        # server (nginx sends auth_http_header verbatim; nginx docs, auth_http_header).
         by_host: dict[str, list[int]] = {}
         for hp in listener_ports(listener):
-            host = bind_host if bind_host is not None else hp.host
+            host = bound if bound is not None else hp.host
             port = (hp.port or 0) + options.listen_offset
             if not 0 < port < 65536:
                 raise RenderError(f"{where}: port {port} out of range (--listen-offset?)")
@@ -421,7 +253,7 @@ def _nginx_servers(
         for host, ports in by_host.items():
             listens: list[str] = []
             for port in ports:
-                address = str(port) if host in ("", "*") else str(HostPort(host, port))
+                address = str(port) if host in ALL_ADDRESSES else str(HostPort(host, port))
                 if address in seen:
                     raise RenderError(f"{where}: {address} is also used by {seen[address]}")
                 seen[address] = where
@@ -442,7 +274,7 @@ def _nginx_servers(
                     "addresses; set nginx.server_name or bind an address"
                 )
             # A server's own auth_http_header list replaces the inherited one
-            # (ngx_mail_auth_http_merge_conf, nginx-haproxy.md §2.3), so every
+            # (ngx_mail_auth_http_merge_conf in ngx_mail_auth_http_module.c), so every
             # server repeats all of them, the secret included.
             headers = [
                 (LISTENER_HEADER, nginx_quote(listener.name)),
@@ -462,8 +294,8 @@ def _nginx_servers(
                     notes=tuple(notes),
                     ssl_certificate=nginx_quote(cert) if cert else None,
                     ssl_certificate_key=nginx_quote(key) if key else None,
-                    timeout=format_time(_nonzero(listener.login_timeout)),
-                    proxy_timeout=format_time(_nonzero(listener.idle_timeout)),
+                    timeout=format_time(nonzero(listener.login_timeout)),
+                    proxy_timeout=format_time(nonzero(listener.idle_timeout)),
                     headers=tuple(headers),
                 )
             )
@@ -480,7 +312,7 @@ def nginx_view(settings: Settings, options: NginxOptions | None = None) -> Nginx
     servers = _nginx_servers(settings, options, bool(real_ip_from), warnings)
     auth_http = options.auth_http or _auth_http_url(settings)
     if auth_http.startswith("https://"):
-        # nginx-haproxy.md §1.1: "invalid port in auth_http" at config time.
+        # nginx -t fails with "invalid port in auth_http": it speaks plain HTTP only.
         raise RenderError("auth_http cannot be https:// (nginx speaks plain HTTP only)")
     prefix = (options.prefix or "").rstrip("/")
     pid = options.pid or (f"{prefix}/nginx.pid" if prefix else "nginx.pid")
@@ -507,196 +339,6 @@ def nginx_view(settings: Settings, options: NginxOptions | None = None) -> Nginx
 
 def render_nginx(settings: Settings, options: NginxOptions | None = None) -> Rendered:
     """The nginx config text (``mail {}``, or a whole nginx.conf with ``standalone``)."""
-    view = nginx_view(settings, options)
-    text = _environment().get_template("nginx-mail.conf.j2").render(v=view)
-    return Rendered(text=text, warnings=view.warnings)
+    return render_template("nginx-mail.conf.j2", nginx_view(settings, options))
 
 
-# --------------------------------------------------------------------------- HAProxy
-
-
-def _haproxy_name(text: str) -> str:
-    return _HAPROXY_NAME.sub("_", text)
-
-
-def _health_port(nodes: tuple[PoolNode, ...]) -> int | None:
-    """The one health port all nodes share, or None when no node has one.
-
-    ``tcp-check connect port N`` is a backend-wide rule, so one port serves every
-    server of a backend; the check connects to each server's own address.
-    """
-    healths = {n.health for n in nodes}
-    if healths == {None}:
-        return None
-    ports = {h.port for h in healths if h is not None}
-    if None in healths or len(ports) != 1 or None in ports:
-        raise RenderError(
-            "haproxy nodes: every node needs the same health port (NAME=HOST:PORT), "
-            "or none of them"
-        )
-    for node in nodes:
-        if node.health is not None and node.health.host not in (node.host, ""):
-            raise RenderError(
-                f"haproxy node {node.name}: the health check connects to the node's own "
-                f"address {node.host}, not {node.health.host}"
-            )
-    (port,) = ports
-    assert port is not None
-    return port
-
-
-def haproxy_view(settings: Settings, options: HaproxyOptions | None = None) -> HaproxyView:
-    """The view model of an HAProxy config balancing ``settings``' listeners over nodes."""
-    options = options or HaproxyOptions()
-    hx: HaproxySettings = settings.haproxy
-    nodes = options.nodes or hx.nodes
-    if not nodes:
-        raise RenderError("no nodes: set haproxy.nodes or pass --node NAME=HOST[:HEALTHPORT]")
-    if options.node_port_offset is not None:
-        nodes = tuple(replace(n, port_offset=options.node_port_offset) for n in nodes)
-    names = [n.name for n in nodes]
-    if len(set(names)) != len(names):
-        raise RenderError(f"haproxy nodes: duplicate names in {names}")
-    proxy_protocol = options.proxy_protocol or hx.proxy_protocol
-    send_proxy: dict[str, str | None] = {"v1": "send-proxy", "v2": "send-proxy-v2", "none": None}
-    if proxy_protocol not in send_proxy:
-        raise RenderError(f"haproxy.proxy_protocol must be v1, v2 or none, not {proxy_protocol!r}")
-    check_inter = options.check_inter or format_time(hx.check_inter)
-    if not _HAPROXY_TIME.fullmatch(check_inter):
-        raise RenderError(f"--check-inter: not an HAProxy time: {check_inter!r}")
-    health_port = _health_port(nodes)
-    warnings: list[str] = []
-    if health_port is None:
-        warnings.append(
-            "no node has a health port: checks test the mail banner only, not authsvc /readyz"
-        )
-    bind_host = parse_host(options.bind) if options.bind is not None else None
-
-    pools: list[HaproxyPool] = []
-    for listener in settings.listeners:
-        addresses = listener_ports(listener)
-        binds: list[str] = []
-        for hp in addresses:
-            host = bind_host if bind_host is not None else hp.host
-            bind = f":{hp.port}" if host in ("", "*") else str(HostPort(host, hp.port))
-            if bind not in binds:
-                binds.append(bind)
-        port = addresses[0].port or 0  # every node port is the first port plus its offset
-        servers = []
-        for node in nodes:
-            node_port = port + node.port_offset
-            if not 0 < node_port < 65536:
-                raise RenderError(f"node {node.name}: port {node_port} out of range")
-            servers.append(
-                HaproxyServer(_haproxy_name(node.name), str(HostPort(node.host, node_port)))
-            )
-        imap = listener.protocol is MailProtocol.IMAP
-        session = max(
-            _nonzero(listener.idle_timeout) + HAPROXY_TIMEOUT_MARGIN, HAPROXY_MIN_SESSION_TIMEOUT
-        )
-        name = _haproxy_name(listener.name)
-        pools.append(
-            HaproxyPool(
-                listener=listener.name,
-                frontend=f"{name}_in",
-                backend=f"{name}_nodes",
-                binds=tuple(binds),
-                timeout=format_time(session),
-                # HAProxy 2.6 needs the space quoted (nginx-haproxy.md §3.3).
-                banner='"* OK"' if imap else '"+OK"',
-                # A polite goodbye keeps "client closed connection" out of nginx's log.
-                goodbye=r'"a1 LOGOUT\r\n"' if imap else r'"QUIT\r\n"',
-                goodbye_reply='"* BYE"' if imap else '"+OK"',
-                tls=listener.tls is ListenTls.IMPLICIT,
-                send_proxy=send_proxy[proxy_protocol],
-                health_port=health_port,
-                servers=tuple(servers),
-            )
-        )
-    if not pools:
-        raise RenderError("no listeners to render")
-    stats = options.stats or hx.stats
-    return HaproxyView(
-        version=__version__,
-        admin_socket=options.admin_socket or hx.admin_socket,
-        stats=str(stats) if stats else None,
-        check_inter=check_inter,
-        check_fall=hx.check_fall,
-        check_rise=hx.check_rise,
-        proxy_protocol=proxy_protocol,
-        pools=tuple(pools),
-        warnings=tuple(warnings),
-    )
-
-
-def render_haproxy(settings: Settings, options: HaproxyOptions | None = None) -> Rendered:
-    """The HAProxy config text."""
-    view = haproxy_view(settings, options)
-    text = _environment().get_template("haproxy.cfg.j2").render(v=view)
-    return Rendered(text=text, warnings=view.warnings)
-
-
-# --------------------------------------------------------------------------- command
-
-
-def _parse_hostport(text: str, what: str) -> HostPort:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise RenderError(f"{what}: expected HOST:PORT, got {text!r}")
-    return HostPort(parse_host(host), int(port))
-
-
-def nginx_options(args: argparse.Namespace) -> NginxOptions:
-    """``render-nginx``'s parsed arguments as :class:`NginxOptions`."""
-    return NginxOptions(
-        standalone=args.standalone,
-        ssl_cert=args.ssl_cert,
-        ssl_key=args.ssl_key,
-        auth_http=args.auth_http,
-        proxy_protocol_from=tuple(args.proxy_protocol_from),
-        listen_offset=args.listen_offset,
-        bind=args.bind,
-        pid=args.pid,
-        prefix=args.prefix,
-    )
-
-
-def haproxy_options(args: argparse.Namespace) -> HaproxyOptions:
-    """``render-haproxy``'s parsed arguments as :class:`HaproxyOptions`."""
-    offset: int | None = args.node_port_offset
-    return HaproxyOptions(
-        nodes=tuple(parse_node(n, offset or 0) for n in args.node),
-        bind=args.bind,
-        node_port_offset=offset,
-        proxy_protocol="v1" if args.proxy_v1 else None,
-        stats=_parse_hostport(args.stats, "--stats") if args.stats else None,
-        admin_socket=args.admin_socket,
-        check_inter=args.check_inter,
-    )
-
-
-def render_command(args: argparse.Namespace) -> int:
-    """``authsvc render-nginx`` / ``render-haproxy``: print the config to stdout.
-
-    Load warnings and render warnings go to stderr; the config goes to stdout
-    only when it is complete, so ``> mail.conf`` never leaves half a file's worth
-    of surprises.  Exit 0, or 2 when the settings cannot be rendered.
-    """
-    from authsvc.config import load_settings
-
-    command: Literal["render-nginx", "render-haproxy"] = args.command
-    loaded = load_settings(list(args.config))
-    for issue in loaded.warnings:
-        print(f"authsvc: warning: {issue}", file=sys.stderr)
-    try:
-        if command == "render-nginx":
-            rendered = render_nginx(loaded.settings, nginx_options(args))
-        else:
-            rendered = render_haproxy(loaded.settings, haproxy_options(args))
-    except RenderError as exc:
-        print(f"authsvc: {command}: {exc}", file=sys.stderr)
-        return 2
-    for warning in rendered.warnings:
-        print(f"authsvc: {command}: warning: {warning}", file=sys.stderr)
-    sys.stdout.write(rendered.text)
-    return 0

@@ -1,4 +1,4 @@
-"""Golden renders: any change in a template or in render.py shows up as a diff here.
+"""Golden renders: any change in a template or in authsvc/render/ shows up as a diff here.
 
 Re-pin after an intended change with ``AUTHSVC_UPDATE_GOLDEN=1 .venv/bin/pytest
 tests/unit/test_render_golden.py`` and review ``git diff tests/golden``.

@@ -1,11 +1,11 @@
-"""Map answers ``[user@]host[:port]`` split as Perdition does (perdition.md §2.6), and refusals."""
+"""Map answers ``[user@]host[:port]`` split as Perdition does (docs/maps.md), and refusals."""
 
 from __future__ import annotations
 
 import pytest
 
 from authsvc.maps import MapEntry
-from authsvc.maps.serverspec import ServerSpecError, parse_port, parse_server
+from authsvc.maps.serverspec import ServerSpecError, map_port, parse_server
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,7 @@ from authsvc.maps.serverspec import ServerSpecError, parse_port, parse_server
         ("bob@10.0.0.5:143", MapEntry("10.0.0.5", 143, user="bob")),
         ("bob@10.0.0.5", MapEntry("10.0.0.5", user="bob")),
         ("  store1.example.org:993  ", MapEntry("store1.example.org", 993)),
-        # "host:" is an empty port: the default port applies (§2.6).
+        # "host:" is an empty port: the default port applies (docs/maps.md).
         ("10.0.0.5:", MapEntry("10.0.0.5")),
         # The user is everything before the LAST delimiter.
         ("a@b@10.0.0.5", MapEntry("10.0.0.5", user="a@b")),
@@ -41,14 +41,15 @@ def test_empty_host_means_no_server(value: str) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        # Perdition: host "10.0.0.5:993", port 143, and the connect fails (§3.3).
+        # Perdition: host "10.0.0.5:993", port 143, and the connect fails (perdition/server_port.c).
         ("10.0.0.5:993:143", "several colons"),
         ("10.0.0.5:imap", "not a number"),
-        ("10.0.0.5:0", "out of range"),
-        ("10.0.0.5:65536", "out of range"),
+        ("10.0.0.5:0", "not a number from 1 to 65535"),
+        ("10.0.0.5:65536", "not a number from 1 to 65535"),
         ("10.0.0.5:٣١", "not a number"),
-        ("[a]:143", "bad IPv6 literal"),
-        ("[::1", "bad IPv6 literal"),
+        ("[a]:143", "no IPv6 address"),
+        ("[]", "no IPv6 address"),
+        ("[::1", "without"),
         ("[::1]143", "unexpected"),
         ("[host.example]:143", "no IPv6 address"),
         ("10.0.0.5 x:143", "blanks"),
@@ -74,4 +75,10 @@ def test_entry_prints_back() -> None:
     ("text", "port"), [("1", 1), ("143", 143), ("0993", 993), ("65535", 65535)]
 )
 def test_ports(text: str, port: int) -> None:
-    assert parse_port(text) == port
+    assert map_port(text) == port
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "imap", "", "٣١", "000000143"])
+def test_bad_port_is_a_map_error(text: str) -> None:
+    with pytest.raises(ServerSpecError, match="not a number from 1 to 65535"):
+        map_port(text)
