@@ -41,13 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check-config", help="validate configuration files and list warnings")
-    p.add_argument("files", nargs="+", metavar="[PROTO=]FILE")
+    # The files as arguments or with --config, as every other command takes them;
+    # both land in args.config, in command-line order.
+    p.add_argument("config", nargs="*", action="extend", metavar="[PROTO=]FILE",
+                   help="the same as --config FILE")
+    _add_config(p, required=False)
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
 
     p = sub.add_parser("lookup", help="explain where a login is routed, step by step")
     p.add_argument("login")
-    p.add_argument("--protocol", choices=("imap", "pop3"), default="imap")
-    p.add_argument("--listener", help="listener name (default: the first of --protocol)")
+    p.add_argument("--protocol", choices=("imap", "pop3"),
+                   help="use the first listener of this protocol (default: the first listener)")
+    p.add_argument("--listener", help="listener name (default: the first listener, or the "
+                   "first of --protocol)")
     p.add_argument(
         "--local-name",
         help="name or address of the local address the client reached (add_domain "

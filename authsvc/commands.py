@@ -63,9 +63,13 @@ def _print_issues(issues: list[Issue], *, errors: bool) -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    """Validate ``args.files``; 0 when usable, 2 on errors (or warnings with --strict)."""
+    """Validate ``args.config``; 0 when usable, 2 on errors (or warnings with --strict)."""
+    if not args.config:
+        print("authsvc check-config: no file: give [PROTO=]FILE or --config [PROTO=]FILE",
+              file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        loaded = load_settings(args.files)
+        loaded = load_settings(args.config)
     except ConfigError as exc:
         _print_issues(exc.warnings, errors=False)
         _print_issues(exc.issues, errors=True)
@@ -93,16 +97,47 @@ def _row(label: str, text: str) -> None:
     print(f"{label:<14} {text}")
 
 
+def choose_listener(settings: Settings, protocol: MailProtocol | None,
+                    name: str | None) -> ListenerSettings:
+    """The listener ``lookup`` asks for: ``--listener``, else the first of ``--protocol``,
+    else the configuration's first.  ValueError names the listeners there are."""
+    if name is not None:
+        found = settings.listener(name)
+        if found is None:
+            raise ValueError(f"no listener named {name!r}; {_listeners(settings)}")
+        if protocol is not None and found.protocol is not protocol:
+            raise ValueError(f"listener {name!r} speaks {found.protocol.value}, not "
+                             f"{protocol.value}; {_listeners(settings)}")
+        return found
+    if protocol is not None:
+        first = settings.first_listener(protocol)
+        if first is None:
+            raise ValueError(f"no {protocol.value} listener; {_listeners(settings)}")
+        return first
+    if not settings.listeners:
+        raise ValueError("the configuration has no listener")
+    return settings.listeners[0]
+
+
+def _listeners(settings: Settings) -> str:
+    names = ", ".join(f"{li.name} ({li.protocol.value})" for li in settings.listeners)
+    return f"the configuration has {names}"
+
+
 def lookup(args: argparse.Namespace) -> int:
-    """Explain where ``args.login`` is routed; 0 on a route, 1 on a refusal."""
+    """Explain where ``args.login`` is routed; 0 on a route, 1 on a refusal, 2 when the
+    configuration cannot be loaded or has no such listener."""
     settings = load_settings(args.config).settings
-    protocol = MailProtocol(args.protocol)
-    if args.listener is not None:
-        named = settings.listener(args.listener)
-        if named is not None:
-            protocol = named.protocol  # the listener says which protocol it speaks
+    try:
+        listener = choose_listener(
+            settings, None if args.protocol is None else MailProtocol(args.protocol),
+            args.listener)
+    except ValueError as exc:
+        print(f"authsvc lookup: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    protocol = listener.protocol
     request = routing.LoginRequest(
-        login=args.login, protocol=protocol, listener=args.listener,
+        login=args.login, protocol=protocol, listener=listener.name,
         local_name=args.local_name)
     try:
         trace = asyncio.run(_trace(settings, request))

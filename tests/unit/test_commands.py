@@ -88,6 +88,27 @@ def test_check_config_proto_equals(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "pop3: pop3 on 0.0.0.0:110" in capsys.readouterr().out
 
 
+def test_check_config_takes_config_like_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    imap4 = tmp_path / "perdition.imap4.conf"
+    imap4.write_text('map_library ""\noutgoing_server 127.0.0.9\n')
+    pop3 = tmp_path / "perdition.conf"
+    pop3.write_text('map_library ""\noutgoing_server 127.0.0.9\n')
+    assert main(["check-config", "--config", str(imap4), "-c", f"pop3={pop3}"]) == 0
+    assert main(["check-config", str(imap4), "-c", f"pop3={pop3}", "--strict"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    summaries = [line.split(":")[0] for line in out if not line.startswith("ok:")]
+    assert summaries == ["imap4", "pop3", "imap4", "pop3"]
+    assert out.count("ok: 2 listeners, 0 warning(s)") == 2
+
+
+def test_check_config_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--strict"]) == 2
+    assert capsys.readouterr().err == (
+        "authsvc check-config: no file: give [PROTO=]FILE or --config [PROTO=]FILE\n")
+
+
 def test_check_config_perdition_examples(in_repo: None, capsys: pytest.CaptureFixture[str]
                                          ) -> None:
     files = [f"deploy/perdition/perdition.{n}.conf" for n in ("imap4", "imaps", "pop3", "pop3s")]
@@ -138,10 +159,52 @@ def test_lookup_unknown_user_is_refused(in_repo: None, capsys: pytest.CaptureFix
     assert "refused        no_route: not in map\n" in out
 
 
-def test_lookup_unknown_listener(in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lookup", "bob", "--listener", "smtp", "--config", "deploy/authsvc.toml"]) == 1
-    assert "refused        unknown_listener: no imap listener named 'smtp'" in (
-        capsys.readouterr().out)
+SEED_LISTENERS = "the configuration has imap4 (imap), imaps (imap), pop3 (pop3), pop3s (pop3)"
+
+
+def test_lookup_unknown_listener_lists_the_listeners(
+    in_repo: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["lookup", "bob", "--listener", "smtp", "--config", "deploy/authsvc.toml"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"authsvc lookup: no listener named 'smtp'; {SEED_LISTENERS}\n"
+
+
+def test_lookup_listener_of_another_protocol_is_an_error(
+    in_repo: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["lookup", "bob", "--listener", "pop3s", "--protocol", "imap",
+                 "--config", "deploy/authsvc.toml"]) == 2
+    assert capsys.readouterr().err == (
+        f"authsvc lookup: listener 'pop3s' speaks pop3, not imap; {SEED_LISTENERS}\n")
+
+
+def pop3_only(tmp_path: Path) -> Path:
+    """A Perdition POP3 file, the only listener of its configuration."""
+    path = tmp_path / "perdition.pop3.conf"
+    path.write_text('map_library ""\noutgoing_server 10.0.0.5\n')
+    return path
+
+
+def test_lookup_without_protocol_uses_the_first_listener(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --protocol used to default to imap: "no imap listener named None".
+    assert main(["lookup", "Bob", "--config", str(pop3_only(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "listener       pop3\n" in out
+    assert "route          10.0.0.5:110 as 'Bob'" in out
+
+
+def test_lookup_protocol_the_configuration_lacks_lists_the_listeners(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["lookup", "bob", "--protocol", "imap", "--config", str(pop3_only(tmp_path))]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("authsvc lookup: no imap listener; the configuration has "
+                            "pop3 (pop3)\n")
 
 
 @pytest.mark.parametrize(
