@@ -114,7 +114,3 @@ def normalise(
     """The name to use at ``stage``; see :func:`normalise_steps`."""
     return normalise_steps(login, stage, policy, local_name)[-1].value
 
-
-def lookup_keys(login: str, policy: LoginPolicy, local_name: str | None = None) -> tuple[str]:
-    """The map keys for ``login``: exactly one, as Perdition has no fallback (§2.4)."""
-    return (normalise(login, Stage.LOOKUP, policy, local_name),)

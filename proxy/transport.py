@@ -272,10 +272,6 @@ class Channel(asyncio.Protocol):
         async with asyncio.timeout(timeout):
             await self._handshake
 
-    def tls_info(self, name: str) -> object:
-        """TLS details (``peercert``, ``cipher``, ``version``), None without TLS."""
-        return None if self._tls is None else self._tls.info(name)
-
     async def start_tls(
         self,
         context: ssl.SSLContext,

@@ -8,7 +8,6 @@ from authsvc.login import (
     LoginRejected,
     check_login,
     domain_from_local_name,
-    lookup_keys,
     normalise,
     normalise_steps,
 )
@@ -114,11 +113,6 @@ def test_multi_character_delimiter() -> None:
     )
     assert normalise("bob", LOOKUP, policy) == "bob%%example.com"
     assert normalise("bob%%x", LOOKUP, policy) == "bob%%x"
-
-
-def test_exactly_one_lookup_key_and_no_fallback() -> None:
-    # §2.4: `bare` becomes `bare@example.com`; a row `bare` is never tried.
-    assert lookup_keys("bare", TYPICAL) == ("bare@example.com",)
 
 
 def test_steps_explain_each_stage() -> None:
