@@ -16,9 +16,10 @@ import ipaddress
 import re
 import secrets
 
-from authsvc.config.fields import IDENTIFIER, Section, parse_host, parse_hostport, where
+from authsvc.config.fields import IDENTIFIER, Section, where
 from authsvc.config.issues import Report
 from authsvc.config.raw import Pos, RawTable, RawValue, overlay
+from authsvc.hostport import parse_host, parse_hostport
 from authsvc.redact import Secret
 from authsvc.settings import (
     BackendOverride,

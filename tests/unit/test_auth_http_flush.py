@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from authsvc.http.control import Peers, parse_flush
-from authsvc.http.flush import post_flush, target
+from authsvc.control.client import call, target
+from authsvc.control.flush import FLUSH_PATH, Peers, parse_flush
 from authsvc.maps import MapEntry
 from authsvc.settings import HttpSettings, Settings
 from tests.unit.auth_http_fakes import (
@@ -28,6 +28,12 @@ from tests.unit.auth_http_fakes import (
     secret_settings,
     seed_settings,
 )
+
+
+async def post_flush(settings: Settings, form: dict[str, str],
+                     url: str | None = None) -> tuple[int, dict[str, object]]:
+    """``authsvc flush``'s request, through the control client."""
+    return await call(settings, "POST", FLUSH_PATH, form, url=url)
 
 KEY = (b"X-Authsvc-Key", b"s3cret-key")
 
