@@ -16,7 +16,7 @@ from aiohttp import web
 from authsvc.control.client import call, target
 from authsvc.control.flush import FLUSH_PATH, Peers, parse_flush
 from authsvc.maps import MapEntry
-from authsvc.settings import HttpSettings, Settings
+from authsvc.settings import HostPort, HttpSettings, Settings
 from tests.unit.auth_http_fakes import (
     Maps,
     exchange,
@@ -130,6 +130,9 @@ def test_target() -> None:
     assert target(settings, "http://[::1]:1/") == (None, "http://[::1]:1")
     assert target(seed_settings(HttpSettings(unix="/run/b.sock")), None) == (
         "/run/b.sock", "http://localhost")
+    # An IPv6 [http] listen is bracketed in the URL.
+    assert target(seed_settings(HttpSettings(listen=HostPort("::1", 9143))), None) == (
+        None, "http://[::1]:9143")
 
 
 @pytest.fixture
