@@ -159,11 +159,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return serve(args)
     if command == "flush":
-        from authsvc.http.flush import flush
+        from authsvc.control.commands import flush
 
         return flush(args)
     if command == "throttle":
-        from authsvc.throttle.command import throttle_command
+        from authsvc.control.commands import throttle_command
 
         return throttle_command(args)
     if command == "reload":
@@ -171,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return reload_command(args)
     if command == "proxy":
-        from authsvc.proxy.server import main as proxy_main
+        from authsvc.proxy.command import main as proxy_main
 
         return proxy_main(args)
     if command in ("render-nginx", "render-haproxy"):

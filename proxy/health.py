@@ -1,14 +1,17 @@
 """``/healthz``, ``/readyz`` and ``/metrics`` for ``authsvc proxy``, on their own port.
 
-One of the few modules that touch the event loop.  The handlers are
-``authsvc serve``'s own (``authsvc/http/health.py``): the same liveness, the
-same readiness rules (503 while starting or draining; a map that is down makes
-it 503 only with ``[http] ready_requires_map``), the same Prometheus text, with
-the proxy's families added (``proxy/metrics.py``).  HAProxy checks it with
-``tcp-check connect port ...`` + ``GET /readyz`` without a PROXY header
-(nginx-haproxy.md §3.3; ``authsvc render-haproxy``).  With ``--workers N``
-every worker serves it on a SO_REUSEPORT socket and any one of them answers
-with the totals of all.
+One of the few modules that touch the event loop, and the only one of the
+proxy's that imports aiohttp (``run.py`` imports it only when a health port is
+configured).  The handlers are ``authsvc serve``'s own
+(``authsvc/runtime/health.py``): the same liveness, the same readiness rules
+(503 while starting or draining; a map that is down makes it 503 only with
+``[http] ready_requires_map``), the same Prometheus text, with the proxy's
+families added (``metrics.py``).  With the throttle on, the port also serves
+``GET /throttle`` and ``POST /throttle/clear`` (``authsvc/control/throttle.py``).
+HAProxy checks it with ``tcp-check connect port ...`` + ``GET /readyz`` without
+a PROXY header (docs/proxy.md; ``authsvc render-haproxy``).  With
+``--workers N`` every worker serves it on a SO_REUSEPORT socket and any one of
+them answers with the totals of all.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from typing import Protocol
 
 from aiohttp import web
 
-from authsvc.http.health import Health, MapStates, Readiness, health_routes
-from authsvc.http.workers import bind_tcp
+from authsvc.control.throttle import ThrottleControl
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
+from authsvc.runtime.binding import bind_tcp
+from authsvc.runtime.health import Health, MapStates, Readiness, health_routes
 from authsvc.settings import Settings
-from authsvc.throttle.control import ThrottleControl
 from authsvc.throttle.service import Throttle
 
 

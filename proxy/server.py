@@ -1,71 +1,55 @@
-"""``authsvc proxy``: every configured listener in one process, its limits and its shutdown.
+"""The proxy's listeners and live sessions in one process: accept, admit, serve, reload, drain.
 
 One of the few modules that touch the event loop.  Each listening socket is
-watched with ``loop.add_reader`` and accepted here, as raw sockets, so that a
-listener behind HAProxy can read its PROXY header before asyncio's transport
-(and its TLS layer) touch the connection (``proxy/accept.py``).  Then:
+watched with ``loop.add_reader`` and accepted here, as raw sockets
+(``authsvc/runtime/accepting.py``), so that a listener behind HAProxy can read
+its PROXY header before asyncio's transport (and its TLS layer) touch the
+connection (``accept.py``).  Then:
 
 * a PROXY listener closes peers outside its trusted networks at once, and
   connections whose header is malformed or late, without a greeting
-  (haproxy ``doc/proxy-protocol.txt`` §5; nginx-haproxy.md §3.6);
-* ``proxy/limits.py`` decides the limits: ``connection_limit`` per listener and
+  (HAProxy's ``doc/proxy-protocol.txt``, section 5, "Security considerations");
+* ``limits.py`` decides the limits: ``connection_limit`` per listener and
   ``preauth_limit`` when the connection arrives, ``client_limit`` and
   ``client_preauth_limit`` once the real client address is known.  The extra
   client is told ``* BYE [UNAVAILABLE] ...`` / ``-ERR [SYS/TEMP] ...`` (nothing
   on an implicit-TLS listener, where no plaintext may be sent) and the listener
-  keeps serving; Perdition's listener died here (perdition.md §6.3);
+  keeps serving, where Perdition's listener exited (docs/configuration.md,
+  "Other differences from Perdition");
 * the connection becomes a :class:`Session`.
 
-On SIGTERM or SIGINT it stops accepting (``/readyz`` answers 503), says BYE
-/ ``-ERR`` to sessions that have not logged in and closes them, gives logged-in
-ones ``drain_timeout`` seconds, then closes the rest without a word: a relay
-does not parse the store's stream, so it cannot know where a line ends.  On
-SIGHUP it reloads (``authsvc/reload.py``): new sessions get the new settings,
-maps and certificates, live ones keep theirs.
-``main`` runs one process, or ``--workers N`` processes on SO_REUSEPORT
-sockets through ``authsvc/http/workers.py``'s supervisor, with ``/healthz``,
-``/readyz`` and ``/metrics`` on ``[proxy] health_listen`` (``proxy/health.py``).
+:meth:`ProxyServer.reconfigure` gives new sessions a reload's settings, maps
+and certificates; live ones keep theirs.  :meth:`ProxyServer.stop` stops
+accepting, says BYE / ``-ERR`` to sessions that have not logged in and closes
+them, gives logged-in ones ``drain_timeout`` seconds, then closes the rest
+without a word: a relay does not parse the store's stream, so it cannot know
+where a line ends.  ``run.py`` runs it for the life of a process.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import logging
-import signal
 import socket
-import ssl
-import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
 
 from authsvc.proxy.accept import read_proxy_header, refuse
+from authsvc.proxy.certificates import backend_tls_for, server_tls_context
 from authsvc.proxy.events import Endpoints
 from authsvc.proxy.limits import Admission, IPNetwork, Refused, Ticket, in_networks, parse_networks
-from authsvc.proxy.metrics import ProxyMetrics, families
+from authsvc.proxy.listeners import ListenerSockets, bind_listener
+from authsvc.proxy.metrics import ProxyMetrics
 from authsvc.proxy.proxy_protocol import ProxyProtocolError
 from authsvc.proxy.session import ListenerContext, Session
 from authsvc.proxy.syslog import AuthLog
 
-from authsvc.accepting import accept_batch
-from authsvc.address import well_known_port
-from authsvc.http.server import HANDLED_SIGNALS
-from authsvc.http.workers import ListenError, bind_tcp, make_run_dir, supervise
-from authsvc.log import configure_logging
 from authsvc.metrics import Metrics
-from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
-from authsvc.routing import Router, open_router_switch
-from authsvc.settings import (
-    BackendTls,
-    HostPort,
-    ListenerSettings,
-    ListenTls,
-    MailProtocol,
-    ProxySettings,
-    Settings,
-)
+from authsvc.routing import Router
+from authsvc.runtime.accepting import accept_batch
+from authsvc.runtime.binding import describe_socket, inet_address
+from authsvc.settings import ListenTls, MailProtocol, Settings
 from authsvc.throttle.service import Throttle
 
 log = logging.getLogger("proxy.server")
@@ -86,60 +70,6 @@ ACCEPT_BATCH = 100
 ACCEPT_PAUSE = 0.1
 #: How often the gauges and byte counters are copied into the metrics.
 METRICS_EVERY = 1.0
-
-#: listener name -> one socket per bind address.
-ListenerSockets = Mapping[str, Sequence[socket.socket]]
-
-
-class ProxyConfigError(ValueError):
-    """A listener cannot be served as configured (e.g. TLS without a certificate)."""
-
-
-def server_tls_context(listener: ListenerSettings) -> ssl.SSLContext | None:
-    """The certificate a listener presents, or None for a plaintext-only listener."""
-    if listener.tls is ListenTls.NONE:
-        if listener.tls_required:
-            raise ProxyConfigError(f"listener {listener.name}: tls_required without TLS")
-        return None
-    files = listener.tls_files
-    if not files.cert_file or not files.key_file:
-        raise ProxyConfigError(f"listener {listener.name}: TLS needs a certificate and key")
-    # No client certificates are requested (Perdition asked by default, §5.3).
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(files.cert_file, files.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ProxyConfigError(f"listener {listener.name}: {exc}") from exc
-    return context
-
-
-def backend_tls_context(proxy: ProxySettings) -> ssl.SSLContext:
-    """How stores' certificates are checked (chain and name by default, §5.3).
-
-    ``backend_verify = false`` is Perdition's ``ssl_no_cert_verify``;
-    ``backend_verify_name = false`` its ``ssl_no_cn_verify`` (chain still checked).
-    Unlike Perdition, an IP address in the map is checked against the
-    certificate's IP SANs rather than needing ``ssl_no_cn_verify``.
-    """
-    try:
-        context = ssl.create_default_context(cafile=proxy.backend_ca_file,
-                                             capath=proxy.backend_ca_path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ProxyConfigError(f"backend CA: {exc}") from exc
-    if not proxy.backend_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif not proxy.backend_verify_name:
-        context.check_hostname = False
-    return context
-
-
-def _inet(name: object) -> tuple[str, int]:
-    """(host, port) of a socket address; unix sockets have no port."""
-    if isinstance(name, tuple) and len(name) >= 2:
-        return str(name[0]), int(name[1])
-    return str(name), 0
 
 
 class ProxyServer:
@@ -178,8 +108,7 @@ class ProxyServer:
         Raises ProxyConfigError, ListenError or OSError when one cannot listen.
         """
         settings = self._settings
-        needs_backend_tls = any(ls.backend_tls is not BackendTls.NONE for ls in settings.listeners)
-        backend_tls = backend_tls_context(settings.proxy) if needs_backend_tls else None
+        backend_tls = backend_tls_for(settings)
         loop = asyncio.get_running_loop()
         try:
             for listener in settings.listeners:
@@ -206,7 +135,7 @@ class ProxyServer:
                         "event": "listening", "listener": listener.name,
                         "protocol": listener.protocol.value, "tls": listener.tls.value,
                         "proxy_protocol": listener.proxy_protocol,
-                        "on": _sockname(sock)}})
+                        "on": describe_socket(sock)}})
         except BaseException:
             await self.stop(0)
             raise
@@ -216,7 +145,7 @@ class ProxyServer:
 
     def addresses(self, listener: str) -> list[tuple[str, int]]:
         """Where a listener is bound (host, port), for tests and logs."""
-        return [_inet(sock.getsockname()) for sock in self._listening.get(listener, [])]
+        return [inet_address(sock.getsockname()) for sock in self._listening.get(listener, [])]
 
     @property
     def sessions(self) -> int:
@@ -232,7 +161,7 @@ class ProxyServer:
     def _accept_ready(self, context: ListenerContext, listening: socket.socket) -> None:
         def accepted(conn: socket.socket, peer: object) -> None:
             conn.setblocking(False)
-            self._accepted(context, conn, _inet(peer))
+            self._accepted(context, conn, inet_address(peer))
 
         exhausted = accept_batch(listening, ACCEPT_BATCH, accepted)
         if exhausted is not None:
@@ -259,7 +188,7 @@ class ProxyServer:
             conn.close()
             return
         if listener.proxy_protocol and not in_networks(peer[0], self._trusted[listener.name]):
-            # Anyone else could claim any address (proxy-protocol.txt §5).
+            # Anyone else could claim any address (proxy-protocol.txt, section 5).
             self._note_refusal(context, "proxy_untrusted", peer)
             conn.close()
             return
@@ -300,7 +229,7 @@ class ProxyServer:
         listener = context.listener
         handed_over = False
         try:
-            client, local = peer, _inet(conn.getsockname())
+            client, local = peer, inet_address(conn.getsockname())
             via: tuple[str, int] | None = None
             if listener.proxy_protocol:
                 try:
@@ -348,8 +277,7 @@ class ProxyServer:
         changed address takes a restart, and the log says so.  Raises
         ProxyConfigError (before changing anything) when a certificate fails.
         """
-        needs_backend_tls = any(ls.backend_tls is not BackendTls.NONE for ls in settings.listeners)
-        backend_tls = backend_tls_context(settings.proxy) if needs_backend_tls else None
+        backend_tls = backend_tls_for(settings)
         contexts: dict[str, ListenerContext] = {}
         for listener in settings.listeners:
             if listener.name not in self._listening:
@@ -430,199 +358,3 @@ class ProxyServer:
             self._refresher.cancel()
             self._refresher = None
         self.refresh_metrics()  # the final numbers stay in the worker's metrics file
-
-
-def bind_listener(listener: ListenerSettings, count: int = 1) -> list[socket.socket]:
-    """``count`` sockets per bind address of ``listener`` (SO_REUSEPORT when count > 1).
-
-    The list holds, for each bind address in turn, its ``count`` sockets.
-    """
-    port = well_known_port(listener.protocol, listener.tls is ListenTls.IMPLICIT)
-    binds = [HostPort(b.host, b.port if b.port is not None else port)
-             for b in listener.bind] or [HostPort("0.0.0.0", port)]
-    found: list[socket.socket] = []
-    try:
-        for address in binds:
-            found += bind_tcp(address, count, backlog=socket.SOMAXCONN)
-    except ListenError:
-        for sock in found:
-            sock.close()
-        raise
-    return found
-
-
-def _sockname(sock: socket.socket) -> str:
-    host, port = _inet(sock.getsockname())
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def serve(
-    settings: Settings,
-    stop: asyncio.Event | None = None,
-    *,
-    sockets: ListenerSockets | None = None,
-    health_socket: socket.socket | None = None,
-    run_dir: str | None = None,
-    started: asyncio.Future[ProxyServer] | None = None,
-    reload_from: ReloadSource | None = None,
-) -> None:
-    """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT; SIGHUP reloads."""
-    from authsvc.proxy.health import HealthEndpoint  # aiohttp only when asked for
-
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    reloader: Reloader | None = None
-
-    def on_sighup() -> None:
-        if reloader is None:
-            log.info("SIGHUP received: nothing to reload (no configuration files)")
-            return
-        log.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
-        reloader.request()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    # A worker starts with these blocked (workers.py); its handlers are in place now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-    metrics = Metrics(run_dir, families=[*families(ls.name for ls in settings.listeners),
-                                         *RELOAD_FAMILIES])
-    auth_log = AuthLog(settings.proxy) if settings.proxy.auth_log else None
-    try:
-        async with open_router_switch(settings) as switch:
-            router = switch.router
-            metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
-            # Counts shared by the workers through the run directory (docs/security.md).
-            throttle = Throttle(settings.throttle, directory=run_dir)
-            server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log,
-                                 throttle=throttle)
-            health = HealthEndpoint(settings, router, server, metrics,
-                                    throttle=throttle if throttle.enabled else None)
-            await server.start(sockets)
-
-            def apply(new: Settings, new_router: Router) -> None:
-                metrics.attach_maps(new_router.cache_stats())  # a map the reload added
-                server.reconfigure(new, new_router)
-                health.rebind(new_router)
-
-            if reload_from is not None:
-                reloader = Reloader(reload_from, switch, apply, metrics=metrics,
-                                    check=check_tls)
-            try:
-                await health.start(health_socket)
-                health.set_ready()
-                if started is not None:
-                    started.set_result(server)
-                await stop.wait()
-            finally:
-                health.set_draining()
-                log.info("", extra={"fields": {"event": "stopping", "sessions": server.sessions}})
-                await server.stop(switch.router.settings.proxy.drain_timeout)
-                metrics.set_cache_stats(switch.router.cache_stats())
-                await health.stop()
-                await throttle.close()
-                if reloader is not None:
-                    await reloader.close()
-    finally:
-        metrics.close()
-        if auth_log is not None:
-            auth_log.close()
-        for signum in (*HANDLED_SIGNALS,):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
-
-
-# --- the command ------------------------------------------------------------------
-
-
-def check_tls(settings: Settings) -> None:
-    """Certificates and CAs load, before any socket is bound or worker forked."""
-    for listener in settings.listeners:
-        server_tls_context(listener)
-    if any(ls.backend_tls is not BackendTls.NONE for ls in settings.listeners):
-        backend_tls_context(settings.proxy)
-
-
-def bind_all(settings: Settings, workers: int) -> list[dict[str, list[socket.socket]]]:
-    """For each worker, its listening sockets by listener (SO_REUSEPORT across workers)."""
-    slots: list[dict[str, list[socket.socket]]] = [{} for _ in range(workers)]
-    try:
-        for listener in settings.listeners:
-            sockets = bind_listener(listener, workers)
-            for index, sock in enumerate(sockets):
-                slots[index % workers].setdefault(listener.name, []).append(sock)
-    except ListenError:
-        for slot in slots:
-            for sock in (s for group in slot.values() for s in group):
-                sock.close()
-        raise
-    return slots
-
-
-def _close_all(slots: Sequence[Mapping[str, Sequence[socket.socket]]],
-               health: Sequence[socket.socket], keep: int | None = None) -> None:
-    for index, slot in enumerate(slots):
-        if index == keep:
-            continue
-        for sock in (s for group in slot.values() for s in group):
-            sock.close()
-        if index < len(health):
-            health[index].close()
-
-
-def main(args: argparse.Namespace | Sequence[str]) -> int:
-    """``authsvc proxy --config FILE [--config FILE ...] [--workers N]``; the exit code."""
-    from authsvc.config import load_settings  # the config teammate's loader
-
-    if isinstance(args, argparse.Namespace):
-        paths, workers = args.config, int(getattr(args, "workers", 1) or 1)
-    else:
-        paths, workers = list(args), 1
-    if workers < 1:
-        print("authsvc proxy: --workers must be at least 1", file=sys.stderr)
-        return 2
-    loaded = load_settings(paths)
-    for warning in loaded.warnings:
-        print(f"authsvc: warning: {warning}", file=sys.stderr)
-    settings: Settings = loaded.settings
-    reload_from = ReloadSource.of(paths)  # SIGHUP reads the same files again
-    configure_logging(settings.log)
-    health_address = settings.proxy.health_listen
-    try:
-        check_tls(settings)
-        slots = bind_all(settings, workers)
-        try:
-            health = bind_tcp(health_address, workers) if health_address is not None else []
-        except ListenError:
-            _close_all(slots, [])
-            raise
-    except (ProxyConfigError, ListenError, OSError) as exc:
-        print(f"authsvc proxy: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if workers == 1:
-            asyncio.run(serve(settings, sockets=slots[0], reload_from=reload_from,
-                              health_socket=health[0] if health else None))
-            return 0
-        # One token per worker for the supervisor: the worker's first listening
-        # socket.  The worker closes every other worker's sockets itself.
-        tokens = [next(s for group in slot.values() for s in group) for slot in slots]
-
-        def child(settings: Settings, token: socket.socket, run_dir: str) -> int:
-            index = next(i for i, t in enumerate(tokens) if t is token)
-            _close_all(slots, health, keep=index)
-            asyncio.run(serve(settings, sockets=slots[index], run_dir=run_dir,
-                              reload_from=reload_from,
-                              health_socket=health[index] if health else None))
-            return 0
-
-        return supervise(settings, tokens, workers, make_run_dir(), child_main=child,
-                         reload_from=reload_from,
-                         on_stop=lambda: _close_all(slots, health))
-    except (ProxyConfigError, OSError) as exc:
-        print(f"authsvc proxy: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        _close_all(slots, health)

@@ -6,14 +6,22 @@ syslog daemon that is slow, stopped or missing costs a dropped line and a
 rate-limited warning in our own log, never a stalled event loop (glibc's
 ``syslog(3)`` would block).  The socket is reopened on the next line after an
 error, so a restarted syslog daemon is picked up.
+
+A UDP host name is resolved once, when the writer is made at start, because
+a lookup can take seconds and would stall every session.  If it fails then,
+lines are dropped (and counted) while the name is looked up again off the
+event loop, at most once a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from authsvc.proxy.authline import auth_line, protocol_name, syslog_datagram
 
@@ -24,38 +32,88 @@ log = logging.getLogger("proxy.syslog")
 
 #: At most one warning about an unreachable syslog per this many seconds.
 WARN_EVERY = 60.0
+#: A host name that did not resolve is looked up again at most this often.
+RESOLVE_EVERY = 60.0
+
+#: ``socket.getaddrinfo``'s signature, replaceable in tests.
+Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 
 
 class SyslogSender:
     """One datagram socket to the target, opened on first use."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, resolve: Resolver = socket.getaddrinfo) -> None:
         self.target = target
         self._sock: socket.socket | None = None
-        self._address: str | tuple[str, int] = target
+        #: Where datagrams go: the unix socket's path, or a numeric (host, port, ...)
+        #: for UDP; None while a host name has not resolved.
+        self.address: str | tuple[Any, ...] | None = target
         self._family = socket.AF_UNIX
+        self._resolve = resolve
+        self._name: tuple[str, int] = ("", 0)
+        self._resolving: asyncio.Task[None] | None = None
+        self._resolved_at = float("-inf")
         if not target.startswith("/"):
             hostport = parse_hostport(target)
-            self._family = socket.AF_INET6 if ":" in hostport.host else socket.AF_INET
-            self._address = (hostport.host, hostport.port or 514)
+            self._name = (hostport.host, hostport.port or 514)
+            self.address = None
+            self._resolved_at = time.monotonic()
+            try:
+                self._use(resolve(*self._name, type=socket.SOCK_DGRAM))
+            except OSError as exc:
+                self._warn_unresolved(exc)
         self.sent = 0
         self.dropped = 0
         self._warned_at = float("-inf")
 
+    def _use(self, found: Sequence[tuple[Any, ...]]) -> None:
+        family, _type, _proto, _canonical, address = found[0]
+        self._family, self.address = family, tuple(address)
+
+    def _warn_unresolved(self, exc: BaseException) -> None:
+        log.warning("", extra={"fields": {"event": "auth_log_unresolved", "target": self.target,
+                                          "reason": str(exc) or type(exc).__name__}})
+
+    def _resolve_later(self) -> None:
+        """Look the host name up again, off the event loop (none running: not now)."""
+        if self._resolving is not None or time.monotonic() - self._resolved_at < RESOLVE_EVERY:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._resolved_at = time.monotonic()
+        self._resolving = loop.create_task(self._resolve_off_loop())
+
+    async def _resolve_off_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(
+                None, lambda: self._resolve(*self._name, type=socket.SOCK_DGRAM))
+            self._use(found)
+        except OSError as exc:
+            self._warn_unresolved(exc)
+        finally:
+            self._resolving = None
+
     def send(self, datagram: bytes) -> bool:
         """Send one datagram now, or drop it; True when it left."""
+        if self.address is None:
+            self._resolve_later()
+            self._drop(f"{self._name[0]} does not resolve")
+            return False
         for attempt in range(2):  # a stale socket (syslog restarted) gets one retry
             try:
                 if self._sock is None:
                     self._sock = socket.socket(self._family, socket.SOCK_DGRAM)
                     self._sock.setblocking(False)
-                    self._sock.connect(self._address)
+                    self._sock.connect(self.address)
                 self._sock.send(datagram)
             except BlockingIOError:
                 self._drop("syslog is not keeping up")
                 return False
             except OSError as exc:
-                self.close()
+                self._close_socket()
                 if attempt == 1:
                     self._drop(exc.strerror or str(exc))
                     return False
@@ -63,6 +121,11 @@ class SyslogSender:
             self.sent += 1
             return True
         return False  # pragma: no cover - the loop always returns
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _drop(self, why: str) -> None:
         self.dropped += 1
@@ -73,13 +136,14 @@ class SyslogSender:
                                               "reason": why, "dropped": self.dropped}})
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
+        if self._resolving is not None:
+            self._resolving.cancel()
+            self._resolving = None
 
 
 class AuthLog:
-    """Formats and sends the ``Auth:`` line of one login attempt (perdition.md §7.2)."""
+    """Formats and sends the ``Auth:`` line of one login attempt (``authline.py``)."""
 
     def __init__(self, proxy: ProxySettings, sender: SyslogSender | None = None) -> None:
         self._ident = proxy.auth_log_ident

@@ -16,14 +16,14 @@ from contextlib import AbstractAsyncContextManager
 
 from aiohttp import hdrs, web
 
+from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
+from authsvc.control.throttle import ThrottleControl
 from authsvc.http.auth_http import AuthService
-from authsvc.http.control import FLUSH_PATH, CacheControl, Peers
-from authsvc.http.health import Health, MapStates, Readiness, health_routes
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
 from authsvc.routing import Router, RouterSwitch, open_router, open_router_switch
+from authsvc.runtime.health import Health, MapStates, Readiness, health_routes
 from authsvc.settings import Settings
-from authsvc.throttle.control import ThrottleControl
 from authsvc.throttle.service import Throttle
 
 RouterFactory = Callable[[Settings], AbstractAsyncContextManager[Router]]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from authsvc.control.trust import trusted
 from authsvc.http.resolve import ResolveError, Resolver
 from authsvc.log import BatchedLog
 from authsvc.metrics import Metrics
@@ -231,7 +232,8 @@ class AuthService:
         started = time.perf_counter()
         parsed: AuthRequest | BadRequest | None = None
         try:
-            if not self._authorised(headers):
+            if not trusted(headers, self._http.secret, self._secret_header,
+                           open_without_secret=True):
                 outcome: Outcome | Awaitable[Outcome] = Outcome(
                     refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
                     "forbidden", f"missing or wrong {self._http.secret_header}")
@@ -284,18 +286,6 @@ class AuthService:
         if router is not None:
             self._metrics.set_cache_stats(router.cache_stats())
         self._stats_due = time.perf_counter() + CACHE_STATS_INTERVAL
-
-    def _authorised(self, headers: Mapping[str, str]) -> bool:
-        secret = self._http.secret
-        if secret is None:
-            return True
-        offered = headers.get(self._secret_header)
-        if offered is None:
-            return False
-        try:
-            return secret.matches(offered)
-        except UnicodeEncodeError:  # raw non-UTF-8 bytes: cannot be our secret
-            return False
 
     def _refuse(self, text: str, attempt: int) -> dict[str, str]:
         """A refusal the user may retry: Auth-Wait until max_attempts (§1.7)."""

@@ -3,29 +3,26 @@
 The command line wins over the config: ``--listen HOST:PORT`` or ``--unix PATH``
 replace ``[http] listen``/``unix``.  Without either, a configured unix socket is
 used, else the configured TCP address.  ``--workers 1`` (the default) serves in
-this process; more workers fork from here (``workers.py``).
+this process; more workers fork from here (``authsvc/runtime/workers.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import sys
 
 from authsvc.address import parse_hostport
-from authsvc.http.workers import (
-    ListenError,
-    bind_tcp,
-    bind_unix,
-    make_run_dir,
-    run_single,
-    supervise,
-)
+from authsvc.http.server import run_server
 from authsvc.log import configure_logging
 from authsvc.reload import ReloadSource
+from authsvc.runtime.binding import ListenError, bind_tcp, bind_unix
+from authsvc.runtime.workers import make_run_dir, supervise
 from authsvc.settings import Settings
 
 logger = logging.getLogger("authsvc.serve")
@@ -76,9 +73,15 @@ def serve(args: argparse.Namespace) -> int:
     reload_from = ReloadSource.of(
         args.config, lambda new: apply_overrides(new, listen=args.listen, unix=args.unix))
     try:
-        if workers == 1:
-            return run_single(settings, sockets[0], reload_from)
-        return supervise(settings, sockets, workers, make_run_dir(), reload_from=reload_from)
+        if workers == 1:  # no fork: this process serves
+            return asyncio.run(run_server(settings, sockets[0], reload_from=reload_from))
+
+        def worker(settings: Settings, sock: socket.socket, run_dir: str) -> int:
+            return asyncio.run(run_server(settings, sock, run_dir=run_dir,
+                                          reload_from=reload_from))
+
+        return supervise(settings, sockets, workers, make_run_dir(), child_main=worker,
+                         reload_from=reload_from)
     finally:
         for sock in sockets:
             sock.close()

@@ -14,40 +14,22 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 
 from aiohttp import web
 
+from authsvc.control.flush import Peers
 from authsvc.http.app import HEALTH, ROUTERS, RouterFactory, bind_router, create_app
-from authsvc.http.control import Peers
 from authsvc.http.site import NginxSockSite
-from authsvc.http.wire import MAX_FIELD_SIZE as MAX_FIELD_SIZE  # re-exported
+from authsvc.http.wire import MAX_FIELD_SIZE
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import open_router
+from authsvc.runtime.binding import describe_socket
+from authsvc.runtime.signals import handle_signals, release_signals
 from authsvc.settings import Settings
 
 logger = logging.getLogger("authsvc.serve")
-
-#: Signals a serving process handles itself; a pre-fork parent blocks them
-#: before forking, so a worker unblocks them once its handlers are in place.
-HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-
-#: nginx escapes a login of up to its client buffer (4-8 KB) into three times
-#: as many bytes (every byte can become %XX).  aiohttp's default 8190-byte
-#: header limit would answer 400, which nginx shows as an internal error; with
-#: room to spare, an over-long login reaches the login rules and gets a proper
-#: refusal.
-
-
-def describe_socket(sock: socket.socket) -> str:
-    """``host:port`` or ``unix:/path`` for log lines."""
-    name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        return f"unix:{name}"
-    host, port = name[0], name[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def run_server(
@@ -66,13 +48,17 @@ async def run_server(
     ``started`` receives the application once the socket accepts; tests use
     it and ``stop``/``open_router_fn`` to drive a real server in process.
     """
-    loop = asyncio.get_running_loop()
     metrics = Metrics(run_dir, families=RELOAD_FAMILIES)
     peers = Peers(run_dir) if run_dir is not None else None
     app = create_app(settings, metrics, peers=peers, open_router_fn=open_router_fn)
     verbose = settings.log.connection_logging or settings.log.level == "debug"
     drain = drain_timeout if drain_timeout is not None else max(5.0,
                                                                  settings.nginx.auth_http_timeout)
+    # nginx escapes a login of up to its client buffer (4-8 KB) into three times
+    # as many bytes (every byte can become %XX).  aiohttp's default 8190-byte
+    # header limit would answer 400, which nginx shows as an internal error; with
+    # room to spare, an over-long login reaches the login rules and gets a proper
+    # refusal.
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -82,8 +68,6 @@ async def run_server(
         max_line_size=MAX_FIELD_SIZE,
     )
     stop = stop if stop is not None else asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     reloader: Reloader | None = None
 
     def on_sighup() -> None:
@@ -93,8 +77,7 @@ async def run_server(
         logger.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
         reloader.request()
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    handle_signals(stop, on_sighup)
     try:
         await runner.setup()  # opens the router (cleanup_ctx)
         if reload_from is not None and ROUTERS in app:
@@ -122,8 +105,7 @@ async def run_server(
         if reloader is not None:
             await reloader.close()  # maps retired by a reload, after the last request
         metrics.close()
-        for handled in HANDLED_SIGNALS:
-            loop.remove_signal_handler(handled)
+        release_signals()
         if peers is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(peers.own)

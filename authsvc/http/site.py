@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from authsvc.accepting import accept_batch
 from authsvc.http.app import AUTH, SETTINGS
 from authsvc.http.auth_http import AuthService, Outcome
 from authsvc.http.wire import (
@@ -41,6 +40,7 @@ from authsvc.http.wire import (
     ReplyCache,
     examine,
 )
+from authsvc.runtime.accepting import accept_batch
 
 logger = logging.getLogger("authsvc.serve")
 

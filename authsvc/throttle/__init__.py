@@ -1,4 +1,4 @@
-"""Brute-force throttling for ``serve`` and ``proxy`` (issue 10; docs/security.md).
+"""Brute-force throttling for ``serve`` and ``proxy`` (docs/security.md).
 
 * ``policy.py``: the sans-IO core: which address a client counts as, which
   counters a failure touches, how many failures earn which delay, password
@@ -7,6 +7,8 @@
   in a file shared by every worker) and ``redis.py`` (several nodes).
 * ``service.py``: :class:`~authsvc.throttle.service.Throttle`, what serve and
   proxy call: policy + store + Redis fallback + metrics.
-* ``control.py`` / ``command.py``: ``GET /throttle``, ``POST /throttle/clear``
-  and ``authsvc throttle list|clear``.
+
+Its HTTP endpoints (``GET /throttle``, ``POST /throttle/clear``) and
+``authsvc throttle list|clear`` are the control package's
+(``authsvc/control/throttle.py``, ``authsvc/control/commands.py``).
 """

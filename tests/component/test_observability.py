@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from authsvc.proxy.server import ProxyServer, serve
+from authsvc.proxy.run import serve
+from authsvc.proxy.server import ProxyServer
 
 from authsvc.settings import (
     CacheSettings,

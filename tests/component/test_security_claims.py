@@ -13,8 +13,8 @@ import socket
 import ssl
 
 import pytest
+from authsvc.proxy.certificates import server_tls_context
 from authsvc.proxy.events import Credentials
-from authsvc.proxy.server import server_tls_context
 
 from authsvc.redact import Secret
 from authsvc.settings import FileMapSettings, ListenTls, MailProtocol

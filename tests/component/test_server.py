@@ -7,7 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from authsvc.proxy.server import ProxyConfigError, ProxyServer
+from authsvc.proxy.certificates import ProxyConfigError
+from authsvc.proxy.server import ProxyServer
 
 from authsvc.routing import open_router
 from authsvc.settings import CacheSettings, ProxySettings, Settings

@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from authsvc.http.control import Peers, parse_flush
-from authsvc.http.flush import post_flush, target
+from authsvc.control.client import call, target
+from authsvc.control.flush import FLUSH_PATH, Peers, parse_flush
 from authsvc.maps import MapEntry
-from authsvc.settings import HttpSettings, Settings
+from authsvc.settings import HostPort, HttpSettings, Settings
 from tests.unit.auth_http_fakes import (
     Maps,
     exchange,
@@ -28,6 +28,12 @@ from tests.unit.auth_http_fakes import (
     secret_settings,
     seed_settings,
 )
+
+
+async def post_flush(settings: Settings, form: dict[str, str],
+                     url: str | None = None) -> tuple[int, dict[str, object]]:
+    """``authsvc flush``'s request, through the control client."""
+    return await call(settings, "POST", FLUSH_PATH, form, url=url)
 
 KEY = (b"X-Authsvc-Key", b"s3cret-key")
 
@@ -124,6 +130,9 @@ def test_target() -> None:
     assert target(settings, "http://[::1]:1/") == (None, "http://[::1]:1")
     assert target(seed_settings(HttpSettings(unix="/run/b.sock")), None) == (
         "/run/b.sock", "http://localhost")
+    # An IPv6 [http] listen is bracketed in the URL.
+    assert target(seed_settings(HttpSettings(listen=HostPort("::1", 9143))), None) == (
+        None, "http://[::1]:9143")
 
 
 @pytest.fixture

@@ -18,8 +18,15 @@ from aiohttp import web
 
 from authsvc.http import site
 from authsvc.http.app import AUTH
-from authsvc.http.server import MAX_FIELD_SIZE
-from authsvc.http.wire import HandOver, Need, NginxProtocol, OneShot, ReplyCache, examine
+from authsvc.http.wire import (
+    MAX_FIELD_SIZE,
+    HandOver,
+    Need,
+    NginxProtocol,
+    OneShot,
+    ReplyCache,
+    examine,
+)
 from authsvc.maps import MapEntry
 from authsvc.maps.cached import CachedMap
 from authsvc.settings import CacheSettings

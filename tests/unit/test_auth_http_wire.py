@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from authsvc.http.auth_http import TEXT_INVALID, TEXT_TEMPORARY
-from authsvc.http.server import MAX_FIELD_SIZE
-from authsvc.http.wire import parse_head
-from authsvc.http.workers import ListenError, bind_unix
+from authsvc.http.wire import MAX_FIELD_SIZE, parse_head
+from authsvc.runtime.binding import ListenError, bind_unix
 from tests.unit.auth_http_fakes import (
     PASSWORD,
     Reply,

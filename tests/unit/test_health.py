@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from authsvc.http.app import HEALTH
-from authsvc.http.health import Health, MapStates, Phase, Readiness
+from authsvc.runtime.health import Health, MapStates, Phase, Readiness
 from authsvc.settings import HttpSettings
 from tests.unit.auth_http_fakes import Maps, make_app, make_maps, seed_settings
 

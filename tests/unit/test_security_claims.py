@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from authsvc.http.auth_http import TEXT_INVALID
-from authsvc.http.server import MAX_FIELD_SIZE
-from authsvc.http.wire import MAX_HEAD
+from authsvc.http.wire import MAX_FIELD_SIZE, MAX_HEAD
 from authsvc.render import NginxOptions, render_nginx
 from tests.golden.cases import nest
 from tests.unit.auth_http_fakes import (

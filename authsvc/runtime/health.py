@@ -1,17 +1,17 @@
 """``/healthz``, ``/readyz`` and ``/metrics``: shared by ``authsvc serve`` and the proxy.
 
 * ``/healthz`` is liveness: the event loop answers.  No I/O.
-* ``/readyz`` is what HAProxy's ``option httpchk GET /readyz`` asks (architecture
-  §5.9): 503 while the process starts or drains, 200 otherwise.  A map that is
+* ``/readyz`` is what HAProxy's ``option httpchk GET /readyz`` asks
+  (docs/operations.md): 503 while the process starts or drains, 200 otherwise.  A map that is
   down does NOT make it 503 unless ``http.ready_requires_map`` is set: a shared
   database outage must not take every node out of the pool at once, since the
   nodes can still serve cached routes.  The body reports each map's state.  The
   map check runs at most once per ``ttl`` seconds however often HAProxy asks.
 * ``/metrics`` is the Prometheus text of a :class:`~authsvc.metrics.Metrics`.
 
-Nothing here knows about auth_http or the router: a front end passes a
-:class:`Health` and a map-check callable, so the proxy's health listener can
-reuse the same handlers.
+Nothing here knows about auth_http, the proxy or the router: a front end
+passes a :class:`Health` and a map-check callable, and both faces serve the
+same handlers.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``GET /throttle`` and ``POST /throttle/clear``: the running service's throttle state.
 
-Trusted like ``POST /cache/flush`` (``authsvc/http/control.py``): callers on
-the unix socket, or with the shared secret; anyone else gets a 403, since the
-list names logins and addresses.  The counts live in the shared store (the
+Trusted like ``POST /cache/flush`` (``trust.py``): callers on the unix
+socket, or with the shared secret; anyone else gets a 403, since the list
+names logins and addresses.  ``authsvc serve`` serves them on its own port,
+``authsvc proxy`` on its health port.  The counts live in the shared store (the
 run directory's SQLite file, or Redis), so whichever worker answers sees, and
 clears, them all: no fan-out to the other workers is needed.
 """
@@ -13,6 +14,7 @@ import logging
 
 from aiohttp import web
 
+from authsvc.control.trust import sockname_of, trusted
 from authsvc.redact import Secret
 from authsvc.throttle.service import Throttle
 
@@ -34,16 +36,8 @@ class ThrottleControl:
         return [web.get(LIST_PATH, self.list), web.post(CLEAR_PATH, self.clear)]
 
     def _trusted(self, request: web.Request) -> bool:
-        transport = request.transport
-        if transport is not None and isinstance(transport.get_extra_info("sockname"), str):
-            return True  # a unix socket: file permissions decided who may connect
-        if self._secret is None:
-            return False
-        offered = request.headers.get(self._secret_header)
-        try:
-            return offered is not None and self._secret.matches(offered)
-        except UnicodeEncodeError:
-            return False
+        return trusted(request.headers, self._secret, self._secret_header,
+                       sockname=sockname_of(request))
 
     def _forbidden(self, request: web.Request) -> web.Response:
         logger.warning("", extra={"fields": {"event": "throttle_control", "result": "forbidden",

@@ -1,43 +1,41 @@
-"""Listening sockets and the pre-fork supervisor for ``authsvc serve --workers N``.
+"""The pre-fork supervisor behind ``--workers N``, for ``authsvc serve`` and ``authsvc proxy``.
 
-TCP: the parent binds one ``SO_REUSEPORT`` socket per worker, all on the same
-address, before forking; the kernel spreads new connections across them.
-Binding in the parent reports a busy port before any worker starts, and a
-worker that dies leaves its socket (and the connections queued on it) for its
-replacement.  Unix socket: one socket, inherited by every worker, which all
-accept from it.
+The parent binds the listening sockets before forking (``binding.py``), so a
+busy port is reported before any worker starts, and a worker that dies leaves
+its socket (and the connections queued on it) for its replacement.  Each face
+says what a worker runs (``child_main``) and which socket is its token: serve
+passes one ``SO_REUSEPORT`` socket per worker (or one shared unix socket), the
+proxy the first of each worker's listening sockets.
 
 The parent only supervises: it blocks SIGTERM/SIGINT/SIGHUP/SIGCHLD and waits
-for them with ``sigwaitinfo``.  SIGTERM/SIGINT: close its copies of the
+for them with ``sigtimedwait``.  SIGTERM/SIGINT: close its copies of the
 listening sockets (so the kernel stops queueing on them), pass SIGTERM to every
 worker, wait, and exit 0 when all of them exited 0.  SIGHUP: the parent
 reads the configuration again (so workers it starts later get the new one) and
-passes SIGHUP to every worker, each of which reloads itself (``reload.py``).
-A worker that dies on its own is replaced; three that die within
-seconds of starting mean something is broken, and the parent gives up.
+passes SIGHUP to every worker, each of which reloads itself
+(``authsvc/reload.py``).  A worker that dies on its own is replaced; three that
+die within seconds of starting mean something is broken, and the parent gives up.
 
 Workers share a private run directory (mode 0700) for metrics files and
-control sockets (``metrics.py``, ``control.py``); the parent removes it at exit.
+control sockets (``authsvc/metrics.py``, ``authsvc/control/flush.py``); the
+parent removes it at exit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import logging
 import os
 import shutil
 import signal
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Callable
 
-from authsvc.http.server import HANDLED_SIGNALS, run_server
 from authsvc.reload import ReloadSource
-from authsvc.settings import HostPort, Settings
+from authsvc.runtime.signals import HANDLED_SIGNALS
+from authsvc.settings import Settings
 
 logger = logging.getLogger("authsvc.workers")
 
@@ -47,77 +45,10 @@ QUICK_EXITS_ALLOWED = 3
 RESPAWN_DELAY = 0.5
 
 
-class ListenError(Exception):
-    """The address cannot be listened on; the message says why."""
-
-
-def bind_tcp(address: HostPort, count: int, backlog: int = 1024) -> list[socket.socket]:
-    """``count`` listening sockets on one address, with SO_REUSEPORT when count > 1."""
-    port = address.port if address.port is not None else 9143
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if count > 1:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address.host, port))
-            port = sock.getsockname()[1]  # port 0: the rest join the port the first got
-            sock.listen(backlog)
-            sock.set_inheritable(True)
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
-    return sockets
-
-
-def bind_unix(path: str, backlog: int = 1024, mode: int = 0o660) -> socket.socket:
-    """A listening unix socket at ``path``; a stale socket file is replaced."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ListenError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise ListenError(f"cannot check {path}: {exc.strerror}") from None
-            os.unlink(path)  # nobody listens: a leftover from a crash
-        else:
-            raise ListenError(f"{path} is in use by a running server")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        # nginx (www-data) must connect; everyone else must not: put nginx in
-        # the socket's group (docs/serve.md).  Whoever can connect may flush.
-        os.chmod(path, mode)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
 def make_run_dir() -> str:
     """A private directory for the workers' metrics files and control sockets."""
     base = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory=, if any
     return tempfile.mkdtemp(prefix="authsvc-serve-", dir=base or None)
-
-
-def run_single(settings: Settings, sock: socket.socket,
-               reload_from: ReloadSource | None = None) -> int:
-    """No fork: this process serves."""
-    return asyncio.run(run_server(settings, sock, reload_from=reload_from))
 
 
 def supervise(
@@ -126,7 +57,7 @@ def supervise(
     count: int,
     run_dir: str,
     *,
-    child_main: Callable[[Settings, socket.socket, str], int] | None = None,
+    child_main: Callable[[Settings, socket.socket, str], int],
     on_stop: Callable[[], None] | None = None,
     reload_from: ReloadSource | None = None,
 ) -> int:
@@ -138,10 +69,7 @@ def supervise(
     """
     waited = HANDLED_SIGNALS | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    def default_main(settings: Settings, sock: socket.socket, run_dir: str) -> int:
-        return asyncio.run(run_server(settings, sock, run_dir=run_dir, reload_from=reload_from))
-
-    main = child_main if child_main is not None else default_main
+    main = child_main
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, start time)
     respawn: list[tuple[float, int]] = []  # (when, slot)
     stopping = False
@@ -160,7 +88,7 @@ def supervise(
                     if other is not sock:
                         other.close()
                 # The handled signals stay blocked until the worker's loop has
-                # its handlers (run_server unblocks them); SIGCHLD is not ours.
+                # its handlers (signals.py unblocks them); SIGCHLD is not ours.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 code = main(settings, sock, run_dir)
             except BaseException:
@@ -197,7 +125,7 @@ def supervise(
                     _kill(pid, signal.SIGTERM)
             elif signo == signal.SIGHUP and not stopping:
                 settings = _reloaded(settings, reload_from)
-                for pid in children:  # each worker reloads itself (server.py)
+                for pid in children:  # each worker reloads itself (authsvc/reload.py)
                     _kill(pid, signal.SIGHUP)
             # SIGCHLD, or any wake-up: reap whoever has exited.
             for pid, status in _reap():

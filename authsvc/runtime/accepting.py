@@ -1,11 +1,11 @@
 """Accepting on a listening socket by hand, for the front ends that answer in the accept callback.
 
 ``authsvc serve`` (``authsvc/http/site.py``) and ``authsvc proxy``
-(``proxy/server.py``) watch their listening sockets with ``loop.add_reader``
+(``proxy/listeners.py``) watch their listening sockets with ``loop.add_reader``
 and accept themselves, rather than through asyncio's server, which spends a
 task and a transport on every connection.  Both accept in batches and both
-must survive a full descriptor table (perdition.md §6.3: Perdition's listener
-died on a failed accept); that part is here.
+must survive a full descriptor table, where Perdition's listener exited
+(docs/configuration.md, "Other differences from Perdition"); that part is here.
 """
 
 from __future__ import annotations

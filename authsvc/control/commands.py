@@ -1,9 +1,15 @@
-"""``authsvc throttle list`` / ``authsvc throttle clear ADDRESS|LOGIN``.
+"""``authsvc flush`` and ``authsvc throttle list|clear``: the operator's commands.
 
-Talks to a running ``authsvc serve`` like ``authsvc flush`` does
-(``authsvc/http/flush.py``): over the unix socket when the config has one (or
-``--url unix:/path``), else over TCP with the shared secret.  The counts live
-in the shared store, so one request sees (and clears) every worker's.
+Both talk to a running ``authsvc serve`` through one client (``client.py``):
+over the unix socket when the config has one (or ``--url unix:/path``), else
+over TCP with the shared secret.
+
+* ``authsvc flush --user|--domain|--all`` posts to ``/cache/flush``; the server
+  repeats the flush on every worker (``flush.py``) and answers with how many
+  routes were dropped.
+* ``authsvc throttle list`` / ``clear ADDRESS|LOGIN`` reads or clears the
+  throttle's counts (``throttle.py``); they live in the shared store, so one
+  request sees (and clears) every worker's.
 """
 
 from __future__ import annotations
@@ -15,33 +21,12 @@ import sys
 
 import aiohttp
 
-from authsvc.http.flush import target
-from authsvc.settings import Settings
-from authsvc.throttle.control import CLEAR_PATH, LIST_PATH
+from authsvc.control.client import call
+from authsvc.control.flush import FLUSH_PATH
+from authsvc.control.throttle import CLEAR_PATH, LIST_PATH
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-
-
-async def call(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
-               url: str | None = None, limit: float = 10.0) -> tuple[int, dict[str, object]]:
-    """One request to the control endpoint; (HTTP status, JSON body)."""
-    unix, base = target(settings, url)
-    connector = aiohttp.UnixConnector(path=unix) if unix is not None else None
-    headers = {}
-    if settings.http.secret is not None and unix is None:
-        headers[settings.http.secret_header] = settings.http.secret.reveal()
-    async with (
-        aiohttp.ClientSession(connector=connector,
-                              timeout=aiohttp.ClientTimeout(total=limit)) as session,
-        session.request(method, base + path, data=form, headers=headers) as reply,
-    ):
-        text = await reply.text()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = {"error": text.strip()[:200]}
-        return reply.status, body if isinstance(body, dict) else {"error": str(body)}
 
 
 def format_entries(body: dict[str, object]) -> str:
@@ -83,4 +68,28 @@ def throttle_command(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=2) if args.json else format_entries(body))
     else:
         print(f"cleared {body.get('dropped')} counter(s) for {body.get('who')}")
+    return EXIT_OK
+
+
+def flush(args: argparse.Namespace) -> int:
+    """Entry point for ``authsvc flush`` (cli.py dispatches here)."""
+    from authsvc.config import load_settings
+
+    settings = load_settings(args.config).settings
+    if args.user is not None:
+        form = {"user": args.user}
+    elif args.domain is not None:
+        form = {"domain": args.domain}
+    else:
+        form = {"all": "1"}
+    try:
+        status, body = asyncio.run(call(settings, "POST", FLUSH_PATH, form, args.url))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        print(f"authsvc flush: cannot reach authsvc serve: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if status != 200:
+        print(f"authsvc flush: HTTP {status}: {body.get('error') or body}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"dropped {body.get('dropped')} cached route(s) in {body.get('workers')} worker(s)")
     return EXIT_OK

@@ -1,8 +1,8 @@
 """``POST /cache/flush``: drop cached routes when a mailbox moves, in every worker.
 
-Only callers that we trust may flush: requests that reach us over a unix socket
-(file permissions decide who can connect) or that carry the shared secret
-(``http.secret`` in ``http.secret_header``).  Anyone else gets a 403.
+Only callers that we trust may flush (``trust.py``): requests that reach us
+over a unix socket (file permissions decide who can connect) or that carry the
+shared secret (``http.secret`` in ``http.secret_header``).  Anyone else gets a 403.
 
 With ``--workers N`` the kernel hands a request to one worker only, but each
 worker has its own cache.  So every worker also listens on a private control
@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from authsvc.control.trust import sockname_of, trusted
 from authsvc.redact import Secret
 from authsvc.routing import Router
 
@@ -103,15 +104,8 @@ class CacheControl:
         self.router: Router | None = None
 
     def _trusted(self, request: web.Request) -> bool:
-        if isinstance(request.transport and request.transport.get_extra_info("sockname"), str):
-            return True  # a unix socket: whoever could connect is allowed to
-        if self._secret is None:
-            return False
-        offered = request.headers.get(self._secret_header)
-        try:
-            return offered is not None and self._secret.matches(offered)
-        except UnicodeEncodeError:
-            return False
+        return trusted(request.headers, self._secret, self._secret_header,
+                       sockname=sockname_of(request))
 
     async def handle(self, request: web.Request) -> web.Response:
         """``POST /cache/flush`` with ``user=``, ``domain=`` or ``all=1`` (form or query)."""
@@ -129,8 +123,7 @@ class CacheControl:
             return web.json_response({"error": "not ready"}, status=503)
         dropped = self.router.invalidate(key=what.key, domain=what.domain)
         workers, failed = 1, []
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        if self.peers is not None and sockname != self.peers.own:
+        if self.peers is not None and sockname_of(request) != self.peers.own:
             results = await asyncio.gather(
                 *(self._forward(path, what) for path in self.peers.others())
             )

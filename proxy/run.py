@@ -1,0 +1,111 @@
+"""One ``authsvc proxy`` process (or worker) from start to exit: :func:`serve`.
+
+It opens the maps (``authsvc/routing.py``), the metrics file, the ``Auth:``
+syslog writer and the throttle, starts the listeners (``server.py``) and the
+health port (``health.py``), then waits.  SIGTERM or SIGINT drains and stops
+it; SIGHUP reloads the configuration (``authsvc/reload.py``): new sessions get
+the new settings, maps and certificates, live ones keep theirs.
+
+aiohttp serves only the health port: without ``[proxy] health_listen`` it is
+never imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from authsvc.proxy.certificates import check_tls
+from authsvc.proxy.listeners import ListenerSockets
+from authsvc.proxy.metrics import families
+from authsvc.proxy.server import ProxyServer
+from authsvc.proxy.syslog import AuthLog
+
+from authsvc.metrics import Metrics
+from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
+from authsvc.routing import Router, open_router_switch
+from authsvc.runtime.signals import handle_signals, release_signals
+from authsvc.settings import Settings
+from authsvc.throttle.service import Throttle
+
+if TYPE_CHECKING:
+    from authsvc.proxy.health import HealthEndpoint
+
+log = logging.getLogger("proxy.server")
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    sockets: ListenerSockets | None = None,
+    health_socket: socket.socket | None = None,
+    run_dir: str | None = None,
+    started: asyncio.Future[ProxyServer] | None = None,
+    reload_from: ReloadSource | None = None,
+) -> None:
+    """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT; SIGHUP reloads."""
+    stop = stop or asyncio.Event()
+    reloader: Reloader | None = None
+
+    def on_sighup() -> None:
+        if reloader is None:
+            log.info("SIGHUP received: nothing to reload (no configuration files)")
+            return
+        log.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
+        reloader.request()
+
+    handle_signals(stop, on_sighup)
+    metrics = Metrics(run_dir, families=[*families(ls.name for ls in settings.listeners),
+                                         *RELOAD_FAMILIES])
+    auth_log = AuthLog(settings.proxy) if settings.proxy.auth_log else None
+    try:
+        async with open_router_switch(settings) as switch:
+            router = switch.router
+            metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
+            # Counts shared by the workers through the run directory (docs/security.md).
+            throttle = Throttle(settings.throttle, directory=run_dir)
+            server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log,
+                                 throttle=throttle)
+            health: HealthEndpoint | None = None
+            if health_socket is not None or settings.proxy.health_listen is not None:
+                from authsvc.proxy.health import HealthEndpoint
+
+                health = HealthEndpoint(settings, router, server, metrics,
+                                        throttle=throttle if throttle.enabled else None)
+            await server.start(sockets)
+
+            def apply(new: Settings, new_router: Router) -> None:
+                metrics.attach_maps(new_router.cache_stats())  # a map the reload added
+                server.reconfigure(new, new_router)
+                if health is not None:
+                    health.rebind(new_router)
+
+            if reload_from is not None:
+                reloader = Reloader(reload_from, switch, apply, metrics=metrics,
+                                    check=check_tls)
+            try:
+                if health is not None:
+                    await health.start(health_socket)
+                    health.set_ready()
+                if started is not None:
+                    started.set_result(server)
+                await stop.wait()
+            finally:
+                if health is not None:
+                    health.set_draining()
+                log.info("", extra={"fields": {"event": "stopping", "sessions": server.sessions}})
+                await server.stop(switch.router.settings.proxy.drain_timeout)
+                metrics.set_cache_stats(switch.router.cache_stats())
+                if health is not None:
+                    await health.stop()
+                await throttle.close()
+                if reloader is not None:
+                    await reloader.close()
+    finally:
+        metrics.close()
+        if auth_log is not None:
+            auth_log.close()
+        release_signals()
