@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = {"authsvc.login", "authsvc.settings", "authsvc.redact", "authsvc.maps.serverspec"}
+PURE = {"authsvc.login", "authsvc.settings", "authsvc.redact", "authsvc.maps.serverspec",
+        "authsvc.failures"}
 IO_LIBRARIES = {"asyncio", "aiohttp", "aiomysql", "pymysql", "socket"}
 
 
