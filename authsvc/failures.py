@@ -49,7 +49,7 @@ class FailureKind(enum.Enum):
 
     @property
     def temporary(self) -> bool:
-        """True for failures that say nothing about the user's password."""
+        """True when the client is told to try again later (:attr:`Meaning.temporary`)."""
         return MEANINGS[self].temporary
 
 
@@ -68,7 +68,8 @@ class Reply(enum.Enum):
 class Meaning:
     """One kind's row: what both faces do with it."""
 
-    #: Says nothing about the password: the client is told to try again later.
+    #: The client is told to try again later and keeps the password: the
+    #: failure says nothing about it.
     temporary: bool
     #: The throttle counts it as a failure of this address and login.
     counted: bool
@@ -103,8 +104,9 @@ MEANINGS: Mapping[FailureKind, Meaning] = MappingProxyType({
         auth_status=_STORE_REFUSED),
     # Past the throttle's cap: refused even with the right password, in the
     # words of any refusal and with the Auth: status fail2ban already counts,
-    # so neither a client nor fail2ban sees the throttle (docs/security.md).
-    # Not counted again: the address is already refused.
+    # so neither a client nor fail2ban sees the throttle (docs/security.md);
+    # for the same reason not temporary, though the block ends when the window
+    # slides.  Not counted again: the address is already refused.
     FailureKind.THROTTLED: Meaning(
         temporary=False, counted=False, reply=Reply.AUTHENTICATION, label="throttled",
         auth_status=_STORE_REFUSED, closes=True),

@@ -395,7 +395,7 @@ class AuthService:
 
         nginx never tells us whether a store accepted a password, so in serve
         only authsvc's own refusals count, as a rate per address and per login
-        (docs/security.md).  A temporary failure never reaches here.
+        (docs/security.md): the kinds authsvc/failures.py's table counts.
         """
         verdict = await throttle.failed(parsed.client_ip, parsed.login)
         headers = outcome.headers
