@@ -39,22 +39,20 @@ from pathlib import Path
 from typing import Protocol
 
 from authsvc import __version__
+from authsvc.failures import MEANINGS
 
 #: ``protocol`` label values; anything else nginx sends is counted as "unknown".
 PROTOCOLS = ("imap", "pop3", "smtp", "unknown")
-#: ``result`` label values: "ok", the routing failures, and the HTTP front's own.
+#: ``result`` label values: "ok", every failure's label (authsvc/failures.py),
+#: and the HTTP front's own.
 RESULTS = (
     "ok",
-    "no_route",
-    "map_unavailable",
-    "bad_login",
-    "unknown_listener",
+    *(meaning.label for meaning in MEANINGS.values()),
     "resolve_failed",
     "unsupported",
     "bad_request",
     "forbidden",
     "error",
-    "throttled",
 )
 #: Latency histogram bounds in seconds: a cache hit is well under 1 ms, a MySQL
 #: round trip a few ms, and nginx gives up at auth_http_timeout (60 s default).

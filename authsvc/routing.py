@@ -4,12 +4,14 @@
 :class:`LoginRequest` and call :meth:`Router.route`.  Nothing else normalises
 names (:mod:`authsvc.login`) or reads maps (:mod:`authsvc.maps`); the layering
 test in tests/unit/test_layering.py enforces that.  No password ever reaches
-this module: authsvc routes, the store checks.
+this module: authsvc routes, the store checks.  A refusal carries a
+:class:`~authsvc.failures.FailureKind`; what each kind means to the client, the
+throttle, the metrics and Perdition's ``Auth:`` line is the table in
+:mod:`authsvc.failures`, which both faces read.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -17,30 +19,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from authsvc import login as login_rules
+from authsvc.failures import FailureKind as FailureKind  # what a Refusal says
 from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, Peeked
 from authsvc.maps.factory import MapShelf, open_maps
 from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
-
-
-class FailureKind(enum.Enum):
-    """Why a login gets no route; each front end renders it its own way."""
-
-    NO_ROUTE = "no_route"  # not in the map, and no outgoing_server
-    MAP_UNAVAILABLE = "map_unavailable"  # database down or slow: temporary
-    BAD_LOGIN = "bad_login"  # empty, too long, NUL or control characters
-    UNKNOWN_LISTENER = "unknown_listener"  # no listener for this protocol/name
-    BACKEND_CONNECT = "backend_connect"
-    BACKEND_PROTOCOL = "backend_protocol"
-    BACKEND_AUTH = "backend_auth"
-
-    @property
-    def temporary(self) -> bool:
-        """True for failures that say nothing about the user's password."""
-        return self in (
-            FailureKind.MAP_UNAVAILABLE,
-            FailureKind.BACKEND_CONNECT,
-            FailureKind.BACKEND_PROTOCOL,
-        )
 
 
 @dataclass(frozen=True, slots=True)

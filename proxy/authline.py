@@ -1,6 +1,6 @@
 """Perdition's ``Auth:`` line and the syslog datagram that carries it, byte for byte.
 
-Operators' fail2ban jails match Perdition's line (perdition.md §7.2, fail2ban's
+Operators' fail2ban jails match Perdition's line (docs/proxy.md, fail2ban's
 ``filter.d/perdition.conf``), so ``authsvc proxy`` can write the same line to
 syslog for every login attempt::
 
@@ -9,18 +9,19 @@ syslog for every login attempt::
     protocol=<IMAP4|IMAP4S|POP3|POP3S> server-secure=<ssl|starttls|plaintext>
     status="<ok|failed: reason>"
 
-(one line).  The reasons are Perdition's (§4.7): only a store that refused the
-password gives ``failed: Re-Authentication Failure``, the one fail2ban counts;
-an unknown user is ``failed: Could not determine server``, as it was.  The
-datagram is what glibc's ``syslog(3)`` sends to ``/dev/log``: ``<PRI>Mmm dd
-hh:mm:ss ident[pid]: message`` (RFC 3164).  Pure: no sockets here.
+(one line).  The statuses are Perdition's, one per failure kind
+(authsvc/failures.py): a store that refused the password gives ``failed:
+Re-Authentication Failure``, the one fail2ban counts; an unknown user gives
+``failed: Could not determine server``.  The datagram is what glibc's
+``syslog(3)`` sends to ``/dev/log``: ``<PRI>Mmm dd hh:mm:ss ident[pid]:
+message`` (RFC 3164).  Pure: no sockets here.
 """
 
 from __future__ import annotations
 
 import time
 
-from authsvc.routing import FailureKind
+from authsvc.failures import LOGIN_DISABLED_STATUS, FailureKind
 
 #: syslog(3) facility codes (RFC 3164 §4.1.1; Linux <sys/syslog.h>).
 FACILITIES = {
@@ -39,22 +40,16 @@ Address = tuple[str, int]
 
 
 def perdition_status(kind: FailureKind | None, *, login_disabled: bool = False) -> str:
-    """``ok`` or Perdition's ``failed: ...`` text for the same outcome (§4.7)."""
+    """``ok`` or Perdition's ``failed: ...`` text for the same outcome.
+
+    The text is the kind's ``auth_status`` in authsvc/failures.py's table; a
+    store that advertised LOGINDISABLED is Perdition's one finer case.
+    """
     if kind is None:
         return "ok"
     if login_disabled:
-        return "failed: Login Disabled"  # the store advertised LOGINDISABLED
-    match kind:
-        case FailureKind.BACKEND_AUTH:
-            return "failed: Re-Authentication Failure"
-        case FailureKind.BACKEND_CONNECT:
-            return "failed: Could not connect to server"
-        case FailureKind.BACKEND_PROTOCOL:
-            return "failed: Connection Negotiation Failure"
-        case _:
-            # Unknown user, a name the rules refuse, map down: Perdition had no
-            # map answer in all of these.
-            return "failed: Could not determine server"
+        return LOGIN_DISABLED_STATUS
+    return kind.meaning.auth_status
 
 
 def protocol_name(protocol: str, implicit_tls: bool) -> str:

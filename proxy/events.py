@@ -85,7 +85,7 @@ class LoginSucceeded:
 
 @dataclass(frozen=True, slots=True)
 class LoginFailed:
-    """No session: routing refused, the store was down or refused the login."""
+    """No session: the throttle or routing refused, the store was down or refused the login."""
 
     kind: FailureKind
 

@@ -1,38 +1,17 @@
-"""Which refusals a client may hear as "wrong password" and which as "try later".
+"""Credentials as the two front machines take them off the wire, and store lines for logs.
 
-One place decides, for both fronts (docs/architecture.md §5.10).  An unknown
-user, a name the rules reject and a password the store refuses all read the
-same, so a client cannot probe which users exist; a map or store that is down
-reads as a temporary failure, so clients keep the password and retry.
+What a failed login means to the client (wrong password or try later) is
+``authsvc/failures.py``'s table, not this module's.
 """
 
 from __future__ import annotations
 
-from typing import assert_never
-
 from authsvc.redact import Secret
-from authsvc.routing import FailureKind
 
 #: Bytes that can never be part of a login or password on the wire to a store:
 #: NUL truncates in C stores (Debian's Perdition logged "bob\0evil" in as bob),
 #: CR and LF would end a POP3 or IMAP command early.
 FORBIDDEN_CREDENTIAL_BYTES = frozenset(b"\0\r\n")
-
-
-def is_auth_failure(kind: FailureKind) -> bool:
-    """True when the client hears "authentication failed", False for "try later"."""
-    match kind:
-        case FailureKind.NO_ROUTE | FailureKind.BAD_LOGIN | FailureKind.BACKEND_AUTH:
-            return True
-        case (
-            FailureKind.MAP_UNAVAILABLE
-            | FailureKind.UNKNOWN_LISTENER
-            | FailureKind.BACKEND_CONNECT
-            | FailureKind.BACKEND_PROTOCOL
-        ):
-            return False
-        case _:
-            assert_never(kind)
 
 
 def credentials_ok(login: bytes, password: bytes) -> bool:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 
 from authsvc.proxy.limits import Refused
 
+from authsvc.failures import MEANINGS, FailureKind
 from authsvc.metrics import Family, FamilySeries, Metrics
-from authsvc.routing import FailureKind
 
 SESSIONS = Family("authsvc_proxy_sessions", "gauge",
                   "Logged-in sessions, relaying between client and store.", combine="sum")
@@ -33,7 +33,8 @@ BYTES = Family("authsvc_proxy_bytes_total", "counter",
                "Bytes read from (in) and written to (out) clients.")
 
 REFUSALS = (*(r.value for r in Refused), "proxy_untrusted", "proxy_invalid")
-LOGIN_RESULTS = ("ok", *(k.value for k in FailureKind))
+#: ``result`` of a login: "ok", or the failure's label in authsvc/failures.py.
+LOGIN_RESULTS = ("ok", *(meaning.label for meaning in MEANINGS.values()))
 SIDES = ("client", "store")
 DIRECTIONS = ("in", "out")
 
@@ -65,7 +66,8 @@ class ProxyMetrics:
         self.metrics.add(REFUSED, listener=listener, reason=reason)
 
     def login(self, listener: str, kind: FailureKind | None) -> None:
-        self.metrics.add(LOGINS, listener=listener, result="ok" if kind is None else kind.value)
+        result = "ok" if kind is None else kind.meaning.label
+        self.metrics.add(LOGINS, listener=listener, result=result)
 
     def tls_failure(self, listener: str, side: str) -> None:
         self.metrics.add(TLS_FAILURES, listener=listener, side=side)

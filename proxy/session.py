@@ -54,7 +54,6 @@ from authsvc.proxy.events import (
     Trace,
     to_wire,
 )
-from authsvc.proxy.failures import is_auth_failure
 from authsvc.proxy.forward import backend_options
 from authsvc.proxy.imap.back import LOGINDISABLED_REASON, ImapBack
 from authsvc.proxy.imap.front import ImapFront
@@ -66,7 +65,8 @@ from authsvc.proxy.splice import splice
 from authsvc.proxy.syslog import AuthLog
 from authsvc.proxy.transport import Channel
 
-from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
+from authsvc.failures import FailureKind, Reply
+from authsvc.routing import LoginRequest, Refusal, Route, Router
 from authsvc.settings import (
     BackendTls,
     ListenerSettings,
@@ -341,10 +341,9 @@ class Session:
         try:
             if throttle is not None and (await throttle.check(client_ip,
                                                               credentials.login)).blocked:
-                # Refused even with the right password, in the words of any
-                # refusal, and the store never sees the attempt.
-                self._close_after_reply = True
-                raise _LoginFailure(FailureKind.BACKEND_AUTH, "throttled")
+                # Refused even with the right password (docs/security.md); the
+                # store never sees the attempt.
+                raise _LoginFailure(FailureKind.THROTTLED, "throttled")
             async with asyncio.timeout(self._ctx.proxy.backend_timeout):
                 result = await self._route_and_login(credentials)
         except _LoginFailure as failure:
@@ -363,16 +362,22 @@ class Session:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
-        record.result = "auth_failed" if is_auth_failure(kind) else "temporary_failure"
+        # What the failure means (authsvc/failures.py) decides the reply, the
+        # count, the close and the log level; the front machine words the reply.
+        meaning = kind.meaning
+        record.result = ("auth_failed" if meaning.reply is Reply.AUTHENTICATION
+                         else "temporary_failure")
+        self._close_after_reply = meaning.closes
         tarpit = 0.0
-        if throttle is not None and is_auth_failure(kind) and not self._close_after_reply:
-            # Only refused logins count; a store or map that is down never does.
+        if throttle is not None and meaning.counted:
             verdict = await throttle.failed(client_ip, credentials.login, credentials.password)
             if verdict.blocked:
+                # This failure reached the cap: its own reply, then the close.
                 self._close_after_reply = True
                 reason = f"{reason}; throttled"
             tarpit = verdict.delay
-        log.info("", extra={"fields": record.failure_fields(kind.value, reason)})
+        log.log(meaning.log_level, "",
+                extra={"fields": record.failure_fields(meaning.label, reason)})
         self._attempt_done(credentials, kind, reason)
         # The fixed deadline: the same wait for every failure (see module
         # docstring), plus the throttle's tarpit for repeated failures.

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from authsvc.control.trust import trusted
+from authsvc.failures import FailureKind, Meaning, Reply
 from authsvc.http.resolve import ResolveError, Resolver
 from authsvc.log import BatchedLog
 from authsvc.metrics import Metrics
 from authsvc.redact import Secret
-from authsvc.routing import Decision, FailureKind, LoginRequest, Refusal, Route, Router
+from authsvc.routing import Decision, LoginRequest, Refusal, Route, Router
 from authsvc.settings import MailProtocol, Settings
 from authsvc.throttle.service import Throttle
 
@@ -44,12 +45,14 @@ logger = logging.getLogger("authsvc.auth")
 
 # What the client sees after ``NO`` / ``-ERR``.  Deliberately generic; the log
 # line carries the reason.  A temporary failure must never read like a wrong
-# password (nginx-haproxy.md §1.10; architecture §5.10), and the two texts
-# differ so a user (and the help desk) can tell them apart.
+# password (authsvc/failures.py), and the two texts differ so a user (and the
+# help desk) can tell them apart.
 TEXT_INVALID = "Invalid login or password"
 TEXT_TEMPORARY = "Temporary server problem, try again later"
-#: Our own or nginx's configuration is wrong (unknown listener, bad request,
-#: missing shared secret): nothing the user can fix, so no Auth-Wait either.
+#: The words for each client-facing class of authsvc/failures.py's table.
+REPLY_TEXT = {Reply.AUTHENTICATION: TEXT_INVALID, Reply.TEMPORARY: TEXT_TEMPORARY}
+#: A request nginx would never send, or one without the shared secret: nothing
+#: the user can fix, so no Auth-Wait either.
 TEXT_INTERNAL = "Internal server error"
 TEXT_METHOD = "Authentication method not supported"
 TEXT_SMTP = "SMTP is not served here"
@@ -63,10 +66,9 @@ CACHE_STATS_INTERVAL = 0.5
 
 _PROTOCOLS = {p.value: p for p in MailProtocol}
 
-#: Refusals the throttle counts: what a wrong login looks like from here.
-_COUNTED = frozenset({FailureKind.NO_ROUTE, FailureKind.BAD_LOGIN})
-
-_WARN_RESULTS = frozenset({"forbidden", "bad_request", "unknown_listener", "error"})
+#: The HTTP front's own results that point at a misconfiguration (or an
+#: attacker); a refusal's level is its kind's (authsvc/failures.py).
+_WARN_RESULTS = frozenset({"forbidden", "bad_request", "error"})
 
 #: Longest backend login we will put in Auth-User: the whole reply must stay
 #: well inside nginx's 1024-byte header buffer (§1.4).
@@ -172,9 +174,10 @@ class Outcome:
     address: str | None = None
     key: str | None = None
     listener: str | None = None
+    level: int = logging.INFO
 
 
-def refusal_headers(text: str, *, attempt: int, wait: int | None) -> dict[str, str]:
+def refusal_headers(text: str, *, wait: int | None) -> dict[str, str]:
     """A failure nginx understands: ``Auth-Status: <text>`` and maybe ``Auth-Wait``.
 
     ``wait`` is None for failures the user cannot fix by trying again; then
@@ -235,7 +238,7 @@ class AuthService:
             if not trusted(headers, self._http.secret, self._secret_header,
                            open_without_secret=True):
                 outcome: Outcome | Awaitable[Outcome] = Outcome(
-                    refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
+                    refusal_headers(TEXT_INTERNAL, wait=None),
                     "forbidden", f"missing or wrong {self._http.secret_header}")
             else:
                 parsed = parse_request(headers)
@@ -271,8 +274,7 @@ class AuthService:
         self._metrics.observe_decision(protocol, outcome.result, elapsed)
         if started >= self._stats_due and outcome.key is not None:  # a map was asked
             self.refresh_cache_stats()
-        # Refusals that point at a misconfiguration (or an attacker) are warnings.
-        level = logging.WARNING if outcome.result in _WARN_RESULTS else logging.INFO
+        level = logging.WARNING if outcome.result in _WARN_RESULTS else outcome.level
         if logger.isEnabledFor(level):
             self._log(headers, peer, parsed, outcome, elapsed, level)
 
@@ -290,20 +292,20 @@ class AuthService:
     def _refuse(self, text: str, attempt: int) -> dict[str, str]:
         """A refusal the user may retry: Auth-Wait until max_attempts (§1.7)."""
         wait = self._http.auth_wait if attempt <= self._http.max_attempts else None
-        return refusal_headers(text, attempt=attempt, wait=wait)
+        return refusal_headers(text, wait=wait)
 
     def _decide(self, parsed: AuthRequest | BadRequest) -> Outcome | Awaitable[Outcome]:
         if isinstance(parsed, BadRequest):
-            return Outcome(refusal_headers(TEXT_INTERNAL, attempt=1, wait=None),
+            return Outcome(refusal_headers(TEXT_INTERNAL, wait=None),
                            "bad_request", parsed.reason)
         if parsed.protocol == "smtp":
-            headers = refusal_headers(TEXT_SMTP, attempt=parsed.attempt, wait=None)
+            headers = refusal_headers(TEXT_SMTP, wait=None)
             headers["Auth-Error-Code"] = SMTP_ERROR_CODE
             return Outcome(headers, "unsupported", "smtp")
         if parsed.method != "plain":
             # apop, cram-md5 and external need the cleartext password back in
             # Auth-Pass (§1.5), which authsvc never has.
-            return Outcome(refusal_headers(TEXT_METHOD, attempt=parsed.attempt, wait=None),
+            return Outcome(refusal_headers(TEXT_METHOD, wait=None),
                            "unsupported", f"Auth-Method {parsed.method}")
         router = self._router
         if router is None:  # not started yet, or draining
@@ -338,16 +340,15 @@ class AuthService:
         """As :meth:`_decide`, with the throttle's store asked before and after."""
         verdict = await throttle.check(parsed.client_ip, parsed.login)
         if verdict.blocked:
-            # Past the hard cap the address is refused even for a valid
-            # user, with the text of any refusal and no Auth-Wait, so nginx
-            # closes the session (§1.7; docs/security.md).
-            return Outcome(refusal_headers(TEXT_INVALID, attempt=parsed.attempt, wait=None),
-                           "throttled",
-                           f"{verdict.address_failures} failures from this address")
+            # Past the hard cap the address is refused even for a valid user
+            # (docs/security.md), before routing.
+            return self._refusal(Refusal(
+                FailureKind.THROTTLED, f"{verdict.address_failures} failures from this address",
+            ), parsed.attempt)
         decision = await router.route(request)
         if isinstance(decision, Refusal):
             outcome = self._refusal(decision, parsed.attempt)
-            if decision.kind in _COUNTED:
+            if decision.kind.meaning.counted:
                 await self._throttled(throttle, parsed, outcome)
             return outcome
         answered = self._answer_route(decision, parsed)
@@ -369,36 +370,38 @@ class AuthService:
         return self._success(route, parsed, address)
 
     def _refusal(self, refusal: Refusal, attempt: int) -> Outcome:
-        kind = refusal.kind
-        if kind is FailureKind.UNKNOWN_LISTENER:
-            headers = refusal_headers(TEXT_INTERNAL, attempt=attempt, wait=None)
-        elif kind.temporary:
-            headers = self._refuse(TEXT_TEMPORARY, attempt)
-        else:  # NO_ROUTE, BAD_LOGIN, BACKEND_AUTH: what a wrong login looks like
-            headers = self._refuse(TEXT_INVALID, attempt)
-        return Outcome(headers, kind.value, refusal.reason, key=refusal.key,
-                       listener=refusal.listener)
+        """A refusal as its kind's row of authsvc/failures.py's table says."""
+        meaning: Meaning = refusal.kind.meaning
+        text = REPLY_TEXT[meaning.reply]
+        # A refusal that closes gets no Auth-Wait, so nginx closes the session
+        # (docs/serve.md, "The reply").
+        headers = (refusal_headers(text, wait=None) if meaning.closes
+                   else self._refuse(text, attempt))
+        return Outcome(headers, meaning.label, refusal.reason, key=refusal.key,
+                       listener=refusal.listener, level=meaning.log_level)
 
     async def _throttled(self, throttle: Throttle, parsed: AuthRequest, outcome: Outcome) -> None:
         """Count our own refusal and stretch (or drop) its Auth-Wait accordingly.
 
         nginx never tells us whether a store accepted a password, so in serve
         only authsvc's own refusals count, as a rate per address and per login
-        (docs/security.md).  A temporary failure never reaches here.
+        (docs/security.md): the kinds authsvc/failures.py's table counts.
         """
         verdict = await throttle.failed(parsed.client_ip, parsed.login)
         headers = outcome.headers
         if verdict.blocked:
-            headers.pop("Auth-Wait", None)  # nginx closes the session (§1.7)
-            outcome.result = "throttled"
+            # This failure reached the cap: the same refusal without Auth-Wait,
+            # so nginx closes the session (docs/serve.md).  The result stays
+            # the failure's own; the next attempts from here are THROTTLED.
+            headers.pop("Auth-Wait", None)
+            outcome.reason = f"{outcome.reason}; throttled"
         elif verdict.delay > 0 and "Auth-Wait" in headers:
             # Auth-Wait is whole seconds (§1.7); never shorter than [http] auth_wait.
             wait = max(self._http.auth_wait, math.ceil(verdict.delay))
             headers["Auth-Wait"] = str(wait)
 
-    def _failed(self, route: Route, attempt: int, result: str, reason: str,
-                text: str = TEXT_TEMPORARY) -> Outcome:
-        return Outcome(self._refuse(text, attempt), result, reason, key=route.key,
+    def _failed(self, route: Route, attempt: int, result: str, reason: str) -> Outcome:
+        return Outcome(self._refuse(TEXT_TEMPORARY, attempt), result, reason, key=route.key,
                        listener=route.listener)
 
     def _success(self, route: Route, parsed: AuthRequest, address: str) -> Outcome:
@@ -413,8 +416,9 @@ class AuthService:
             if not parsed.login_utf8:
                 # Replies are written as UTF-8, so a Latin-1 login cannot be handed
                 # back byte for byte; refuse rather than log in as someone else.
-                return self._failed(route, parsed.attempt, "bad_login",
-                                    "login is not UTF-8 and would be rewritten", TEXT_INVALID)
+                return self._refusal(Refusal(
+                    FailureKind.BAD_LOGIN, "login is not UTF-8 and would be rewritten",
+                    key=route.key, listener=route.listener), parsed.attempt)
             headers["Auth-User"] = login
         return Outcome(headers, "ok", None, route=route, address=address, key=route.key,
                        listener=route.listener)

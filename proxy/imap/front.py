@@ -38,7 +38,7 @@ from authsvc.proxy.events import (
     Trace,
     from_wire,
 )
-from authsvc.proxy.failures import credentials_ok, is_auth_failure, secret_from_wire
+from authsvc.proxy.failures import credentials_ok, secret_from_wire
 from authsvc.proxy.imap import serialise as wire
 from authsvc.proxy.imap.fragmentizer import Fragment, Fragmentizer, LineFragment, LiteralFragment
 from authsvc.proxy.imap.grammar import (
@@ -52,7 +52,7 @@ from authsvc.proxy.imap.grammar import (
 from authsvc.proxy.imap.grammar import Command as ImapCommand
 from authsvc.proxy.linebuffer import TooLong
 
-from authsvc.routing import FailureKind
+from authsvc.failures import FailureKind, Reply
 from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 
 #: Words we add or remove ourselves; the operator's list supplies the rest.
@@ -369,7 +369,9 @@ class ImapFront:
         if self.state is not State.LOGGING_IN:
             return []
         self.failures += 1
-        text = wire.NO_AUTH_FAILED if is_auth_failure(kind) else wire.NO_UNAVAILABLE
+        # The kind's client-facing class (authsvc/failures.py): RFC 5530 §3's codes.
+        text = (wire.NO_AUTH_FAILED if kind.meaning.reply is Reply.AUTHENTICATION
+                else wire.NO_UNAVAILABLE)
         reply = wire.tagged(self._tag, "NO", text)
         if self.failures >= self._proxy.max_login_attempts:
             bye = wire.untagged(f"BYE {wire.BYE_TOO_MANY_FAILURES}")

@@ -35,11 +35,11 @@ from authsvc.proxy.events import (
     Trace,
     from_wire,
 )
-from authsvc.proxy.failures import credentials_ok, is_auth_failure, secret_from_wire
+from authsvc.proxy.failures import credentials_ok, secret_from_wire
 from authsvc.proxy.linebuffer import LineBuffer, TooLong
 from authsvc.proxy.pop3 import replies as wire
 
-from authsvc.routing import FailureKind
+from authsvc.failures import FailureKind, Reply
 from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 
 #: A TLS record starts 0x16 (RFC 8446 §5.1); no POP3 command does.
@@ -254,11 +254,13 @@ class Pop3Front:
             return []
         self.failures += 1
         self._user = None  # perdition.md §8: a failed PASS forgets USER
+        # The kind's client-facing class (authsvc/failures.py): RFC 3206 §4's codes.
+        authentication = kind.meaning.reply is Reply.AUTHENTICATION
         if self.failures >= self._proxy.max_login_attempts:
-            reply = wire.ERR_TOO_MANY_FAILURES if is_auth_failure(kind) else wire.ERR_UNAVAILABLE
+            reply = wire.ERR_TOO_MANY_FAILURES if authentication else wire.ERR_UNAVAILABLE
             return self._close(reply, "too many login failures")
         self.state = State.AUTHORIZATION
-        reply = wire.ERR_AUTH_FAILED if is_auth_failure(kind) else wire.ERR_UNAVAILABLE
+        reply = wire.ERR_AUTH_FAILED if authentication else wire.ERR_UNAVAILABLE
         return [Send(wire.line(reply)), *self._drain()]
 
 

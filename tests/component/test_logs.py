@@ -7,12 +7,14 @@ import base64
 import logging
 import re
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from authsvc.log import KeyValueFormatter
-from authsvc.settings import LogSettings
+from authsvc.routing import open_router
+from authsvc.settings import CacheSettings, LogSettings, Settings
 from tests.component.conftest import running, seed_listeners, write_map
 from tests.component.fakestore import STORE_REFUSAL, FakeStore
 from tests.services.certs import ServerCert
@@ -93,3 +95,28 @@ async def test_no_password_in_any_log_even_with_debug_and_connection_logging(
 def fields(record: logging.LogRecord) -> dict[str, object]:
     found = getattr(record, "fields", None)
     return found if isinstance(found, dict) else {}
+
+
+async def test_a_listener_the_router_lacks_is_a_temporary_failure_logged_as_an_error(
+    tmp_path: Path, pki: ServerCert, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FakeStore("imap", users={"bob": PASSWORD})
+    await store.start()
+    listener = seed_listeners(write_map(tmp_path / "i", {"bob@riseup.net": store}), pki)[0]
+    # The routing configuration names the listener differently: an operator's mistake.
+    other = Settings(listeners=(replace(listener, name="imap-elsewhere"),),
+                     cache=CacheSettings(enabled=False))
+    caplog.set_level(logging.INFO)
+    try:
+        async with open_router(other) as router, running([listener], router=router) as proxy:
+            address = (proxy.host("imap4"), proxy.port("imap4"))
+            reply = await asyncio.to_thread(talk, address, b"a LOGIN bob " + PASSWORD.encode()
+                                            + b"\r\n", b"a NO")
+    finally:
+        await store.stop()
+    # The client is told to try again (authsvc/failures.py), never "wrong password".
+    assert b"a NO [UNAVAILABLE] " in reply
+    failed = [r for r in caplog.records if fields(r).get("event") == "login_failed"]
+    assert [(r.levelno, fields(r)["kind"]) for r in failed] == [
+        (logging.ERROR, "unknown_listener")]
+    assert "no imap listener named 'imap4'" in str(fields(failed[0])["reason"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from authsvc.settings import (
     MailProtocol,
     ProxySettings,
     Settings,
+    ThrottleSettings,
 )
 from tests.component.conftest import FAST, make_listener, write_map
 from tests.component.fakestore import FakeStore
@@ -39,10 +41,9 @@ class Running:
         return self.server.addresses(listener)[0]
 
 
-@pytest.fixture
-async def running_proxy(
-    tmp_path: Path, pki: ServerCert, imap_store: FakeStore
-) -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def start(tmp_path: Path, pki: ServerCert, imap_store: FakeStore,
+                throttle: ThrottleSettings) -> AsyncIterator[Running]:
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
     file_map = FileMapSettings(str(path))
     listeners = (make_listener("imap4", MailProtocol.IMAP, ListenTls.STARTTLS, file_map, pki),
@@ -55,7 +56,8 @@ async def running_proxy(
     proxy: ProxySettings = replace(FAST, health_listen=HostPort("127.0.0.1", port),
                                    drain_timeout=0.5, auth_log=True,
                                    auth_log_target=syslog_path)
-    settings = Settings(listeners=listeners, proxy=proxy, cache=CacheSettings(enabled=False))
+    settings = Settings(listeners=listeners, proxy=proxy, cache=CacheSettings(enabled=False),
+                        throttle=throttle)
     stop = asyncio.Event()
     started: asyncio.Future[ProxyServer] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(serve(settings, stop, started=started))
@@ -66,6 +68,14 @@ async def running_proxy(
         stop.set()
         await asyncio.wait_for(task, 10)
         syslog.close()
+
+
+@pytest.fixture
+async def running_proxy(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore
+) -> AsyncIterator[Running]:
+    async with start(tmp_path, pki, imap_store, ThrottleSettings()) as running:
+        yield running
 
 
 def exchange(address: tuple[str, int], payload: bytes, until: bytes) -> bytes:
@@ -164,3 +174,29 @@ async def test_auth_lines_reach_the_syslog_socket(running_proxy: Running) -> Non
         (b"bob", b"ok"),
     ]
     assert [m["server"] for m in found if m][1] == b"(null):143"
+
+
+async def test_a_throttled_login_reads_as_a_refused_password_and_counts_as_throttled(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore
+) -> None:
+    throttle = ThrottleSettings(enabled=True, address_limit=1, free_failures=5)
+    async with start(tmp_path, pki, imap_store, throttle) as running:
+        address = running.address("imap4")
+        # The first wrong password reaches address_limit: refused, then closed.
+        first = await asyncio.to_thread(exchange, address, b"a LOGIN Bob bad\r\n", b"a NO")
+        # The right password from the same address: the same refusal, then closed
+        # (authsvc/failures.py, THROTTLED); the store never sees it.
+        second = await asyncio.to_thread(exchange, address, b"b LOGIN bob good\r\n", b"b NO")
+        for reply, tag in ((first, b"a"), (second, b"b")):
+            assert tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n" in reply
+        lines = await asyncio.to_thread(datagrams, running.syslog, 2)
+        statuses = [re.search(rb'server="([^"]+)" .* status="([^"]+)"$', line) for line in lines]
+        assert [(m[1], m[2]) for m in statuses if m] == [
+            (f"{imap_store.host}:{imap_store.port}".encode(),
+             b"failed: Re-Authentication Failure"),
+            (b"(null):143", b"failed: Re-Authentication Failure"),
+        ]
+        _, text = await get(running.health + "/metrics")
+        logins = 'authsvc_proxy_logins_total{{listener="imap4",result="{}"}}'.format
+        assert metric(text, logins("backend_auth")) == 1
+        assert metric(text, logins("throttled")) == 1

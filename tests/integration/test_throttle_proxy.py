@@ -145,6 +145,9 @@ def test_wrong_passwords_escalate_then_close(world: World) -> None:
     assert found, world.proxy.log_text()[-2000:]
     text = world.metrics()
     assert "authsvc_throttle_blocked_total 2\n" in text  # the sixth failure, then bob
+    # bob's refused attempt is counted as throttled (authsvc/failures.py), the
+    # sixth failure as the store's refusal it was.
+    assert 'authsvc_proxy_logins_total{listener="imap4",result="throttled"} 1\n' in text
     assert 'authsvc_throttle_store_info{store="memory"} 1\n' in text
 
 

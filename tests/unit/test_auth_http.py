@@ -7,6 +7,7 @@ and logs in to the store as ``bob``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 
@@ -228,9 +229,10 @@ async def test_cram_md5_is_refused_clearly(client: Client) -> None:
         ("<none>", {}, {"Auth-Status": TEXT_INTERNAL}),
         ("bob", {"Auth-Protocol": "nntp"}, {"Auth-Status": TEXT_INTERNAL}),
         ("bob", {"Auth-Protocol": "<none>"}, {"Auth-Status": TEXT_INTERNAL}),
-        ("bob", {"X-Authsvc-Listener": "imap9"}, {"Auth-Status": TEXT_INTERNAL}),
-        # a POP3 listener name on an IMAP request is a template mistake
-        ("bob", {"X-Authsvc-Listener": "pop3"}, {"Auth-Status": TEXT_INTERNAL}),
+        # An unknown listener is the operator's mistake: the client retries
+        # (authsvc/failures.py); a POP3 listener name on an IMAP request too.
+        ("bob", {"X-Authsvc-Listener": "imap9"}, {"Auth-Status": TEXT_TEMPORARY, "Auth-Wait": "3"}),
+        ("bob", {"X-Authsvc-Listener": "pop3"}, {"Auth-Status": TEXT_TEMPORARY, "Auth-Wait": "3"}),
         ("bob%0D%0AAuth-Status:%20OK", {}, {"Auth-Status": TEXT_INVALID, "Auth-Wait": "3"}),
         ("bob%00evil", {}, {"Auth-Status": TEXT_INVALID, "Auth-Wait": "3"}),
         ("x" * 300, {}, {"Auth-Status": TEXT_INVALID, "Auth-Wait": "3"}),
@@ -244,6 +246,18 @@ async def test_bad_requests_get_a_refusal_and_the_service_keeps_serving(
 ) -> None:
     assert await auth(client, user, **extra) == expected
     assert (await auth(client, "bob"))["Auth-Status"] == "OK"
+
+
+@pytest.mark.parametrize("listener", ["imap9", "pop3"])
+async def test_an_unknown_listener_is_logged_as_an_error(
+    client: Client, listener: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "authsvc.auth")
+    await auth(client, "bob", **{"X-Authsvc-Listener": listener})
+    found = [r for r in caplog.records
+             if getattr(r, "fields", {}).get("result") == "unknown_listener"]
+    assert [r.levelno for r in found] == [logging.ERROR]
+    assert f"listener named {listener!r}" in found[0].fields["reason"]  # type: ignore[attr-defined]
 
 
 async def test_garbage_attempt_counts_as_first(client: Client) -> None:
