@@ -81,7 +81,7 @@ def _put(cache: TTLCache[str, V], key: str, value: V) -> None:
 
 
 class CachedMap:
-    """A :class:`MapBackend` that caches another one."""
+    """A :class:`MapBackend` that caches another one: the one :class:`~authsvc.maps.RouteCache`."""
 
     def __init__(
         self,

@@ -206,7 +206,7 @@ async def test_check_maps_reports_state() -> None:
 
 
 def test_only_a_route_cache_is_asked_for_peek_stats_and_invalidate() -> None:
-    cache = CachedMap(ScriptedMap({}), CacheSettings())
+    cache: RouteCache = CachedMap(ScriptedMap({}), CacheSettings())  # mypy checks the fit
     assert isinstance(cache, RouteCache)
     assert not isinstance(ScriptedMap({}), RouteCache)
     router = make_router(ScriptedMap({}))
