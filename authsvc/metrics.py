@@ -7,18 +7,25 @@ module-level mutable state, several workers).  One :class:`Metrics` object is
 made per process and passed to whoever records.
 
 Several workers (``authsvc serve --workers N``): each worker keeps its numbers
-in a flat array of float64 inside a memory-mapped file ``metrics-<pid>.bin`` in
-the server's private run directory; the file starts with the list of series it
-holds.  A worker only ever writes its own file, so there are no locks.  A scrape,
-whichever worker answers it, reads every file in the directory and adds the
-counters up (the file of a worker that died stays, so totals never go
-backwards); gauges take the minimum over the workers that are still alive.
-Decisions and latencies are written as they happen, so totals are exact; the
-map caches keep their own counters, which each worker copies into its file at
-most twice a second while logins come in, every second otherwise, and before
-answering a scrape itself, so another worker's cache counters may lag by up to
-a second.  With one process the array simply lives in memory.  docs/serve.md
-has the details.
+in a flat array of float64 inside a memory-mapped file
+``metrics-<pid>-<start>.bin`` in the server's private run directory, where
+``<start>`` is the process's start time (``/proc/<pid>/stat`` field 22, see
+proc(5)): a pid alone names a new process once the kernel reuses it, and a dead
+worker's gauges must never count as a live one's.  The file starts with the
+list of series it holds.  A worker only ever writes its own file, so there are
+no locks.  A scrape, whichever worker answers it, reads every file in the
+directory and adds the counters up (the file of a worker that died stays, so
+totals never go backwards, for the series a live worker still has); gauges take
+the minimum over the workers that are still alive.  Decisions and latencies are
+written as they happen, so totals are exact; the map caches keep their own
+counters, which each worker copies into its file at most twice a second while
+logins come in, every second otherwise, and before answering a scrape itself,
+so another worker's cache counters may lag by up to a second.  With one
+process the array simply lives in memory.  docs/serve.md has the details.
+
+The per-map series are those of the maps in use: :meth:`Metrics.attach_maps`
+replaces them after a reload, so a retired map's series disappear.  Values are
+written as Prometheus writes them, ``NaN``, ``+Inf`` and ``-Inf`` included.
 
 Other front ends (``authsvc proxy``) add families of their own with
 ``Metrics(..., families=...)`` and record with :meth:`Metrics.add` and
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import mmap
 import os
 import struct
@@ -149,6 +157,11 @@ def _labels(**labels: str) -> str:
 
 
 def _format_value(value: float) -> str:
+    """A sample value as Prometheus writes one: ``NaN``, ``+Inf``, ``-Inf``, else a number."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 2**53:
         return str(int(value))
     return repr(value)
@@ -183,16 +196,19 @@ class Metrics:
         directory: str | None = None,
         *,
         pid: int | None = None,
+        started: int | None = None,
         families: Sequence[FamilySeries] = (),
     ) -> None:
         """``directory``: the private run directory shared by all workers, or None.
 
-        ``pid`` names this worker's file (default: the process id; tests set it).
-        ``families``: extra families and every label set they will be recorded
-        with (the layout is fixed, so all workers' files line up).
+        ``pid`` and ``started`` (its start time) name this worker's file
+        (default: this process; tests set them).  ``families``: extra families
+        and every label set they will be recorded with (the layout is fixed, so
+        all workers' files line up).
         """
         self._directory = directory
         self._pid = pid if pid is not None else os.getpid()
+        self._started = started if started is not None else start_time(self._pid) or 0
         self._extra = [family for family, _ in families]
         self._families = {**_FAMILIES, **{family.name: family for family in self._extra}}
         self._layout = _base_layout() + [
@@ -211,6 +227,8 @@ class Metrics:
         self._bucket0 = self._index[(DURATION.name + "_bucket", _labels(le=repr(BUCKETS[0])))]
         self._sum = self._index[(DURATION.name + "_sum", "")]
         self._count = self._index[(DURATION.name + "_count", "")]
+        #: The series before the per-map ones: the same for the process's life.
+        self._fixed = len(self._layout)
         self._map_index: dict[str, int] = {}
 
     @property
@@ -265,43 +283,52 @@ class Metrics:
             self._values[base + 5] = 1.0 if up else 0.0
 
     def attach_maps(self, names: Iterable[str]) -> None:
-        """Add per-map series once the router is open; opens the worker file if any."""
-        known = self._map_index
-        names = [n for n in dict.fromkeys(names) if n not in known]
-        if not names and (self._directory is None or self._mmap is not None):
-            return  # nothing new, and the worker file (if any) is open already
-        old_layout, old_values = self._layout, self._values
-        # Copy the counts out first: a second attach (a reload that adds a
-        # map) rewrites this worker's file and unmaps the old view.
-        saved = old_values.tolist()
-        layout = old_layout + _map_layout(names)
+        """Make the per-map series those of ``names``, the maps in use; opens the worker file.
+
+        Called when the router opens and after each reload: a retired map's
+        series go, a new map's come (up until a lookup or check says not), and
+        a kept map's keep their numbers.
+        """
+        names = list(dict.fromkeys(names))
+        if names == list(self._map_index) and (self._directory is None or self._mmap is not None):
+            return  # the same maps, and the worker file (if any) is open already
+        # Copy the numbers out first: a new layout rewrites this worker's file
+        # and unmaps the old view.
+        saved = self.snapshot()
+        layout = self._layout[: self._fixed] + _map_layout(names)
         if self._directory is not None:
             values = self._open_file(layout)
         else:
             values = memoryview(bytearray(8 * len(layout))).cast("d")
-        for i, value in enumerate(saved):
-            values[i] = value
-        start = len(old_layout)
+        for i, key in enumerate(layout):
+            values[i] = saved.get(key, 0.0)
+        old_names = self._map_index
+        self._map_index = {}
         for offset, name in enumerate(names):
-            base = start + offset * (len(_CACHE_FIELDS) + 1)
+            base = self._fixed + offset * (len(_CACHE_FIELDS) + 1)
             self._map_index[name] = base
-            values[base + len(_CACHE_FIELDS)] = 1.0  # up until a lookup or check says not
+            if name not in old_names:
+                values[base + len(_CACHE_FIELDS)] = 1.0  # up until a lookup or check says not
+        old_values = self._values
         self._layout = layout
         self._index = {key: i for i, key in enumerate(layout)}
         self._values = values
-        old_values.release()
+        old_values.release()  # a no-op for a view _open_file released already
 
     def _open_file(self, layout: list[tuple[str, str]]) -> memoryview[float]:
         assert self._directory is not None
         keys = json.dumps(layout).encode()
         keys += b" " * (-(len(keys) + _HEADER.size) % 8)  # values start 8-aligned
         offset = _HEADER.size + len(keys)
-        path = Path(self._directory, f"metrics-{self._pid}.bin")
-        with open(path, "wb") as out:
+        name = f"metrics-{self._pid}-{self._started}.bin"
+        path, fresh = Path(self._directory, name), Path(self._directory, f".{name}.new")
+        with open(fresh, "wb") as out:
             out.write(_HEADER.pack(_MAGIC, 1, len(keys)) + keys)
             out.truncate(offset + 8 * len(layout))
-        with open(path, "r+b") as f:
+        with open(fresh, "r+b") as f:
             mapped = mmap.mmap(f.fileno(), 0)
+        # Renamed into place whole: a scrape reads the old layout or the new one.
+        os.replace(fresh, path)
         if self._mmap is not None:  # attached twice: the old mapping goes
             self._unmap()
         whole = memoryview(mapped)
@@ -334,27 +361,39 @@ class Metrics:
         return {key: self._values[i] for i, key in enumerate(self._layout)}
 
     def totals(self) -> tuple[dict[tuple[str, str], float], int]:
-        """Numbers of all workers (counters added, gauges the minimum), and workers alive."""
+        """Numbers of all workers (counters added, gauges the minimum), and workers alive.
+
+        A dead worker's counters count for the series a live worker still has:
+        a map that a reload retired leaves no series behind.
+        """
         if self._directory is None:
             return self.snapshot(), 1
         totals: dict[tuple[str, str], float] = {}
         gauges: dict[tuple[str, str], float] = {}
+        dead: list[list[tuple[tuple[str, str], float]]] = []
         alive = 0
         for path in sorted(Path(self._directory).glob("metrics-*.bin")):
-            pid = int(path.stem.split("-", 1)[1])
-            live = pid == self._pid or _alive(pid)
-            alive += live
-            for key, value in read_file(path):
+            owner = _owner(path)
+            if owner is None:
+                continue
+            series = read_file(path)
+            if owner != (self._pid, self._started) and not _alive(*owner):
+                dead.append(series)
+                continue
+            alive += 1
+            for key, value in series:
                 family = self._families.get(key[0])
                 if family is not None and family.kind == "gauge":
-                    if not live:
-                        continue
                     if family.combine == "sum":
                         gauges[key] = gauges.get(key, 0.0) + value
                     else:
                         gauges[key] = min(gauges.get(key, value), value)
                 else:
                     totals[key] = totals.get(key, 0.0) + value
+        for series in dead:
+            for key, value in series:
+                if key in totals:  # a counter that a live worker has too
+                    totals[key] += value
         totals.update(gauges)
         return totals, max(alive, 1)
 
@@ -386,7 +425,7 @@ class Metrics:
             lines.append(f'{DURATION.name}_bucket{{le="{bound!r}"}} {_format_value(running)}')
         lines.append(f'{DURATION.name}_bucket{{le="+Inf"}} {_format_value(count)}')
         total = sum(v for _, v in by_family.get(DURATION.name + "_sum", []))
-        lines.append(f"{DURATION.name}_sum {total!r}")
+        lines.append(f"{DURATION.name}_sum {_format_value(total)}")
         lines.append(f"{DURATION.name}_count {_format_value(count)}")
         for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, *self._extra):
             series = by_family.get(family.name)
@@ -398,14 +437,40 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _alive(pid: int) -> bool:
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot; None if unknown.
+
+    Field 22 of ``/proc/<pid>/stat`` (proc(5)).  The command name, field 2,
+    may hold blanks and parentheses, so the fields are counted after its
+    last ``)``.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[22 - 3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner(path: Path) -> tuple[int, int] | None:
+    """(pid, start time) from ``metrics-<pid>-<start>.bin``; None for another name."""
+    parts = path.stem.split("-")
+    if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def _alive(pid: int, started: int) -> bool:
+    """Whether the worker that wrote a file still runs: its pid, started when it did."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process now holds the pid: not ours
         return False
-    return True
+    now = start_time(pid)
+    # 0: the writer could not read its start time (no /proc); the pid decides.
+    return started == 0 or now is None or now == started
 
 
 def read_file(path: Path) -> list[tuple[tuple[str, str], float]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from authsvc import login as login_rules
 from authsvc.failures import FailureKind as FailureKind  # what a Refusal says
-from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, Peeked
+from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, RouteCache
 from authsvc.maps.factory import MapShelf, open_maps
 from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
 
@@ -107,6 +107,21 @@ class Router:
     def __init__(self, settings: Settings, maps: Mapping[str, MapBackend]) -> None:
         self._settings = settings
         self._maps = maps
+        #: The listeners whose map has a route cache (checked once, not per login).
+        self._caches = {name: m for name, m in maps.items() if isinstance(m, RouteCache)}
+        # Each map's label (``MapSettings.label``) and the distinct maps that
+        # carry it: listeners that share a map, or read one table, share its
+        # series in /metrics and its line in /readyz.
+        labelled: dict[str, dict[int, MapBackend]] = {}
+        for ls in settings.listeners:
+            backend = maps.get(ls.name)
+            if backend is not None:
+                labelled.setdefault(ls.map.label, {})[id(backend)] = backend
+        self._labelled = {label: list(found.values()) for label, found in labelled.items()}
+        self._labelled_caches = {
+            label: [b for b in backends if isinstance(b, RouteCache)]
+            for label, backends in self._labelled.items()
+        }
         # Perdition rotates outgoing_server per login attempt (§2.7).
         self._rotation = {
             ls.name: itertools.cycle(ls.default_servers)
@@ -143,9 +158,9 @@ class Router:
         prepared = self._prepare(request, None)
         if isinstance(prepared, Refusal):
             return prepared
-        peek: Callable[[str], Peeked] | None = getattr(prepared.backend, "peek", None)
-        if peek is not None:  # a cache: it may know the answer already
-            entry = peek(prepared.key)
+        cache = self._caches.get(prepared.listener.name)
+        if cache is not None:  # it may know the answer already
+            entry = cache.peek(prepared.key)
             if entry is not NOT_CACHED:
                 return self._finish(request, prepared, entry, None)
         return self._ask_map(request, prepared, None)
@@ -171,8 +186,7 @@ class Router:
         except MapUnavailable as exc:
             if trace is not None:
                 trace.map_answer = f"unavailable: {exc}"
-            on_error = getattr(listener.map, "default_server_on_error", False)
-            if not (on_error and listener.default_servers):
+            if not (listener.map.default_server_on_error and listener.default_servers):
                 return Refusal(
                     FailureKind.MAP_UNAVAILABLE, str(exc), key=key, listener=listener.name
                 )
@@ -246,46 +260,40 @@ class Router:
 
     def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
         """Drop cached routes (a key, a domain, or all) from every map's cache."""
-        dropped = 0
-        for backend in {id(m): m for m in self._maps.values()}.values():
-            invalidate = getattr(backend, "invalidate", None)
-            if invalidate is not None:
-                dropped += int(invalidate(key=key, domain=domain))
-        return dropped
+        caches = {id(c): c for c in self._caches.values()}.values()
+        return sum(cache.invalidate(key=key, domain=domain) for cache in caches)
 
     def cache_stats(self) -> dict[str, CacheStats | None]:
-        """Each distinct map's cache counters by ``describe()``; None for a map without cache.
+        """Each map's cache counters by label; None for a map without cache.
 
         For ``/metrics``: the caches live in ``maps/cached.py``, which only this
-        module may touch.  Reads attributes only, no I/O.
+        module may touch.  The maps that share a label add up.  Reads
+        attributes only, no I/O.
         """
         out: dict[str, CacheStats | None] = {}
-        for backend in {id(m): m for m in self._maps.values()}.values():
-            stats = getattr(backend, "stats", None)
-            out[backend.describe()] = (
-                None
-                if stats is None
-                else CacheStats(
-                    hits=int(stats.hits),
-                    misses=int(stats.misses),
-                    negative_hits=int(stats.negative_hits),
-                    stale=int(stats.stale),
-                    errors=int(stats.errors),
-                    map_up=bool(stats.map_up),
-                )
+        for label, caches in self._labelled_caches.items():
+            counters = [cache.stats for cache in caches]
+            out[label] = None if not counters else CacheStats(
+                hits=sum(c.hits for c in counters),
+                misses=sum(c.misses for c in counters),
+                negative_hits=sum(c.negative_hits for c in counters),
+                stale=sum(c.stale for c in counters),
+                errors=sum(c.errors for c in counters),
+                map_up=all(c.map_up for c in counters),
             )
         return out
 
     async def check_maps(self) -> dict[str, str | None]:
-        """Each map's state: None when it answers, else the reason it cannot."""
+        """Each map's state by label: None when it answers, else the reason it cannot."""
         states: dict[str, str | None] = {}
-        for backend in {id(m): m for m in self._maps.values()}.values():
-            try:
-                await backend.check()
-            except MapUnavailable as exc:
-                states[backend.describe()] = str(exc) or "unavailable"
-            else:
-                states[backend.describe()] = None
+        for label, backends in self._labelled.items():
+            states[label] = None
+            for backend in backends:
+                try:
+                    await backend.check()
+                except MapUnavailable as exc:
+                    states[label] = str(exc) or "unavailable"
+                    break
         return states
 
 

@@ -102,7 +102,17 @@ class FileMapSettings:
     """Perdition's flat ``popmap`` format (``key: [user@]server[:port]``)."""
 
     path: str
+    #: The map's name in ``/metrics`` and ``/readyz``; None = :attr:`label` derives one.
+    name: str | None = None
+    #: On MapUnavailable, route to ``outgoing_server`` as Perdition did; off by
+    #: default (docs/configuration.md).
+    default_server_on_error: bool = False
     kind: str = "file"
+
+    @property
+    def label(self) -> str:
+        """``name``, else ``file:<path>``: what identifies the map, and nothing else."""
+        return self.name if self.name is not None else f"file:{self.path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +122,17 @@ class RegexMapSettings:
     path: str
     #: Reproduce Perdition's quirk of keeping the key's text before the match.
     perdition_prefix_quirk: bool = False
+    #: The map's name in ``/metrics`` and ``/readyz``; None = :attr:`label` derives one.
+    name: str | None = None
+    #: On MapUnavailable, route to ``outgoing_server`` as Perdition did; off by
+    #: default (docs/configuration.md).
+    default_server_on_error: bool = False
     kind: str = "regex"
+
+    @property
+    def label(self) -> str:
+        """``name``, else ``regex:<path>``."""
+        return self.name if self.name is not None else f"regex:{self.path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +156,24 @@ class MySqlMapSettings:
     connect_timeout: float = 3.0
     query_timeout: float = 3.0
     pool_size: int = 10
-    #: Perdition falls back to outgoing_server on a database error; we do so
-    #: only when asked (see docs/configuration.md).
+    #: The map's name in ``/metrics`` and ``/readyz``; None = :attr:`label` derives one.
+    name: str | None = None
+    #: On MapUnavailable, route to ``outgoing_server`` as Perdition did; off by
+    #: default (docs/configuration.md).
     default_server_on_error: bool = False
     kind: str = "mysql"
+
+    @property
+    def label(self) -> str:
+        """``name``, else ``mysql:<first host>/<database>.<table>``.
+
+        Timeouts, columns and the pool do not name the map: the listeners whose
+        maps read one table share its series, whatever their constant port.
+        """
+        if self.name is not None:
+            return self.name
+        first = str(self.hosts[0]) if self.hosts else ""
+        return f"mysql:{first}/{self.database}.{self.table}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +181,14 @@ class NoMapSettings:
     """``map_library ""``: no map; every login goes to ``outgoing_server``."""
 
     kind: str = "none"
+    name: str | None = None
+    #: No effect: this map never fails.  Here so that every map has the field.
+    default_server_on_error: bool = False
+
+    @property
+    def label(self) -> str:
+        """``name``, else ``none``."""
+        return self.name if self.name is not None else "none"
 
 
 MapSettings = FileMapSettings | RegexMapSettings | MySqlMapSettings | NoMapSettings

@@ -78,7 +78,7 @@ async def serve(
             await server.start(sockets)
 
             def apply(new: Settings, new_router: Router) -> None:
-                metrics.attach_maps(new_router.cache_stats())  # a map the reload added
+                metrics.attach_maps(new_router.cache_stats())  # the maps now in use
                 server.reconfigure(new, new_router)
                 if health is not None:
                     health.rebind(new_router)

@@ -82,9 +82,9 @@ class Section:
         value = self._text(key, raw, nonempty=nonempty)
         return default if value is None else value
 
-    def optional_string(self, key: str) -> str | None:
+    def optional_string(self, key: str, *, nonempty: bool = False) -> str | None:
         raw = self.raw(key)
-        return None if raw is None else self._text(key, raw, nonempty=False)
+        return None if raw is None else self._text(key, raw, nonempty=nonempty)
 
     def required_string(self, key: str) -> str | None:
         raw = self.raw(key)

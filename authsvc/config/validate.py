@@ -57,14 +57,17 @@ _MANAGED = {True: {"STARTTLS", "LOGINDISABLED"}, False: {"STLS"}}
 #: syslog(3) facility names (the Auth: line of ``authsvc proxy``, perdition.md §7.1).
 SYSLOG_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
                      "cron", "authpriv", "ftp", *(f"local{n}" for n in range(8)))
+#: Keys every map type takes; ``default_server_on_error`` is for maps that can fail.
+_MAP_COMMON = {"name", "default_server_on_error"}
 _MAP_KEYS = {
-    "file": {"path"},
-    "regex": {"path", "perdition_prefix_quirk"},
+    "file": {"path", *_MAP_COMMON},
+    "regex": {"path", "perdition_prefix_quirk", *_MAP_COMMON},
     "mysql": {"hosts", "port", "database", "table", "user", "password", "password_file",
               "server_column", "user_column", "port_column", "port_constant",
-              "connect_timeout", "query_timeout", "pool_size", "default_server_on_error"},
-    "none": set(),
+              "connect_timeout", "query_timeout", "pool_size", *_MAP_COMMON},
+    "none": {"name"},
 }
+_MAP_NAME_MAX = 128
 
 
 def _login(s: Section) -> LoginPolicy:
@@ -149,11 +152,21 @@ def _mysql(s: Section) -> MySqlMapSettings:
         connect_timeout=s.seconds("connect_timeout", 3.0, positive=True),
         query_timeout=s.seconds("query_timeout", 3.0, positive=True),
         pool_size=s.integer("pool_size", 10, 1, 1000),
+        name=_map_name(s),
         default_server_on_error=s.boolean("default_server_on_error", False),
     )
     if settings.password is None and settings.password_file is None:
         s.warn("password_file", "no password_file: connecting without a password")
     return settings
+
+
+def _map_name(s: Section) -> str | None:
+    """The map's ``name``, the label of its series in /metrics: 1 to 128 characters."""
+    name = s.optional_string("name", nonempty=True)
+    if name is not None and len(name) > _MAP_NAME_MAX:
+        s.error("name", f"longer than {_MAP_NAME_MAX} characters", s.table.items.get("name"))
+        return None
+    return name
 
 
 def _map(s: Section) -> MapSettings:
@@ -163,16 +176,21 @@ def _map(s: Section) -> MapSettings:
         path = s.path("path", check="map file")
         if path is None:
             s.required_string("path")
-        result = FileMapSettings(path or "")
+        result = FileMapSettings(path or "", name=_map_name(s),
+                                 default_server_on_error=s.boolean("default_server_on_error",
+                                                                   False))
     elif kind == "regex":
         path = s.path("path", check="regex map file")
         if path is None:
             s.required_string("path")
-        result = RegexMapSettings(path or "", s.boolean("perdition_prefix_quirk", False))
+        result = RegexMapSettings(path or "", s.boolean("perdition_prefix_quirk", False),
+                                  name=_map_name(s),
+                                  default_server_on_error=s.boolean("default_server_on_error",
+                                                                    False))
     elif kind == "mysql":
         result = _mysql(s)
     else:
-        result = NoMapSettings()
+        result = NoMapSettings(name=_map_name(s))
     elsewhere = {key: f"does not apply to type = {kind!r} maps"
                  for keys in _MAP_KEYS.values() for key in keys}
     s.finish(elsewhere)

@@ -125,7 +125,8 @@ def create_app(
 def bind_router(app: web.Application, router: Router) -> None:
     """Answer new requests with ``router`` (at start, and after a reload).
 
-    A map that a reload brings in gets its metric series at once.
+    The metric series become those of the router's maps: a map that a reload
+    brings in gets its series at once, and a retired map's series go.
     """
     app[METRICS].attach_maps(router.cache_stats())
     app[ROUTER] = router

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 
 class MapUnavailable(Exception):
@@ -69,8 +69,41 @@ class MapBackend(Protocol):
         ...
 
 
-class Invalidator(Protocol):
-    """What a cache offers operators when a mailbox moves (``authsvc flush``)."""
+class CacheCounters(Protocol):
+    """A route cache's counters (``CachedMap.stats``); read, never written, by the router."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def negative_hits(self) -> int: ...
+    @property
+    def stale(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def map_up(self) -> bool: ...
+
+
+@runtime_checkable
+class RouteCache(MapBackend, Protocol):
+    """A map with a route cache in front (:class:`~authsvc.maps.cached.CachedMap`).
+
+    What the router asks of a cache besides :class:`MapBackend`: the answer it
+    already holds (the synchronous path), dropping routes when a mailbox moves
+    (``authsvc flush``), and its counters for ``/metrics``.  The router checks
+    for it once per map, when it is built, not per login.
+    """
+
+    @property
+    def stats(self) -> CacheCounters:
+        """The counters; the same object for the cache's whole life."""
+        ...
+
+    def peek(self, key: str) -> Peeked:
+        """The cached answer (counted as a hit), or NOT_CACHED (nothing counted)."""
+        ...
 
     def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
         """Drop one key, every key of one domain, or (neither given) everything."""

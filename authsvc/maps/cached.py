@@ -14,6 +14,9 @@
   every login while its database is down, perdition.md §3.4).
 * :meth:`CachedMap.invalidate` drops one key, a domain or everything, from the
   stale store too, so a moved mailbox never comes back stale.
+* :meth:`CachedMap.close` answers every lookup still in flight, and every
+  later one, with ``MapUnavailable("closed")``: a reload closes a retired map
+  while sessions that took the old router may still be asking it.
 * The clock is injected, so tests move time instead of sleeping.
 
 The hit path is two dict-like lookups and a counter: microseconds.
@@ -68,13 +71,17 @@ def _settle(shared: asyncio.Future[MapEntry | None], exc: BaseException) -> None
     shared.exception()
 
 
+def _closed() -> MapUnavailable:
+    return MapUnavailable("closed")
+
+
 def _put(cache: TTLCache[str, V], key: str, value: V) -> None:
     if cache.maxsize > 0:  # max_size 0 turns the store off (TTLCache would raise)
         cache[key] = value
 
 
 class CachedMap:
-    """A :class:`MapBackend` that caches another one."""
+    """A :class:`MapBackend` that caches another one: the one :class:`~authsvc.maps.RouteCache`."""
 
     def __init__(
         self,
@@ -99,6 +106,7 @@ class CachedMap:
         self._inflight: dict[str, asyncio.Future[MapEntry | None]] = {}
         # Bumped by invalidate(): a query that started before must not refill the cache.
         self._generation = 0
+        self._closed = False
         self.stats = CacheStats()
         # Built once: the router asks for it on every request (Trace.map_description).
         self._description = (
@@ -157,7 +165,7 @@ class CachedMap:
                         return entry
         except MapUnavailable:
             stale = self._stale.get(key)
-            if stale is None:
+            if stale is None or self._closed:
                 raise
             stats.stale += 1
             return stale
@@ -169,25 +177,34 @@ class CachedMap:
         task, its shield and their callbacks were a quarter of it.  If this
         caller gives up, the callers sharing its query ask again.
         """
+        if self._closed:
+            raise _closed()
         shared: asyncio.Future[MapEntry | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = shared
         generation = self._generation
         try:
             entry = await self._inner.lookup(key)
         except MapUnavailable as exc:
+            if shared.done():  # close() answered the others already
+                raise _closed() from exc
             self.stats.errors += 1
             self.stats.map_up = False
             _settle(shared, exc)
             raise
         except Exception as exc:  # a bug: every caller sees it, as the first one does
+            if shared.done():
+                raise _closed() from exc
             _settle(shared, exc)
             raise
         except BaseException:  # cancelled: the first caller gave up
-            _settle(shared, _Abandoned())
+            if not shared.done():
+                _settle(shared, _Abandoned())
             raise
         finally:
             if self._inflight.get(key) is shared:
                 del self._inflight[key]
+        if shared.done():  # closed while the map was answering
+            raise _closed()
         self.stats.map_up = True
         if generation == self._generation:
             if entry is None:
@@ -247,11 +264,18 @@ class CachedMap:
         return self._description
 
     async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        self._inflight.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Answer the lookups in flight with MapUnavailable("closed"), then close the map.
+
+        The callers sharing a query get it at once; the first caller, still
+        waiting for the map, gets it when the map answers or fails (the MySQL
+        map fails its waiting queries when closed).  Lookups after this get it
+        too.
+        """
+        self._closed = True
+        shared, self._inflight = list(self._inflight.values()), {}
+        for future in shared:
+            if not future.done():
+                _settle(future, _closed())
         for store in (self._hits, self._misses, self._stale):
             store.clear()
         await self._inner.close()

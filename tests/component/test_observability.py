@@ -27,6 +27,7 @@ from authsvc.settings import (
 )
 from tests.component.conftest import FAST, make_listener, write_map
 from tests.component.fakestore import FakeStore
+from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert
 from tests.services.ports import free_port
 
@@ -36,6 +37,7 @@ class Running:
     server: ProxyServer
     health: str
     syslog: socket.socket
+    map_path: str
 
     def address(self, listener: str) -> tuple[str, int]:
         return self.server.addresses(listener)[0]
@@ -63,7 +65,7 @@ async def start(tmp_path: Path, pki: ServerCert, imap_store: FakeStore,
     task = asyncio.ensure_future(serve(settings, stop, started=started))
     try:
         server = await asyncio.wait_for(started, 10)
-        yield Running(server, f"http://127.0.0.1:{port}", syslog)
+        yield Running(server, f"http://127.0.0.1:{port}", syslog, str(path))
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -102,12 +104,6 @@ def drained(sock: socket.socket) -> bytes:
     return data
 
 
-def metric(text: str, series: str) -> float:
-    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
-    assert found is not None, series
-    return float(found.group(1))
-
-
 async def get(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as client, client.get(url) as response:
         return response.status, await response.text()
@@ -136,17 +132,19 @@ async def test_health_and_metrics_count_sessions_logins_tls_failures_and_bytes(
     await asyncio.sleep(0.05)
     status, text = await get(running_proxy.health + "/metrics")
     assert status == 200
-    assert metric(text, 'authsvc_proxy_sessions{listener="imap4"}') == 1
-    assert metric(text, 'authsvc_proxy_preauth_sessions{listener="imap4"}') == 1
-    assert metric(text, 'authsvc_proxy_connections_total{listener="imap4"}') == 3
-    assert metric(text, 'authsvc_proxy_logins_total{listener="imap4",result="ok"}') == 1
-    assert metric(text, 'authsvc_proxy_logins_total{listener="imap4",result="backend_auth"}'
-                  ) == 1
-    assert metric(text, 'authsvc_proxy_tls_handshake_failures_total{listener="imaps",'
-                  'side="client"}') == 1
-    assert metric(text, 'authsvc_proxy_bytes_total{listener="imap4",direction="in"}') == 35
-    assert metric(text, 'authsvc_proxy_bytes_total{listener="imap4",direction="out"}') > 100
-    assert "authsvc_workers 1" in text
+    got = Scrape(text)
+    assert got.value("authsvc_proxy_sessions", listener="imap4") == 1
+    assert got.value("authsvc_proxy_preauth_sessions", listener="imap4") == 1
+    assert got.value("authsvc_proxy_connections_total", listener="imap4") == 3
+    assert got.value("authsvc_proxy_logins_total", listener="imap4", result="ok") == 1
+    assert got.value("authsvc_proxy_logins_total", listener="imap4", result="backend_auth") == 1
+    assert got.value("authsvc_proxy_tls_handshake_failures_total", listener="imaps",
+                     side="client") == 1
+    assert got.value("authsvc_proxy_bytes_total", listener="imap4", direction="in") == 35
+    assert got.value("authsvc_proxy_bytes_total", listener="imap4", direction="out") > 100
+    assert got.value("authsvc_workers") == 1
+    # The listeners share one file map: one series, named by its path.
+    assert got.label_values("authsvc_map_up", "map") == {f"file:{running_proxy.map_path}"}
     held.close()
     waiting.close()
 
@@ -197,6 +195,6 @@ async def test_a_throttled_login_reads_as_a_refused_password_and_counts_as_throt
             (b"(null):143", b"failed: Re-Authentication Failure"),
         ]
         _, text = await get(running.health + "/metrics")
-        logins = 'authsvc_proxy_logins_total{{listener="imap4",result="{}"}}'.format
-        assert metric(text, logins("backend_auth")) == 1
-        assert metric(text, logins("throttled")) == 1
+        got = Scrape(text)
+        for result in ("backend_auth", "throttled"):
+            assert got.value("authsvc_proxy_logins_total", listener="imap4", result=result) == 1

@@ -38,6 +38,7 @@ import pytest
 from authsvc.proxy.proxy_protocol import encode_v2
 
 from tests.helpers.fail2ban import FILTER_DIR, failregexes, logfile_line, match
+from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert, make_ca, make_test_pki
 from tests.services.dovecot import DovecotStore, dovecot_stores
 from tests.services.haproxy import running_haproxy, wait_for_status
@@ -361,9 +362,8 @@ def scrape(port: int) -> str:
 
 
 def metric(text: str, series: str) -> float:
-    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
-    assert found is not None, series
-    return float(found.group(1))
+    """One series, read with prometheus_client's parser."""
+    return Scrape(text).series(series)
 
 
 def test_two_workers_share_the_sessions_and_metrics_show_totals(world: World) -> None:

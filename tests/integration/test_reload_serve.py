@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.prometheus import Scrape
 from tests.services.serve import ServeProcess
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def write_popmap(path: Path, carol: str) -> None:
     tmp.rename(path)
 
 
-def write_config(tmp: Path, *, extra: str = "", popmap: str = "popmap") -> Path:
+def write_config(tmp: Path, *, extra: str = "", popmap: str = "popmap", ttl: int = 300) -> Path:
     (tmp / "secret").write_text(SECRET + "\n")
     config = tmp / "authsvc.toml"
     config.write_text(f"""
@@ -60,7 +61,7 @@ explicit_domain = "riseup.net"
 add_domain = ["lookup"]
 
 [cache]
-ttl = 300
+ttl = {ttl}
 
 [map]
 type = "file"
@@ -163,3 +164,34 @@ def test_invalid_config_is_refused_and_counted(serve: ServeProcess, tmp_path: Pa
     status, metrics = serve.get("/metrics")
     assert status == 200
     assert f'authsvc_reloads_total{{result="failed"}} {serve.workers}' in metrics
+
+
+def test_a_reload_keeps_a_maps_series_across_a_ttl_change_and_drops_a_retired_one(
+    serve: ServeProcess, tmp_path: Path
+) -> None:
+    assert serve.pid is not None
+    wait_for(serve, "listening", serve.workers)
+
+    def map_labels() -> set[str]:
+        status, text = serve.get("/metrics")
+        assert status == 200
+        got = Scrape(text)
+        labels = got.label_values("authsvc_map_up", "map")
+        assert got.label_values("authsvc_cache_hits_total", "map") == labels
+        return labels
+
+    first = {f"file:{tmp_path / 'popmap'}"}
+    assert map_labels() == first
+    write_config(tmp_path, ttl=30)  # the cache's TTL is not part of the map's name
+    os.kill(serve.pid, signal.SIGHUP)
+    wait_for(serve, "reloaded", serve.workers)
+    assert {frozenset(map_labels()) for _ in range(4)} == {frozenset(first)}
+
+    write_popmap(tmp_path / "popmap2", "127.0.0.3")
+    write_config(tmp_path, popmap="popmap2")
+    os.kill(serve.pid, signal.SIGHUP)
+    wait_for(serve, "reloaded", 2 * serve.workers)
+    assert ask(serve.port, "carol")["Auth-Server"] == "127.0.0.3"
+    # Whichever worker answers: the retired map's series are gone.
+    assert {frozenset(map_labels()) for _ in range(4)} == {
+        frozenset({f"file:{tmp_path / 'popmap2'}"})}

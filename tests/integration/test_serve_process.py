@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.prometheus import Scrape
 from tests.services.mariadb import TestDatabase
 from tests.services.ports import free_port
 
@@ -153,7 +154,14 @@ def flush_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=30, check=False)
 
 
-def test_two_workers_totals_flush_and_signals(config: Path, tmp_path: Path) -> None:
+def map_label(db: TestDatabase) -> str:
+    """write_config's map has no name: its label is the first host, database and table."""
+    return f"mysql:{db.host}:{db.port}/{db.name}.mailboxes"
+
+
+def test_two_workers_totals_flush_and_signals(config: Path, tmp_path: Path,
+                                              mariadb_db: TestDatabase) -> None:
+    label = map_label(mariadb_db)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve = Serve(config, tmp_path / "serve.log", "--listen", f"127.0.0.1:{port}")
@@ -171,15 +179,18 @@ def test_two_workers_totals_flush_and_signals(config: Path, tmp_path: Path) -> N
         for _ in range(6):  # whichever worker answers, the totals are the same
             status, text = get(base + "/metrics")
             assert status == 200
-            assert 'authsvc_auth_decisions_total{protocol="imap",result="ok"} 40\n' in text
-            assert 'authsvc_auth_duration_seconds_count 40\n' in text
-            assert "authsvc_workers 2\n" in text
+            got = Scrape(text)
+            assert got.value("authsvc_auth_decisions_total", protocol="imap", result="ok") == 40
+            assert got.value("authsvc_auth_duration_seconds_count") == 40
+            assert got.value("authsvc_workers") == 2
+            # One map, named by what identifies it (docs/maps.md), in both workers' files.
+            assert got.label_values("authsvc_map_up", "map") == {label}
         # Cache counters reach the other worker's file within a second (metrics.py).
         deadline = time.monotonic() + 5
         while True:
-            text = get(base + "/metrics")[1]
-            lookups = sum(float(v) for v in re.findall(
-                r"^authsvc_cache_(?:hits|misses)_total\{[^}]*\} (\S+)$", text, re.M))
+            got = Scrape(get(base + "/metrics")[1])
+            lookups = (got.value("authsvc_cache_hits_total", map=label)
+                       + got.value("authsvc_cache_misses_total", map=label))
             if lookups == 40 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -236,7 +247,8 @@ def test_busy_port_and_bad_config_exit_non_zero(config: Path, tmp_path: Path) ->
     assert bad.process.wait(20) == 2
 
 
-def test_a_killed_worker_is_replaced_and_its_counts_stay(config: Path, tmp_path: Path) -> None:
+def test_a_killed_worker_is_replaced_and_its_counts_stay(config: Path, tmp_path: Path,
+                                                          mariadb_db: TestDatabase) -> None:
     port = free_port()
     serve = Serve(config, tmp_path / "serve.log", "--listen", f"127.0.0.1:{port}")
     try:
@@ -249,9 +261,10 @@ def test_a_killed_worker_is_replaced_and_its_counts_stay(config: Path, tmp_path:
         serve.wait_for(r"event=listening", count=3)
         for _ in range(5):
             assert ask(("127.0.0.1", port), nginx_request(b"procbob"))["Auth-Status"] == "OK"
-        _status, text = get(f"http://127.0.0.1:{port}/metrics")
-        assert 'authsvc_auth_decisions_total{protocol="imap",result="ok"} 25\n' in text
-        assert "authsvc_workers 2\n" in text
+        got = Scrape(get(f"http://127.0.0.1:{port}/metrics")[1])
+        assert got.value("authsvc_auth_decisions_total", protocol="imap", result="ok") == 25
+        assert got.value("authsvc_workers") == 2
+        assert got.value("authsvc_map_up", map=map_label(mariadb_db)) == 1
     finally:
         code = serve.stop()
     assert code == 0, serve.text()

@@ -30,6 +30,7 @@ from authsvc.settings import (
     ListenTls,
     LoginPolicy,
     MailProtocol,
+    NoMapSettings,
     Settings,
     Stage,
 )
@@ -92,8 +93,10 @@ def seed_settings(http: HttpSettings | None = None, **cache: object) -> Settings
 
     def listener(name: str, protocol: MailProtocol, port: int, tls: ListenTls,
                  policy: LoginPolicy = SEED_POLICY) -> ListenerSettings:
+        # The map is the test's ScriptedMap (router_factory); its name is the
+        # label of its series in /metrics and its line in /readyz.
         return ListenerSettings(name=name, protocol=protocol, tls=tls, default_port=port,
-                                login=policy)
+                                login=policy, map=NoMapSettings(name="scripted"))
 
     return Settings(
         listeners=(

@@ -303,3 +303,30 @@ async def test_check_describe_close(inner: FakeMap, clock: Clock) -> None:
     assert cache.describe() == "fake [cache: ttl 60s, negative 10s, stale-if-error 3600s]"
     await cache.close()
     assert inner.closed
+
+
+@pytest.mark.parametrize("map_answers", ["before close returns", "after close returns"])
+async def test_lookups_in_flight_during_close_are_told_closed(
+    inner: FakeMap, clock: Clock, map_answers: str
+) -> None:
+    """The first caller (asking the map) and a caller sharing its query both get "closed"."""
+    cache = cached(inner, clock)
+    inner.gate = asyncio.Event()
+    first = asyncio.ensure_future(cache.lookup("bob@riseup.net"))
+    sharing = asyncio.ensure_future(cache.lookup("bob@riseup.net"))
+    await asyncio.sleep(0)  # the first waits at the map, the other on the shared query
+    assert inner.calls == ["bob@riseup.net"]
+    closing = asyncio.ensure_future(cache.close())
+    if map_answers == "before close returns":
+        inner.gate.set()
+        await closing
+    else:
+        await closing
+        inner.gate.set()
+    for task in (first, sharing):
+        with pytest.raises(MapUnavailable, match=r"^closed$"):
+            await task
+    assert inner.closed
+    with pytest.raises(MapUnavailable, match=r"^closed$"):  # and every lookup after
+        await cache.lookup("bob@riseup.net")
+    assert inner.calls == ["bob@riseup.net"]

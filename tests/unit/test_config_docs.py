@@ -16,7 +16,7 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_t
 NATIVE_KEYS = {
     "login": ["lower_case", "strip_domain", "add_domain", "add_domain_depth", "explicit_domain",
               "domain_delimiter", "username_from_database", "max_login_length"],
-    "map": ["type", "path", "perdition_prefix_quirk", "hosts", "port", "database", "table",
+    "map": ["type", "name", "path", "perdition_prefix_quirk", "hosts", "port", "database", "table",
             "user", "password_file", "server_column", "user_column", "port_column",
             "port_constant", "connect_timeout", "query_timeout", "pool_size",
             "default_server_on_error"],

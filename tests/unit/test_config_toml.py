@@ -297,6 +297,27 @@ def test_listener_map_of_the_same_type_overrides_key_by_key(tmp_path: Path) -> N
         str(tmp_path / "a.re"), True)
 
 
+@pytest.mark.parametrize("table", [
+    'type = "file"\npath = "popmap"\n',
+    'type = "regex"\npath = "popmap"\n',
+    'type = "mysql"\npassword_file = "popmap"\n',
+])
+def test_every_map_takes_a_name_and_default_server_on_error(tmp_path: Path, table: str) -> None:
+    (tmp_path / "popmap").write_text("")
+    text = f'[map]\n{table}name = "nest"\ndefault_server_on_error = true\n' + LISTENER
+    found = load(tmp_path, text).settings.listeners[0].map
+    assert (found.label, found.default_server_on_error) == ("nest", True)
+
+
+def test_a_map_without_a_name_is_labelled_by_what_identifies_it(tmp_path: Path) -> None:
+    text = ('[map]\ntype = "mysql"\nhosts = ["db1", "db2"]\nport = 3307\ndatabase = "nest"\n'
+            'table = "mailboxes"\npassword_file = "/x"\n' + LISTENER)
+    assert load(tmp_path, text).settings.listeners[0].map.label == (
+        "mysql:db1:3307/nest.mailboxes")
+    assert load(tmp_path, '[map]\nname = "static"\n' + LISTENER
+                ).settings.listeners[0].map.label == "static"
+
+
 # -- every validator message -------------------------------------------------------------
 
 
@@ -358,6 +379,11 @@ def test_listener_map_of_the_same_type_overrides_key_by_key(tmp_path: Path) -> N
         ('[map]\ntype = "file"\npath = "/x"\nhosts = ["a"]\n',
          "4: map.hosts: does not apply to type = 'file' maps"),
         ('[map]\ntype = "file"\n', "1: map.path: missing (required)"),
+        ('[map]\ntype = "file"\npath = "/x"\nname = ""\n', "4: map.name: must not be empty"),
+        ('[map]\nname = "' + "n" * 129 + '"\n', "2: map.name: longer than 128 characters"),
+        ('[map]\nname = "a\\nb"\n', "2: map.name: control character in value"),
+        ('[map]\ndefault_server_on_error = true\n',
+         "2: map.default_server_on_error: does not apply to type = 'none' maps"),
         ('[map]\ntype = "sqlite"\n', "2: map.type: 'sqlite' is not one of file, regex, mysql, "
          "none"),
         ('[map]\ntype = "mysql"\ntable = "a-b"\npassword_file = "/x"\n',

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,47 +13,27 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from authsvc import __version__
-from authsvc.metrics import BUCKETS, Metrics, read_file
+from authsvc.metrics import BUCKETS, Family, Metrics, read_file, start_time
 from authsvc.routing import CacheStats
+from tests.helpers.prometheus import Scrape
 from tests.unit.auth_http_fakes import make_app, make_maps, seed_settings
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
-
-# One sample line of the text format 0.0.4: name, optional labels, a number.
-SAMPLE = re.compile(
-    r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? '
-    r"(-?[0-9.e+-]+|\+Inf|NaN)"
-)
-
-
-def samples(text: str) -> dict[str, str]:
-    """Every sample line, checked against the format, as {series: value}."""
-    out = {}
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            continue
-        assert SAMPLE.fullmatch(line), line
-        series, value = line.rsplit(" ", 1)
-        assert series not in out, f"duplicate {series}"
-        out[series] = value
-    return out
-
 
 def stats(hits: int = 0, misses: int = 0, up: bool = True) -> CacheStats:
     return CacheStats(hits=hits, misses=misses, negative_hits=0, stale=0, errors=0, map_up=up)
 
 
 def test_fresh_metrics_render_every_series_at_zero() -> None:
-    text = Metrics().render()
-    got = samples(text)
-    assert got[f'authsvc_build_info{{version="{__version__}"}}'] == "1"
-    assert got["authsvc_workers"] == "1"
-    assert got['authsvc_auth_decisions_total{protocol="pop3",result="map_unavailable"}'] == "0"
-    assert got['authsvc_auth_duration_seconds_bucket{le="+Inf"}'] == "0"
-    assert "# TYPE authsvc_auth_duration_seconds histogram" in text
-    assert "# TYPE authsvc_auth_decisions_total counter" in text
+    got = Scrape(Metrics().render())
+    assert got.value("authsvc_build_info", version=__version__) == 1
+    assert got.value("authsvc_workers") == 1
+    assert got.value("authsvc_auth_decisions_total", protocol="pop3",
+                     result="map_unavailable") == 0
+    assert got.value("authsvc_auth_duration_seconds_bucket", le="+Inf") == 0
+    assert got.types["authsvc_auth_duration_seconds"] == "histogram"
+    assert got.types["authsvc_auth_decisions"] == "counter"
 
 
 def test_histogram_is_cumulative() -> None:
@@ -61,24 +41,26 @@ def test_histogram_is_cumulative() -> None:
     metrics.observe_decision("imap", "ok", 0.0003)
     metrics.observe_decision("imap", "ok", 0.003)
     metrics.observe_decision("pop3", "no_route", 99.0)
-    got = samples(metrics.render())
-    bucket = 'authsvc_auth_duration_seconds_bucket{{le="{}"}}'.format
-    assert got[bucket("0.0005")] == "1"
-    assert got[bucket("0.0025")] == "1"
-    assert got[bucket("0.005")] == "2"
-    assert got[bucket(repr(BUCKETS[-1]))] == "2"
-    assert got[bucket("+Inf")] == "3"
-    assert got["authsvc_auth_duration_seconds_count"] == "3"
-    assert float(got["authsvc_auth_duration_seconds_sum"]) == pytest.approx(99.0033)
-    assert got['authsvc_auth_decisions_total{protocol="imap",result="ok"}'] == "2"
+    got = Scrape(metrics.render())
+
+    def bucket(le: str) -> float:
+        return got.value("authsvc_auth_duration_seconds_bucket", le=le)
+
+    assert bucket("0.0005") == 1
+    assert bucket("0.0025") == 1
+    assert bucket("0.005") == 2
+    assert bucket(repr(BUCKETS[-1])) == 2
+    assert bucket("+Inf") == 3
+    assert got.value("authsvc_auth_duration_seconds_count") == 3
+    assert got.value("authsvc_auth_duration_seconds_sum") == pytest.approx(99.0033)
+    assert got.value("authsvc_auth_decisions_total", protocol="imap", result="ok") == 2
 
 
 def test_unknown_labels_fold_into_unknown_and_error() -> None:
     metrics = Metrics()
     metrics.observe_decision("nntp", "weird", 0.001)
-    assert samples(metrics.render())[
-        'authsvc_auth_decisions_total{protocol="unknown",result="error"}'
-    ] == "1"
+    assert Scrape(metrics.render()).value("authsvc_auth_decisions_total", protocol="unknown",
+                                         result="error") == 1
 
 
 def test_cache_series_with_escaped_map_names() -> None:
@@ -86,11 +68,12 @@ def test_cache_series_with_escaped_map_names() -> None:
     name = 'SELECT "x" FROM t\\n WHERE\nuser=%s'
     metrics.attach_maps([name])
     metrics.set_cache_stats({name: stats(hits=7, misses=2, up=False), "other": None})
-    got = samples(metrics.render())
-    label = 'map="SELECT \\"x\\" FROM t\\\\n WHERE\\nuser=%s"'
-    assert got[f"authsvc_cache_hits_total{{{label}}}"] == "7"
-    assert got[f"authsvc_cache_misses_total{{{label}}}"] == "2"
-    assert got[f"authsvc_map_up{{{label}}}"] == "0"
+    text = metrics.render()
+    assert 'map="SELECT \\"x\\" FROM t\\\\n WHERE\\nuser=%s"' in text
+    got = Scrape(text)
+    assert got.value("authsvc_cache_hits_total", map=name) == 7
+    assert got.value("authsvc_cache_misses_total", map=name) == 2
+    assert got.value("authsvc_map_up", map=name) == 0
 
 
 @pytest.fixture
@@ -112,22 +95,22 @@ def test_workers_files_add_up(tmp_path: Path, other_worker: subprocess.Popen[byt
     for _ in range(2):
         other.observe_decision("imap", "ok", 0.001)
     for view in (me, other):  # whichever worker answers the scrape
-        got = samples(view.render())
-        assert got["authsvc_workers"] == "2"
-        assert got['authsvc_auth_decisions_total{protocol="imap",result="ok"}'] == "3"
-        assert got["authsvc_auth_duration_seconds_count"] == "3"
-        assert got['authsvc_cache_hits_total{map="db"}'] == "7"
-        assert got['authsvc_map_up{map="db"}'] == "0"  # gauges: the minimum
+        got = Scrape(view.render())
+        assert got.value("authsvc_workers") == 2
+        assert got.value("authsvc_auth_decisions_total", protocol="imap", result="ok") == 3
+        assert got.value("authsvc_auth_duration_seconds_count") == 3
+        assert got.value("authsvc_cache_hits_total", map="db") == 7
+        assert got.value("authsvc_map_up", map="db") == 0  # gauges: the minimum
 
     # The other worker dies: its counts stay (totals never go backwards), its
     # gauge no longer counts.
     other.close()
     other_worker.kill()
     other_worker.wait()
-    got = samples(me.render())
-    assert got["authsvc_workers"] == "1"
-    assert got['authsvc_auth_decisions_total{protocol="imap",result="ok"}'] == "3"
-    assert got['authsvc_map_up{map="db"}'] == "1"
+    got = Scrape(me.render())
+    assert got.value("authsvc_workers") == 1
+    assert got.value("authsvc_auth_decisions_total", protocol="imap", result="ok") == 3
+    assert got.value("authsvc_map_up", map="db") == 1
 
 
 def test_close_keeps_numbers_and_file(tmp_path: Path) -> None:
@@ -145,7 +128,7 @@ def test_close_keeps_numbers_and_file(tmp_path: Path) -> None:
 def test_foreign_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "metrics-1.bin").write_bytes(b"not ours")
     assert read_file(tmp_path / "metrics-1.bin") == []
-    assert samples(Metrics(str(tmp_path)).render())["authsvc_workers"] == "1"
+    assert Scrape(Metrics(str(tmp_path)).render()).value("authsvc_workers") == 1
 
 
 async def test_cache_counters_come_from_the_router(aiohttp_client: MakeClient) -> None:
@@ -155,24 +138,84 @@ async def test_cache_counters_come_from_the_router(aiohttp_client: MakeClient) -
         async with client.get("/auth", headers={"Auth-User": user, "Auth-Protocol": "imap"}):
             pass
     async with client.get("/metrics") as reply:
-        got = samples(await reply.text())
-    name = maps.backend.describe()
-    assert got[f'authsvc_cache_hits_total{{map="{name}"}}'] == "1"
-    assert got[f'authsvc_cache_misses_total{{map="{name}"}}'] == "2"
-    assert got[f'authsvc_cache_negative_hits_total{{map="{name}"}}'] == "1"
-    assert got[f'authsvc_map_up{{map="{name}"}}'] == "1"
+        got = Scrape(await reply.text())
+    name = "scripted"  # the listeners' map name (auth_http_fakes.seed_settings)
+    assert got.value("authsvc_cache_hits_total", map=name) == 1
+    assert got.value("authsvc_cache_misses_total", map=name) == 2
+    assert got.value("authsvc_cache_negative_hits_total", map=name) == 1
+    assert got.value("authsvc_map_up", map=name) == 1
 
 
-def test_attaching_maps_twice_keeps_the_counts(tmp_path: Path) -> None:
-    # A reload that adds a map attaches again; the worker file is rewritten.
+def test_attaching_maps_again_keeps_the_counts_and_drops_retired_maps(tmp_path: Path) -> None:
+    # A reload attaches the new router's maps; the worker file is rewritten.
     metrics = Metrics(str(tmp_path))
-    metrics.attach_maps(["db"])
+    metrics.attach_maps(["db", "old"])
     metrics.observe_decision("imap", "ok", 0.001)
-    metrics.set_cache_stats({"db": stats(hits=5, up=True)})
+    metrics.set_cache_stats({"db": stats(hits=5, up=True), "old": stats(hits=3, up=False)})
     metrics.attach_maps(["db", "popmap"])
     metrics.set_cache_stats({"popmap": stats(hits=2, up=True)})
-    got = samples(metrics.render())
-    assert got['authsvc_auth_decisions_total{protocol="imap",result="ok"}'] == "1"
-    assert got['authsvc_cache_hits_total{map="db"}'] == "5"
-    assert got['authsvc_cache_hits_total{map="popmap"}'] == "2"
+    got = Scrape(metrics.render())
+    assert got.value("authsvc_auth_decisions_total", protocol="imap", result="ok") == 1
+    assert got.value("authsvc_cache_hits_total", map="db") == 5
+    assert got.value("authsvc_cache_hits_total", map="popmap") == 2
+    assert got.label_values("authsvc_map_up", "map") == {"db", "popmap"}
+    assert got.label_values("authsvc_cache_hits_total", "map") == {"db", "popmap"}
+    (path,) = tmp_path.glob("metrics-*.bin")
+    assert {labels for (_family, labels), _ in read_file(path) if "old" in labels} == set()
     metrics.close()
+
+
+def test_a_dead_workers_retired_map_does_not_come_back(
+    tmp_path: Path, other_worker: subprocess.Popen[bytes]
+) -> None:
+    me = Metrics(str(tmp_path))
+    other = Metrics(str(tmp_path), pid=other_worker.pid)
+    for metrics in (me, other):
+        metrics.attach_maps(["old"])
+        metrics.set_cache_stats({"old": stats(hits=4)})
+    other.close()
+    other_worker.kill()  # it dies before the reload; its file stays
+    other_worker.wait()
+    me.attach_maps(["new"])
+    got = Scrape(me.render())
+    assert got.label_values("authsvc_cache_hits_total", "map") == {"new"}
+    assert got.value("authsvc_cache_hits_total", map="new") == 0
+    me.close()
+
+
+def test_a_reused_pid_does_not_make_a_dead_worker_live(
+    tmp_path: Path, other_worker: subprocess.Popen[bytes]
+) -> None:
+    """A file whose pid now belongs to another process (started later) is a dead worker's."""
+    started = start_time(other_worker.pid)
+    assert started is not None
+    me = Metrics(str(tmp_path))
+    dead = Metrics(str(tmp_path), pid=other_worker.pid, started=started - 1)
+    for metrics, up in ((me, True), (dead, False)):
+        metrics.attach_maps(["db"])
+        metrics.set_cache_stats({"db": stats(hits=1, up=up)})
+    got = Scrape(me.render())
+    assert got.value("authsvc_workers") == 1
+    assert got.value("authsvc_map_up", map="db") == 1  # the dead worker's gauge is ignored
+    assert got.value("authsvc_cache_hits_total", map="db") == 2  # its counts stay
+    assert len(list(tmp_path.glob(f"metrics-{os.getpid()}-*.bin"))) == 1
+    me.close()
+    dead.close()
+
+
+GAUGE = Family("authsvc_test_gauge", "gauge", "A gauge that can be anything.")
+
+
+@pytest.mark.parametrize(("value", "written"), [
+    (float("nan"), "NaN"), (float("inf"), "+Inf"), (float("-inf"), "-Inf"), (-2.5, "-2.5"),
+])
+def test_nan_and_infinities_are_written_as_prometheus_writes_them(value: float,
+                                                                  written: str) -> None:
+    metrics = Metrics(families=[(GAUGE, [{"listener": "imap4"}])])
+    metrics.set(GAUGE, value, listener="imap4")
+    metrics.observe_decision("imap", "ok", value)
+    text = metrics.render()
+    assert f'authsvc_test_gauge{{listener="imap4"}} {written}\n' in text
+    assert f"authsvc_auth_duration_seconds_sum {written}\n" in text
+    parsed = Scrape(text).value("authsvc_test_gauge", listener="imap4")
+    assert str(parsed) == str(value)

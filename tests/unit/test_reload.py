@@ -6,6 +6,7 @@ them is enough to see which instances a reload keeps.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from authsvc.settings import (
     MySqlMapSettings,
     Settings,
 )
+from tests.helpers.prometheus import Scrape
 
 MYSQL = MySqlMapSettings(hosts=(HostPort("127.0.0.1", 1),), connect_timeout=0.1)
 
@@ -96,6 +98,39 @@ async def test_failed_reload_keeps_the_router_and_is_counted(tmp_path: Path) -> 
     finally:
         await reloader.close()
         await switch.close()
+
+
+async def test_an_in_process_reload_drops_the_retired_maps_series_and_keeps_a_ttl_change(
+    tmp_path: Path,
+) -> None:
+    """Both faces attach the new router's maps to their metrics on reload (app.py, proxy)."""
+    for name in ("popmap", "popmap2"):
+        (tmp_path / name).write_text("bob: 10.0.0.1\n")
+    first = settings(tmp_path / "popmap")
+    loads = [replace(first, cache=replace(first.cache, ttl=5.0)),
+             settings(tmp_path / "popmap2", replace(MYSQL, query_timeout=9.0))]
+    source = ReloadSource(("unused.toml",))
+    object.__setattr__(source, "load", lambda: loads.pop(0))  # frozen: a test-only stand-in
+    metrics = Metrics(str(tmp_path), families=RELOAD_FAMILIES)
+    switch = RouterSwitch(first)
+    metrics.attach_maps(switch.router.cache_stats())
+    reloader = Reloader(source, switch, lambda _s, router: metrics.attach_maps(
+        router.cache_stats()), metrics=metrics, retire_after=0)
+    mysql = "mysql:127.0.0.1:1/dbPerdition.tblPerdition"
+
+    def labels() -> set[str]:
+        return Scrape(metrics.render()).label_values("authsvc_map_up", "map")
+
+    try:
+        assert labels() == {mysql, f"file:{tmp_path / 'popmap'}"}
+        assert await reloader.reload() is True  # a TTL change: new caches, same names
+        assert labels() == {mysql, f"file:{tmp_path / 'popmap'}"}
+        assert await reloader.reload() is True  # another map file; a MySQL timeout
+        assert labels() == {mysql, f"file:{tmp_path / 'popmap2'}"}
+    finally:
+        await reloader.close()
+        await switch.close()
+        metrics.close()
 
 
 def test_reload_command_needs_a_real_pid(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from authsvc.maps import MapEntry, MapUnavailable
-from authsvc.routing import FailureKind, LoginRequest, Refusal, Route, Router
+from authsvc.maps import MapEntry, MapUnavailable, RouteCache
+from authsvc.maps.cached import CachedMap
+from authsvc.routing import CacheStats, FailureKind, LoginRequest, Refusal, Route, Router
 from authsvc.settings import (
     BackendTls,
+    CacheSettings,
+    FileMapSettings,
     HostPort,
     ListenerSettings,
     LoginPolicy,
     MailProtocol,
+    MapSettings,
     MySqlMapSettings,
+    NoMapSettings,
+    RegexMapSettings,
     Settings,
     Stage,
 )
@@ -122,17 +130,19 @@ async def test_outgoing_server_when_not_in_map() -> None:
     assert first.source == "default"
 
 
-async def test_outgoing_server_on_map_error_only_when_asked() -> None:
+@pytest.mark.parametrize("map_settings", [
+    MySqlMapSettings(default_server_on_error=True),
+    FileMapSettings("/srv/popmap", default_server_on_error=True),
+    RegexMapSettings("/srv/popmap.re", default_server_on_error=True),
+], ids=lambda m: m.kind)
+async def test_outgoing_server_on_map_error_only_when_asked(map_settings: MapSettings) -> None:
     down = ScriptedMap({}, down=True)
-    plain = make_router(down, default_servers=(HostPort("10.9.9.9"),))
+    plain = make_router(down, default_servers=(HostPort("10.9.9.9"),),
+                        map=replace(map_settings, default_server_on_error=False))
     refused = await plain.route(LoginRequest("bob", MailProtocol.IMAP))
     assert isinstance(refused, Refusal) and refused.kind is FailureKind.MAP_UNAVAILABLE
 
-    asked = make_router(
-        down,
-        default_servers=(HostPort("10.9.9.9"),),
-        map=MySqlMapSettings(default_server_on_error=True),
-    )
+    asked = make_router(down, default_servers=(HostPort("10.9.9.9"),), map=map_settings)
     routed = await asked.route(LoginRequest("bob", MailProtocol.IMAP))
     assert isinstance(routed, Route) and routed.host == "10.9.9.9"
 
@@ -191,5 +201,52 @@ async def test_trace_records_every_step() -> None:
 
 
 async def test_check_maps_reports_state() -> None:
-    router = make_router(ScriptedMap({}, down=True))
-    assert await router.check_maps() == {"scripted": "db1:3306: Can't connect"}
+    router = make_router(ScriptedMap({}, down=True), map=FileMapSettings("/srv/popmap"))
+    assert await router.check_maps() == {"file:/srv/popmap": "db1:3306: Can't connect"}
+
+
+def test_only_a_route_cache_is_asked_for_peek_stats_and_invalidate() -> None:
+    cache: RouteCache = CachedMap(ScriptedMap({}), CacheSettings())  # mypy checks the fit
+    assert isinstance(cache, RouteCache)
+    assert not isinstance(ScriptedMap({}), RouteCache)
+    router = make_router(ScriptedMap({}))
+    assert router.cache_stats() == {"none": None}
+    assert router.invalidate() == 0
+
+
+@pytest.mark.parametrize(("map_settings", "label"), [
+    (MySqlMapSettings(hosts=(HostPort("db1", 3306), HostPort("db2"))),
+     "mysql:db1:3306/dbPerdition.tblPerdition"),
+    (MySqlMapSettings(hosts=(HostPort("::1"),), database="nest", table="mailboxes",
+                      query_timeout=9.0, port_constant=110), "mysql:[::1]/nest.mailboxes"),
+    (FileMapSettings("/etc/perdition/popmap"), "file:/etc/perdition/popmap"),
+    (RegexMapSettings("/etc/perdition/popmap.re", perdition_prefix_quirk=True),
+     "regex:/etc/perdition/popmap.re"),
+    (NoMapSettings(), "none"),
+    (MySqlMapSettings(name="nest"), "nest"),
+    (FileMapSettings("/etc/perdition/popmap", name="flat"), "flat"),
+])
+def test_a_map_label_is_its_name_or_what_identifies_it(map_settings: MapSettings,
+                                                       label: str) -> None:
+    assert map_settings.label == label
+
+
+async def test_maps_reading_one_table_share_one_series() -> None:
+    """The seed: IMAP and POP3 maps differ only in the constant port, so one label."""
+    imap_map = MySqlMapSettings(hosts=(HostPort("db1"),), database="nest", table="mailboxes")
+    pop_map = replace(imap_map, port_constant=110)
+    imap_cache = CachedMap(ScriptedMap({"bob@riseup.net": MapEntry("10.0.0.5")}),
+                           CacheSettings())
+    pop_cache = CachedMap(ScriptedMap({}, down=True), CacheSettings())
+    listeners = (listener("imap4", MailProtocol.IMAP, 143, map=imap_map),
+                 listener("imaps", MailProtocol.IMAP, 143, map=imap_map),
+                 listener("pop3", MailProtocol.POP3, 110, map=pop_map))
+    router = Router(Settings(listeners=listeners),
+                    {"imap4": imap_cache, "imaps": imap_cache, "pop3": pop_cache})
+    for protocol in (MailProtocol.IMAP, MailProtocol.IMAP, MailProtocol.POP3):
+        await router.route(LoginRequest("bob", protocol))
+    stats = router.cache_stats()
+    assert list(stats) == ["mysql:db1/nest.mailboxes"]
+    assert stats["mysql:db1/nest.mailboxes"] == CacheStats(
+        hits=1, misses=2, negative_hits=0, stale=0, errors=1, map_up=False)
+    assert await router.check_maps() == {"mysql:db1/nest.mailboxes": "db1:3306: Can't connect"}
