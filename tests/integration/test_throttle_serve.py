@@ -174,8 +174,9 @@ def test_two_workers_add_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def failures_of(serve: ServeProcess, client: str) -> int:
     """The address count ``GET /throttle`` shows for ``client`` (0 when none)."""
-    asked = urllib.request.Request(serve.url + "/throttle", headers={"X-Authsvc-Key": SECRET})
-    with urllib.request.urlopen(asked, timeout=5) as reply:  # noqa: S310 - our own URL
+    url = serve.url + "/throttle"  # http://host:port of the process this test started
+    asked = urllib.request.Request(url, headers={"X-Authsvc-Key": SECRET})  # noqa: S310
+    with urllib.request.urlopen(asked, timeout=5) as reply:  # noqa: S310
         listed = json.load(reply)
     return sum(int(e["failures"]) for e in listed["entries"]
                if e["kind"] == "address" and e["who"] == client)
