@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -224,11 +225,17 @@ def test_throttle_list_and_clear_reach_the_proxy(
     assert "127.0.0.81" not in capsys.readouterr().out
 
 
+@pytest.fixture
+def short_run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where the workers' run directory goes: short, for its unix socket's path."""
+    with tempfile.TemporaryDirectory(prefix="at") as run:
+        monkeypatch.setenv("RUNTIME_DIRECTORY", run)
+        yield Path(run)
+
+
 def test_a_worker_holding_the_store_lock_stalls_no_login(
-        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))  # where the proxy makes its run directory
+        world: World, tmp_path: Path, short_run_dir: Path) -> None:
+    run = short_run_dir
     (tmp_path / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{world.store.ports.imap}\n")
     port, health = free_port(PROXY_ADDRESS), free_port(PROXY_ADDRESS)
     # No tarpit, and logins the map does not know (refused without asking Dovecot,

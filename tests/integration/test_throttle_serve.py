@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -172,6 +173,14 @@ def test_two_workers_add_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert sum(per_worker) == 41
 
 
+@pytest.fixture
+def short_run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where the workers' run directory goes: short, for its unix socket's path."""
+    with tempfile.TemporaryDirectory(prefix="at") as run:
+        monkeypatch.setenv("RUNTIME_DIRECTORY", run)
+        yield Path(run)
+
+
 def failures_of(serve: ServeProcess, client: str) -> int:
     """The address count ``GET /throttle`` shows for ``client`` (0 when none)."""
     url = serve.url + "/throttle"  # http://host:port of the process this test started
@@ -183,10 +192,8 @@ def failures_of(serve: ServeProcess, client: str) -> int:
 
 
 def test_a_worker_holding_the_store_lock_stalls_no_login(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
+        tmp_path: Path, short_run_dir: Path) -> None:
+    run = short_run_dir
     client = "192.0.2.70"
     with ServeProcess([write_config(tmp_path)], tmp_path / "two", workers=2) as serve:
         ask(serve, "nobody", client)
