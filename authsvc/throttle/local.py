@@ -327,12 +327,13 @@ class LocalStore:
         def view() -> tuple[list[tuple[str, int, int]], tuple[str, float] | None]:
             rows = self._rows(keys.pair)
             failures = window_total(rows, now, keys.address_window)
-            for mark in [m for m in self._marks if m.startswith(keys.pair + "|")]:
-                del self._marks[mark]
             return [(keys.address, bucket_of(now, keys.address_window), -failures),
                     (keys.login, bucket_of(now, keys.login_window), -failures),
                     *((keys.pair, bucket, -amount) for bucket, amount in rows)], None
 
+        # The file forgets the pair's marks; so does the view, whichever way this goes.
+        for mark in [m for m in self._marks if m.startswith(keys.pair + "|")]:
+            del self._marks[mark]
         self._write(_Queued(lambda f: f.reset_pair(keys, now), view))
 
     async def entries(self, now: float) -> list[tuple[str, int]]:
@@ -347,6 +348,8 @@ class LocalStore:
         mine = [key for key in self._hits if about(key, who)]
         for key in mine:
             del self._hits[key]
+        for mark in [m for m in self._marks if about(m.rpartition("|")[0], who)]:
+            del self._marks[mark]
         return dropped + len(mine)
 
     async def close(self) -> None:
