@@ -1,10 +1,11 @@
 """Brute-force throttling for ``serve`` and ``proxy`` (docs/security.md).
 
 * ``policy.py``: the sans-IO core: which address a client counts as, which
-  counters a failure touches, how many failures earn which delay, password
-  fingerprints.  No I/O, no clock of its own.
+  counters a failure touches, the sliding windows, how many failures earn
+  which delay, password fingerprints.  No I/O, no clock of its own.
 * ``store.py``: the counter store protocol; ``local.py`` (SQLite, in memory or
-  in a file shared by every worker) and ``redis.py`` (several nodes).
+  in a file shared by every worker, ``sqlite.py``; a login never waits for
+  another worker's lock) and ``redis.py`` (several nodes).
 * ``service.py``: :class:`~authsvc.throttle.service.Throttle`, what serve and
   proxy call: policy + store + Redis fallback + metrics.
 

@@ -1,219 +1,394 @@
-"""The local counter store: SQLite, in memory or in a file every worker shares.
+"""The local counter store: a login never waits for another worker's lock.
 
-Why SQLite: it is in the standard library, and its file locking makes each
-update an atomic transaction across processes, so with ``--workers N`` every
-worker adds to the same rows and reads the same counts (the file lives in the
-server's private run directory, next to the metrics files).  One process uses
-an in-memory database.  An update is a few microseconds (WAL, no fsync: the
-counts need not survive a power cut), so it runs on the event loop directly.
+With ``--workers N`` the workers share the counts through one SQLite file
+(``sqlite.py``).  An update tries the file's write lock without waiting; it
+is free almost always, and then the update is written at once, as one
+transaction.  When another process holds it (a worker descheduled in the
+middle of its transaction), the update is queued in this process instead,
+and a background task writes the queue, ``BATCH`` updates per transaction,
+as soon as the lock is free.  Until then this process answers from the
+file's counts plus its own queued updates (the view), so a queued failure
+counts at once here and everywhere once written.  Nothing is dropped:
+an attacker's own traffic cannot switch counting off.
 
-Also keeps the node's throttle statistics (``stats``) and which workers run
-on the fallback (``fallback``), so ``/metrics`` from any worker shows totals.
+When the file is unusable (an error other than "locked", or ``MAX_PENDING``
+updates waiting) the process counts on its own, the rule of the Redis
+fallback (docs/security.md): never refuse everyone, never let everyone
+through.  What was queued stays counted here until it leaves the window,
+and the file is tried again after ``RETRY`` seconds.
+
+``authsvc_throttle_queued_total`` and ``authsvc_throttle_local_errors_total``
+(``service.py``) and the ``throttle_store`` log lines (at most one per
+``LOG_EVERY`` seconds) say when this happens.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import logging
 import os
 import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from authsvc.throttle.policy import ADDRESS, LOGIN, PAIR, Keys
-from authsvc.throttle.store import BUCKETS, bucket_of, oldest_bucket
+from authsvc.throttle.policy import Keys, bucket_of, oldest_bucket, window_total
+from authsvc.throttle.sqlite import PRUNE_EVERY, SqliteCounts, about, alive, is_busy
+from authsvc.throttle.store import StoreError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, bucket INTEGER NOT NULL,
-    n INTEGER NOT NULL, expires REAL NOT NULL, PRIMARY KEY (key, bucket)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS fallback (pid INTEGER PRIMARY KEY, on_fallback INTEGER NOT NULL);
-"""
+logger = logging.getLogger("authsvc.throttle")
 
-#: Expired rows are deleted at most this often (seconds).
-PRUNE_EVERY = 30.0
+#: Queued updates written per transaction: the loop is not held for long.
+BATCH = 100
+#: Queued updates past which the file counts as unusable.
+MAX_PENDING = 10_000
+#: Seconds before an unusable file is tried again.
+RETRY = 5.0
+#: The queue is retried after this long, doubling up to ``MAX_WAIT`` (seconds).
+FIRST_WAIT = 0.002
+MAX_WAIT = 0.05
+#: How long ``clear`` and ``close`` wait for the lock (seconds, without blocking the loop).
+CONTROL_WAIT = 2.0
+#: Seconds between two ``throttle_store`` log lines of one process.
+LOG_EVERY = 10.0
+
+T = TypeVar("T")
+
+#: A write for the file, run inside its transaction.
+Write = Callable[[SqliteCounts], object]
+
+
+@dataclass(slots=True)
+class _Queued:
+    """One update for the file, and what it adds to this process's view until written.
+
+    ``view`` is asked only when the update cannot be written at once: what it
+    adds to the counts (key, bucket, amount) and, for a fingerprinted failure,
+    the mark and its expiry.
+    """
+
+    write: Write
+    view: Callable[[], tuple[list[tuple[str, int, int]], tuple[str, float] | None]] = \
+        lambda: ([], None)
+    stats: dict[str, float] = field(default_factory=dict)
+    hits: list[tuple[str, int, int]] | None = None
 
 
 class LocalStore:
     """Counters in SQLite; ``path`` None = in memory (one process)."""
 
     def __init__(self, path: str | None = None, *, address_window: float = 600.0,
-                 login_window: float = 600.0) -> None:
+                 login_window: float = 600.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
-        self._windows = {ADDRESS: address_window, LOGIN: login_window}
-        self._db = sqlite3.connect(path or ":memory:", timeout=2.0, isolation_level=None,
-                                   check_same_thread=False)
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.executescript(_SCHEMA)
+        self._file = SqliteCounts(path, address_window=address_window,
+                                  login_window=login_window)
+        self._monotonic = monotonic
+        self._queue: collections.deque[_Queued] = collections.deque()
+        # The view: the queued updates, and while the file is unusable, this
+        # process's own counts.  key -> bucket -> amount; mark -> expiry.
+        self._hits: dict[str, dict[int, int]] = {}
+        self._marks: dict[str, float] = {}
+        self._stats: dict[str, float] = {}
         self._pruned = 0.0
+        self._fallback_mark: bool | None = None
+        self._file_stats: dict[str, float] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._unusable_until: float | None = None
+        self._logged = -LOG_EVERY
+        self._queued_since_log = 0
+        self._waiting_since: float | None = None  # the queue's oldest update, when logged
 
-    # -- helpers -------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Updates queued in this process, not yet in the file."""
+        return len(self._queue)
 
-    def _sum(self, key: str, window: float, now: float) -> int:
-        row = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM hits WHERE key = ? AND bucket >= ?",
-                               (key, oldest_bucket(now, window))).fetchone()
-        return max(0, int(row[0]))
+    def window_of(self, key: str) -> float:
+        return self._file.window_of(key)
 
-    def _add(self, key: str, window: float, now: float, amount: int) -> None:
-        self._db.execute(
-            "INSERT INTO hits VALUES (?, ?, ?, ?) ON CONFLICT (key, bucket) "
-            "DO UPDATE SET n = n + excluded.n",
-            (key, bucket_of(now, window), amount, now + window + window / BUCKETS))
+    # -- the view --------------------------------------------------------------------------
 
-    def _prune(self, now: float) -> None:
+    def _view_add(self, item: _Queued, sign: int = 1) -> None:
+        if item.hits is None:
+            item.hits, mark = item.view()
+            if mark is not None:
+                self._marks[mark[0]] = mark[1]
+        for key, bucket, amount in item.hits:
+            buckets = self._hits.setdefault(key, {})
+            buckets[bucket] = buckets.get(bucket, 0) + sign * amount
+            if not buckets[bucket]:
+                del buckets[bucket]
+                if not buckets:
+                    del self._hits[key]
+        for name, value in item.stats.items():
+            self._stats[name] = self._stats.get(name, 0.0) + sign * value
+
+    def _file_read(self, read: Callable[[SqliteCounts], T], default: T) -> T:
+        try:
+            return read(self._file)
+        except sqlite3.Error as exc:  # readers do not wait in WAL mode: rare
+            self._trouble(exc)
+            return default
+
+    def _rows(self, key: str) -> list[tuple[int, int]]:
+        """A counter's rows in the file and in the view."""
+        none: list[tuple[int, int]] = []
+        return self._file_read(lambda f: f.rows(key), none) + list(self._hits.get(key, {}).items())
+
+    def _count(self, key: str, now: float) -> int:
+        return window_total(self._rows(key), now, self.window_of(key))
+
+    def _seen(self, mark: str, now: float) -> bool:
+        if self._marks.get(mark, -1.0) >= now:
+            return True
+        return self._file_read(lambda f: f.seen(mark, now), False)
+
+    def _prune_view(self, now: float) -> None:
         if now - self._pruned < PRUNE_EVERY:
             return
         self._pruned = now
-        self._db.execute("DELETE FROM hits WHERE expires < ?", (now,))
-        self._db.execute("DELETE FROM seen WHERE expires < ?", (now,))
+        for key in list(self._hits):
+            oldest = oldest_bucket(now, self.window_of(key))
+            buckets = self._hits[key]
+            for bucket in [b for b in buckets if b < oldest]:
+                del buckets[bucket]
+            if not buckets:
+                del self._hits[key]
+        for mark in [m for m, expires in self._marks.items() if expires < now]:
+            del self._marks[mark]
 
-    # -- CountStore ----------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        until = self._unusable_until
+        if until is None:
+            return True
+        if self._monotonic() < until:
+            return False
+        self._unusable_until = None
+        logger.info("", extra={"fields": {"event": "throttle_store", "store": "shared",
+                                          "reason": "trying the file again"}})
+        return True
+
+    def _write(self, item: _Queued) -> None:
+        """Write ``item`` to the file now if its lock is free, else queue it."""
+        if not self._usable():
+            self._view_add(item)  # the file is unusable: this process counts on its own
+            return
+        if self._queue:
+            self._flush()  # nothing overtakes a queued update
+        if not self._queue and self._unusable_until is None:
+            try:
+                with self._file.transaction():
+                    self._apply(item)
+                return
+            except sqlite3.Error as exc:
+                if not self._trouble(exc):
+                    self._view_add(item)
+                    return
+        if self._unusable_until is not None:
+            self._view_add(item)
+        else:
+            self._enqueue(item)
+
+    def _apply(self, item: _Queued) -> None:
+        item.write(self._file)
+        for name, amount in item.stats.items():
+            self._file.add_stat(name, amount)
+
+    def _enqueue(self, item: _Queued) -> None:
+        item.stats["queued"] = item.stats.get("queued", 0.0) + 1
+        self._queue.append(item)
+        self._view_add(item)
+        self._queued_since_log += 1
+        if len(self._queue) >= MAX_PENDING:
+            self._unusable(f"{len(self._queue)} updates waiting for the lock")
+            return
+        if self._flusher is None:
+            with contextlib.suppress(RuntimeError):  # no loop: the next write flushes
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+        now = self._monotonic()
+        if now - self._logged >= LOG_EVERY:
+            self._logged = now
+            if self._waiting_since is None:
+                self._waiting_since = now
+            logger.warning("", extra={"fields": {
+                "event": "throttle_store", "store": "queued",
+                "reason": "another process holds the lock",
+                "queued": self._queued_since_log, "pending": len(self._queue)}})
+            self._queued_since_log = 0
+
+    def _trouble(self, exc: sqlite3.Error) -> bool:
+        """Note a failed file operation; True when it was only the lock being taken."""
+        if is_busy(exc):
+            return True
+        self._stats["local_errors"] = self._stats.get("local_errors", 0.0) + 1
+        self._unusable(f"{type(exc).__name__}: {exc}")
+        return False
+
+    def _unusable(self, reason: str) -> None:
+        # The queued updates stay in the view: counted here until they leave the window.
+        self._queue.clear()
+        self._waiting_since = None
+        if self._unusable_until is None:
+            logger.warning("", extra={"fields": {
+                "event": "throttle_store", "store": "process", "reason": reason,
+                "retry_in": RETRY}})
+        self._unusable_until = self._monotonic() + RETRY
+
+    def _flush(self) -> bool:
+        """Write up to ``BATCH`` queued updates in one transaction; False if locked."""
+        batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        try:
+            with self._file.transaction():
+                for item in batch:
+                    self._apply(item)
+        except sqlite3.Error as exc:
+            self._trouble(exc)
+            return False
+        for item in batch:
+            self._queue.popleft()
+            self._view_add(item, -1)
+        if not self._queue and self._waiting_since is not None:
+            logger.info("", extra={"fields": {
+                "event": "throttle_store", "store": "shared", "reason": "queue written",
+                "waited": round(self._monotonic() - self._waiting_since, 3)}})
+            self._waiting_since = None
+        return True
+
+    async def _flush_later(self) -> None:
+        wait = FIRST_WAIT
+        try:
+            while self._queue and self._usable():
+                await asyncio.sleep(wait)
+                wait = 0.0 if self._flush() else min(max(wait, FIRST_WAIT) * 2, MAX_WAIT)
+        finally:
+            self._flusher = None
+
+    async def _locked(self, write: Callable[[SqliteCounts], T], default: T) -> T:
+        """Write the queue, then run ``write`` in a transaction, retrying off the loop.
+
+        For the control calls: fails after ``CONTROL_WAIT`` seconds of a taken lock;
+        ``default`` when the file is unusable.
+        """
+        deadline = self._monotonic() + CONTROL_WAIT
+        while self._usable():
+            if self._queue:
+                if self._flush():
+                    await asyncio.sleep(0)
+                    continue
+            else:
+                try:
+                    with self._file.transaction():
+                        return write(self._file)
+                except sqlite3.Error as exc:
+                    if not self._trouble(exc):
+                        break
+            if self._monotonic() > deadline:
+                raise StoreError("throttle store: the SQLite file stayed locked")
+            await asyncio.sleep(MAX_WAIT)
+        return default
+
+    # -- CountStore ------------------------------------------------------------------------
 
     async def record(self, keys: Keys, now: float, fingerprint: str | None) -> tuple[int, int]:
         return self.record_now(keys, now, fingerprint)
 
     def record_now(self, keys: Keys, now: float, fingerprint: str | None) -> tuple[int, int]:
-        """:meth:`record` without the coroutine (the Redis fallback calls it too)."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")  # one writer at a time across workers
-        try:
-            self._prune(now)
-            counted = True
+        """:meth:`record` without the coroutine."""
+
+        def view() -> tuple[list[tuple[str, int, int]], tuple[str, float] | None]:
+            mark = None
             if fingerprint is not None:
-                seen = f"{keys.pair}|{fingerprint}"
-                row = db.execute("SELECT expires FROM seen WHERE key = ?", (seen,)).fetchone()
-                counted = row is None or row[0] < now
-                db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?)",
-                           (seen, now + keys.address_window))
-            if counted:
-                self._add(keys.address, keys.address_window, now, 1)
-                self._add(keys.login, keys.login_window, now, 1)
-                self._add(keys.pair, keys.address_window, now, 1)
-            result = (self._sum(keys.address, keys.address_window, now),
-                      self._sum(keys.login, keys.login_window, now))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return result
+                mark = (f"{keys.pair}|{fingerprint}", now + keys.address_window)
+                if self._seen(mark[0], now):
+                    return [], mark
+            return [(keys.address, bucket_of(now, keys.address_window), 1),
+                    (keys.login, bucket_of(now, keys.login_window), 1),
+                    (keys.pair, bucket_of(now, keys.address_window), 1)], mark
+
+        self._prune_view(now)
+        self._write(_Queued(lambda f: f.add_failure(keys, now, fingerprint), view))
+        return self.counts_now(keys, now)
 
     async def counts(self, keys: Keys, now: float) -> tuple[int, int]:
         return self.counts_now(keys, now)
 
     def counts_now(self, keys: Keys, now: float) -> tuple[int, int]:
-        """:meth:`counts` without the coroutine."""
-        return (self._sum(keys.address, keys.address_window, now),
-                self._sum(keys.login, keys.login_window, now))
+        """:meth:`counts` without the coroutine: the file's counts plus the view's."""
+        return self._count(keys.address, now), self._count(keys.login, now)
 
     async def reset_pair(self, keys: Keys, now: float) -> None:
-        self.reset_pair_now(keys, now)
 
-    def reset_pair_now(self, keys: Keys, now: float) -> None:
-        """:meth:`reset_pair` without the coroutine."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            failures = self._sum(keys.pair, keys.address_window, now)
-            if failures:
-                self._add(keys.address, keys.address_window, now, -failures)
-                self._add(keys.login, keys.login_window, now, -failures)
-            db.execute("DELETE FROM hits WHERE key = ?", (keys.pair,))
-            db.execute("DELETE FROM seen WHERE key >= ? AND key < ?",
-                       (keys.pair + "|", keys.pair + "}"))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        def view() -> tuple[list[tuple[str, int, int]], tuple[str, float] | None]:
+            rows = self._rows(keys.pair)
+            failures = window_total(rows, now, keys.address_window)
+            return [(keys.address, bucket_of(now, keys.address_window), -failures),
+                    (keys.login, bucket_of(now, keys.login_window), -failures),
+                    *((keys.pair, bucket, -amount) for bucket, amount in rows)], None
+
+        # The file forgets the pair's marks; so does the view, whichever way this goes.
+        for mark in [m for m in self._marks if m.startswith(keys.pair + "|")]:
+            del self._marks[mark]
+        self._write(_Queued(lambda f: f.reset_pair(keys, now), view))
 
     async def entries(self, now: float) -> list[tuple[str, int]]:
-        return self.entries_now(now)
-
-    def entries_now(self, now: float) -> list[tuple[str, int]]:
-        """:meth:`entries` without the coroutine."""
-        found: list[tuple[str, int]] = []
-        keys = [row[0] for row in self._db.execute(
-            "SELECT DISTINCT key FROM hits WHERE expires >= ?", (now,))]
-        for key in keys:
-            window = self.window_of(key)
-            count = self._sum(key, window, now)
-            if count > 0:
-                found.append((key, count))
-        return sorted(found)
-
-    def window_of(self, key: str) -> float:
-        """The window of a counter key (pairs share the address window)."""
-        return self._windows[LOGIN if key.startswith(LOGIN + ":") else ADDRESS]
+        none: list[str] = []
+        keys = set(self._file_read(lambda f: f.keys(now), none)) | set(self._hits)
+        found = [(key, self._count(key, now)) for key in sorted(keys)]
+        return [(key, count) for key, count in found if count > 0]
 
     async def clear(self, who: str) -> int:
-        return self.clear_now(who)
+        """Forget ``who``: waits, never blocking the loop, for the queue to be written."""
+        dropped = await self._locked(lambda f: f.clear(who), 0)
+        mine = [key for key in self._hits if about(key, who)]
+        for key in mine:
+            del self._hits[key]
+        for mark in [m for m in self._marks if about(m.rpartition("|")[0], who)]:
+            del self._marks[mark]
+        return dropped + len(mine)
 
-    def clear_now(self, who: str) -> int:
-        """:meth:`clear` without the coroutine."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            patterns = _clear_patterns(who)
-            dropped = 0
-            for exact, like in patterns:
-                if exact is not None:
-                    dropped += db.execute("SELECT COUNT(DISTINCT key) FROM hits WHERE key = ?",
-                                          (exact,)).fetchone()[0]
-                    db.execute("DELETE FROM hits WHERE key = ?", (exact,))
-                if like is not None:
-                    dropped += db.execute(
-                        "SELECT COUNT(DISTINCT key) FROM hits WHERE key LIKE ? ESCAPE '\\'",
-                        (like,)).fetchone()[0]
-                    db.execute("DELETE FROM hits WHERE key LIKE ? ESCAPE '\\'", (like,))
-                    db.execute("DELETE FROM seen WHERE key LIKE ? ESCAPE '\\'", (like + "|%",))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return dropped
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._queue:
+            try:
+                await self._locked(lambda f: None, None)
+            except StoreError:
+                logger.warning("", extra={"fields": {
+                    "event": "throttle_store", "store": "closed",
+                    "reason": "the lock is still taken", "unwritten": len(self._queue)}})
+        self._file.close()
 
-    # -- statistics (per node) ------------------------------------------------------------
+    # -- statistics (per node) -------------------------------------------------------------
 
     def bump(self, name: str, amount: float = 1.0) -> None:
         """Add to a node-wide statistic (delayed, blocked, fallbacks...)."""
-        self._db.execute("INSERT INTO stats VALUES (?, ?) ON CONFLICT (name) "
-                         "DO UPDATE SET value = value + excluded.value", (name, amount))
+        self._write(_Queued(lambda f: None, stats={name: amount}))
 
     def stats(self) -> dict[str, float]:
-        return {name: value for name, value in self._db.execute("SELECT name, value FROM stats")}
+        """The file's statistics (the last read, if it cannot be read) plus the view's."""
+        self._file_stats = self._file_read(lambda f: f.stats(), self._file_stats)
+        total = dict(self._file_stats)
+        for name, amount in self._stats.items():
+            total[name] = total.get(name, 0.0) + amount
+        return total
 
     def set_fallback(self, on: bool, pid: int | None = None) -> None:
         """Record whether this worker counts locally because Redis is away."""
-        self._db.execute("INSERT OR REPLACE INTO fallback VALUES (?, ?)",
-                         (pid if pid is not None else os.getpid(), 1 if on else 0))
+        who = pid if pid is not None else os.getpid()
+        if who == os.getpid():
+            self._fallback_mark = on
+        self._write(_Queued(lambda f: f.mark_fallback(on, who)))
 
     def fallback_workers(self) -> int:
-        """Live workers currently on the fallback."""
-        count = 0
-        for pid, on in self._db.execute("SELECT pid, on_fallback FROM fallback").fetchall():
-            if on and _alive(pid):
-                count += 1
-        return count
-
-    async def close(self) -> None:
-        self._db.close()
-
-
-def _clear_patterns(who: str) -> list[tuple[str | None, str | None]]:
-    """(exact key, LIKE pattern) pairs for everything about ``who``."""
-    escaped = who.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    folded = who.casefold()
-    folded_escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return [
-        (f"{ADDRESS}:{who}", f"{PAIR}:{escaped}|%"),
-        (f"{LOGIN}:{folded}", f"{PAIR}:%|{folded_escaped}"),
-    ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
+        """Live workers currently on the Redis fallback."""
+        none: dict[int, bool] = {}
+        marks = self._file_read(lambda f: f.fallback_marks(), none)
+        if self._fallback_mark is not None:
+            marks[os.getpid()] = self._fallback_mark
+        return sum(1 for pid, on in marks.items() if on and alive(pid))

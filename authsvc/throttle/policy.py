@@ -1,4 +1,4 @@
-"""The throttling policy, sans-IO: subjects, counter keys, delays, fingerprints.
+"""The throttling policy, sans-IO: subjects, counter keys, windows, delays, fingerprints.
 
 Nothing here reads a clock, a socket or a store; ``service.py`` feeds it counts
 and carries out what it says.  docs/security.md explains the choices:
@@ -11,6 +11,12 @@ and carries out what it says.  docs/security.md explains the choices:
   attempt on it waits ``max_delay``; never refused, or anyone could lock a
   user out), and per (address, login) pair (the proxy resets it, and takes it
   back out of the address and login counters, on a successful login).
+
+Counters are sliding windows approximated by ``BUCKETS`` buckets per window:
+a failure adds 1 to the bucket of ``now``; a count is the sum of the buckets
+that overlap the last window (:func:`window_total`).  The error is at most
+one bucket (a tenth of the window), and a counter costs at most ``BUCKETS``
+small rows or hash fields in a store.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from authsvc.redact import Secret
@@ -27,6 +35,29 @@ from authsvc.settings import ThrottleSettings
 ADDRESS = "a"
 LOGIN = "l"
 PAIR = "p"
+
+#: Buckets per window.
+BUCKETS = 10
+
+
+def bucket_of(now: float, window: float) -> int:
+    """The bucket number ``now`` falls in, for a counter of ``window`` seconds."""
+    return math.floor(now / (window / BUCKETS))
+
+
+def oldest_bucket(now: float, window: float) -> int:
+    """The oldest bucket still inside the window ending at ``now``."""
+    return bucket_of(now, window) - BUCKETS + 1
+
+
+def window_total(buckets: Iterable[tuple[int, int]], now: float, window: float) -> int:
+    """A counter's count at ``now``: its (bucket, amount) pairs still in the window.
+
+    Never below zero: a success takes a pair's failures back out of the
+    address count, and may take out more than a partly slid window still holds.
+    """
+    oldest = oldest_bucket(now, window)
+    return max(0, sum(amount for bucket, amount in buckets if bucket >= oldest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +103,6 @@ def subject(client_ip: str | None, prefix: int) -> str | None:
             return str(mapped)
         return str(ipaddress.IPv6Network((address, prefix), strict=False))
     return str(address)
-
-
-def key_subject(key: str) -> str:
-    """The address or login a counter key is about (for listings and clears)."""
-    return key.split(":", 1)[1] if ":" in key else key
 
 
 class Policy:

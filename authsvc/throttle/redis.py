@@ -8,7 +8,7 @@ imported only here and only when ``[throttle] store = "redis"``.
 
 Layout, under ``authsvc:throttle:``: one hash per counter (``a:<address>``,
 ``l:<login>``, ``p:<address>|<login>``) whose fields are bucket numbers
-(``store.py``), and one string per seen fingerprint (``s:<pair>|<hmac>``).
+(``policy.py``), and one string per seen fingerprint (``s:<pair>|<hmac>``).
 Every command is bounded by ``redis_timeout``; any failure raises
 :class:`~authsvc.throttle.store.StoreError` and ``service.py`` falls back to
 the local store.
@@ -23,8 +23,16 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from authsvc.redact import Secret
-from authsvc.throttle.policy import ADDRESS, LOGIN, PAIR, Keys
-from authsvc.throttle.store import BUCKETS, StoreError, bucket_of, oldest_bucket
+from authsvc.throttle.policy import (
+    ADDRESS,
+    BUCKETS,
+    LOGIN,
+    PAIR,
+    Keys,
+    bucket_of,
+    window_total,
+)
+from authsvc.throttle.store import StoreError
 
 PREFIX = "authsvc:throttle:"
 SEEN = "s"
@@ -32,12 +40,9 @@ SEEN = "s"
 T = TypeVar("T")
 
 
-def _total(fields: Mapping[Any, Any], oldest: int) -> int:
-    total = 0
-    for bucket, value in fields.items():
-        if int(bucket) >= oldest:
-            total += int(value)
-    return max(0, total)
+def _total(fields: Mapping[Any, Any], now: float, window: float) -> int:
+    """A counter's count from its hash (bucket number -> amount, as text)."""
+    return window_total(((int(b), int(v)) for b, v in fields.items()), now, window)
 
 
 class RedisStore:
@@ -90,8 +95,8 @@ class RedisStore:
         pipe.hgetall(PREFIX + keys.address)
         pipe.hgetall(PREFIX + keys.login)
         results = await pipe.execute()
-        return (_total(results[-2], oldest_bucket(now, keys.address_window)),
-                _total(results[-1], oldest_bucket(now, keys.login_window)))
+        return (_total(results[-2], now, keys.address_window),
+                _total(results[-1], now, keys.login_window))
 
     async def counts(self, keys: Keys, now: float) -> tuple[int, int]:
         return await self._run(self._counts(keys, now))
@@ -101,8 +106,8 @@ class RedisStore:
         pipe.hgetall(PREFIX + keys.address)
         pipe.hgetall(PREFIX + keys.login)
         address, login = await pipe.execute()
-        return (_total(address, oldest_bucket(now, keys.address_window)),
-                _total(login, oldest_bucket(now, keys.login_window)))
+        return (_total(address, now, keys.address_window),
+                _total(login, now, keys.login_window))
 
     async def reset_pair(self, keys: Keys, now: float) -> None:
         await self._run(self._reset_pair(keys, now))
@@ -110,7 +115,7 @@ class RedisStore:
     async def _reset_pair(self, keys: Keys, now: float) -> None:
         client = self._client
         failures = _total(await client.hgetall(PREFIX + keys.pair),
-                          oldest_bucket(now, keys.address_window))
+                          now, keys.address_window)
         pipe = client.pipeline(transaction=True)
         if failures:
             pipe.hincrby(PREFIX + keys.address, str(bucket_of(now, keys.address_window)),
@@ -133,7 +138,7 @@ class RedisStore:
             async for name in client.scan_iter(match=f"{PREFIX}{kind}:*", count=500):
                 key = name[len(PREFIX):]
                 count = _total(await client.hgetall(name),
-                               oldest_bucket(now, self.window_of(key)))
+                               now, self.window_of(key))
                 if count > 0:
                     found.append((key, count))
         return sorted(found)

@@ -56,6 +56,11 @@ _COUNTERS = (
      "Logins refused because the address is past the hard cap."),
     ("store_errors", "authsvc_throttle_store_errors_total",
      "Redis commands that failed or timed out (answered from local counts)."),
+    ("queued", "authsvc_throttle_queued_total",
+     "Throttle updates queued because another process held the local store's lock "
+     "(written once it is free)."),
+    ("local_errors", "authsvc_throttle_local_errors_total",
+     "Local store (SQLite) operations that failed (this process counted on its own)."),
 )
 
 
@@ -194,7 +199,7 @@ class Throttle:
         target = who if "/" in who else subject(who, self.settings.ipv6_prefix) or who
         dropped = await self._call(lambda s: s.clear(target), lambda s: s.clear(target))
         if self._redis is not None and not self._on_fallback:
-            dropped += self.local.clear_now(target)  # what the fallback counted, too
+            dropped += await self.local.clear(target)  # what the fallback counted, too
         logger.info("", extra={"fields": {"event": "throttle_clear", "who": target,
                                           "dropped": dropped}})
         return dropped

@@ -1,29 +1,14 @@
 """The counter store protocol shared by the local (SQLite) and Redis stores.
 
-Counters are sliding windows approximated by ``BUCKETS`` buckets per window:
-a failure adds 1 to the bucket of ``now``; a count is the sum of the buckets
-that overlap the last window.  The error is at most one bucket (a tenth of the
-window), and a counter costs at most ``BUCKETS`` small rows or hash fields.
+Every store keeps the bucketed sliding windows of ``policy.py``
+(:func:`~authsvc.throttle.policy.window_total`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 from authsvc.throttle.policy import Keys
-
-BUCKETS = 10
-
-
-def bucket_of(now: float, window: float) -> int:
-    """The bucket number ``now`` falls in, for a counter of ``window`` seconds."""
-    return math.floor(now / (window / BUCKETS))
-
-
-def oldest_bucket(now: float, window: float) -> int:
-    """The oldest bucket still inside the window ending at ``now``."""
-    return bucket_of(now, window) - BUCKETS + 1
 
 
 class StoreError(Exception):

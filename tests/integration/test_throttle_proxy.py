@@ -9,6 +9,8 @@ and asserted with a tolerance: the tarpit is a behaviour, not a benchmark.
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from tests.services.mailclient import RawLines
 from tests.services.ports import free_port
 from tests.services.proxy import ProxyProcess
 from tests.services.require import require_binary
+from tests.services.sqlite_lock import lock_held
 from tests.services.stack import STORE_ADDRESSES
 
 pytestmark = pytest.mark.integration
@@ -34,6 +37,7 @@ USERS = {"b": {"bob": "bob-secret"}}
 BASE = 0.8
 SLACK = 0.35
 NO_TEXT = b"NO [AUTHENTICATIONFAILED]"
+SECRET = "throttle-control-secret"
 
 
 @dataclass
@@ -49,24 +53,26 @@ class World:
         with urllib.request.urlopen(url, timeout=5) as reply:
             return str(reply.read().decode())
 
+    def failures_of(self, client: str) -> int:
+        """The address count ``GET /throttle`` shows for ``client`` (0 when none)."""
+        url = f"http://{PROXY_ADDRESS}:{self.health}/throttle"
+        asked = urllib.request.Request(url, headers={"X-Authsvc-Key": SECRET})
+        with urllib.request.urlopen(asked, timeout=5) as reply:  # noqa: S310
+            listed = json.load(reply)
+        return sum(int(e["failures"]) for e in listed["entries"]
+                   if e["kind"] == "address" and e["who"] == client)
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    require_binary("dovecot")
-    root = tmp_path_factory.mktemp("throttle-proxy")
-    with dovecot_stores(USERS, STORE_ADDRESSES) as stores:
-        store = stores["b"]
-        port = free_port(PROXY_ADDRESS)
-        health = free_port(PROXY_ADDRESS)
-        (root / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{store.ports.imap}\n")
-        config = root / "authsvc.toml"
-        (root / "secret").write_text("throttle-control-secret\n")
-        config.write_text(f"""
+
+def write_config(root: Path, port: int, health: int, *, auth_failure_delay: float = BASE,
+                 free_failures: int = 2, address_limit: int = 6) -> Path:
+    (root / "secret").write_text(SECRET + "\n")
+    config = root / "authsvc.toml"
+    config.write_text(f"""
 [http]
 secret_file = "{root / 'secret'}"
 
 [proxy]
-auth_failure_delay = {BASE}
+auth_failure_delay = {auth_failure_delay}
 backend_timeout = 5
 drain_timeout = 1
 max_login_attempts = 100
@@ -75,10 +81,10 @@ health_listen = "{PROXY_ADDRESS}:{health}"
 [throttle]
 enabled = true
 key = "proxy-test-key-0123456789abcdef"
-free_failures = 2
+free_failures = {free_failures}
 delay = 0.5
 max_delay = 1.0
-address_limit = 6
+address_limit = {address_limit}
 login_limit = 1000
 trusted = ["127.0.0.90/32"]
 
@@ -92,6 +98,19 @@ login_timeout = 30
 type = "file"
 path = "{root / 'map'}"
 """)
+    return config
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    require_binary("dovecot")
+    root = tmp_path_factory.mktemp("throttle-proxy")
+    with dovecot_stores(USERS, STORE_ADDRESSES) as stores:
+        store = stores["b"]
+        port = free_port(PROXY_ADDRESS)
+        health = free_port(PROXY_ADDRESS)
+        (root / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{store.ports.imap}\n")
+        config = write_config(root, port, health)
         proxy = ProxyProcess(config, root / "proxy.log")
         proxy.start(listening=1)
         try:
@@ -114,6 +133,13 @@ def login(lines: RawLines, tag: str, password: str) -> tuple[bytes, float]:
     """``LOGIN bob <password>``: the tagged reply and how long it took."""
     started = time.monotonic()
     reply = lines.command(f"{tag} LOGIN bob {password}".encode(), tag.encode())[-1]
+    return reply, time.monotonic() - started
+
+
+def login_as(lines: RawLines, tag: str, user: str) -> tuple[bytes, float]:
+    """``LOGIN <user> wrong``: the tagged reply and how long it took."""
+    started = time.monotonic()
+    reply = lines.command(f"{tag} LOGIN {user} wrong".encode(), tag.encode())[-1]
     return reply, time.monotonic() - started
 
 
@@ -200,3 +226,57 @@ def test_throttle_list_and_clear_reach_the_proxy(
     assert "cleared" in capsys.readouterr().out
     assert main(["throttle", "list", *url]) == 0
     assert "127.0.0.81" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def short_run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where the workers' run directory goes: short, for its unix socket's path."""
+    with tempfile.TemporaryDirectory(prefix="at") as run:
+        monkeypatch.setenv("RUNTIME_DIRECTORY", run)
+        yield Path(run)
+
+
+def test_a_worker_holding_the_store_lock_stalls_no_login(
+        world: World, tmp_path: Path, short_run_dir: Path) -> None:
+    run = short_run_dir
+    (tmp_path / "map").write_text(f"bob: {STORE_ADDRESSES['b']}:{world.store.ports.imap}\n")
+    port, health = free_port(PROXY_ADDRESS), free_port(PROXY_ADDRESS)
+    # No tarpit, and logins the map does not know (refused without asking Dovecot,
+    # whose refusals take their time): a login's answer takes what the proxy takes.
+    config = write_config(tmp_path, port, health, auth_failure_delay=0, free_failures=100,
+                          address_limit=100)
+    proxy = ProxyProcess(config, tmp_path / "proxy.log", workers=2)
+    proxy.start(listening=2)
+    two = World(world.store, proxy, port, health, config)
+    try:
+        with client(two, "127.0.0.85") as lines:
+            assert login_as(lines, "w", "nobody")[0].startswith(b"w " + NO_TEXT)
+        [store] = run.glob("*/throttle.sqlite3")
+        took = []
+        with lock_held(store, 1.0) as holder:
+            for i in range(2):
+                with client(two, "127.0.0.85") as lines:
+                    for j in range(2):
+                        reply, elapsed = login_as(lines, f"w{j}", f"nobody{i}{j}")
+                        assert reply.startswith(f"w{j} ".encode() + NO_TEXT), reply
+                        took.append(elapsed)
+            with client(two, "127.0.0.86") as lines:  # a success resets its pair: a write
+                reply, elapsed = login(lines, "ok", "bob-secret")
+                assert reply.startswith(b"ok OK"), reply
+                took.append(elapsed)
+            assert holder.poll() is None, took  # all of them while the lock was held
+        # Not one waited for the lock (it would have waited up to a second).
+        assert max(took) < 0.05, took
+        # Once it is free, every failure is in the shared count, once.
+        deadline = time.monotonic() + 5
+        while two.failures_of("127.0.0.85") != 5:
+            assert time.monotonic() < deadline, two.failures_of("127.0.0.85")
+            time.sleep(0.05)
+        queued = [line for line in two.metrics().splitlines()
+                  if line.startswith("authsvc_throttle_queued_total ")]
+        assert queued and int(queued[0].split()[1]) >= 1, queued
+        # One line per worker that queued, not one per update.
+        said = proxy.log_text().count("event=throttle_store store=queued")
+        assert 1 <= said <= 2, proxy.log_text()[-3000:]
+    finally:
+        proxy.stop()

@@ -8,10 +8,13 @@ seconds, no ``Auth-Wait`` closes it (nginx-haproxy.md §1.7).
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 from authsvc.metrics import read_file
 from tests.services.redis import RedisServer
 from tests.services.serve import ServeProcess
+from tests.services.sqlite_lock import lock_held
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +171,56 @@ def test_two_workers_add_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert len(per_worker) == 2, per_worker
         assert all(count > 0 for count in per_worker), per_worker
         assert sum(per_worker) == 41
+
+
+@pytest.fixture
+def short_run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where the workers' run directory goes: short, for its unix socket's path."""
+    with tempfile.TemporaryDirectory(prefix="at") as run:
+        monkeypatch.setenv("RUNTIME_DIRECTORY", run)
+        yield Path(run)
+
+
+def failures_of(serve: ServeProcess, client: str) -> int:
+    """The address count ``GET /throttle`` shows for ``client`` (0 when none)."""
+    url = serve.url + "/throttle"  # http://host:port of the process this test started
+    asked = urllib.request.Request(url, headers={"X-Authsvc-Key": SECRET})  # noqa: S310
+    with urllib.request.urlopen(asked, timeout=5) as reply:  # noqa: S310
+        listed = json.load(reply)
+    return sum(int(e["failures"]) for e in listed["entries"]
+               if e["kind"] == "address" and e["who"] == client)
+
+
+def test_a_worker_holding_the_store_lock_stalls_no_login(
+        tmp_path: Path, short_run_dir: Path) -> None:
+    run = short_run_dir
+    client = "192.0.2.70"
+    with ServeProcess([write_config(tmp_path)], tmp_path / "two", workers=2) as serve:
+        ask(serve, "nobody", client)
+        [store] = run.glob("*/throttle.sqlite3")
+        with lock_held(store, 1.0) as holder:
+            took = []
+            for i in range(6):
+                started = time.monotonic()
+                assert ask(serve, f"nobody{i}", client)["Auth-Status"] == \
+                    "Invalid login or password"
+                took.append(time.monotonic() - started)
+            assert holder.poll() is None  # all of them while the lock was held
+        # Not one waited for the lock (it would have waited up to a second).
+        assert max(took) < 0.05, took
+        # Once it is free, every failure is in the shared count, once.
+        deadline = time.monotonic() + 5
+        while failures_of(serve, client) != 7:
+            assert time.monotonic() < deadline, failures_of(serve, client)
+            time.sleep(0.05)
+        status, text = serve.get("/metrics")
+        assert status == 200
+        queued = [line for line in text.splitlines()
+                  if line.startswith("authsvc_throttle_queued_total ")]
+        assert queued and int(queued[0].split()[1]) >= 1, queued
+        # One line per worker that queued, not one per update.
+        said = serve.log_text().count("event=throttle_store store=queued")
+        assert 1 <= said <= 2, serve.log_text()[-3000:]
 
 
 @pytest.fixture
