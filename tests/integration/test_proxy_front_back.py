@@ -50,7 +50,7 @@ from tests.services.mailclient import (
 )
 from tests.services.ports import free_port
 from tests.services.proxy import ProxyProcess
-from tests.services.require import require_binary
+from tests.services.require import require_binary, require_file
 from tests.services.stack import STORE_ADDRESSES
 
 pytestmark = pytest.mark.integration
@@ -394,8 +394,7 @@ def test_two_workers_share_the_sessions_and_metrics_show_totals(world: World) ->
 
 
 def test_auth_line_matches_debian_fail2ban_perdition_filter(world: World) -> None:
-    if not (FILTER_DIR / "perdition.conf").exists():
-        require_binary("fail2ban-regex")  # skips locally, fails under CI
+    require_file(FILTER_DIR / "perdition.conf", "fail2ban")
     regexes = failregexes("perdition")
     directory = world.root / "syslog"
     directory.mkdir()
