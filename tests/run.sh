@@ -56,10 +56,15 @@ mariadb_up() {
   mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1 ||
     mariadb-admin -h127.0.0.1 -P3306 -uroot ping >/dev/null 2>&1
 }
+# Matched by its pid file, not by the binary alone: another mariadbd on the
+# machine (a private one on another port, as the tests start) is not this
+# server, and must not make start-stop-daemon answer "already running".
+mariadb_pidfile=/run/mysqld/mysqld.pid
 if ! mariadb_up; then
   say "starting MariaDB"
   install -d -o mysql -g mysql /run/mysqld
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+  start-stop-daemon --start --oknodo --background --pidfile "$mariadb_pidfile" \
+    --exec /usr/sbin/mariadbd -- --user=mysql --pid-file="$mariadb_pidfile"
   for _ in $(seq 60); do mariadb_up && break; sleep 0.5; done
   mariadb_up || { echo "MariaDB did not start" >&2; exit 1; }
 fi

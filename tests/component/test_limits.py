@@ -14,6 +14,7 @@ from authsvc.proxy.proxy_protocol import encode_v2
 from authsvc.settings import FileMapSettings, ListenTls, MailProtocol
 from tests.component.conftest import FAST, make_listener, running, write_map
 from tests.component.fakestore import FakeStore
+from tests.helpers.eventually import eventually_async
 from tests.services.certs import ServerCert
 
 BUSY_IMAP = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
@@ -59,10 +60,8 @@ async def test_connection_limit_three_fourth_refused_fifth_served_after_one_left
         assert refusal == busy
         assert await asyncio.to_thread(rest, fourth) == b""
         first[0][0].close()
-        for _ in range(200):  # the first session has ended
-            if proxy.server.admission.live("front") == 2:
-                break
-            await asyncio.sleep(0.01)
+        # the first session has ended
+        await eventually_async(lambda: proxy.server.admission.live("front") == 2)
         fifth, greeting = await asyncio.to_thread(connect, address)
         assert greeting.startswith(b"* OK" if protocol is MailProtocol.IMAP else b"+OK")
         for sock, _ in first[1:]:
@@ -79,10 +78,7 @@ async def test_implicit_tls_listener_refuses_without_plaintext(
     async with running([listener]) as proxy:
         address = (proxy.host("front"), proxy.port("front"))
         held = socket.create_connection(address, timeout=5)
-        for _ in range(200):
-            if proxy.server.admission.live("front") == 1:
-                break
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: proxy.server.admission.live("front") == 1)
         extra = socket.create_connection(address, timeout=5)
         assert await asyncio.to_thread(rest, extra) == b""
         held.close()

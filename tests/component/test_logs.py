@@ -17,6 +17,7 @@ from authsvc.routing import open_router
 from authsvc.settings import CacheSettings, LogSettings, Settings
 from tests.component.conftest import running, seed_listeners, write_map
 from tests.component.fakestore import STORE_REFUSAL, FakeStore
+from tests.helpers.eventually import eventually_async
 from tests.services.certs import ServerCert
 
 PASSWORD = "Pa55-w0rd-xyzzy"
@@ -65,10 +66,8 @@ async def test_no_password_in_any_log_even_with_debug_and_connection_logging(
             ]
             for address, payload, until in sessions:
                 assert until in await asyncio.to_thread(talk, address, payload, until)
-            for _ in range(500):  # every session has logged its line
-                if not proxy.server.sessions:
-                    break
-                await asyncio.sleep(0.01)
+            # every session has logged its line
+            await eventually_async(lambda: not proxy.server.sessions)
     finally:
         await imap.stop()
         await pop3.stop()

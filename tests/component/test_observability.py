@@ -27,6 +27,7 @@ from authsvc.settings import (
 )
 from tests.component.conftest import FAST, make_listener, write_map
 from tests.component.fakestore import FakeStore
+from tests.helpers.eventually import eventually_async
 from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert
 from tests.services.ports import free_port
@@ -129,7 +130,8 @@ async def test_health_and_metrics_count_sessions_logins_tls_failures_and_bytes(
     bad_tls = socket.create_connection(running_proxy.address("imaps"), timeout=5)
     bad_tls.sendall(b"\x16\x03\x01\x00\x05hello, not TLS")
     assert await asyncio.to_thread(drained, bad_tls) == b""  # closed, no reply
-    await asyncio.sleep(0.05)
+    # the refused and the bad-TLS sessions have ended: only held and waiting are left
+    await eventually_async(lambda: running_proxy.server.sessions == 2)
     status, text = await get(running_proxy.health + "/metrics")
     assert status == 200
     got = Scrape(text)

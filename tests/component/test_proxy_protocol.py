@@ -28,6 +28,7 @@ from authsvc.settings import (
 )
 from tests.component.conftest import FAST, Proxy, make_listener, running, write_map
 from tests.component.fakestore import FakeStore
+from tests.helpers.eventually import eventually_async
 from tests.services.certs import ServerCert
 
 CLIENT = ("192.0.2.7", 50214)
@@ -74,10 +75,8 @@ def session_lines(caplog: pytest.LogCaptureFixture, event: str = "session"
 
 
 async def settled(proxy: Proxy) -> None:
-    for _ in range(500):
-        if not proxy.server.sessions:
-            return
-        await asyncio.sleep(0.01)
+    """Every session has ended (and logged its line)."""
+    await eventually_async(lambda: not proxy.server.sessions)
 
 
 @contextlib.asynccontextmanager

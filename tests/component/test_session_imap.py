@@ -7,7 +7,6 @@ import imaplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,9 @@ from tests.component.conftest import (
     write_map,
 )
 from tests.component.fakestore import STORE_REFUSAL, FakeStore
+from tests.helpers.eventually import eventually_async
 from tests.services.certs import ServerCert
+from tests.services.require import require
 
 AUTH_FAILED = b"[AUTHENTICATIONFAILED] Authentication failed."
 UNAVAILABLE = b"[UNAVAILABLE] Account is temporarily unavailable, try again later."
@@ -248,24 +249,32 @@ async def test_map_down_is_a_temporary_failure(tmp_path: Path, pki: ServerCert) 
     assert data.endswith(b"a NO " + UNAVAILABLE + b"\r\n")
 
 
+def ipv6_loopback() -> bool:
+    """True when ``::1`` can be bound: the only thing a host without IPv6 lacks."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 async def test_ipv6(tmp_path: Path, pki: ServerCert, imap_store: FakeStore) -> None:
+    require(ipv6_loopback(), "no IPv6 loopback: ::1 cannot be bound")
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
     listener = make_listener("imap4", MailProtocol.IMAP, ListenTls.STARTTLS,
                              seed_listeners(path, pki)[0].map, pki, host="::1")
-    try:
-        async with running([listener]) as proxy:
-            assert proxy.host("imap4") == "::1"
+    async with running([listener]) as proxy:
+        assert proxy.host("imap4") == "::1"
 
-            def login() -> str:
-                client = imaplib.IMAP4("::1", proxy.port("imap4"), timeout=5)
-                client.starttls(ssl_context=pki.client_context())
-                status = client.login("bob", "good")[0]
-                client.logout()
-                return status
+        def login() -> str:
+            client = imaplib.IMAP4("::1", proxy.port("imap4"), timeout=5)
+            client.starttls(ssl_context=pki.client_context())
+            status = client.login("bob", "good")[0]
+            client.logout()
+            return status
 
-            assert await asyncio.to_thread(login) == "OK"
-    except OSError as exc:  # pragma: no cover - a host without IPv6
-        pytest.skip(f"no IPv6 loopback: {exc}")
+        assert await asyncio.to_thread(login) == "OK"
 
 
 async def test_tls_required_listener(
@@ -306,17 +315,9 @@ async def test_connection_limit_refuses_extra_and_keeps_listening(
         extra = await asyncio.to_thread(exchange, address, b"", b"\r\n")
         assert extra == b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
         first.close()
-        await wait_for(lambda: proxy.server.sessions == 0)
+        await eventually_async(lambda: proxy.server.sessions == 0)
         data = await asyncio.to_thread(exchange, address, b"a NOOP\r\n", b"a OK")
         assert data.endswith(b"a OK NOOP completed.\r\n")
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds * 100)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 async def test_plain_listener_refuses_starttls_client_ssl_errors(

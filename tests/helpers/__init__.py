@@ -1,1 +1,1 @@
-"""Test helpers shared by unit and component tests (no daemons here)."""
+"""Test helpers shared by every kind of test and the services harness (no daemons here)."""

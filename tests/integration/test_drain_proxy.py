@@ -18,12 +18,12 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.eventually import eventually
 from tests.integration.test_reload_proxy import HOST, PASSWORDS, World, login_subject, make_world
 from tests.services.proxy import ProxyProcess
 
@@ -105,7 +105,7 @@ def test_sigterm_drains_100_relayed_sessions_and_exits_0(world: World, tmp_path:
 
     thread = threading.Thread(target=arrive, daemon=True)
     thread.start()
-    time.sleep(0.3)
+    eventually(lambda: "store-a" in arriving, what="a login before SIGTERM")
     os.kill(proxy.process.pid, signal.SIGTERM)
     # The pre-login client is told, then closed.
     goodbye = rest_of_stream(waiting)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from authsvc.http.auth_http import TEXT_INVALID, TEXT_TEMPORARY
+from tests.helpers.eventually import eventually
 from tests.services.mariadb import PrivateMariaDb, TestDatabase
 from tests.services.serve import ServeProcess
 
@@ -118,7 +119,7 @@ def test_mariadb_killed_under_load(
         for thread in threads:
             thread.start()
         try:
-            time.sleep(0.2)
+            eventually(lambda: sum(seen.values()) >= len(threads), what="load before the crash")
             private_mariadb.stop(crash=True)
             outage = [ask(serve.port, UNCACHED)["Auth-Status"] for _ in range(6)]
             time.sleep(0.5)

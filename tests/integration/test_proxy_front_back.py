@@ -28,7 +28,6 @@ import poplib
 import re
 import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 import pytest
 from authsvc.proxy.proxy_protocol import encode_v2
 
+from tests.helpers.eventually import eventually
 from tests.helpers.fail2ban import FILTER_DIR, failregexes, logfile_line, match
 from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert, make_ca, make_test_pki
@@ -51,7 +51,7 @@ from tests.services.mailclient import (
 )
 from tests.services.ports import free_port
 from tests.services.proxy import ProxyProcess
-from tests.services.require import require_binary
+from tests.services.require import require_binary, require_file
 from tests.services.stack import STORE_ADDRESSES
 
 pytestmark = pytest.mark.integration
@@ -247,12 +247,12 @@ def dovecot_logins(store: DovecotStore, after: int) -> list[str]:
 
 
 def wait_login_lines(store: DovecotStore, after: int, count: int) -> list[str]:
-    for _ in range(100):
+    def enough() -> list[str]:
         found = dovecot_logins(store, after)
-        if len(found) >= count:
-            return found
-        time.sleep(0.05)
-    return dovecot_logins(store, after)
+        assert len(found) >= count, store.log_tail()
+        return found
+
+    return eventually(enough, timeout=5)
 
 
 @pytest.mark.parametrize("mode", ["id", "proxy_v2", "none"])
@@ -376,12 +376,19 @@ def test_two_workers_share_the_sessions_and_metrics_show_totals(world: World) ->
             imap = open_imap(PROXY_ADDRESS, ports["imap4"], tls="none")
             assert imap.login("bob", "bob-secret")[0] == "OK"
             sessions.append(imap)
-        time.sleep(1.3)  # each worker copies its live counts once a second
-        for _ in range(4):  # whichever worker answers, the totals are the same
-            text = scrape(health)
-            assert "authsvc_workers 2" in text
-            assert metric(text, 'authsvc_proxy_sessions{listener="imap4"}') == 12
-            assert metric(text, 'authsvc_proxy_logins_total{listener="imap4",result="ok"}') == 12
+
+        def totals() -> bool:
+            # Each worker copies its live counts once a second: wait until
+            # every scrape, whichever worker answers it, shows both workers'.
+            for _ in range(4):
+                text = scrape(health)
+                assert "authsvc_workers 2" in text
+                assert metric(text, 'authsvc_proxy_sessions{listener="imap4"}') == 12
+                assert metric(text,
+                              'authsvc_proxy_logins_total{listener="imap4",result="ok"}') == 12
+            return True
+
+        eventually(totals, timeout=10)
         for imap in sessions:
             imap.logout()
         lines = process.wait_for("session", count=12, result="ok")
@@ -394,8 +401,7 @@ def test_two_workers_share_the_sessions_and_metrics_show_totals(world: World) ->
 
 
 def test_auth_line_matches_debian_fail2ban_perdition_filter(world: World) -> None:
-    if not (FILTER_DIR / "perdition.conf").exists():
-        require_binary("fail2ban-regex")  # skips locally, fails under CI
+    require_file(FILTER_DIR / "perdition.conf", "fail2ban")
     regexes = failregexes("perdition")
     directory = world.root / "syslog"
     directory.mkdir()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.eventually import eventually
 from tests.services.certs import ServerCert, make_ca, make_server_cert
 from tests.services.dovecot import DovecotStore, dovecot_stores
 from tests.services.mailclient import imap_first_subject, open_imap
@@ -203,8 +204,7 @@ def test_sighup_under_load_drops_nothing_and_moves_a_route(
     held = open_imap(HOST, world.ports["imap4"], tls="none")
     held.login("carol", PASSWORDS["carol"])
     with Load(world) as load:
-        while load.done < 8:
-            time.sleep(0.05)
+        eventually(lambda: load.done >= 8, what="8 logins under load")
         for _ in range(3):
             sighup(proxy)
             time.sleep(0.3)
@@ -218,8 +218,7 @@ def test_sighup_under_load_drops_nothing_and_moves_a_route(
             if subjects[-1] == "store-b":
                 break
         before = load.done
-        while load.done < before + 8:
-            time.sleep(0.05)
+        eventually(lambda: load.done >= before + 8, what="8 more logins after the move")
     assert load.failures == []
     assert subjects[-1] == "store-b", subjects
     assert imap_first_subject(held) == "store-a"  # the old session kept its store

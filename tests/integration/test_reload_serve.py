@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.eventually import eventually
 from tests.helpers.prometheus import Scrape
 from tests.services.serve import ServeProcess
 
@@ -141,8 +142,7 @@ def test_sighup_under_load_fails_no_request_and_moves_a_route(
             if set(servers) == {"127.0.0.3"}:
                 break
         before = answered[0]
-        while answered[0] < before + 20:
-            time.sleep(0.05)
+        eventually(lambda: answered[0] >= before + 20, what="20 answers after the move")
     finally:
         stop.set()
         for thread in threads:

@@ -37,6 +37,7 @@ from tests.services.nginx import (
     running_nginx,
 )
 from tests.services.ports import free_port
+from tests.services.require import require_file
 
 pytestmark = pytest.mark.integration
 
@@ -98,8 +99,7 @@ def _debian_copy(tmp_path: Path, mail_conf: Path, *, in_conf_d: bool) -> Path:
     ``modules/`` made absolute because ``-p`` moves the prefix).  The mail file
     is included at top level after events {} (as the docs say), or into conf.d/.
     """
-    if not DEBIAN_NGINX_CONF.exists():
-        pytest.skip("no /etc/nginx/nginx.conf (Debian's nginx package)")
+    require_file(DEBIAN_NGINX_CONF, "nginx")
     modules = tmp_path / "modules-enabled"
     conf_d = tmp_path / "conf.d"
     sites = tmp_path / "sites-enabled"

@@ -27,6 +27,7 @@ from authsvc.settings import (
     Settings,
     Stage,
 )
+from tests.helpers.eventually import eventually_async
 from tests.helpers.prometheus import Scrape
 from tests.services.mariadb import PrivateMariaDb, TestDatabase
 
@@ -82,14 +83,6 @@ async def metric(client: Client, name: str) -> float:
         return Scrape(await reply.text()).sum(name)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.2)
-
-
 async def test_outage_serves_stale_refuses_temporarily_stays_ready_and_recovers(
     aiohttp_client: MakeClient,
     private_mariadb: PrivateMariaDb,
@@ -125,7 +118,7 @@ async def test_outage_serves_stale_refuses_temporarily_stays_ready_and_recovers(
         assert isinstance(maps, dict)
         return body["status"] == "degraded" and all(not m["up"] for m in maps.values())
 
-    await eventually(reported_down)
+    await eventually_async(reported_down, 20, interval=0.2)
     assert await metric(client, "authsvc_cache_stale_total") >= 1
     assert await metric(client, "authsvc_map_errors_total") >= 1
     assert await metric(client, "authsvc_map_up") == 0
@@ -135,12 +128,12 @@ async def test_outage_serves_stale_refuses_temporarily_stays_ready_and_recovers(
     async def alice_routed() -> bool:
         return (await auth(client, "alice")).get("Auth-Server") == "127.0.0.3"
 
-    await eventually(alice_routed)
+    await eventually_async(alice_routed, 20, interval=0.2)
 
     async def reported_up() -> bool:
         return (await readyz(client))[1]["status"] == "ready"
 
-    await eventually(reported_up)
+    await eventually_async(reported_up, 20, interval=0.2)
     # The IMAP and POP3 maps read one table: one series, up when both are.
     assert await metric(client, "authsvc_map_up") == 1
 

@@ -72,7 +72,7 @@ import pytest
 from authsvc.redact import Secret
 from authsvc.settings import HostPort, MySqlMapSettings
 from tests.services.ports import free_port
-from tests.services.require import require_binary
+from tests.services.require import require, require_binary
 
 SHARED_SOCKET = "/run/mysqld/mysqld.sock"
 SHARED_HOST = "127.0.0.1"
@@ -137,12 +137,6 @@ class AdminAccess:
         return True
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def shared_admin() -> AdminAccess:
     """Admin access to the machine's MariaDB: root over the socket, else over TCP."""
     tried = []
@@ -150,9 +144,8 @@ def shared_admin() -> AdminAccess:
         if access.answers():
             return access
         tried.append(access.unix_socket or f"{access.host}:{access.port}")
-    _unavailable(
-        f"no MariaDB answers as root on {' or '.join(tried)} (bash tests/run.sh starts it)"
-    )
+    require(False,
+            f"no MariaDB answers as root on {' or '.join(tried)} (bash tests/run.sh starts it)")
     raise AssertionError("unreachable")
 
 

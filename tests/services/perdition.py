@@ -56,12 +56,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.services.certs import ServerCert, make_test_pki
 from tests.services.dovecot import StorePorts
 from tests.services.mariadb import TestDatabase
-from tests.services.require import require_binary
+from tests.services.require import require_binary, require_file
 
 #: Listener name -> the Debian binary that serves it (perdition.md §1.2: the
 #: init script starts IMAP4S as ``perdition.imaps``).
@@ -165,12 +163,7 @@ def write_seed_files(
 
 def require_mysql_module() -> None:
     """Skip (developer machine) or fail (CI=true) when perdition-mysql is not installed."""
-    if Path(MYSQL_LIBRARY).exists():
-        return
-    message = f"{MYSQL_LIBRARY} is missing (perdition-mysql; bash tests/run.sh installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    require_file(MYSQL_LIBRARY, "perdition-mysql")
 
 
 def _bindable(address: str, port: int) -> bool:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.eventually import eventually
+
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
@@ -79,14 +81,18 @@ class ProxyProcess:
 
     def wait_for(self, event: str, count: int = 1, timeout: float = 10.0,
                  **match: str) -> list[dict[str, str]]:
-        """Wait until ``count`` lines of ``event`` whose fields start with ``match`` exist."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Wait until ``count`` lines of ``event`` whose fields start with ``match`` exist.
+
+        Returns them all; fails (``AssertionError`` with the log's tail) at ``timeout``.
+        """
+        def enough() -> list[dict[str, str]]:
             found = [f for f in self.lines(event)
                      if all(f.get(k, "").startswith(v) for k, v in match.items())]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
+            assert len(found) >= count, (
+                f"{count} x event={event} {match} not in the log:\n{self.log_text()[-3000:]}")
+            return found
+
+        return eventually(enough, timeout)
 
     def __enter__(self) -> ProxyProcess:
         return self

@@ -10,6 +10,7 @@ from aiohttp import web
 from authsvc.http.app import READINESS
 from authsvc.http.server import run_server
 from authsvc.maps import MapEntry
+from tests.helpers.eventually import eventually_async
 from tests.unit.auth_http_fakes import (
     ScriptedMap,
     exchange,
@@ -53,15 +54,17 @@ async def test_stop_drains_in_flight_requests_and_refuses_new_ones() -> None:
     in_flight = asyncio.create_task(exchange(port, nginx_request(b"Bob")))
     await asyncio.wait_for(slow.asked_event.wait(), 5)
     stop.set()
-    await asyncio.sleep(0.05)
 
-    assert await app[READINESS].report() == (503, {"status": "draining"})
-    try:
-        await asyncio.open_connection("127.0.0.1", port)
-        refused = False
-    except ConnectionRefusedError:
-        refused = True
-    assert refused, "still accepting while draining"
+    async def draining_and_closed() -> bool:
+        assert await app[READINESS].report() == (503, {"status": "draining"})
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return True
+        writer.close()
+        raise AssertionError("still accepting while draining")
+
+    await eventually_async(draining_and_closed)
 
     reply = parse_reply(await asyncio.wait_for(in_flight, 5))
     assert (reply.get("Auth-Status"), reply.get("Auth-Server")) == ("OK", "10.0.0.5")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -24,6 +23,7 @@ from authsvc.log import (
     mask_passwords,
 )
 from authsvc.settings import LogSettings
+from tests.helpers.eventually import eventually_async
 from tests.unit.auth_http_fakes import (
     PASSWORD,
     exchange,
@@ -245,7 +245,7 @@ async def test_batched_lines_wait_at_most_flush_delay_and_warnings_go_at_once() 
         batch.log(logging.INFO, {"event": "auth", "n": 1})
         batch.log(logging.INFO, {"event": "auth", "n": 2})
         assert stream.getvalue() == ""  # queued, not written per line
-        await asyncio.sleep(FLUSH_DELAY + 0.05)
+        await eventually_async(stream.getvalue, FLUSH_DELAY + 5)
         assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["n=1", "n=2"]
 
         batch.log(logging.INFO, {"event": "auth", "n": 3})

@@ -21,6 +21,7 @@ from authsvc.proxy.syslog import AuthLog, SyslogSender
 from authsvc.routing import FailureKind
 from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, ProxySettings
 from tests.helpers.fail2ban import FILTER_DIR, failregexes, logfile_line, match
+from tests.services.require import require_file
 
 #: perdition.md §7.2, real samples of Perdition 2.2.
 SAMPLES = [
@@ -81,11 +82,7 @@ def test_syslog_datagram_is_what_glibc_sends() -> None:
 
 
 def fail2ban_filter() -> list[re.Pattern[str]]:
-    if not (FILTER_DIR / "perdition.conf").exists():
-        message = "fail2ban is not installed (bash tests/run.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_file(FILTER_DIR / "perdition.conf", "fail2ban")
     return failregexes("perdition")
 
 
