@@ -6,7 +6,7 @@ temporary, whether the throttle counts it, which of the two client-facing
 replies it gets, its metric label, Perdition's ``Auth:`` status for it, whether
 the session ends after the reply, and how loudly it is logged.  ``authsvc
 serve`` (``authsvc/http/auth_http.py``) and ``authsvc proxy``
-(``proxy/session.py`` and the two front machines) render these columns in
+(``proxy/attempt.py`` and the two front machines) render these columns in
 their own words and decide nothing else themselves; docs/serve.md and
 docs/proxy.md list the replies.
 

@@ -2,7 +2,8 @@
 
 Events are past-tense facts (``DataReceived``); commands are imperatives
 (``Send``).  The machines in ``proxy/imap`` and ``proxy/pop3`` take one event
-and return a list of commands; ``proxy/session.py`` carries the commands out.
+and return a list of commands; ``proxy/session.py`` carries out the front
+machines' commands, ``proxy/store.py`` the back machines'.
 Nothing here imports asyncio or touches a socket (docs/architecture.md).
 """
 

@@ -37,12 +37,13 @@ from collections import Counter
 
 from authsvc.proxy.accept import read_proxy_header, refuse
 from authsvc.proxy.certificates import backend_tls_for, server_tls_context
+from authsvc.proxy.context import ListenerContext
 from authsvc.proxy.events import Endpoints
 from authsvc.proxy.limits import Admission, IPNetwork, Refused, Ticket, in_networks, parse_networks
 from authsvc.proxy.listeners import ListenerSockets, bind_listener
 from authsvc.proxy.metrics import ProxyMetrics
 from authsvc.proxy.proxy_protocol import ProxyProtocolError
-from authsvc.proxy.session import ListenerContext, Session
+from authsvc.proxy.session import Session
 from authsvc.proxy.syslog import AuthLog
 
 from authsvc.metrics import Metrics

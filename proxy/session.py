@@ -3,23 +3,18 @@
 One of the few modules that touch the event loop.  It takes the accepted
 socket (its PROXY header, if any, already read by the server), makes it a
 Channel (on an implicit-TLS listener, with the TLS handshake bounded by
-``login_timeout``), runs the client-facing machine (``ImapFront``/``Pop3Front``),
-carries out its commands, asks the routing core where a login goes
-(``authsvc.routing``, never the maps), runs the store-facing machine
-(``ImapBack``/``Pop3Back``) over a second Channel, then hands both to
-``splice``.  It logs one ``event=session`` line when the connection ends, one
-``event=login_failed`` line per failed attempt and, when ``[proxy] auth_log``
-is on, Perdition's ``Auth:`` line per attempt to syslog (perdition.md §7.2).
+``login_timeout``), runs the client-facing machine (``ImapFront``/``Pop3Front``)
+and carries out its commands: replies, STARTTLS, each login attempt
+(``attempt.py``: throttle, routing core, the store's login in ``store.py``,
+the failure's fixed-deadline reply, the ``event=login_failed`` and ``Auth:``
+lines), and after a login the hand-off of both Channels to ``splice``.  It
+logs one ``event=session`` line when the connection ends.
 
 The client's address everywhere (routing, logs, limits, what the store is
 told) is :class:`~proxy.events.Endpoints`: the PROXY header's when there was
-one, else the socket's.
-
-Failed logins are answered at a fixed deadline from the command
-(``proxy.auth_failure_delay``), whatever failed and however long the store
-took, so the reply's timing does not tell an unknown user from a wrong
-password.  Passwords exist only inside ``Credentials`` as a ``Secret`` and in
-``Send(secret=True)`` bytes to the store; neither is ever logged.
+one, else the socket's.  Passwords exist only inside ``Credentials`` as a
+``Secret`` and in ``Send(secret=True)`` bytes to the store; neither is ever
+logged.
 """
 
 from __future__ import annotations
@@ -30,9 +25,9 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from authsvc.proxy.authline import perdition_status, secure_name
+from authsvc.proxy.attempt import LoginAttempt
+from authsvc.proxy.context import ListenerContext
 from authsvc.proxy.events import (
     Authenticate,
     BackendFailed,
@@ -52,30 +47,14 @@ from authsvc.proxy.events import (
     TimedOut,
     TlsEstablished,
     Trace,
-    to_wire,
 )
-from authsvc.proxy.forward import backend_options
-from authsvc.proxy.imap.back import LOGINDISABLED_REASON, ImapBack
 from authsvc.proxy.imap.front import ImapFront
 from authsvc.proxy.logline import SessionRecord, address
-from authsvc.proxy.metrics import ProxyMetrics
-from authsvc.proxy.pop3.back import Pop3Back
 from authsvc.proxy.pop3.front import Pop3Front
 from authsvc.proxy.splice import splice
-from authsvc.proxy.syslog import AuthLog
 from authsvc.proxy.transport import Channel
 
-from authsvc.failures import FailureKind, Reply
-from authsvc.routing import LoginRequest, Refusal, Route, Router
-from authsvc.settings import (
-    BackendTls,
-    ListenerSettings,
-    ListenTls,
-    LogSettings,
-    MailProtocol,
-    ProxySettings,
-)
-from authsvc.throttle.service import Throttle
+from authsvc.settings import ListenTls, MailProtocol
 
 log = logging.getLogger("proxy.session")
 
@@ -84,32 +63,6 @@ _SHUTTING_DOWN = {
     MailProtocol.IMAP: b"* BYE [UNAVAILABLE] Server shutting down, try again later.\r\n",
     MailProtocol.POP3: b"-ERR [SYS/TEMP] Server shutting down, try again later.\r\n",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerContext:
-    """Everything a session of one listener needs, built once by the server."""
-
-    listener: ListenerSettings
-    proxy: ProxySettings
-    log: LogSettings
-    router: Router
-    #: The listener's certificate, for STARTTLS and implicit TLS; None = no TLS.
-    server_tls: ssl.SSLContext | None
-    #: How we check stores' certificates; None when no listener talks TLS to stores.
-    backend_tls: ssl.SSLContext | None
-    #: Perdition's Auth: line to syslog, when ``[proxy] auth_log`` is on.
-    auth_log: AuthLog | None = None
-    metrics: ProxyMetrics | None = None
-    #: Brute-force throttling (docs/security.md); None = off.
-    throttle: Throttle | None = None
-
-
-class _LoginFailure(Exception):
-    def __init__(self, kind: FailureKind, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
 
 
 class Session:
@@ -129,13 +82,10 @@ class Session:
         self._ctx = context
         self._sock = sock
         self._client: Channel | None = None
-        self._backend: Channel | None = None
+        #: The latest login attempt; after a successful one, it holds the store's Channel.
+        self._attempt: LoginAttempt | None = None
         self._endpoints = endpoints
         self._on_login = on_login
-        #: What a timeout during login means: map, connect or store dialogue.
-        self._stage = FailureKind.MAP_UNAVAILABLE
-        self._route: Route | None = None
-        self._backend_secure = "plaintext"
         listener = context.listener
         self.record = SessionRecord(
             session=number,
@@ -145,8 +95,6 @@ class Session:
             local=address(endpoints.local),
             via=address(via) if via is not None else None,
         )
-        #: True once the store accepted the login (the server drains these on stop).
-        self.logged_in = False
         self._tracing = context.log.connection_logging and log.isEnabledFor(logging.DEBUG)
         #: Loop time the connection was accepted (login_deadline counts from it).
         self._started = started
@@ -157,6 +105,16 @@ class Session:
     def client(self) -> Channel | None:
         """The client's Channel once the connection is set up (for byte counts)."""
         return self._client
+
+    @property
+    def logged_in(self) -> bool:
+        """True once the store accepted the login (the server drains these on stop)."""
+        return self._attempt is not None and self._attempt.succeeded
+
+    @property
+    def _backend(self) -> Channel | None:
+        """The store's Channel, from connect on (None after a failed attempt)."""
+        return self._attempt.backend if self._attempt is not None else None
 
     async def run(self) -> None:
         """Serve the connection until it ends; never raises (except cancellation)."""
@@ -327,176 +285,13 @@ class Session:
     # --- login ---------------------------------------------------------------------
 
     async def _login(self, credentials: Credentials) -> LoginSucceeded | LoginFailed:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ctx.proxy.auth_failure_delay
-        record = self.record
-        record.attempts += 1
-        record.login = credentials.login
-        record.mechanism = credentials.mechanism
-        record.backend = None
-        self._route = None
-        self._backend_secure = "plaintext"
-        throttle = self._ctx.throttle
-        client_ip = self._endpoints.client[0]
-        try:
-            if throttle is not None and (await throttle.check(client_ip,
-                                                              credentials.login)).blocked:
-                # Refused even with the right password (docs/security.md); the
-                # store never sees the attempt.
-                raise _LoginFailure(FailureKind.THROTTLED, "throttled")
-            async with asyncio.timeout(self._ctx.proxy.backend_timeout):
-                result = await self._route_and_login(credentials)
-        except _LoginFailure as failure:
-            kind, reason = failure.kind, failure.reason
-        except TimeoutError:
-            kind, reason = self._stage, f"timed out ({self._stage.value})"
-        else:
-            record.result = "ok"
-            self.logged_in = True
-            if throttle is not None:
-                await throttle.succeeded(client_ip, credentials.login)
-            self._attempt_done(credentials, None, "")
-            if self._on_login is not None:
-                self._on_login()
-            return result
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-        # What the failure means (authsvc/failures.py) decides the reply, the
-        # count, the close and the log level; the front machine words the reply.
-        meaning = kind.meaning
-        record.result = ("auth_failed" if meaning.reply is Reply.AUTHENTICATION
-                         else "temporary_failure")
-        self._close_after_reply = meaning.closes
-        tarpit = 0.0
-        if throttle is not None and meaning.counted:
-            verdict = await throttle.failed(client_ip, credentials.login, credentials.password)
-            if verdict.blocked:
-                # This failure reached the cap: its own reply, then the close.
-                self._close_after_reply = True
-                reason = f"{reason}; throttled"
-            tarpit = verdict.delay
-        log.log(meaning.log_level, "",
-                extra={"fields": record.failure_fields(meaning.label, reason)})
-        self._attempt_done(credentials, kind, reason)
-        # The fixed deadline: the same wait for every failure (see module
-        # docstring), plus the throttle's tarpit for repeated failures.
-        await asyncio.sleep(max(0.0, deadline - loop.time()) + tarpit)
-        return LoginFailed(kind)
-
-    def _attempt_done(self, credentials: Credentials, kind: FailureKind | None,
-                      reason: str) -> None:
-        """Metrics, and Perdition's Auth: line, for one login attempt."""
-        ctx = self._ctx
-        if ctx.metrics is not None:
-            ctx.metrics.login(ctx.listener.name, kind)
-        if ctx.auth_log is None:
-            return
-        route = self._route
-        server = (f"{route.host}:{route.port}" if route is not None
-                  else f"(null):{ctx.listener.default_port}")  # perdition.md §7.2
-        ctx.auth_log.record(
-            ctx.listener,
-            client=self._endpoints.client,
-            local=self._endpoints.local,
-            client_secure=secure_name(self.record.tls),
-            login=to_wire(credentials.login),
-            server=server,
-            server_secure=self._backend_secure,
-            status=perdition_status(kind, login_disabled=reason.endswith(LOGINDISABLED_REASON)),
-        )
-
-    async def _route_and_login(self, credentials: Credentials) -> LoginSucceeded:
-        listener = self._ctx.listener
-        request = LoginRequest(
-            login=credentials.login,
-            protocol=listener.protocol,
-            listener=listener.name,
-            client_ip=self._endpoints.client[0],
-            local_name=self._endpoints.local[0],
-            attempt=self.record.attempts,
-        )
-        self._stage = FailureKind.MAP_UNAVAILABLE
-        decision = await self._ctx.router.route(request)
-        if isinstance(decision, Refusal):
-            raise _LoginFailure(decision.kind, decision.reason)
-        return await self._backend_login(decision, credentials)
-
-    def _store_tls_failed(self, exc: BaseException) -> _LoginFailure:
-        if self._ctx.metrics is not None:
-            self._ctx.metrics.tls_failure(self._ctx.listener.name, "store")
-        return _LoginFailure(FailureKind.BACKEND_PROTOCOL, f"store TLS: {exc}")
-
-    async def _backend_login(self, route: Route, credentials: Credentials) -> LoginSucceeded:
-        self._route = route
-        self.record.backend = address((route.host, route.port))
-        self.record.backend_login = route.backend_login
-        implicit = route.backend_tls is BackendTls.IMPLICIT
-        context = self._ctx.backend_tls if route.backend_tls is not BackendTls.NONE else None
-        if route.backend_tls is not BackendTls.NONE and context is None:
-            raise _LoginFailure(FailureKind.BACKEND_CONNECT, "no TLS context for the store")
-        forward, tls_name = backend_options(self._ctx.proxy, route.host, route.port)
-        # The name the certificate must carry: a configured one (maps that give
-        # IP addresses), else the map's host (perdition.md §5.3).
-        server_hostname = tls_name or route.host
-        loop = asyncio.get_running_loop()
-        high_water = self._ctx.proxy.splice_buffer
-        self._stage = FailureKind.BACKEND_CONNECT
-        try:
-            _, backend = await loop.create_connection(
-                lambda: Channel(high_water=high_water, tls=implicit),
-                route.host,
-                route.port,
-                ssl=context if implicit else None,
-                server_hostname=server_hostname if implicit else None,
-            )
-        except ssl.SSLError as exc:
-            raise self._store_tls_failed(exc) from None
-        except OSError as exc:
-            raise _LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
-        self._backend = backend
-        if implicit:
-            self._backend_secure = "ssl"
-        self._stage = FailureKind.BACKEND_PROTOCOL
-        machine: ImapBack | Pop3Back
-        if self._ctx.listener.protocol is MailProtocol.IMAP:
-            machine = ImapBack(route.backend_login, credentials.password, route.backend_tls,
-                               tls_active=implicit, forward=forward, endpoints=self._endpoints)
-        else:
-            machine = Pop3Back(route.backend_login, credentials.password, route.backend_tls,
-                               tls_active=implicit, forward=forward, endpoints=self._endpoints)
-        queue: deque[Command] = deque(machine.start())
-        while True:
-            while queue:
-                command = queue.popleft()
-                match command:
-                    case Send(data=data, secret=secret):
-                        self._trace(f"B: ({len(data)} bytes, login)" if secret
-                                    else f"B: {data[:120]!r}")
-                        backend.write(data)
-                    case StartTls():
-                        assert context is not None
-                        if backend.take_buffered():
-                            # Plaintext behind the store's STARTTLS OK is
-                            # response injection (RFC 2595 §3.1).
-                            queue.extend(machine.handle(DataReceived(b"injected")))
-                            continue
-                        try:
-                            await backend.start_tls(context, server_side=False,
-                                                    server_hostname=server_hostname)
-                        except (OSError, ssl.SSLError) as exc:
-                            raise self._store_tls_failed(exc) from None
-                        self._backend_secure = "starttls"
-                        queue.extend(machine.handle(TlsEstablished()))
-                    case BackendReady(result=result):
-                        return result
-                    case BackendFailed(kind=kind, reason=reason):
-                        raise _LoginFailure(kind, reason)
-                    case _:
-                        raise AssertionError(f"unexpected back-machine command {command!r}")
-            data = await backend.read()
-            event: Event = DataReceived(data) if data else ConnectionClosed()
-            queue.extend(machine.handle(event))
+        self._attempt = LoginAttempt(self._ctx, self.record, self._endpoints, self._trace)
+        result = await self._attempt.run(credentials)
+        if isinstance(result, LoginFailed):
+            self._close_after_reply = self._attempt.closes
+        elif self._on_login is not None:
+            self._on_login()
+        return result
 
     # --- after login -----------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""The store-facing login: connect to the routed store and log in there.
+
+One of the few modules that touch the event loop.  :class:`StoreLogin` opens
+a Channel to the store a :class:`~authsvc.routing.Route` names (implicit TLS
+when the route says so), runs the store-facing machine (``ImapBack`` /
+``Pop3Back``: the greeting, STARTTLS/STLS, what the store is told of the
+client's address, the login itself) and carries out its commands, until the
+store accepts the login or the machine gives up.  A failure raises
+:class:`LoginFailure`; the caller (``attempt.py``) words nothing, closes the
+Channel and turns the failure into the client's reply.
+
+The store's certificate must carry the configured name, else the map's host
+(docs/proxy.md, "Towards the stores: TLS and the client's address").  The
+password goes to the store only inside ``Send(secret=True)``, which is traced
+as its length, never its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+
+from authsvc.proxy.context import ListenerContext
+from authsvc.proxy.events import (
+    BackendFailed,
+    BackendReady,
+    Command,
+    ConnectionClosed,
+    Credentials,
+    DataReceived,
+    Endpoints,
+    Event,
+    LoginSucceeded,
+    Send,
+    StartTls,
+    TlsEstablished,
+)
+from authsvc.proxy.forward import backend_options
+from authsvc.proxy.imap.back import ImapBack
+from authsvc.proxy.pop3.back import Pop3Back
+from authsvc.proxy.transport import Channel
+
+from authsvc.failures import FailureKind
+from authsvc.routing import Route
+from authsvc.settings import BackendTls, MailProtocol
+
+
+class LoginFailure(Exception):
+    """A login attempt failed: what it means (``kind``) and why, for the log."""
+
+    def __init__(self, kind: FailureKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class StoreLogin:
+    """Logging in at the store one route names; its state stays readable after a failure."""
+
+    def __init__(self, context: ListenerContext, route: Route, endpoints: Endpoints,
+                 trace: Callable[[str], None]) -> None:
+        self._ctx = context
+        self._route = route
+        self._endpoints = endpoints
+        self._trace = trace
+        #: What a timeout now means: the connect, then the store's dialogue.
+        self.stage = FailureKind.BACKEND_CONNECT
+        #: The store's Channel once connected; None again after :meth:`close`.
+        self.channel: Channel | None = None
+        #: How the store connection is secured, as the Auth: line says it.
+        self.secure = "plaintext"
+
+    def close(self) -> None:
+        """Close the store's Channel, if any (after a failed login)."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def _tls_failed(self, exc: BaseException) -> LoginFailure:
+        if self._ctx.metrics is not None:
+            self._ctx.metrics.tls_failure(self._ctx.listener.name, "store")
+        return LoginFailure(FailureKind.BACKEND_PROTOCOL, f"store TLS: {exc}")
+
+    async def run(self, credentials: Credentials) -> LoginSucceeded:
+        """Connect and log in; raises :class:`LoginFailure` when that fails."""
+        route = self._route
+        implicit = route.backend_tls is BackendTls.IMPLICIT
+        context = self._ctx.backend_tls if route.backend_tls is not BackendTls.NONE else None
+        if route.backend_tls is not BackendTls.NONE and context is None:
+            raise LoginFailure(FailureKind.BACKEND_CONNECT, "no TLS context for the store")
+        forward, tls_name = backend_options(self._ctx.proxy, route.host, route.port)
+        # The name the certificate must carry: a configured one (maps that give
+        # IP addresses), else the map's host (docs/proxy.md, "Towards the stores").
+        server_hostname = tls_name or route.host
+        loop = asyncio.get_running_loop()
+        high_water = self._ctx.proxy.splice_buffer
+        self.stage = FailureKind.BACKEND_CONNECT
+        try:
+            _, backend = await loop.create_connection(
+                lambda: Channel(high_water=high_water, tls=implicit),
+                route.host,
+                route.port,
+                ssl=context if implicit else None,
+                server_hostname=server_hostname if implicit else None,
+            )
+        except ssl.SSLError as exc:
+            raise self._tls_failed(exc) from None
+        except OSError as exc:
+            raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
+        self.channel = backend
+        if implicit:
+            self.secure = "ssl"
+        self.stage = FailureKind.BACKEND_PROTOCOL
+        machine: ImapBack | Pop3Back
+        if self._ctx.listener.protocol is MailProtocol.IMAP:
+            machine = ImapBack(route.backend_login, credentials.password, route.backend_tls,
+                               tls_active=implicit, forward=forward, endpoints=self._endpoints)
+        else:
+            machine = Pop3Back(route.backend_login, credentials.password, route.backend_tls,
+                               tls_active=implicit, forward=forward, endpoints=self._endpoints)
+        queue: deque[Command] = deque(machine.start())
+        while True:
+            while queue:
+                command = queue.popleft()
+                match command:
+                    case Send(data=data, secret=secret):
+                        self._trace(f"B: ({len(data)} bytes, login)" if secret
+                                    else f"B: {data[:120]!r}")
+                        backend.write(data)
+                    case StartTls():
+                        assert context is not None
+                        if backend.take_buffered():
+                            # Plaintext behind the store's STARTTLS OK is
+                            # response injection (RFC 2595 §3.1).
+                            queue.extend(machine.handle(DataReceived(b"injected")))
+                            continue
+                        try:
+                            await backend.start_tls(context, server_side=False,
+                                                    server_hostname=server_hostname)
+                        except (OSError, ssl.SSLError) as exc:
+                            raise self._tls_failed(exc) from None
+                        self.secure = "starttls"
+                        queue.extend(machine.handle(TlsEstablished()))
+                    case BackendReady(result=result):
+                        return result
+                    case BackendFailed(kind=kind, reason=reason):
+                        raise LoginFailure(kind, reason)
+                    case _:
+                        raise AssertionError(f"unexpected back-machine command {command!r}")
+            data = await backend.read()
+            event: Event = DataReceived(data) if data else ConnectionClosed()
+            queue.extend(machine.handle(event))
