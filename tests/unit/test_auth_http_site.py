@@ -18,8 +18,9 @@ from aiohttp import web
 
 from authsvc.http import site
 from authsvc.http.app import AUTH
+from authsvc.http.protocol import InFlight, NginxProtocol
 from authsvc.http.server import MAX_FIELD_SIZE
-from authsvc.http.wire import HandOver, Need, NginxProtocol, OneShot, ReplyCache, examine
+from authsvc.http.wire import HandOver, Need, OneShot, ReplyCache, examine
 from authsvc.maps import MapEntry
 from authsvc.maps.cached import CachedMap
 from authsvc.settings import CacheSettings
@@ -148,7 +149,8 @@ async def test_the_listening_socket_defers_accept_until_data() -> None:
     listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listening.bind(("127.0.0.1", 0))
     listening.listen(4)
-    acceptor = site.Acceptor(listening, None, PATH, None, None)  # type: ignore[arg-type]
+    acceptor = site.Acceptor(listening, None, PATH, ReplyCache(), aiohttp=asyncio.Protocol,
+                             protocol=asyncio.Protocol, in_flight=InFlight())
     acceptor.start()
     try:
         assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
@@ -190,9 +192,11 @@ async def test_out_of_descriptors_pauses_accepting_then_resumes(
     port = real.getsockname()[1]
     exhausted = _Exhausted(real)
     replies = ReplyCache()
+    in_flight = InFlight()
     acceptor = site.Acceptor(
         exhausted, app[AUTH], PATH, replies,  # type: ignore[arg-type]
-        lambda data: NginxProtocol(server, app[AUTH], PATH, set(), replies, data))
+        aiohttp=server, in_flight=in_flight,
+        protocol=lambda: NginxProtocol(server, app[AUTH], PATH, in_flight, replies))
     acceptor.start()
     try:
         loop = asyncio.get_running_loop()
@@ -221,11 +225,13 @@ async def test_ipv6_listener(gated: GatedMap) -> None:
         pytest.fail("no ::1 here: the brief's loopback includes it")
     sock.listen(16)
     port = sock.getsockname()[1]
-    await site.NginxSockSite(runner, sock).start()
+    nginx_site = site.NginxSite(runner, sock, app[AUTH])
+    await nginx_site.start()
     try:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
         for _ in range(2):  # a miss (through a task), then a hit (in the accept callback)
             reply = parse_reply(await exchange(port, nginx_request(b"Bob"), host="::1"))
             assert (reply.get("Auth-Status"), reply.get("Auth-Server")) == ("OK", "10.0.0.5")
     finally:
+        await nginx_site.stop()
         await runner.cleanup()
