@@ -235,3 +235,70 @@ async def test_ipv6_listener(gated: GatedMap) -> None:
     finally:
         await nginx_site.stop()
         await runner.cleanup()
+
+
+# -- draining: one record for both adapters --------------------------------------------------------
+
+
+class _Transport(asyncio.Transport):
+    """Records what the protocol writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("192.0.2.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_reply_begun_in_the_same_loop_pass_as_stop_is_waited_for(
+    gated: GatedMap,
+) -> None:
+    app = make_app(seed_settings(), cached_maps(gated))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        in_flight = InFlight()
+        protocol = NginxProtocol(asyncio.Protocol, app[AUTH], PATH, in_flight, ReplyCache())
+        transport = _Transport()
+        protocol.connection_made(transport)
+        # A cache miss: the reply waits for the map, in a task made right here,
+        protocol.data_received(nginx_request(b"Bob"))
+        # and the stop comes before that task has run at all.
+        drained = asyncio.ensure_future(in_flight.drain(5))
+        await asyncio.wait_for(gated.waiting.wait(), 5)
+        assert not drained.done() and transport.written == b""
+        gated.gate.set()
+        await asyncio.wait_for(drained, 5)
+        assert parse_reply(transport.written).get("Auth-Server") == "10.0.0.5"
+        assert transport.closed
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_drain_waits_for_replies_that_start_while_it_waits() -> None:
+    in_flight = InFlight()
+    done: list[str] = []
+
+    async def second() -> None:
+        await asyncio.sleep(0.05)
+        done.append("second")
+
+    async def first() -> None:
+        await asyncio.sleep(0.05)
+        in_flight.spawn(second())  # e.g. the rest of a reply that did not fit at once
+        done.append("first")
+
+    in_flight.spawn(first())
+    await in_flight.drain(5)
+    assert done == ["first", "second"]
