@@ -75,6 +75,7 @@ class Acceptor:
         self._in_flight = in_flight
         self._loop = asyncio.get_running_loop()
         self._serving = False
+        self._sink = bytearray(FIRST_READ)  # where peeked requests are read to, and dropped
 
     def start(self) -> None:
         """Start accepting (the socket is already listening)."""
@@ -135,10 +136,10 @@ class Acceptor:
         step = decide(data, self._path, self._service, address, self._replies)
         if type(step) is bytes:
             # Read what was peeked: closing with unread bytes would reset the reply.
-            conn.recv(len(data), socket.MSG_DONTWAIT)
+            conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
             self._reply(conn, step)
         elif isinstance(step, ReplyLater):
-            conn.recv(len(data), socket.MSG_DONTWAIT)
+            conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
             self._spawn(self._reply_later(conn, step), conn)
         elif step is Need.TOO_LONG:
             self._spawn(self._refuse(conn), conn, linger=True)
