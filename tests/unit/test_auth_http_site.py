@@ -1,9 +1,10 @@
 """The auth_http listening socket (``authsvc/http/site.py``) and ``wire.examine``.
 
 The acceptor answers nginx's request inside its accept callback when the
-first read holds the whole head and the route is cached; every other case is
-handed on.  Each way is driven here over real loopback sockets and must give
-the same reply bytes.
+first peek holds the whole head and the route is cached; every other case is
+handed on (to aiohttp with the socket unread, or to ``NginxProtocol``).  Each
+way is driven here over real loopback sockets and must give the same reply
+bytes; stopping waits for every reply in flight.
 """
 
 from __future__ import annotations
@@ -302,3 +303,39 @@ async def test_the_drain_waits_for_replies_that_start_while_it_waits() -> None:
     in_flight.spawn(first())
     await in_flight.drain(5)
     assert done == ["first", "second"]
+
+
+async def test_a_whole_head_goes_to_aiohttp_unread_and_only_the_rest_to_the_protocol() -> None:
+    app = make_app(seed_settings(), make_maps(cached=True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(16)
+    port = listening.getsockname()[1]
+    replies, in_flight = ReplyCache(), InFlight()
+    made: list[NginxProtocol] = []
+
+    def protocol() -> NginxProtocol:
+        made.append(NginxProtocol(server, app[AUTH], PATH, in_flight, replies))
+        return made[-1]
+
+    acceptor = site.Acceptor(listening, app[AUTH], PATH, replies, aiohttp=server,
+                             protocol=protocol, in_flight=in_flight)
+    acceptor.start()
+    try:
+        # /readyz in one piece: aiohttp reads it from the socket itself.
+        ready = parse_reply(await exchange(port, b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n"))
+        assert ready.status_line == b"HTTP/1.0 200 OK" and made == []
+        # nginx's request in one piece: answered in the accept callback.
+        whole = await exchange(port, nginx_request(b"Bob"))
+        assert parse_reply(whole).get("Auth-Server") == "10.0.0.5" and made == []
+        # The same request cut into pieces: the protocol reads on, same bytes.
+        assert await exchange(port, nginx_request(b"Bob"), chunks=4) == whole
+        assert len(made) == 1
+    finally:
+        acceptor.stop()
+        await in_flight.drain(5)
+        await runner.cleanup()
