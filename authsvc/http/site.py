@@ -135,18 +135,28 @@ class Acceptor:
             return
         step = decide(data, self._path, self._service, address, self._replies)
         if type(step) is bytes:
-            # Read what was peeked: closing with unread bytes would reset the reply.
-            conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
-            self._reply(conn, step)
+            if self._consume(conn, len(data)):
+                self._reply(conn, step)
         elif isinstance(step, ReplyLater):
-            conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
-            self._spawn(self._reply_later(conn, step), conn)
+            if self._consume(conn, len(data)):
+                self._spawn(self._reply_later(conn, step), conn)
+            else:  # gone since the peek: finish the decision (it is counted and logged)
+                self._in_flight.spawn(_finish(step))
         elif step is Need.TOO_LONG:
             self._spawn(self._refuse(conn), conn, linger=True)
         elif isinstance(step, HandOver) and not step.rewritten:
             self._spawn(self._loop.connect_accepted_socket(self._aiohttp, conn), conn)
         else:  # a head still incomplete, or one to rewrite before aiohttp reads it
             self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
+
+    def _consume(self, conn: socket.socket, size: int) -> bool:
+        """Read what was peeked (closing with unread bytes would reset the reply)."""
+        try:
+            conn.recv_into(self._sink, size, socket.MSG_DONTWAIT)
+        except OSError:
+            conn.close()  # reset since the peek
+            return False
+        return True
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
         """Write the reply and close: a few hundred bytes fit any fresh socket buffer."""
@@ -209,6 +219,10 @@ class Acceptor:
                 conn.close()
 
         self._in_flight.spawn(run(), linger=linger)
+
+
+async def _finish(step: ReplyLater) -> None:
+    await step.reply
 
 
 class NginxSite:
