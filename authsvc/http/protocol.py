@@ -1,7 +1,7 @@
 """The asyncio side of the auth_http socket: the protocol adapter and the drain bookkeeping.
 
 :class:`NginxProtocol` serves a connection that the accept callback
-(``site.py``) could not settle from its first read: a head that arrived in
+(``site.py``) could not settle from its first peek: a head that arrived in
 pieces, or one whose DEL had to be escaped before aiohttp reads it.  It reads
 through an asyncio transport and acts on :func:`authsvc.http.wire.decide`,
 the same decision the accept callback uses.
@@ -156,10 +156,14 @@ class NginxProtocol(asyncio.Protocol):
     def _hand_over(self, transport: asyncio.Transport, data: bytes) -> None:
         """From now on aiohttp owns the connection, starting with ``data``.
 
-        The bytes were read already (or must reach aiohttp DEL-escaped), so
+        The bytes were read already (or must reach aiohttp DEL-escaped), and
+        neither asyncio nor aiohttp can put bytes back on a socket, so
         aiohttp's protocol is given them through the asyncio protocol
-        interface; a connection whose first read settles it goes to aiohttp
-        directly instead (``site.py``).
+        interface.  Relaying through a socket pair instead would show aiohttp
+        a unix socket, which the flush and throttle controls trust.  A
+        connection whose first peek settles it goes to aiohttp directly
+        (``site.py``): only a head that came in pieces, or one with a DEL,
+        comes here.
         """
         inner = self._aiohttp()
         self._inner = inner

@@ -43,7 +43,7 @@ from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyL
 
 logger = logging.getLogger("authsvc.serve")
 
-#: Bytes asked for by the first read: nginx's requests are a few hundred.
+#: Bytes asked for by the first peek: nginx's requests are a few hundred.
 FIRST_READ = 65536
 #: Connections accepted per wake-up before the loop runs anything else.
 ACCEPT_BATCH = 64
