@@ -134,29 +134,25 @@ class Acceptor:
             self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
             return
         step = decide(data, self._path, self._service, address, self._replies)
-        if type(step) is bytes:
-            if self._consume(conn, len(data)):
-                self._reply(conn, step)
-        elif isinstance(step, ReplyLater):
-            if self._consume(conn, len(data)):
+        if type(step) is bytes or isinstance(step, ReplyLater):
+            # Read what was peeked: closing with unread bytes would reset the reply.
+            try:
+                conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
+            except OSError:  # reset since the peek
+                conn.close()
+                if isinstance(step, ReplyLater):  # the decision is still counted and logged
+                    self._in_flight.spawn(_finish(step))
+                return
+            if isinstance(step, ReplyLater):
                 self._spawn(self._reply_later(conn, step), conn)
-            else:  # gone since the peek: finish the decision (it is counted and logged)
-                self._in_flight.spawn(_finish(step))
+            else:
+                self._reply(conn, step)
         elif step is Need.TOO_LONG:
             self._spawn(self._refuse(conn), conn, linger=True)
         elif isinstance(step, HandOver) and not step.rewritten:
             self._spawn(self._loop.connect_accepted_socket(self._aiohttp, conn), conn)
         else:  # a head still incomplete, or one to rewrite before aiohttp reads it
             self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
-
-    def _consume(self, conn: socket.socket, size: int) -> bool:
-        """Read what was peeked (closing with unread bytes would reset the reply)."""
-        try:
-            conn.recv_into(self._sink, size, socket.MSG_DONTWAIT)
-        except OSError:
-            conn.close()  # reset since the peek
-            return False
-        return True
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
         """Write the reply and close: a few hundred bytes fit any fresh socket buffer."""
