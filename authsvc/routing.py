@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from authsvc import login as login_rules
 from authsvc.failures import FailureKind as FailureKind  # what a Refusal says
 from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, RouteCache
-from authsvc.maps.factory import MapShelf, open_maps
+from authsvc.maps.factory import MapBuilder as MapBuilder  # for the front ends' signatures
+from authsvc.maps.factory import MapShelf
+from authsvc.maps.factory import open_map as open_map
 from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
 
 
@@ -300,20 +302,21 @@ class Router:
 @asynccontextmanager
 async def open_router(settings: Settings) -> AsyncIterator[Router]:
     """Open every listener's map (shared where settings agree) and build the Router."""
-    async with open_maps(settings) as maps:
-        yield Router(settings, maps)
+    async with open_router_switch(settings) as switch:
+        yield switch.router
 
 
 class RouterSwitch:
-    """The current :class:`Router` of a long-running front end, replaced on reload (issue 11).
+    """The current :class:`Router` of a long-running front end, replaced on reload.
 
     Sessions that already hold a Router keep it; new logins take
     :attr:`router`.  MySQL maps with unchanged settings carry over with their
-    caches (``maps/factory.py:MapShelf``).
+    caches (``maps/factory.py:MapShelf``).  ``build`` makes each map
+    (``maps/factory.py:open_map``; tests pass their own).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._shelf = MapShelf()
+    def __init__(self, settings: Settings, build: MapBuilder = open_map) -> None:
+        self._shelf = MapShelf(build)
         maps, _ = self._shelf.build(settings)
         self.router = Router(settings, maps)
 
@@ -337,9 +340,10 @@ class RouterSwitch:
 
 
 @asynccontextmanager
-async def open_router_switch(settings: Settings) -> AsyncIterator[RouterSwitch]:
+async def open_router_switch(settings: Settings,
+                             build: MapBuilder = open_map) -> AsyncIterator[RouterSwitch]:
     """Like :func:`open_router`, but the Router can be replaced while open."""
-    switch = RouterSwitch(settings)
+    switch = RouterSwitch(settings, build)
     try:
         yield switch
     finally:

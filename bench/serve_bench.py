@@ -8,7 +8,12 @@ headers nginx 1.22 sends plus our template's ``X-Authsvc-*``:
   ``bench/serve_miss.lua``), so every request queries MariaDB;
 * **(c) bare**: ``bench/serve_bare.py``, an aiohttp handler that returns the
   same headers and does nothing else: the ceiling;
-* **(d) hit, 2 workers**: ``authsvc serve --workers 2``, as (a).
+* **(d) hit, 2 workers**: ``authsvc serve --workers 2``, as (a);
+* **(a0) hit, baseline** (with ``--baseline REV``): (a) served by the code of
+  git revision REV, checked out with ``git worktree`` into a temporary
+  directory and run from there (its path first on ``PYTHONPATH``, so it
+  imports its own ``authsvc`` with this venv's dependencies).  The report
+  then gives (a)'s CPU per request over (a0)'s, measured in the same run.
 
 The map is MySQL on the machine's MariaDB, in a database of our own
 (``tests/services/mariadb.py``) holding ``--rows`` mailboxes; the servers log
@@ -20,6 +25,7 @@ read from ``/proc`` (less sensitive to neighbours than req/s).
 Run from the repository root (about ``rounds x 4 x seconds`` plus set-up)::
 
     .venv/bin/python -m bench.serve_bench [--seconds 10] [--rounds 3] [--json FILE]
+        [--baseline REV] [--scenarios a,a0]
 
 Never part of the test suite.
 """
@@ -122,10 +128,16 @@ def taskset(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus is not None and shutil.which("taskset") else []
 
 
-def start(name: str, argv: list[str], port: int, log: Path, cpus: str | None) -> Server:
+def start(name: str, argv: list[str], port: int, log: Path, cpus: str | None,
+          root: Path = ROOT) -> Server:
+    """Start a server from the checkout at ``root`` (its ``authsvc`` first on the path)."""
+    env = dict(os.environ)
+    if root != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     with log.open("wb") as out:
         process = subprocess.Popen([*taskset(cpus), *argv], stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, cwd=root, start_new_session=True,
+                                   env=env)
     server = Server(name, port, process, cpus)
     deadline = time.monotonic() + 30
     while True:
@@ -221,11 +233,31 @@ def cpu_model() -> str:
 
 
 @contextlib.contextmanager
-def servers(config: Path, tmp: Path, pin: bool) -> Iterator[dict[str, Server]]:
+def checkout(rev: str, tmp: Path) -> Iterator[Path]:
+    """A git worktree of ``rev`` under ``tmp``, removed afterwards."""
+    where = tmp / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev],
+                   check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+                       check=False)
+
+
+@contextlib.contextmanager
+def servers(config: Path, tmp: Path, pin: bool,
+            baseline: Path | None = None) -> Iterator[dict[str, Server]]:
     python = sys.executable
     one = "0" if pin else None
     started: dict[str, Server] = {}
     try:
+        if baseline is not None:
+            port = free_port()
+            started["serve0"] = start("serve0", [python, "-m", "authsvc", "serve",
+                                                 "-c", str(config),
+                                                 "--listen", f"127.0.0.1:{port}"],
+                                      port, tmp / "serve0.log", one, root=baseline)
         port = free_port()
         started["serve"] = start("serve", [python, "-m", "authsvc", "serve", "-c", str(config),
                                            "--listen", f"127.0.0.1:{port}"],
@@ -252,31 +284,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin servers to CPU 0 and wrk to CPU 1")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run scenario (a0): (a) on git revision REV, in the same run")
+    parser.add_argument("--scenarios", default="a,b,c,d",
+                        help="which to run, comma-separated (default a,b,c,d; "
+                             "a0 is added with --baseline)")
     args = parser.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if args.baseline and "a0" not in scenarios:
+        scenarios.append("a0")
+    if "a0" in scenarios and not args.baseline:
+        parser.error("scenario a0 needs --baseline REV")
     if shutil.which("wrk") is None:
         print("wrk is not installed", file=sys.stderr)
         return 1
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     load_cpu = "1" if pin else None
     results: list[Result] = []
-    with create_test_database(shared_admin()) as db, tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(create_test_database(shared_admin()))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        baseline = stack.enter_context(checkout(args.baseline, tmp)) if args.baseline else None
         print(f"loading {args.rows} mailboxes ...", file=sys.stderr)
         db.add_mailboxes((f"user{n}@riseup.net", store_of(n)) for n in range(args.rows))
         config = write_config(tmp, db)
-        with servers(config, tmp, pin) as running:
-            for name in ("serve", "serve2"):  # warm: user1's route in every worker's cache
+        with servers(config, tmp, pin, baseline) as running:
+            warm = ["serve", "serve2", *(["serve0"] if baseline is not None else [])]
+            for name in warm:  # warm: user1's route in every worker's cache
                 for _ in range(50):
                     subprocess.run(["curl", "-s", "-o", "/dev/null",
                                     *[x for h in HEADERS for x in ("-H", h)],
                                     f"http://127.0.0.1:{running[name].port}/auth"], check=True)
-            scenarios = ["a", "b", "c", "d"]
             per_round = args.rows // args.rounds
             for number in range(args.rounds):
-                order = scenarios[number % 4:] + scenarios[:number % 4]
+                turn = number % len(scenarios)
+                order = scenarios[turn:] + scenarios[:turn]
                 for scenario in order:
                     server = running[{"a": "serve", "b": "serve", "c": "bare",
-                                      "d": "serve2"}[scenario]]
+                                      "d": "serve2", "a0": "serve0"}[scenario]]
                     env = None
                     script = None
                     if scenario == "b":
@@ -306,15 +351,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {number + 1} {scenario}: {rps:.0f} req/s p50 {p50:.2f} ms "
                           f"p99 {p99:.2f} ms errors {errors} cpu {result.cpu_us_per_request:.0f}"
                           f" us/req {notes}", file=sys.stderr)
-    report(results, args, pin)
+    report(results, args, pin, scenarios)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
 
 
-def report(results: list[Result], args: argparse.Namespace, pin: bool) -> None:
+def report(results: list[Result], args: argparse.Namespace, pin: bool,
+           scenarios: list[str]) -> None:
     labels = {"a": "(a) cached hit, 1 process", "b": "(b) miss -> MariaDB, 1 process",
-              "c": "(c) bare aiohttp handler", "d": "(d) cached hit, --workers 2"}
+              "c": "(c) bare aiohttp handler", "d": "(d) cached hit, --workers 2",
+              "a0": f"(a0) cached hit, 1 process, baseline {args.baseline}"}
+    labels = {key: label for key, label in labels.items() if key in scenarios}
     median: dict[str, dict[str, float]] = {}
     pinning = "servers on CPU 0, wrk on CPU 1, (d) unpinned" if pin else "none"
     print(f"\nmachine: {os.cpu_count()} CPUs, {cpu_model()}; load average now: "
@@ -332,14 +380,26 @@ def report(results: list[Result], args: argparse.Namespace, pin: bool) -> None:
         m = median[key]
         print(f"| {label} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.0f} | "
               f"{sum(r.errors for r in rows)} |")
-    a, b, c = median["a"], median["b"], median["c"]
-    print(f"\n(a)/(c) = {a['rps'] / c['rps']:.2f} (target >= 0.8), (a) p99 {a['p99']:.2f} ms "
-          f"(target < 10); (b)/(a) = {b['rps'] / a['rps']:.2f} (target >= 0.5)")
+    a, b, c = median.get("a"), median.get("b"), median.get("c")
+    print()
+    if a and c:
+        print(f"(a)/(c) = {a['rps'] / c['rps']:.2f} (target >= 0.8), (a) p99 {a['p99']:.2f} ms "
+              f"(target < 10)")
+    if a and b:
+        print(f"(b)/(a) = {b['rps'] / a['rps']:.2f} (target >= 0.5)")
+    if a and "a0" in median:
+        a0 = median["a0"]
+        print(f"(a)/(a0) server CPU per request = {a['cpu'] / a0['cpu']:.2f} (target <= 1.1); "
+              f"req/s {a['rps'] / a0['rps']:.2f}")
+        per_round = [(x.cpu_us_per_request / y.cpu_us_per_request) for x, y in zip(
+            [r for r in results if r.scenario == "a"],
+            [r for r in results if r.scenario == "a0"], strict=True)]
+        print("(a)/(a0) CPU per round: " + ", ".join(f"{v:.2f}" for v in per_round))
     misses = [r.notes for r in results if r.scenario == "b"]
     print("(b) cache misses / answers per round: " + ", ".join(
         f"{n.get('misses', 0):.0f}/{n.get('ok_answers', 0):.0f}" for n in misses))
     print("\ncommands (round 1):")
-    for r in results[: 4]:
+    for r in results[: len(scenarios)]:
         print(f"  {r.scenario}: {r.command}")
 
 

@@ -3,16 +3,17 @@
 ``create_app(settings, metrics)`` wires the auth handler (``GET <http.path>``),
 ``/healthz``, ``/readyz``, ``/metrics`` and ``POST /cache/flush``.  The router,
 and with it every map and database pool, lives in a ``cleanup_ctx``: opened
-before the first request, closed after the last one.  Tests pass their own
-``open_router_fn`` to route through fake maps.
+before the first request, closed after the last one, and a reload replaces it
+(``authsvc/reload.py``).  What changes while the app runs lives in one
+:class:`Serving` object, stored before startup: aiohttp freezes the app then.
+Tests pass their own ``build_map`` to route through fake maps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
@@ -21,12 +22,20 @@ from authsvc.control.throttle import ThrottleControl
 from authsvc.http.auth_http import AuthService
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
-from authsvc.routing import Router, RouterSwitch, open_router, open_router_switch
+from authsvc.routing import MapBuilder, Router, RouterSwitch, open_map, open_router_switch
 from authsvc.runtime.health import Health, MapStates, Readiness, health_routes
 from authsvc.settings import Settings
 from authsvc.throttle.service import Throttle
 
-RouterFactory = Callable[[Settings], AbstractAsyncContextManager[Router]]
+
+@dataclass
+class Serving:
+    """The app's state that changes while it runs; both are None outside startup..cleanup."""
+
+    #: Replaces the router on reload.
+    switch: RouterSwitch | None = None
+    #: The router new requests are answered with.
+    router: Router | None = None
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -34,10 +43,7 @@ HEALTH = web.AppKey("health", Health)
 READINESS = web.AppKey("readiness", Readiness)
 AUTH = web.AppKey("auth", AuthService)
 CONTROL = web.AppKey("control", CacheControl)
-#: Present only between startup and cleanup.
-ROUTER = web.AppKey("router", Router)
-#: Present when the router can be reloaded (the real one, not a test's).
-ROUTERS = web.AppKey("routers", RouterSwitch)
+SERVING = web.AppKey("serving", Serving)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -53,7 +59,7 @@ def create_app(
     health: Health | None = None,
     peers: Peers | None = None,
     resolver: Resolver | None = None,
-    open_router_fn: RouterFactory = open_router,
+    build_map: MapBuilder = open_map,
 ) -> web.Application:
     """The application; the router opens when the app starts."""
     metrics = metrics if metrics is not None else Metrics()
@@ -81,6 +87,7 @@ def create_app(
     app[READINESS] = readiness
     app[AUTH] = auth
     app[CONTROL] = control
+    serving = app[SERVING] = Serving()
     app.router.add_get(settings.http.path, auth.handle)
     def render_metrics() -> str:
         auth.refresh_cache_stats()  # this worker's cache counters, current to the scrape
@@ -94,15 +101,9 @@ def create_app(
     app.on_response_prepare.append(_drop_server_header)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            if open_router_fn is open_router:
-                # The real router can be replaced by a reload (authsvc/reload.py).
-                switch = await stack.enter_async_context(open_router_switch(settings))
-                app[ROUTERS] = switch
-                router = switch.router
-            else:
-                router = await stack.enter_async_context(open_router_fn(settings))
-            bind_router(app, router)
+        async with open_router_switch(settings, build_map) as switch:
+            serving.switch = switch
+            bind_router(app, switch.router)
             health.set_ready()
             # Other workers' scrapes read our file: keep its cache counters
             # fresh even when no login comes in (metrics.py).
@@ -117,6 +118,7 @@ def create_app(
                 auth.bind(None)
                 control.router = None
                 readiness.check = None
+                serving.switch = serving.router = None
 
     app.cleanup_ctx.append(router_ctx)
     return app
@@ -129,7 +131,7 @@ def bind_router(app: web.Application, router: Router) -> None:
     brings in gets its series at once, and a retired map's series go.
     """
     app[METRICS].attach_maps(router.cache_stats())
-    app[ROUTER] = router
+    app[SERVING].router = router
     app[READINESS].check = router.check_maps
     app[AUTH].bind(router)
     app[CONTROL].router = router

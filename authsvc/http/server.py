@@ -19,12 +19,12 @@ import socket
 from aiohttp import web
 
 from authsvc.control.flush import Peers
-from authsvc.http.app import HEALTH, ROUTERS, RouterFactory, bind_router, create_app
-from authsvc.http.site import NginxSockSite
+from authsvc.http.app import AUTH, HEALTH, SERVING, bind_router, create_app
+from authsvc.http.site import NginxSite
 from authsvc.http.wire import MAX_FIELD_SIZE
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
-from authsvc.routing import open_router
+from authsvc.routing import MapBuilder, open_map
 from authsvc.runtime.binding import describe_socket
 from authsvc.runtime.signals import handle_signals, release_signals
 from authsvc.settings import Settings
@@ -40,17 +40,17 @@ async def run_server(
     drain_timeout: float | None = None,
     stop: asyncio.Event | None = None,
     started: asyncio.Future[web.Application] | None = None,
-    open_router_fn: RouterFactory = open_router,
+    build_map: MapBuilder = open_map,
     reload_from: ReloadSource | None = None,
 ) -> int:
     """Serve on ``sock`` until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code.
 
     ``started`` receives the application once the socket accepts; tests use
-    it and ``stop``/``open_router_fn`` to drive a real server in process.
+    it and ``stop``/``build_map`` to drive a real server in process.
     """
     metrics = Metrics(run_dir, families=RELOAD_FAMILIES)
     peers = Peers(run_dir) if run_dir is not None else None
-    app = create_app(settings, metrics, peers=peers, open_router_fn=open_router_fn)
+    app = create_app(settings, metrics, peers=peers, build_map=build_map)
     verbose = settings.log.connection_logging or settings.log.level == "debug"
     drain = drain_timeout if drain_timeout is not None else max(5.0,
                                                                  settings.nginx.auth_http_timeout)
@@ -69,6 +69,8 @@ async def run_server(
     )
     stop = stop if stop is not None else asyncio.Event()
     reloader: Reloader | None = None
+    site = NginxSite(runner, sock, app[AUTH], path=settings.http.path, drain_timeout=drain,
+                     backlog=1024)
 
     def on_sighup() -> None:
         if reloader is None:
@@ -80,11 +82,12 @@ async def run_server(
     handle_signals(stop, on_sighup)
     try:
         await runner.setup()  # opens the router (cleanup_ctx)
-        if reload_from is not None and ROUTERS in app:
-            reloader = Reloader(reload_from, app[ROUTERS],
+        switch = app[SERVING].switch
+        if reload_from is not None and switch is not None:
+            reloader = Reloader(reload_from, switch,
                                 lambda _settings, router: bind_router(app, router),
                                 metrics=metrics)
-        await NginxSockSite(runner, sock, drain_timeout=drain, backlog=1024).start()
+        await site.start()
         if peers is not None:
             await web.UnixSite(runner, peers.own).start()
             os.chmod(peers.own, 0o600)
@@ -101,7 +104,8 @@ async def run_server(
         logger.info("", extra={"fields": {"event": "draining"}})
         app[HEALTH].set_draining()
     finally:
-        await runner.cleanup()  # stop accepting, finish in-flight requests, close maps
+        await site.stop()  # stop accepting, finish the replies it has in flight
+        await runner.cleanup()  # finish aiohttp's requests, close maps
         if reloader is not None:
             await reloader.close()  # maps retired by a reload, after the last request
         metrics.close()

@@ -1,23 +1,28 @@
 """The auth_http listening socket: accept, answer nginx's requests in place, hand on the rest.
 
 nginx opens a new connection for every login, sends one small request and
-closes after the reply (nginx-haproxy.md §0 rule 1).  asyncio's own server
+closes after the reply (docs/serve.md "The request").  asyncio's own server
 spends a task, a transport, two ``epoll_ctl`` calls and half a dozen
 callbacks on every such connection, more than the decision itself costs
 (docs/benchmarks.md).  :class:`Acceptor` therefore accepts on the listening
-socket itself and, for each new connection, reads once, and when that read
-holds nginx's whole request and the route is cached, writes the reply and
+socket itself and, for each new connection, peeks at what has arrived and
+acts on :func:`authsvc.http.wire.decide`: when that holds nginx's whole
+request and the route is cached, it reads the request, writes the reply and
 closes, all inside the one accept callback.
 
-Everything else gets the ordinary machinery, starting with the bytes already
-read: a head not complete in the first read, any other request (aiohttp,
-through :class:`~authsvc.http.wire.NginxProtocol`), and a decision that must
-wait for the map, the throttle or DNS (a task that writes the reply when it
-is known).
+Everything else gets the ordinary machinery:
+
+* a decision that must wait for the map, the throttle or DNS: a task that
+  writes the reply when it is known;
+* any other request whose head is all there (``/readyz``, keep-alive,
+  ``POST /cache/flush``): the socket goes, unread, to aiohttp's own protocol
+  (``loop.connect_accepted_socket`` with the runner's public ``server``);
+* a head not complete yet, or one with a DEL to escape:
+  :class:`~authsvc.http.protocol.NginxProtocol`.
 
 The listening TCP socket gets ``TCP_DEFER_ACCEPT`` (nginx's ``listen ...
 deferred``): the kernel reports a connection only once its first bytes have
-arrived, so the one read almost always finds nginx's request.
+arrived, so the one peek almost always finds nginx's request.
 """
 
 from __future__ import annotations
@@ -26,25 +31,19 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from authsvc.http.app import AUTH, SETTINGS
-from authsvc.http.auth_http import AuthService, Outcome
-from authsvc.http.wire import (
-    TOO_LONG_REPLY,
-    Need,
-    NginxProtocol,
-    OneShot,
-    ReplyCache,
-    examine,
-)
+from authsvc.http.auth_http import AuthService
+from authsvc.http.protocol import LINGER_SECONDS, InFlight, NginxProtocol
+from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyLater, decide
 from authsvc.runtime.accepting import accept_batch
 
 logger = logging.getLogger("authsvc.serve")
 
-#: Bytes asked for by the first read: nginx's requests are a few hundred.
+#: Bytes asked for by the first peek: nginx's requests are a few hundred.
 FIRST_READ = 65536
 #: Connections accepted per wake-up before the loop runs anything else.
 ACCEPT_BATCH = 64
@@ -52,26 +51,31 @@ ACCEPT_BATCH = 64
 ACCEPT_RETRY_DELAY = 1.0
 #: Seconds the kernel holds a connection that has sent nothing (TCP_DEFER_ACCEPT).
 DEFER_ACCEPT_SECONDS = 5
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class Acceptor:
     """Accepts on ``sock`` and answers nginx's one-shot requests without a task.
 
-    ``adopt(data)`` makes the protocol for a connection that needs asyncio,
-    fed ``data`` (already read) first.  ``tasks`` holds the replies still
-    being decided, for draining.
+    ``aiohttp`` makes aiohttp's protocol for a connection it takes whole;
+    ``protocol`` makes the :class:`NginxProtocol` for one that needs reading
+    on.  Both get the socket with nothing read from it.  Replies still being
+    written or decided are recorded in ``in_flight``.
     """
 
-    def __init__(self, sock: socket.socket, service: AuthService, path: str,
-                 replies: ReplyCache, adopt: Callable[[bytes], asyncio.Protocol]) -> None:
+    def __init__(self, sock: socket.socket, service: AuthService | None, path: str,
+                 replies: ReplyCache, *, aiohttp: Callable[[], asyncio.Protocol],
+                 protocol: Callable[[], asyncio.Protocol], in_flight: InFlight) -> None:
         self._sock = sock
         self._service = service
-        self._path = path
+        self._path = path if service is not None else None
         self._replies = replies
-        self._adopt = adopt
+        self._aiohttp = aiohttp
+        self._protocol = protocol
+        self._in_flight = in_flight
         self._loop = asyncio.get_running_loop()
         self._serving = False
-        self.tasks: set[asyncio.Task[None]] = set()
+        self._sink = bytearray(FIRST_READ)  # where peeked requests are read to, and dropped
 
     def start(self) -> None:
         """Start accepting (the socket is already listening)."""
@@ -115,8 +119,9 @@ class Acceptor:
             conn.close()
 
     def _serve(self, conn: socket.socket, address: object) -> None:
+        # Peek: the bytes stay on the socket until we know who reads them.
         try:
-            data = conn.recv(FIRST_READ, socket.MSG_DONTWAIT)
+            data = conn.recv(FIRST_READ, _PEEK)
         except (BlockingIOError, InterruptedError):
             data = None  # nothing yet (no TCP_DEFER_ACCEPT, or a unix socket)
         except OSError:
@@ -125,19 +130,29 @@ class Acceptor:
         if data == b"":
             conn.close()  # closed before it said anything
             return
-        step = Need.MORE if data is None else examine(data, self._path)
-        if isinstance(step, OneShot):
-            peer = address[0] if isinstance(address, tuple) else None
-            result = self._service.answer_now(step.headers, peer)
-            if isinstance(result, Outcome):
-                self._reply(conn, self._replies.get(step.minor, result.headers))
+        if data is None:
+            self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
+            return
+        step = decide(data, self._path, self._service, address, self._replies)
+        if type(step) is bytes or isinstance(step, ReplyLater):
+            # Read what was peeked: closing with unread bytes would reset the reply.
+            try:
+                conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
+            except OSError:  # reset since the peek
+                conn.close()
+                if isinstance(step, ReplyLater):  # the decision is still counted and logged
+                    self._in_flight.spawn(_finish(step))
+                return
+            if isinstance(step, ReplyLater):
+                self._spawn(self._reply_later(conn, step), conn)
             else:
-                self._reply_later(conn, result, step.minor)
+                self._reply(conn, step)
         elif step is Need.TOO_LONG:
-            self._reply(conn, TOO_LONG_REPLY)  # only past 64 KiB; see NginxProtocol._refuse
-        else:  # an incomplete head, or not nginx's request: asyncio and aiohttp take over
-            self._spawn(self._loop.connect_accepted_socket(
-                lambda: self._adopt(data or b""), conn), conn)
+            self._spawn(self._refuse(conn), conn, linger=True)
+        elif isinstance(step, HandOver) and not step.rewritten:
+            self._spawn(self._loop.connect_accepted_socket(self._aiohttp, conn), conn)
+        else:  # a head still incomplete, or one to rewrite before aiohttp reads it
+            self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
         """Write the reply and close: a few hundred bytes fit any fresh socket buffer."""
@@ -153,18 +168,13 @@ class Acceptor:
             return
         self._spawn(self._send_rest(conn, reply[sent:]), conn)
 
-    def _reply_later(self, conn: socket.socket, pending: Awaitable[Outcome], minor: int) -> None:
-        async def reply() -> None:
-            try:
-                outcome = await pending
-            except BaseException:
-                conn.close()  # cancelled (shutdown past the drain timeout)
-                raise
-            self._reply(conn, self._replies.get(minor, outcome.headers))
-
-        task = self._loop.create_task(reply())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    async def _reply_later(self, conn: socket.socket, step: ReplyLater) -> None:
+        try:
+            reply = await step.reply
+        except BaseException:
+            conn.close()  # cancelled (shutdown past the drain timeout)
+            raise
+        self._reply(conn, reply)
 
     async def _send_rest(self, conn: socket.socket, data: bytes) -> None:
         try:
@@ -174,7 +184,27 @@ class Acceptor:
         finally:
             conn.close()
 
-    def _spawn(self, work: Awaitable[object], conn: socket.socket) -> None:
+    async def _refuse(self, conn: socket.socket) -> None:
+        """The 431 for an over-long head, then a lingering close.
+
+        The client may still be sending; closing with its bytes unread would
+        reset the connection and can discard the reply before it is read.  So,
+        as nginx's ``lingering_close`` does, shut the write side, read and
+        drop what comes for at most :data:`LINGER_SECONDS`, then close.
+        """
+        try:
+            await self._loop.sock_sendall(conn, TOO_LONG_REPLY)
+            conn.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await self._loop.sock_recv(conn, FIRST_READ):
+                    pass
+        except (OSError, TimeoutError):
+            pass  # the client went, or kept sending past the linger time
+        finally:
+            conn.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, object], conn: socket.socket, *,
+               linger: bool = False) -> None:
         conn.setblocking(False)
 
         async def run() -> None:
@@ -184,57 +214,54 @@ class Acceptor:
                 logger.exception("auth_http connection failed")
                 conn.close()
 
-        task = self._loop.create_task(run())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._in_flight.spawn(run(), linger=linger)
 
 
-class NginxSockSite(web.SockSite):
-    """``web.SockSite`` whose connections go through :class:`Acceptor` and ``NginxProtocol``.
+async def _finish(step: ReplyLater) -> None:
+    await step.reply
 
-    ``fast_path=False`` keeps only the DEL escaping and lets aiohttp parse
-    every request (tests compare the two).  On stop, answers still being
-    decided are waited for (up to ``drain_timeout``) the way aiohttp waits
-    for its own requests.
+
+class NginxSite:
+    """The auth_http socket of ``authsvc serve``: :class:`Acceptor` in front of ``runner``.
+
+    ``service`` answers nginx's requests; None lets aiohttp parse every
+    request (DEL escaped; tests compare the two).  :meth:`stop` closes the
+    socket and waits (up to ``drain_timeout``) for the replies still being
+    decided, the way aiohttp waits for its own requests; call it before
+    ``runner.cleanup()``, which closes the maps.
     """
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, fast_path: bool = True,
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket,
+                 service: AuthService | None, *, path: str = "/auth",
                  drain_timeout: float = 10.0, backlog: int = 1024) -> None:
-        super().__init__(runner, sock, backlog=backlog)
-        self._fast_path = fast_path
+        self._runner = runner
+        self._sock = sock
+        self._service = service
+        self._path = path
         self._drain_timeout = drain_timeout
-        self._in_flight: set[NginxProtocol] = set()  # answering through asyncio
-        self._replies = ReplyCache()
+        self._backlog = backlog
+        self._in_flight = InFlight()
         self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
+        """Accept on the socket (the runner must be set up)."""
         server = self._runner.server
-        assert server is not None
-        app = getattr(self._runner, "app", None)
-        service = app[AUTH] if self._fast_path and isinstance(app, web.Application) else None
-        path = app[SETTINGS].http.path if isinstance(app, web.Application) else "/auth"
+        if server is None:
+            raise RuntimeError("call runner.setup() before starting the site")
+        replies = ReplyCache()
+        service, path, in_flight = self._service, self._path, self._in_flight
 
-        def protocol(initial: bytes = b"") -> NginxProtocol:
-            return NginxProtocol(server, service, path, self._in_flight, self._replies, initial)
+        def protocol() -> NginxProtocol:
+            return NginxProtocol(server, service, path, in_flight, replies)
 
-        if service is not None and self._ssl_context is None:
-            self._sock.listen(self._backlog)
-            self._acceptor = Acceptor(self._sock, service, path, self._replies, protocol)
-            self._acceptor.start()
-            return
-        self._server = await loop.create_server(
-            protocol, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog)
+        self._sock.listen(self._backlog)
+        self._acceptor = Acceptor(self._sock, service, path, replies, aiohttp=server,
+                                  protocol=protocol, in_flight=in_flight)
+        self._acceptor.start()
 
     async def stop(self) -> None:
+        """Stop accepting, then let the replies in flight finish."""
         if self._acceptor is not None:
             self._acceptor.stop()
-        await super().stop()  # no more connections
-        tasks = [p.task for p in self._in_flight if p.task is not None]
-        if self._acceptor is not None:
-            tasks += self._acceptor.tasks
-        if tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._drain_timeout):
-                    await asyncio.gather(*tasks, return_exceptions=True)
+            self._acceptor = None
+        await self._in_flight.drain(self._drain_timeout)

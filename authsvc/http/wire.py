@@ -1,37 +1,41 @@
-"""nginx's side of the socket: answer its one-shot auth requests directly, hand the rest to aiohttp.
+"""nginx's request on the auth_http socket, sans-IO: what the bytes are and what to do with them.
 
 nginx sends one ``GET <uri> HTTP/1.0`` per login on a fresh connection, reads
-the reply headers and closes (nginx-haproxy.md §0 rule 1, §1.1).
-:func:`examine` (sans-IO) says what the bytes read so far are: such a request,
-matched whole by one regular expression, is answered by
-:meth:`AuthService.answer_now <authsvc.http.auth_http.AuthService.answer_now>`,
-the first half of the ``answer()`` the aiohttp handler awaits; aiohttp's
-request machinery is not involved.  ``site.py`` does this inside its accept
-callback when the first read holds the request; :class:`NginxProtocol` does
-it on an asyncio connection otherwise.  Anything else on the socket (HTTP/1.1
-keep-alive, a body, another path, ``/readyz``, a malformed head) is handed,
-bytes unchanged, to aiohttp, which parses it as usual; a head past aiohttp's
-size limits is refused here with a 431 that quotes nothing.
+the reply headers and closes (nginx's ``ngx_mail_auth_http_module``;
+docs/serve.md "The request").  :func:`decide` is the one decision for a new
+connection: from the bytes read so far it says reply now (bytes), reply
+later (:class:`ReplyLater`), read on, refuse an over-long head, or hand the
+connection to aiohttp (:class:`HandOver`).  A request of exactly nginx's
+shape, matched whole by one regular expression (:func:`examine`), is
+answered by :meth:`AuthService.answer_now
+<authsvc.http.auth_http.AuthService.answer_now>`, the first half of the
+``answer()`` the aiohttp handler awaits; aiohttp's request machinery is not
+involved.  Anything else (HTTP/1.1 keep-alive, a body, another path,
+``/readyz``, a malformed head) goes to aiohttp, which parses it as usual; a
+head past aiohttp's size limits is refused with a 431 that quotes nothing.
+The I/O is in ``site.py`` (the accept callback) and ``protocol.py`` (an
+asyncio protocol), which act on :func:`decide`'s answer and nothing else.
 
 DEL (0x7F): nginx escapes only 0x00-0x1F, space and ``%`` in
-``Auth-User``/``Auth-Pass`` (§1.3), so a password containing DEL arrives raw,
-and both aiohttp parsers answer such a header with ``400 Invalid header value
-char``; nginx then finds no ``Auth-Status`` and the user sees ``* BAD internal
-server error`` (§0 rule 10).  We turn 0x7F into ``%7F`` in the request head
-first: what nginx would have sent had it escaped DEL too, and what
-``decode_escaped`` turns back into 0x7F.  In ``Auth-User`` the decoded DEL is
-then refused as a control character, with the ordinary "invalid login" answer.
-Only the head of the first request on a connection is rewritten; a body never
-is, so a Content-Length stays right.
+``Auth-User``/``Auth-Pass`` (``NGX_ESCAPE_MAIL_AUTH`` in nginx's
+``ngx_string.c``), so a password containing DEL arrives raw, and both aiohttp
+parsers answer such a header with ``400 Invalid header value char``; nginx
+then finds no ``Auth-Status`` and the user sees ``* BAD internal server
+error``.  We turn 0x7F into ``%7F`` in the request head first: what nginx
+would have sent had it escaped DEL too, and what ``decode_escaped`` turns
+back into 0x7F.  In ``Auth-User`` the decoded DEL is then refused as a
+control character, with the ordinary "invalid login" answer.  Only the head
+of the first request on a connection is rewritten; a body never is, so a
+Content-Length stays right.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from authsvc.http.auth_http import AuthService, Outcome
 
@@ -139,9 +143,14 @@ class Need(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class HandOver:
-    """Not nginx's one-shot request: aiohttp gets these bytes (DEL escaped, else unchanged)."""
+    """Not nginx's one-shot request: aiohttp gets these bytes (DEL escaped, else unchanged).
+
+    ``rewritten`` says a DEL was escaped, so the bytes on the socket are not
+    what aiohttp must read.
+    """
 
     data: bytes
+    rewritten: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,135 +177,43 @@ def examine(buffer: bytes, path: str | None) -> Need | HandOver | OneShot:
     rest = buffer[end + len(_END):]
     parsed = None if rest or path is None else parse_head(head, path)
     if parsed is None:
-        return HandOver(head + _END + rest)
+        data = head + _END + rest
+        return HandOver(data, len(data) != len(buffer))
     return OneShot(*parsed)
 
 
-class _Discard(asyncio.Protocol):
-    """Where bytes go after an over-long head was refused: nowhere."""
+@dataclass(frozen=True, slots=True)
+class ReplyLater:
+    """The reply needs waiting (map, throttle, DNS): write what ``reply`` gives, then close."""
+
+    reply: Coroutine[Any, Any, bytes]
 
 
-class NginxProtocol(asyncio.Protocol):
-    """One connection: nginx's request answered here, anything else passed to aiohttp.
+#: What :func:`decide` says: bytes to write now and close; ``Need.TOO_LONG``
+#: (write :data:`TOO_LONG_REPLY` and close gracefully, the client may still be
+#: sending); ``Need.MORE`` (read on); a reply later; or aiohttp's request.
+Step = bytes | Need | ReplyLater | HandOver
 
-    ``initial`` is what was read from the socket before this protocol took it
-    over (``site.py``'s acceptor reads first).
+
+def decide(buffer: bytes, path: str | None, service: AuthService | None, peer: object,
+           replies: ReplyCache) -> Step:
+    """The one decision for a new connection, from everything read so far (sans-IO).
+
+    Both I/O adapters (``site.py``'s accept callback and
+    ``protocol.py``'s :class:`~authsvc.http.protocol.NginxProtocol`) act on
+    the answer and nothing else.  ``service`` is None (and ``path`` with it)
+    when every request goes to aiohttp; ``peer`` is the socket's peer address.
     """
+    step = examine(buffer, path)
+    if not isinstance(step, OneShot):
+        return step
+    assert service is not None
+    result = service.answer_now(step.headers, peer[0] if isinstance(peer, tuple) else None)
+    if isinstance(result, Outcome):
+        return replies.get(step.minor, result.headers)
+    return ReplyLater(_reply_later(result, step.minor, replies))
 
-    def __init__(
-        self,
-        make_inner: Callable[[], asyncio.Protocol],
-        service: AuthService | None,
-        path: str,
-        in_flight: set[NginxProtocol],
-        replies: ReplyCache,
-        initial: bytes = b"",
-    ) -> None:
-        self._replies = replies
-        self._make_inner = make_inner
-        self._service = service
-        self._path = path if service is not None else None
-        self._in_flight = in_flight
-        self._transport: asyncio.Transport | None = None
-        self._inner: asyncio.Protocol | None = None
-        self._buffer = initial
-        self._answered = False
-        self._task: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        initial, self._buffer = self._buffer, b""
-        if initial:
-            self.data_received(initial)
-
-    def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
-            return
-        if self._answered:
-            return  # nginx sends nothing after its head; ignore anything that does
-        buffer = self._buffer + data if self._buffer else data
-        step = examine(buffer, self._path)
-        if step is Need.MORE:
-            self._buffer = buffer
-            return
-        self._buffer = b""
-        if step is Need.TOO_LONG:
-            self._refuse()
-        elif isinstance(step, HandOver):
-            self._hand_over(step.data)
-        else:
-            assert isinstance(step, OneShot)
-            assert self._service is not None
-            self._answer(self._service, step)
-
-    def _answer(self, service: AuthService, request: OneShot) -> None:
-        """Reply at once when the decision needs no waiting, else from a task."""
-        transport = self._transport
-        assert transport is not None
-        self._answered = True
-        peer = transport.get_extra_info("peername")
-        result = service.answer_now(request.headers, peer[0] if isinstance(peer, tuple) else None)
-        if isinstance(result, Outcome):
-            transport.write(self._replies.get(request.minor, result.headers))
-            transport.close()
-            return
-        self._task = asyncio.get_running_loop().create_task(
-            self._answer_later(transport, result, request.minor))
-
-    async def _answer_later(self, transport: asyncio.Transport, pending: Awaitable[Outcome],
-                            minor: int) -> None:
-        self._in_flight.add(self)
-        try:
-            outcome = await pending
-            if not transport.is_closing():
-                transport.write(self._replies.get(minor, outcome.headers))
-        finally:
-            transport.close()
-            self._in_flight.discard(self)
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The answer still being decided, if any."""
-        return self._task
-
-    def _refuse(self) -> None:
-        """Answer an over-long head ourselves, quoting nothing, and close.
-
-        aiohttp would answer 400 quoting the first 100 bytes of an over-long
-        line, and log them with the traceback: an ``Auth-Pass`` line would put
-        part of a password in the reply and the log (docs/security.md).
-        nginx never sends such a head.
-        """
-        assert self._transport is not None
-        self._inner = _Discard()
-        self._transport.write(TOO_LONG_REPLY)
-        self._transport.close()
-
-    def _hand_over(self, data: bytes) -> None:
-        """From now on aiohttp owns the connection, starting with ``data``."""
-        assert self._transport is not None
-        inner = self._make_inner()
-        self._inner = inner
-        inner.connection_made(self._transport)
-        inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        if self._inner is not None:
-            return self._inner.eof_received()
-        # Keep the socket open for our reply if the client half-closed after
-        # its request; close at once if it left before sending one.
-        return True if self._task is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
+async def _reply_later(pending: Awaitable[Outcome], minor: int, replies: ReplyCache) -> bytes:
+    outcome = await pending
+    return replies.get(minor, outcome.headers)

@@ -8,8 +8,7 @@ cache is turned off.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 from authsvc.maps import MapBackend, MapEntry
 from authsvc.settings import (
@@ -57,34 +56,26 @@ def build_map(settings: MapSettings, delimiter: str) -> MapBackend:
     return NoMap()
 
 
-@asynccontextmanager
-async def open_maps(settings: Settings) -> AsyncIterator[dict[str, MapBackend]]:
-    """Maps by listener name, opened for the ``async with`` block and closed after."""
-    from authsvc.maps.cached import CachedMap
+def open_map(settings: MapSettings, delimiter: str, cache: CacheSettings) -> MapBackend:
+    """One map for ``settings``, behind a :class:`CachedMap` when the cache is on."""
+    backend = build_map(settings, delimiter)
+    if cache.enabled and not isinstance(settings, NoMapSettings):
+        from authsvc.maps.cached import CachedMap
 
-    shared: dict[tuple[MapSettings, str], MapBackend] = {}
-    by_listener: dict[str, MapBackend] = {}
-    try:
-        for listener in settings.listeners:
-            ident = (listener.map, listener.login.domain_delimiter)
-            backend = shared.get(ident)
-            if backend is None:
-                backend = build_map(listener.map, listener.login.domain_delimiter)
-                if settings.cache.enabled and not isinstance(listener.map, NoMapSettings):
-                    backend = CachedMap(backend, settings.cache)
-                shared[ident] = backend
-            by_listener[listener.name] = backend
-        yield by_listener
-    finally:
-        for backend in shared.values():
-            await backend.close()
+        backend = CachedMap(backend, cache)
+    return backend
+
+
+#: Makes one listener's map: (map settings, domain delimiter, cache settings).
+#: :func:`open_map` in production; tests pass one that returns their own maps.
+MapBuilder = Callable[[MapSettings, str, CacheSettings], MapBackend]
 
 
 MapIdent = tuple[MapSettings, str, CacheSettings]
 
 
 class MapShelf:
-    """The maps of a long-running front end, kept across configuration reloads (issue 11).
+    """The maps of a long-running front end, kept across configuration reloads.
 
     A MySQL map whose settings (and the cache's) are unchanged keeps its
     :class:`CachedMap`, with its routes and its pool: a reload during a
@@ -94,13 +85,12 @@ class MapShelf:
     their TTL runs out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, build: MapBuilder = open_map) -> None:
+        self._build = build
         self._kept: dict[MapIdent, MapBackend] = {}
 
     def build(self, settings: Settings) -> tuple[dict[str, MapBackend], list[MapBackend]]:
         """Maps by listener for ``settings``, and the maps no longer used (to close)."""
-        from authsvc.maps.cached import CachedMap
-
         fresh: dict[MapIdent, MapBackend] = {}
         by_listener: dict[str, MapBackend] = {}
         for listener in settings.listeners:
@@ -111,18 +101,18 @@ class MapShelf:
                 if old is not None and isinstance(listener.map, MySqlMapSettings):
                     backend = old
                 else:
-                    backend = build_map(listener.map, listener.login.domain_delimiter)
-                    if settings.cache.enabled and not isinstance(listener.map, NoMapSettings):
-                        backend = CachedMap(backend, settings.cache)
+                    backend = self._build(listener.map, listener.login.domain_delimiter,
+                                          settings.cache)
                 fresh[ident] = backend
             by_listener[listener.name] = backend
         in_use = {id(backend) for backend in fresh.values()}
-        retired = [backend for backend in self._kept.values() if id(backend) not in in_use]
+        retired = list({id(backend): backend for backend in self._kept.values()
+                        if id(backend) not in in_use}.values())
         self._kept = fresh
         return by_listener, retired
 
     async def close(self) -> None:
         """Close every map in use."""
         kept, self._kept = self._kept, {}
-        for backend in kept.values():
+        for backend in {id(backend): backend for backend in kept.values()}.values():
             await backend.close()

@@ -29,11 +29,11 @@ from authsvc.http.auth_http import (
     decode_escaped,
     parse_request,
 )
+from authsvc.http.protocol import InFlight, NginxProtocol
 from authsvc.http.wire import (
     MAX_FIELD_SIZE,
     MAX_HEAD,
     TOO_LONG_REPLY,
-    NginxProtocol,
     ReplyCache,
     parse_head,
 )
@@ -199,6 +199,9 @@ class _Transport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return False
+
 
 class _Inner(asyncio.Protocol):
     """Stands in for aiohttp's protocol: records what it was handed."""
@@ -245,16 +248,14 @@ def serve(loop: asyncio.AbstractEventLoop, chunks: Sequence[bytes],
 
     async def run() -> tuple[str, bytes]:
         inner = _Inner()
-        in_flight: set[NginxProtocol] = set()
+        in_flight = InFlight()
         protocol = NginxProtocol(lambda: inner, cast(AuthService, _Service(later)), PATH,
-                                 in_flight,
-                                 ReplyCache())
+                                 in_flight, ReplyCache())
         transport = _Transport()
         protocol.connection_made(transport)
         for chunk in chunks:
             protocol.data_received(chunk)
-        if protocol.task is not None:
-            await protocol.task
+        await in_flight.drain(5)
         if inner.received:
             return "aiohttp", inner.received
         return "fast", transport.written

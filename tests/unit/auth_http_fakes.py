@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from authsvc.http.app import create_app
-from authsvc.http.site import NginxSockSite
+from authsvc.http.app import AUTH, create_app
+from authsvc.http.site import NginxSite
 from authsvc.maps import MapBackend, MapEntry, MapUnavailable
 from authsvc.maps.cached import CachedMap
 from authsvc.metrics import Metrics
 from authsvc.redact import Secret
-from authsvc.routing import Router
+from authsvc.routing import MapBuilder
 from authsvc.settings import (
     CacheSettings,
     HttpSettings,
@@ -133,21 +133,14 @@ def make_maps(cached: bool = False, clock: Callable[[], float] | None = None) ->
     return Maps(scripted, backend)
 
 
-def router_factory(
-    maps: Maps,
-) -> Callable[[Settings], AbstractAsyncContextManager[Router]]:
-    """An ``open_router_fn`` that routes every listener through ``maps.backend``."""
-
-    @asynccontextmanager
-    async def open_fake(settings: Settings) -> AsyncIterator[Router]:
-        yield Router(settings, {ls.name: maps.backend for ls in settings.listeners})
-
-    return open_fake
+def map_builder(maps: Maps) -> MapBuilder:
+    """A ``build_map`` that routes every listener through ``maps.backend``."""
+    return lambda _map, _delimiter, _cache: maps.backend
 
 
 def make_app(settings: Settings, maps: Maps, metrics: Metrics | None = None,
              **kw: object) -> web.Application:
-    return create_app(settings, metrics, open_router_fn=router_factory(maps), **kw)  # type: ignore[arg-type]
+    return create_app(settings, metrics, build_map=map_builder(maps), **kw)  # type: ignore[arg-type]
 
 
 # -- nginx on the wire --------------------------------------------------------------------------
@@ -260,13 +253,17 @@ async def nginx_facing_server(app: web.Application, *, shim: bool = True,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    site = (NginxSockSite(runner, sock, fast_path=fast_path) if shim
-            else web.SockSite(runner, sock))
-    await site.start()
+    nginx_site = NginxSite(runner, sock, app[AUTH] if fast_path else None) if shim else None
+    if nginx_site is not None:
+        await nginx_site.start()
+    else:
+        await web.SockSite(runner, sock).start()
     for path in unix:
         await web.UnixSite(runner, path).start()
     try:
         yield sock.getsockname()[1]
     finally:
+        if nginx_site is not None:
+            await nginx_site.stop()
         await runner.cleanup()
         sock.close()

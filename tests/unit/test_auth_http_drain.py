@@ -15,9 +15,9 @@ from tests.unit.auth_http_fakes import (
     ScriptedMap,
     exchange,
     make_maps,
+    map_builder,
     nginx_request,
     parse_reply,
-    router_factory,
     seed_settings,
 )
 
@@ -48,7 +48,7 @@ async def test_stop_drains_in_flight_requests_and_refuses_new_ones() -> None:
     started: asyncio.Future[web.Application] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(run_server(
         seed_settings(), sock, stop=stop, started=started, drain_timeout=5,
-        open_router_fn=router_factory(maps)))
+        build_map=map_builder(maps)))
     app = await asyncio.wait_for(started, 5)
 
     in_flight = asyncio.create_task(exchange(port, nginx_request(b"Bob")))

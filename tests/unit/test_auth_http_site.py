@@ -1,9 +1,10 @@
 """The auth_http listening socket (``authsvc/http/site.py``) and ``wire.examine``.
 
 The acceptor answers nginx's request inside its accept callback when the
-first read holds the whole head and the route is cached; every other case is
-handed on.  Each way is driven here over real loopback sockets and must give
-the same reply bytes.
+first peek holds the whole head and the route is cached; every other case is
+handed on (to aiohttp with the socket unread, or to ``NginxProtocol``).  Each
+way is driven here over real loopback sockets and must give the same reply
+bytes; stopping waits for every reply in flight.
 """
 
 from __future__ import annotations
@@ -18,15 +19,8 @@ from aiohttp import web
 
 from authsvc.http import site
 from authsvc.http.app import AUTH
-from authsvc.http.wire import (
-    MAX_FIELD_SIZE,
-    HandOver,
-    Need,
-    NginxProtocol,
-    OneShot,
-    ReplyCache,
-    examine,
-)
+from authsvc.http.protocol import InFlight, NginxProtocol
+from authsvc.http.wire import MAX_FIELD_SIZE, HandOver, Need, OneShot, ReplyCache, examine
 from authsvc.maps import MapEntry
 from authsvc.maps.cached import CachedMap
 from authsvc.settings import CacheSettings
@@ -155,7 +149,8 @@ async def test_the_listening_socket_defers_accept_until_data() -> None:
     listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listening.bind(("127.0.0.1", 0))
     listening.listen(4)
-    acceptor = site.Acceptor(listening, None, PATH, None, None)  # type: ignore[arg-type]
+    acceptor = site.Acceptor(listening, None, PATH, ReplyCache(), aiohttp=asyncio.Protocol,
+                             protocol=asyncio.Protocol, in_flight=InFlight())
     acceptor.start()
     try:
         assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
@@ -197,9 +192,11 @@ async def test_out_of_descriptors_pauses_accepting_then_resumes(
     port = real.getsockname()[1]
     exhausted = _Exhausted(real)
     replies = ReplyCache()
+    in_flight = InFlight()
     acceptor = site.Acceptor(
         exhausted, app[AUTH], PATH, replies,  # type: ignore[arg-type]
-        lambda data: NginxProtocol(server, app[AUTH], PATH, set(), replies, data))
+        aiohttp=server, in_flight=in_flight,
+        protocol=lambda: NginxProtocol(server, app[AUTH], PATH, in_flight, replies))
     acceptor.start()
     try:
         loop = asyncio.get_running_loop()
@@ -228,11 +225,116 @@ async def test_ipv6_listener(gated: GatedMap) -> None:
         pytest.fail("no ::1 here: the brief's loopback includes it")
     sock.listen(16)
     port = sock.getsockname()[1]
-    await site.NginxSockSite(runner, sock).start()
+    nginx_site = site.NginxSite(runner, sock, app[AUTH])
+    await nginx_site.start()
     try:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
         for _ in range(2):  # a miss (through a task), then a hit (in the accept callback)
             reply = parse_reply(await exchange(port, nginx_request(b"Bob"), host="::1"))
             assert (reply.get("Auth-Status"), reply.get("Auth-Server")) == ("OK", "10.0.0.5")
     finally:
+        await nginx_site.stop()
+        await runner.cleanup()
+
+
+# -- draining: one record for both adapters --------------------------------------------------------
+
+
+class _Transport(asyncio.Transport):
+    """Records what the protocol writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("192.0.2.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_reply_begun_in_the_same_loop_pass_as_stop_is_waited_for(
+    gated: GatedMap,
+) -> None:
+    app = make_app(seed_settings(), cached_maps(gated))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        in_flight = InFlight()
+        protocol = NginxProtocol(asyncio.Protocol, app[AUTH], PATH, in_flight, ReplyCache())
+        transport = _Transport()
+        protocol.connection_made(transport)
+        # A cache miss: the reply waits for the map, in a task made right here,
+        protocol.data_received(nginx_request(b"Bob"))
+        # and the stop comes before that task has run at all.
+        drained = asyncio.ensure_future(in_flight.drain(5))
+        await asyncio.wait_for(gated.waiting.wait(), 5)
+        assert not drained.done() and transport.written == b""
+        gated.gate.set()
+        await asyncio.wait_for(drained, 5)
+        assert parse_reply(transport.written).get("Auth-Server") == "10.0.0.5"
+        assert transport.closed
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_drain_waits_for_replies_that_start_while_it_waits() -> None:
+    in_flight = InFlight()
+    done: list[str] = []
+
+    async def second() -> None:
+        await asyncio.sleep(0.05)
+        done.append("second")
+
+    async def first() -> None:
+        await asyncio.sleep(0.05)
+        in_flight.spawn(second())  # e.g. the rest of a reply that did not fit at once
+        done.append("first")
+
+    in_flight.spawn(first())
+    await in_flight.drain(5)
+    assert done == ["first", "second"]
+
+
+async def test_a_whole_head_goes_to_aiohttp_unread_and_only_the_rest_to_the_protocol() -> None:
+    app = make_app(seed_settings(), make_maps(cached=True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(16)
+    port = listening.getsockname()[1]
+    replies, in_flight = ReplyCache(), InFlight()
+    made: list[NginxProtocol] = []
+
+    def protocol() -> NginxProtocol:
+        made.append(NginxProtocol(server, app[AUTH], PATH, in_flight, replies))
+        return made[-1]
+
+    acceptor = site.Acceptor(listening, app[AUTH], PATH, replies, aiohttp=server,
+                             protocol=protocol, in_flight=in_flight)
+    acceptor.start()
+    try:
+        # /readyz in one piece: aiohttp reads it from the socket itself.
+        ready = parse_reply(await exchange(port, b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n"))
+        assert ready.status_line == b"HTTP/1.0 200 OK" and made == []
+        # nginx's request in one piece: answered in the accept callback.
+        whole = await exchange(port, nginx_request(b"Bob"))
+        assert parse_reply(whole).get("Auth-Server") == "10.0.0.5" and made == []
+        # The same request cut into pieces: the protocol reads on, same bytes.
+        assert await exchange(port, nginx_request(b"Bob"), chunks=4) == whole
+        assert len(made) == 1
+    finally:
+        acceptor.stop()
+        await in_flight.drain(5)
         await runner.cleanup()

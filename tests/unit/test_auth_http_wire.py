@@ -1,6 +1,6 @@
 """Byte-for-byte: the request nginx 1.22 writes in, the exact reply bytes nginx reads out.
 
-The server runs through ``NginxSockSite``, the site ``authsvc serve`` uses, so
+The server runs through ``NginxSite``, the site ``authsvc serve`` uses, so
 the DEL escaper (``authsvc/http/wire.py``) is part of every exchange here.
 """
 
@@ -153,16 +153,19 @@ async def test_unix_socket(tmp_path: Path) -> None:
     app = make_app(seed_settings(), make_maps())
     from aiohttp import web
 
-    from authsvc.http.site import NginxSockSite
+    from authsvc.http.app import AUTH
+    from authsvc.http.site import NginxSite
 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await NginxSockSite(runner, sock).start()
+    site = NginxSite(runner, sock, app[AUTH])
+    await site.start()
     try:
         request = nginx_request(b"Bob").replace(b"Host: 127.0.0.1", b"Host: localhost")
         reply = parse_reply(await exchange(0, request, unix=path))
         assert (reply.get("Auth-Status"), reply.get("Auth-User")) == ("OK", "bob")
     finally:
+        await site.stop()
         await runner.cleanup()
         sock.close()
 

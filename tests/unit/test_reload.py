@@ -1,4 +1,4 @@
-"""Hot reload's parts (issue 11): which maps survive a reload, and how a failed one is handled.
+"""Hot reload: which maps survive a reload, how a failed one is handled, and serve reloading.
 
 No database is reached: MySQL maps connect lazily, so building and comparing
 them is enough to see which instances a reload keeps.
@@ -6,12 +6,19 @@ them is enough to see which instances a reload keeps.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from authsvc.config import ConfigError
+from authsvc.http.app import METRICS, SERVING
+from authsvc.http.server import run_server
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import LoginRequest, Route, Router, RouterSwitch
@@ -24,6 +31,7 @@ from authsvc.settings import (
     Settings,
 )
 from tests.helpers.prometheus import Scrape
+from tests.unit.auth_http_fakes import exchange, nginx_request, parse_reply
 
 MYSQL = MySqlMapSettings(hosts=(HostPort("127.0.0.1", 1),), connect_timeout=0.1)
 
@@ -138,3 +146,62 @@ def test_reload_command_needs_a_real_pid(capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["reload", "--pid", "1"]) == 2
     assert "not a process to signal" in capsys.readouterr().err
+
+
+def _serve_config(tmp_path: Path, popmap: Path) -> Path:
+    config = tmp_path / "authsvc.toml"
+    config.write_text(f"""
+[login]
+lower_case = ["all"]
+explicit_domain = "riseup.net"
+add_domain = ["lookup"]
+
+[map]
+type = "file"
+path = "{popmap}"
+
+[[listener]]
+name = "imap4"
+protocol = "imap"
+bind = ["127.0.0.1"]
+port = 1143
+""")
+    return config
+
+
+@pytest.mark.filterwarnings("error")
+async def test_serve_reloads_in_process_with_warnings_as_errors(tmp_path: Path) -> None:
+    """SIGHUP to a running ``run_server``: new logins get the new map, and aiohttp has
+    nothing to warn about (the app's state is changed only through objects stored
+    before startup; aiohttp refuses changes to a started app's keys)."""
+    popmap = tmp_path / "popmap"
+    popmap.write_text("carol@riseup.net: 10.0.0.1:1143\n")
+    source = ReloadSource.of([str(_serve_config(tmp_path, popmap))])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    started: asyncio.Future[web.Application] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(run_server(source.load(), sock, stop=stop, started=started,
+                                            drain_timeout=1, reload_from=source))
+    try:
+        app = await asyncio.wait_for(started, 5)
+
+        async def server_of_carol() -> str | None:
+            return parse_reply(await exchange(port, nginx_request(b"carol"))).get("Auth-Server")
+
+        assert await server_of_carol() == "10.0.0.1"
+        first = app[SERVING].router
+        popmap.write_text("carol@riseup.net: 10.0.0.2:1143\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(500):  # the reload runs in a task of its own
+            if app[SERVING].router is not first:
+                break
+            await asyncio.sleep(0.01)
+        assert await server_of_carol() == "10.0.0.2"
+        assert 'authsvc_reloads_total{result="ok"} 1' in app[METRICS].render()
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(server, 5) == 0
+        sock.close()

@@ -1,0 +1,194 @@
+"""The asyncio side of the auth_http socket: the protocol adapter and the drain bookkeeping.
+
+:class:`NginxProtocol` serves a connection that the accept callback
+(``site.py``) could not settle from its first peek: a head that arrived in
+pieces, or one whose DEL had to be escaped before aiohttp reads it.  It reads
+through an asyncio transport and acts on :func:`authsvc.http.wire.decide`,
+the same decision the accept callback uses.
+
+:class:`InFlight` is the one record of replies still being written or
+decided, for both adapters, so that stopping the site waits for every one of
+them, including a task created in the same loop pass as the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from authsvc.http.auth_http import AuthService
+from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyLater, decide
+
+#: Seconds a refused connection is read and discarded after the reply, so that
+#: closing it does not reset the reply away (nginx's ``lingering_time``).
+LINGER_SECONDS = 2.0
+
+
+class InFlight:
+    """Tasks that write or decide a reply, for the drain at stop.
+
+    A task is recorded when it is created, not when it first runs, so
+    :meth:`drain` never misses one made in the same loop pass.  Lingering
+    closes are recorded apart: they end on their own and are cut short at stop.
+    """
+
+    def __init__(self) -> None:
+        self._replies: set[asyncio.Task[None]] = set()
+        self._lingering: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, linger: bool = False) -> None:
+        """Run ``work`` as a task, recorded until it ends."""
+        tasks = self._lingering if linger else self._replies
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for every reply, then cancel what is left."""
+        for task in list(self._lingering):
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self._replies:  # a reply may start another (the rest of a write)
+                    await asyncio.gather(*self._replies, return_exceptions=True)
+        for task in list(self._replies | self._lingering):
+            task.cancel()
+
+
+class _Discard(asyncio.Protocol):
+    """Where bytes go after an over-long head was refused: nowhere."""
+
+
+class NginxProtocol(asyncio.Protocol):
+    """One connection: nginx's request answered here, anything else passed to aiohttp.
+
+    ``aiohttp`` makes aiohttp's protocol (the runner's public ``server``).
+    ``service`` None sends every request to aiohttp, DEL escaped.
+    """
+
+    def __init__(
+        self,
+        aiohttp: Callable[[], asyncio.Protocol],
+        service: AuthService | None,
+        path: str,
+        in_flight: InFlight,
+        replies: ReplyCache,
+    ) -> None:
+        self._aiohttp = aiohttp
+        self._service = service
+        self._path = path if service is not None else None
+        self._in_flight = in_flight
+        self._replies = replies
+        self._transport: asyncio.Transport | None = None
+        self._inner: asyncio.Protocol | None = None
+        self._buffer = b""
+        self._answered = False
+        self._waiting = False
+        self._linger: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        if self._answered:
+            return  # nginx sends nothing after its head; ignore anything that does
+        transport = self._transport
+        assert transport is not None
+        buffer = self._buffer + data if self._buffer else data
+        step = decide(buffer, self._path, self._service, transport.get_extra_info("peername"),
+                      self._replies)
+        if step is Need.MORE:
+            self._buffer = buffer
+            return
+        self._buffer = b""
+        if isinstance(step, HandOver):
+            self._hand_over(transport, step.data)
+            return
+        self._answered = True
+        if isinstance(step, bytes):
+            transport.write(step)
+            transport.close()
+        elif isinstance(step, ReplyLater):
+            self._waiting = True
+            self._in_flight.spawn(self._reply_later(transport, step))
+        else:
+            assert step is Need.TOO_LONG
+            self._refuse(transport)
+
+    async def _reply_later(self, transport: asyncio.Transport, step: ReplyLater) -> None:
+        try:
+            reply = await step.reply
+            if not transport.is_closing():
+                transport.write(reply)
+        finally:
+            transport.close()
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """Answer an over-long head ourselves, quoting nothing, and close gracefully.
+
+        aiohttp would answer 400 quoting the first 100 bytes of an over-long
+        line, and log them with the traceback: an ``Auth-Pass`` line would put
+        part of a password in the reply and the log (docs/security.md).
+        nginx never sends such a head.  The client may still be sending it, and
+        closing with unread bytes resets the connection, which can discard the
+        reply before the client reads it; so, as nginx's lingering close does
+        (``lingering_close`` in nginx's http core module docs), the write side
+        is shut, what arrives is read and dropped, and the socket closes when
+        the client does or after :data:`LINGER_SECONDS`.
+        """
+        self._inner = _Discard()
+        transport.write(TOO_LONG_REPLY)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+    def _hand_over(self, transport: asyncio.Transport, data: bytes) -> None:
+        """From now on aiohttp owns the connection, starting with ``data``.
+
+        The bytes were read already (or must reach aiohttp DEL-escaped), and
+        neither asyncio nor aiohttp can put bytes back on a socket, so
+        aiohttp's protocol is given them through the asyncio protocol
+        interface.  Relaying through a socket pair instead would show aiohttp
+        a unix socket, which the flush and throttle controls trust.  A
+        connection whose first peek settles it goes to aiohttp directly
+        (``site.py``): only a head that came in pieces, or one with a DEL,
+        comes here.
+        """
+        inner = self._aiohttp()
+        self._inner = inner
+        inner.connection_made(transport)
+        inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            if isinstance(self._inner, _Discard):
+                return None  # the client is done sending: close (lingering ends)
+            return self._inner.eof_received()
+        # Keep the socket open for our reply if the client half-closed after
+        # its request; close at once if it left before sending one.
+        return True if self._waiting else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
