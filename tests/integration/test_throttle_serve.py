@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from authsvc.metrics import read_file
+from tests.helpers.eventually import eventually
+from tests.helpers.prometheus import Scrape
 from tests.services.redis import RedisServer
 from tests.services.serve import ServeProcess
 from tests.services.sqlite_lock import lock_held
@@ -209,15 +211,15 @@ def test_a_worker_holding_the_store_lock_stalls_no_login(
         # Not one waited for the lock (it would have waited up to a second).
         assert max(took) < 0.05, took
         # Once it is free, every failure is in the shared count, once.
-        deadline = time.monotonic() + 5
-        while failures_of(serve, client) != 7:
-            assert time.monotonic() < deadline, failures_of(serve, client)
-            time.sleep(0.05)
-        status, text = serve.get("/metrics")
-        assert status == 200
-        queued = [line for line in text.splitlines()
-                  if line.startswith("authsvc_throttle_queued_total ")]
-        assert queued and int(queued[0].split()[1]) >= 1, queued
+        eventually(lambda: failures_of(serve, client) == 7, 5,
+                   what="the seven failures in the shared count")
+
+        def queued() -> float:
+            status, text = serve.get("/metrics")
+            assert status == 200
+            return Scrape(text).value("authsvc_throttle_queued_total")
+
+        eventually(lambda: queued() >= 1, 5, what="authsvc_throttle_queued_total >= 1")
         # One line per worker that queued, not one per update.
         said = serve.log_text().count("event=throttle_store store=queued")
         assert 1 <= said <= 2, serve.log_text()[-3000:]
