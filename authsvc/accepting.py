@@ -4,8 +4,9 @@
 (``proxy/server.py``) watch their listening sockets with ``loop.add_reader``
 and accept themselves, rather than through asyncio's server, which spends a
 task and a transport on every connection.  Both accept in batches and both
-must survive a full descriptor table (perdition.md §6.3: Perdition's listener
-died on a failed accept); that part is here.
+must survive a full descriptor table (Perdition's listener exited on a failed
+accept: vanessa_socket's __vanessa_socket_server_accept, docs/perdition-compatibility.md);
+that part is here.
 """
 
 from __future__ import annotations

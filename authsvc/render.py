@@ -6,9 +6,9 @@ turn Settings plus options into a small view model (already quoted for the
 target syntax, every decision made here, in typed Python); the Jinja2 templates
 in ``templates/`` only lay the view model out.  Templates never see Settings.
 
-Facts used here come from nginx-haproxy.md §2 (nginx mail directives, Debian
-packaging) and §3 (HAProxy 2.6 checks and PROXY protocol); each is cited where
-it is used.  Anything nginx cannot do that the settings ask for is either an
+Facts used here come from nginx's mail module docs (nginx.org/en/docs/mail/) and
+HAProxy 2.6's configuration.txt; each is cited where it is used.  Anything
+nginx cannot do that the settings ask for is either an
 error (backend TLS that was required) or a warning printed to stderr *and*
 written as a comment into the output, so the file explains itself.
 """
@@ -37,17 +37,17 @@ from authsvc.settings import (
     Stage,
 )
 
-#: Debian 12's libnginx-mod-mail puts the module here (nginx-haproxy.md §2.1).
+#: Debian 12's libnginx-mod-mail package puts the module here.
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 
 #: The two request headers ``authsvc serve`` reads to know which listener and
-#: local name a login came through; nginx sends no port (nginx-haproxy.md §0 rule 9).
+#: local name a login came through; nginx sends no port (ngx_mail_auth_http_module, "Protocol").
 LISTENER_HEADER = "X-Authsvc-Listener"
 LOCAL_NAME_HEADER = "X-Authsvc-Local-Name"
 
 #: RFC 2177 asks IDLE clients to refresh every 29 minutes and RFC 9051 §5.4 sets
 #: the autologout timer to at least 30: a load balancer must wait longer than both
-#: (nginx-haproxy.md §3.5).
+#: (HAProxy's configuration.txt, "timeout client").
 HAPROXY_MIN_SESSION_TIMEOUT = 31 * 60.0
 #: How much longer than the node's own idle timeout HAProxy waits, so the node
 #: (which can say goodbye properly) is the one that closes an idle session.
@@ -59,7 +59,7 @@ NO_TIMEOUT = 24 * 3600.0
 _WILDCARDS = frozenset({"", "*", "0.0.0.0", "::"})
 # Words nginx reads unquoted: no whitespace, quotes, ';', '{', '}', '#', '$' or '\'.
 _NGINX_BARE = re.compile(r"[A-Za-z0-9._:/=+@*,%\[\]-]+")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # nginx-haproxy.md §1.4: letters, digits, '-'
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # ngx_mail_auth_http_module.c: letters, digits, '-'
 _HAPROXY_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
 _HAPROXY_TIME = re.compile(r"\d+(us|ms|s|m|h|d)?")
 _IMAP_DROPPED = ("STARTTLS", "LOGINDISABLED")
@@ -311,14 +311,15 @@ def _environment() -> jinja2.Environment:
 def _auth_http_url(settings: Settings) -> str:
     http = settings.http
     if http.unix:
-        # nginx-haproxy.md §1.1: ``unix:/path[:/uri]``, verified on 1.22.
+        # auth_http's ``unix:/path[:/uri]`` form (ngx_mail_auth_http_module docs).
         return f"unix:{http.unix}:{http.path}"
     return f"http://{http.listen}{http.path}"
 
 
 def _imap_capabilities(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(kept, dropped): nginx adds STARTTLS/LOGINDISABLED itself per ``starttls`` and
-    ``AUTH=`` per ``imap_auth``; ``ID`` before login is a BAD in nginx (§2.2)."""
+    ``AUTH=`` per ``imap_auth``; ``ID`` before login is a BAD in nginx
+    (ngx_mail_imap_module docs, ngx_mail_imap_handler.c)."""
     kept: list[str] = []
     dropped: list[str] = []
     for word in words:
@@ -331,7 +332,7 @@ def _imap_capabilities(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[s
 
 
 def _pop3_capabilities(lines: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(kept, dropped): nginx adds ``STLS`` and ``SASL ...`` itself (§2.2)."""
+    """(kept, dropped): nginx adds ``STLS`` and ``SASL ...`` itself (ngx_mail_pop3_module)."""
     kept: list[str] = []
     dropped: list[str] = []
     for line in lines:
@@ -347,7 +348,7 @@ def _local_name(host: str, settings: Settings) -> str:
     """What serve's add_domain (without explicit_domain) sees as the local name.
 
     Perdition took the reverse-DNS name of the address the client reached
-    (perdition.md §2.2).  A listener bound to one address names that address;
+    (username.c's add_domain).  A listener bound to one address names that address;
     a wildcard bind falls back to ``nginx.server_name``, then to the wildcard.
     """
     if host not in _WILDCARDS:
@@ -370,7 +371,7 @@ def _nginx_servers(
         notes: list[str] = []
         where = f"listener {listener.name}"
         if listener.backend_tls in (BackendTls.IMPLICIT, BackendTls.STARTTLS_REQUIRED):
-            # nginx mail has no TLS to backends (nginx-haproxy.md §2.2, Mailu #272);
+            # nginx mail has no TLS to backends (ngx_mail_proxy_module, Mailu/Mailu#272);
             # rendering plaintext where TLS was required would be a silent downgrade.
             raise RenderError(
                 f"{where} ({listener.source or 'settings'}): TLS to the backend "
@@ -408,7 +409,7 @@ def _nginx_servers(
             starttls = "only" if listener.tls_required else "on"
 
         # One server {} per distinct address: the local-name header is static per
-        # server (nginx sends auth_http_header verbatim, nginx-haproxy.md §1.2).
+        # server (nginx sends auth_http_header verbatim, ngx_mail_auth_http_module).
         by_host: dict[str, list[int]] = {}
         for hp in listener_ports(listener):
             host = bind_host if bind_host is not None else hp.host
@@ -442,7 +443,7 @@ def _nginx_servers(
                     "addresses; set nginx.server_name or bind an address"
                 )
             # A server's own auth_http_header list replaces the inherited one
-            # (ngx_mail_auth_http_merge_conf, nginx-haproxy.md §2.3), so every
+            # (ngx_mail_auth_http_merge_conf in ngx_mail_auth_http_module.c), so every
             # server repeats all of them, the secret included.
             headers = [
                 (LISTENER_HEADER, nginx_quote(listener.name)),
@@ -480,7 +481,7 @@ def nginx_view(settings: Settings, options: NginxOptions | None = None) -> Nginx
     servers = _nginx_servers(settings, options, bool(real_ip_from), warnings)
     auth_http = options.auth_http or _auth_http_url(settings)
     if auth_http.startswith("https://"):
-        # nginx-haproxy.md §1.1: "invalid port in auth_http" at config time.
+        # nginx: "invalid port in auth_http" at config time (ngx_mail_auth_http_module.c).
         raise RenderError("auth_http cannot be https:// (nginx speaks plain HTTP only)")
     prefix = (options.prefix or "").rstrip("/")
     pid = options.pid or (f"{prefix}/nginx.pid" if prefix else "nginx.pid")
@@ -602,7 +603,7 @@ def haproxy_view(settings: Settings, options: HaproxyOptions | None = None) -> H
                 backend=f"{name}_nodes",
                 binds=tuple(binds),
                 timeout=format_time(session),
-                # HAProxy 2.6 needs the space quoted (nginx-haproxy.md §3.3).
+                # HAProxy 2.6 needs the space quoted (configuration.txt, tcp-check expect).
                 banner='"* OK"' if imap else '"+OK"',
                 # A polite goodbye keeps "client closed connection" out of nginx's log.
                 goodbye=r'"a1 LOGOUT\r\n"' if imap else r'"QUIT\r\n"',

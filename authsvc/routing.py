@@ -125,7 +125,7 @@ class Router:
     def __init__(self, settings: Settings, maps: Mapping[str, MapBackend]) -> None:
         self._settings = settings
         self._maps = maps
-        # Perdition rotates outgoing_server per login attempt (§2.7).
+        # Perdition rotates outgoing_server per login attempt (perdition/perdition.c).
         self._rotation = {
             ls.name: itertools.cycle(ls.default_servers)
             for ls in settings.listeners
@@ -315,7 +315,7 @@ async def open_router(settings: Settings) -> AsyncIterator[Router]:
 
 
 class RouterSwitch:
-    """The current :class:`Router` of a long-running front end, replaced on reload (issue 11).
+    """The current :class:`Router` of a long-running front end, replaced on reload.
 
     Sessions that already hold a Router keep it; new logins take
     :attr:`router`.  MySQL maps with unchanged settings carry over with their

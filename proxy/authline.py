@@ -1,6 +1,6 @@
 """Perdition's ``Auth:`` line and the syslog datagram that carries it, byte for byte.
 
-Operators' fail2ban jails match Perdition's line (perdition.md §7.2, fail2ban's
+Operators' fail2ban jails match Perdition's line (perdition(8), LOGGING; fail2ban's
 ``filter.d/perdition.conf``), so ``authsvc proxy`` can write the same line to
 syslog for every login attempt::
 
@@ -9,7 +9,7 @@ syslog for every login attempt::
     protocol=<IMAP4|IMAP4S|POP3|POP3S> server-secure=<ssl|starttls|plaintext>
     status="<ok|failed: reason>"
 
-(one line).  The reasons are Perdition's (§4.7): only a store that refused the
+(one line).  The reasons are Perdition's (perdition.c): only a store that refused the
 password gives ``failed: Re-Authentication Failure``, the one fail2ban counts;
 an unknown user is ``failed: Could not determine server``, as it was.  The
 datagram is what glibc's ``syslog(3)`` sends to ``/dev/log``: ``<PRI>Mmm dd
@@ -28,7 +28,7 @@ FACILITIES = {
     "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
     **{f"local{n}": 16 + n for n in range(8)},
 }
-#: Perdition logs the Auth line at LOG_NOTICE (perdition.md §7.2).
+#: Perdition logs the Auth line at LOG_NOTICE (PERDITION_LOG_AUTH, perdition/perdition.c).
 NOTICE = 5
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 #: A syslog daemon takes at least this much of a datagram (RFC 3164 §4.1 says
@@ -39,7 +39,7 @@ Address = tuple[str, int]
 
 
 def perdition_status(kind: FailureKind | None, *, login_disabled: bool = False) -> str:
-    """``ok`` or Perdition's ``failed: ...`` text for the same outcome (§4.7)."""
+    """``ok`` or Perdition's ``failed: ...`` text for the same outcome (perdition.c)."""
     if kind is None:
         return "ok"
     if login_disabled:

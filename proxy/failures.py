@@ -1,6 +1,6 @@
 """Which refusals a client may hear as "wrong password" and which as "try later".
 
-One place decides, for both fronts (docs/architecture.md §5.10).  An unknown
+One place decides, for both fronts (docs/architecture.md).  An unknown
 user, a name the rules reject and a password the store refuses all read the
 same, so a client cannot probe which users exist; a map or store that is down
 reads as a temporary failure, so clients keep the password and retry.

@@ -6,7 +6,8 @@ same readiness rules (503 while starting or draining; a map that is down makes
 it 503 only with ``[http] ready_requires_map``), the same Prometheus text, with
 the proxy's families added (``proxy/metrics.py``).  HAProxy checks it with
 ``tcp-check connect port ...`` + ``GET /readyz`` without a PROXY header
-(nginx-haproxy.md §3.3; ``authsvc render-haproxy``).  With ``--workers N``
+(HAProxy's configuration.txt, ``check-send-proxy``; ``authsvc render-haproxy``).
+With ``--workers N``
 every worker serves it on a SO_REUSEPORT socket and any one of them answers
 with the totals of all.
 """

@@ -7,13 +7,13 @@ listener behind HAProxy can read its PROXY header before asyncio's transport
 
 * a PROXY listener closes peers outside its trusted networks at once, and
   connections whose header is malformed or late, without a greeting
-  (haproxy ``doc/proxy-protocol.txt`` §5; nginx-haproxy.md §3.6);
+  (HAProxy's ``doc/proxy-protocol.txt``, section 5);
 * ``proxy/limits.py`` decides the limits: ``connection_limit`` per listener and
   ``preauth_limit`` when the connection arrives, ``client_limit`` and
   ``client_preauth_limit`` once the real client address is known.  The extra
   client is told ``* BYE [UNAVAILABLE] ...`` / ``-ERR [SYS/TEMP] ...`` (nothing
   on an implicit-TLS listener, where no plaintext may be sent) and the listener
-  keeps serving; Perdition's listener died here (perdition.md §6.3);
+  keeps serving; Perdition's listener died here (docs/perdition-compatibility.md);
 * the connection becomes a :class:`Session`.
 
 On SIGTERM or SIGINT it stops accepting (``/readyz`` answers 503), says BYE
@@ -110,7 +110,7 @@ def server_tls_context(listener: ListenerSettings) -> ssl.SSLContext | None:
     files = listener.tls_files
     if not files.cert_file or not files.key_file:
         raise ProxyConfigError(f"listener {listener.name}: TLS needs a certificate and key")
-    # No client certificates are requested (Perdition asked by default, §5.3).
+    # No client certificates are requested (Perdition asked by default, perdition/ssl.c).
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -121,7 +121,7 @@ def server_tls_context(listener: ListenerSettings) -> ssl.SSLContext | None:
 
 
 def backend_tls_context(proxy: ProxySettings) -> ssl.SSLContext:
-    """How stores' certificates are checked (chain and name by default, §5.3).
+    """How stores' certificates are checked (chain and name by default, as perdition/ssl.c).
 
     ``backend_verify = false`` is Perdition's ``ssl_no_cert_verify``;
     ``backend_verify_name = false`` its ``ssl_no_cn_verify`` (chain still checked).
@@ -265,7 +265,7 @@ class ProxyServer:
             conn.close()
             return
         if listener.proxy_protocol and not in_networks(peer[0], self._trusted[listener.name]):
-            # Anyone else could claim any address (proxy-protocol.txt §5).
+            # Anyone else could claim any address (proxy-protocol.txt, section 5).
             self._note_refusal(context, "proxy_untrusted", peer)
             conn.close()
             return
@@ -580,7 +580,7 @@ def _close_all(slots: Sequence[Mapping[str, Sequence[socket.socket]]],
 
 def main(args: argparse.Namespace | Sequence[str]) -> int:
     """``authsvc proxy --config FILE [--config FILE ...] [--workers N]``; the exit code."""
-    from authsvc.config import load_settings  # the config teammate's loader
+    from authsvc.config import load_settings
 
     if isinstance(args, argparse.Namespace):
         paths, workers = args.config, int(getattr(args, "workers", 1) or 1)

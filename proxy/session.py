@@ -9,7 +9,7 @@ carries out its commands, asks the routing core where a login goes
 (``ImapBack``/``Pop3Back``) over a second Channel, then hands both to
 ``splice``.  It logs one ``event=session`` line when the connection ends, one
 ``event=login_failed`` line per failed attempt and, when ``[proxy] auth_log``
-is on, Perdition's ``Auth:`` line per attempt to syslog (perdition.md §7.2).
+is on, Perdition's ``Auth:`` line per attempt to syslog (perdition(8), LOGGING).
 
 The client's address everywhere (routing, logs, limits, what the store is
 told) is :class:`~proxy.events.Endpoints`: the PROXY header's when there was
@@ -389,7 +389,7 @@ class Session:
             return
         route = self._route
         server = (f"{route.host}:{route.port}" if route is not None
-                  else f"(null):{ctx.listener.default_port}")  # perdition.md §7.2
+                  else f"(null):{ctx.listener.default_port}")  # as Perdition logs it
         ctx.auth_log.record(
             ctx.listener,
             client=self._endpoints.client,
@@ -432,7 +432,7 @@ class Session:
             raise _LoginFailure(FailureKind.BACKEND_CONNECT, "no TLS context for the store")
         forward, tls_name = backend_options(self._ctx.proxy, route.host, route.port)
         # The name the certificate must carry: a configured one (maps that give
-        # IP addresses), else the map's host (perdition.md §5.3).
+        # IP addresses), else the map's host (as Perdition's perdition/ssl.c).
         server_hostname = tls_name or route.host
         loop = asyncio.get_running_loop()
         high_water = self._ctx.proxy.splice_buffer

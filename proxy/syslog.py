@@ -79,7 +79,7 @@ class SyslogSender:
 
 
 class AuthLog:
-    """Formats and sends the ``Auth:`` line of one login attempt (perdition.md §7.2)."""
+    """Formats and sends the ``Auth:`` line of one login attempt (perdition(8), LOGGING)."""
 
     def __init__(self, proxy: ProxySettings, sender: SyslogSender | None = None) -> None:
         self._ident = proxy.auth_log_ident

@@ -1,8 +1,8 @@
 """``/healthz``, ``/readyz`` and ``/metrics``: shared by ``authsvc serve`` and the proxy.
 
 * ``/healthz`` is liveness: the event loop answers.  No I/O.
-* ``/readyz`` is what HAProxy's ``option httpchk GET /readyz`` asks (architecture
-  §5.9): 503 while the process starts or drains, 200 otherwise.  A map that is
+* ``/readyz`` is what HAProxy's ``option httpchk GET /readyz`` asks
+  (docs/operations.md): 503 while the process starts or drains, 200 otherwise.  A map that is
   down does NOT make it 503 unless ``http.ready_requires_map`` is set: a shared
   database outage must not take every node out of the pool at once, since the
   nodes can still serve cached routes.  The body reports each map's state.  The

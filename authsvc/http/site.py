@@ -1,7 +1,7 @@
 """The auth_http listening socket: accept, answer nginx's requests in place, hand on the rest.
 
 nginx opens a new connection for every login, sends one small request and
-closes after the reply (nginx-haproxy.md §0 rule 1).  asyncio's own server
+closes after the reply (ngx_mail_auth_http_module.c).  asyncio's own server
 spends a task, a transport, two ``epoll_ctl`` calls and half a dozen
 callbacks on every such connection, more than the decision itself costs
 (docs/benchmarks.md).  :class:`Acceptor` therefore accepts on the listening

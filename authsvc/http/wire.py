@@ -1,7 +1,7 @@
 """nginx's side of the socket: answer its one-shot auth requests directly, hand the rest to aiohttp.
 
 nginx sends one ``GET <uri> HTTP/1.0`` per login on a fresh connection, reads
-the reply headers and closes (nginx-haproxy.md §0 rule 1, §1.1).
+the reply headers and closes (ngx_mail_auth_http_module.c).
 :func:`examine` (sans-IO) says what the bytes read so far are: such a request,
 matched whole by one regular expression, is answered by
 :meth:`AuthService.answer_now <authsvc.http.auth_http.AuthService.answer_now>`,
@@ -14,10 +14,12 @@ bytes unchanged, to aiohttp, which parses it as usual; a head past aiohttp's
 size limits is refused here with a 431 that quotes nothing.
 
 DEL (0x7F): nginx escapes only 0x00-0x1F, space and ``%`` in
-``Auth-User``/``Auth-Pass`` (§1.3), so a password containing DEL arrives raw,
+``Auth-User``/``Auth-Pass`` (nginx's ngx_string.c), so a password containing DEL
+arrives raw,
 and both aiohttp parsers answer such a header with ``400 Invalid header value
 char``; nginx then finds no ``Auth-Status`` and the user sees ``* BAD internal
-server error`` (§0 rule 10).  We turn 0x7F into ``%7F`` in the request head
+server error`` (docs/serve.md, "Decoding").  We turn 0x7F into ``%7F`` in the
+request head
 first: what nginx would have sent had it escaped DEL too, and what
 ``decode_escaped`` turns back into 0x7F.  In ``Auth-User`` the decoded DEL is
 then refused as a control character, with the ordinary "invalid login" answer.

@@ -84,7 +84,7 @@ MapIdent = tuple[MapSettings, str, CacheSettings]
 
 
 class MapShelf:
-    """The maps of a long-running front end, kept across configuration reloads (issue 11).
+    """The maps of a long-running front end, kept across configuration reloads.
 
     A MySQL map whose settings (and the cache's) are unchanged keeps its
     :class:`CachedMap`, with its routes and its pool: a reload during a

@@ -1,4 +1,4 @@
-"""Parse a map's answer, ``[user@]host[:port]``, the way Perdition does (§2.6).
+"""Parse a map's answer, ``[user@]host[:port]``, the way Perdition does (server_port.c).
 
 Perdition's ``user_server_port_strn_assign`` takes the port after the *last*
 colon, then the user before the *last* delimiter.  Two deliberate differences,
@@ -7,7 +7,7 @@ both documented in docs/perdition-compatibility.md:
 * A bare IPv6 address (more than one colon, no brackets) is a host with no
   port; Perdition would cut ``::1`` into host ``:`` and port ``1``.  Any other
   value with several colons (``10.0.0.5:993:143``, which Perdition turns into
-  host ``10.0.0.5:993``, §3.3) is refused instead of becoming a host that
+  host ``10.0.0.5:993``) is refused instead of becoming a host that
   cannot be connected to.
 * A port must be a number from 1 to 65535; Perdition passes service names to
   getaddrinfo, which needs /etc/services at lookup time.

@@ -1,4 +1,4 @@
-"""Brute-force throttling for ``serve`` and ``proxy`` (issue 10; docs/security.md).
+"""Brute-force throttling for ``serve`` and ``proxy`` (docs/security.md).
 
 * ``policy.py``: the sans-IO core: which address a client counts as, which
   counters a failure touches, how many failures earn which delay, password

@@ -1,11 +1,11 @@
 """Unknown user and wrong password look alike to the client: same words, same delay.
 
-Issue 12 item 4.  The store here takes ``STORE_REFUSAL_DELAY`` (1 s) to refuse
+The store here takes ``STORE_REFUSAL_DELAY`` (1 s) to refuse
 a wrong password, while an unknown user is refused by the map at once: without
 the proxy's fixed deadline (``auth_failure_delay``, docs/proxy.md "Refusals")
 the two replies would be a second apart.  The test asserts the reply bytes are
-identical and the delays within 0.5 s of each other, the tolerance the issue
-allows for a behaviour (not a speed) on a shared machine.
+identical and the delays within 0.5 s of each other, a tolerance for a
+behaviour (not a speed) on a shared machine.
 """
 
 from __future__ import annotations

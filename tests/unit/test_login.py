@@ -1,4 +1,4 @@
-"""Perdition's login-name rules, row by row from perdition.md §2.2-§2.4."""
+"""Perdition's login-name rules (perdition/username.c), row by row as Perdition 2.2 did."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from authsvc.settings import LoginPolicy, Stage
 LOOKUP, BACKEND = Stage.LOOKUP, Stage.BACKEND_LOGIN
 ALL = frozenset(Stage)
 
-# The deployment-typical options of §2.3: lower_case all, explicit_domain
+# The seed deployment's options: lower_case all, explicit_domain
 # example.com, add_domain servername_lookup, no strip_domain.
 TYPICAL = LoginPolicy(
     lower_case=ALL, add_domain=frozenset({LOOKUP}), explicit_domain="example.com"
@@ -29,7 +29,7 @@ SEED = LoginPolicy(lower_case=ALL, add_domain=frozenset({LOOKUP}), explicit_doma
 @pytest.mark.parametrize(
     ("typed", "key", "backend"),
     [
-        # Every observed row of §2.3.
+        # Every row as Perdition 2.2 answered it.
         ("Alice@Example.COM", "alice@example.com", "alice@example.com"),
         ("ALICE", "alice@example.com", "alice"),  # add_domain is lookup-only
         ("bare", "bare@example.com", "bare"),
@@ -48,7 +48,7 @@ def test_seed_bob() -> None:
 
 
 def test_strip_plus_add_replaces_the_domain() -> None:
-    # §2.2 [T]: strip_domain + add_domain servername_lookup, explicit example.com.
+    # As Perdition did: strip_domain + add_domain servername_lookup, explicit example.com.
     policy = LoginPolicy(
         strip_domain=frozenset({LOOKUP}),
         add_domain=frozenset({LOOKUP}),
@@ -117,7 +117,7 @@ def test_multi_character_delimiter() -> None:
 
 
 def test_exactly_one_lookup_key_and_no_fallback() -> None:
-    # §2.4: `bare` becomes `bare@example.com`; a row `bare` is never tried.
+    # Perdition: `bare` becomes `bare@example.com`; a row `bare` is never tried.
     assert lookup_keys("bare", TYPICAL) == ("bare@example.com",)
 
 

@@ -1,4 +1,4 @@
-"""Hot reload's parts (issue 11): which maps survive a reload, and how a failed one is handled.
+"""Hot reload's parts: which maps survive a reload, and how a failed one is handled.
 
 No database is reached: MySQL maps connect lazily, so building and comparing
 them is enough to see which instances a reload keeps.

@@ -1,4 +1,4 @@
-"""Map answers ``[user@]host[:port]`` split as Perdition does (perdition.md §2.6), and refusals."""
+"""Map answers ``[user@]host[:port]`` split as Perdition does (server_port.c), and refusals."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from authsvc.maps.serverspec import ServerSpecError, parse_port, parse_server
         ("bob@10.0.0.5:143", MapEntry("10.0.0.5", 143, user="bob")),
         ("bob@10.0.0.5", MapEntry("10.0.0.5", user="bob")),
         ("  store1.example.org:993  ", MapEntry("store1.example.org", 993)),
-        # "host:" is an empty port: the default port applies (§2.6).
+        # "host:" is an empty port: the default port applies (server_port.c).
         ("10.0.0.5:", MapEntry("10.0.0.5")),
         # The user is everything before the LAST delimiter.
         ("a@b@10.0.0.5", MapEntry("10.0.0.5", user="a@b")),
@@ -41,7 +41,7 @@ def test_empty_host_means_no_server(value: str) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        # Perdition: host "10.0.0.5:993", port 143, and the connect fails (§3.3).
+        # Perdition: host "10.0.0.5:993", port 143, and the connect fails.
         ("10.0.0.5:993:143", "several colons"),
         ("10.0.0.5:imap", "not a number"),
         ("10.0.0.5:0", "out of range"),
