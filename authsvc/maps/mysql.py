@@ -14,8 +14,8 @@ those same queries, each tagged with its key's index::
 
 Each member is exactly the single-key query, so each key keeps Perdition's
 matching (the column's collation against a literal) and "first row wins"
-(docs/maps.md, "MySQL map"); a join against a derived table of keys would compare two
-implicit collations instead.  A failing batch fails every key in it.  This
+(docs/maps.md, "MySQL / MariaDB map"); a join against a derived table of
+keys would compare two implicit collations instead.  A failing batch fails every key in it.  This
 cuts the per-key cost of a miss (aiomysql parses the protocol in pure Python,
 and most of that cost is per statement, not per row).
 

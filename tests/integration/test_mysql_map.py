@@ -263,7 +263,7 @@ async def test_a_caller_giving_up_does_not_spoil_the_batch(seed_map: MySqlMap) -
 @pytest.mark.parametrize(
     ("collation", "upper", "trailing"),
     [
-        # _ci: case-insensitive, and PAD SPACE ignores trailing blanks; Perdition [T] alike.
+        # _ci: case-insensitive, and PAD SPACE ignores trailing blanks; Perdition 2.2 alike.
         ("utf8mb4_general_ci", True, True),
         ("utf8mb4_unicode_ci", True, True),
         # The seed's binary collation is case-sensitive but still PAD SPACE.

@@ -71,7 +71,7 @@ def test_strip_cuts_at_the_last_delimiter() -> None:
         ("mail.example.org", 2, "org"),
         ("mail.example.org", 3, None),  # no label left to remove
         ("10.0.0.5", 1, "0.0.5"),  # an IPv4 local address with depth 1
-        ("localhost", 1, None),  # [T] no '.' to strip: nothing added
+        ("localhost", 1, None),  # as Perdition 2.2: no '.' to strip, nothing added
         ("example.org", 0, "example.org"),
         (None, 1, None),
         ("::1", 1, None),
