@@ -6,8 +6,8 @@
 * the research notes outside the repository are never cited by name;
 * this project's issue tracker is not cited ("issue 9", "issues 7 and 8"): the
   code says what it does, git says when and why.  An upstream tracker's issue,
-  written with its repository (``nginx/nginx issue 205``, ``cpython#142352``),
-  may stay.
+  written with its project (``nginx/nginx issue 205``, ``Mailu issue #272``,
+  ``cpython#142352``), may stay.
 
 Each rule is also shown failing on a synthetic text.
 """
@@ -34,9 +34,14 @@ _SEPARATOR = r"(?:,|;|/|-|\u2013|\band\b|\bor\b|\(|\))"
 _ALLOWED_BEFORE = re.compile(rf"{_ANCHOR}(?:\s*(?:{_SECTION}|{_SEPARATOR}))*\s*$")
 #: A line break inside a comment or docstring, with the next line's comment marker.
 _WRAP = re.compile(r"\s*\n\s*(?:#+|//|\*|;+)?\s*")
-#: "issue 9", "Issues 7 and 8", "issue #12"; upstream ones carry their repository.
+#: "issue 9", "Issues 7 and 8", "issue #12"; an upstream one names its project
+#: right before the word: ``nginx/nginx issue 205``, ``Mailu issue #272``.
 _ISSUE = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
-_UPSTREAM = re.compile(r"[\w.-]+/[\w.-]+\s*$")
+_UPSTREAM = re.compile(
+    r"(?:[\w.-]+/[\w.-]+|\b(?!(?:The|This|That|See|In|For|By|As|Per|From|Since|After|Our|Its)\b)"
+    r"[A-Z][\w.-]*|\b(?:aiohttp|cpython|nginx|haproxy|dovecot|perdition|mypy|pytest|ruff|pip"
+    r"|setuptools|hypothesis|uvloop|aiomysql|redis|fail2ban|cachetools|jinja2?))\s*$"
+)
 #: The research notes that are not part of the repository.
 _NOTES = re.compile(r"(?<![\w/.-])(?:perdition|nginx-haproxy)\.md\b|/work/shared|\.\./shared")
 
@@ -97,6 +102,8 @@ def test_the_repository_cites_only_what_it_holds() -> None:
         "RFC 9051 §7.1 (codes) and RFC 3206 §4",
         "nginx/nginx issue 205 asks for a port header",
         "as cpython#142352 showed",
+        "nginx mail has no TLS to backends (Mailu issue #272)",
+        "aiohttp issue 1234 tracks it",
         "docs/perdition-compatibility.md, 'Greeting'",
     ],
 )
@@ -116,6 +123,8 @@ def test_good_citations_pass(text: str) -> None:
         ('"""Hot reload (issue 11): read the configuration again."""', "issue cited"),
         ("## Proxy TLS path (Issues 7 and 8)", "issue cited"),
         ("moved here by issue #9", "issue cited"),
+        ("The issue 9 decision", "issue cited"),
+        ("as before.  Issue 12 item 4.", "issue cited"),
         ("see perdition.md for depth", "outside the repository"),
         ("copied from /work/shared/seed/x.txt", "outside the repository"),
     ],
