@@ -1,4 +1,4 @@
-"""Perdition's login-name rules as pure functions (perdition.md §2.2-§2.4).
+"""Perdition's login-name rules as pure functions (``username_mangle``, perdition/username.c).
 
 Only :mod:`authsvc.routing` imports this module (the layering test enforces
 it), so there is exactly one place where names are stripped, given a domain or
@@ -40,7 +40,7 @@ def check_login(login: str, policy: LoginPolicy) -> None:
     """Refuse logins that no mail store could hold, before they reach a map.
 
     Perdition would truncate at a NUL (we saw ``bob\\0evil`` log in as bob) and
-    build a truncated SQL string past 255 bytes (perdition.md §3.2); both are
+    build a truncated SQL string past 255 bytes (perditiondb_mysql.c); both are
     refused here instead.
     """
     if not login:

@@ -1,4 +1,4 @@
-"""Hot reload (issue 11): read the configuration again and switch new logins to it.
+"""Hot reload: read the configuration again and switch new logins to it.
 
 Shared by ``authsvc serve`` and ``authsvc proxy``.  On SIGHUP (systemd's
 ``ExecReload``) or ``authsvc reload``, a :class:`Reloader` reads the same

@@ -124,7 +124,7 @@ class Router:
             label: [b for b in backends if isinstance(b, RouteCache)]
             for label, backends in self._labelled.items()
         }
-        # Perdition rotates outgoing_server per login attempt (§2.7).
+        # Perdition rotates outgoing_server per login attempt (perdition/perdition.c).
         self._rotation = {
             ls.name: itertools.cycle(ls.default_servers)
             for ls in settings.listeners

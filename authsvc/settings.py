@@ -24,7 +24,7 @@ class MailProtocol(enum.Enum):
 
 
 class Stage(enum.Enum):
-    """Where a login name is used; Perdition's states (perdition.md §2.1).
+    """Where a login name is used; Perdition's states (perdition(8), --add_domain).
 
     ``LOOKUP`` is Perdition's ``servername_lookup`` (the map key) and
     ``BACKEND_LOGIN`` is ``remote_login`` (the name sent to the store).
@@ -59,7 +59,7 @@ class BackendTls(enum.Enum):
 
 
 class ForwardClient(enum.Enum):
-    """How the proxy tells a store the client's own address (nginx-haproxy.md §4.2)."""
+    """How the proxy tells a store the client's own address (docs/proxy.md)."""
 
     NONE = "none"
     ID = "id"  # IMAP ID ("x-originating-ip" ...) / POP3 XCLIENT ADDR= PORT=
@@ -81,7 +81,7 @@ class HostPort:
 
 @dataclass(frozen=True, slots=True)
 class LoginPolicy:
-    """Perdition's login-name rules (perdition.md §2.2), per stage."""
+    """Perdition's login-name rules (perdition/username.c), per stage."""
 
     strip_domain: frozenset[Stage] = frozenset()
     add_domain: frozenset[Stage] = frozenset()
@@ -137,7 +137,7 @@ class RegexMapSettings:
 
 @dataclass(frozen=True, slots=True)
 class MySqlMapSettings:
-    """Perdition's MySQL map (``map_library_opt``, perdition.md §3.1)."""
+    """Perdition's MySQL map (``map_library_opt``, perditiondb(5))."""
 
     hosts: tuple[HostPort, ...] = (HostPort("localhost"),)
     database: str = "dbPerdition"
@@ -216,7 +216,7 @@ class TlsSettings:
 
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
-    """One listener: what a single Perdition file describes (perdition.md §1.1)."""
+    """One listener: what a single Perdition file describes (docs/configuration.md)."""
 
     name: str
     protocol: MailProtocol
@@ -329,7 +329,7 @@ class ProxySettings:
 
     #: Every failed login is answered this many seconds after the command
     #: arrived, whatever the cause, so timing does not tell an unknown user
-    #: from a wrong password (Perdition sleeps 3 s, perdition.md §4.7).
+    #: from a wrong password (Perdition sleeps 3 s, perdition/perdition.c).
     auth_failure_delay: float = 2.0
     #: Failed logins allowed on one connection; the last one also closes it.
     max_login_attempts: int = 3
@@ -343,7 +343,7 @@ class ProxySettings:
     backend_timeout: float = 30.0
     #: CA bundle for stores reached over TLS; None = the system's.
     backend_ca_file: str | None = None
-    #: Check the store's certificate and name (Perdition's default, §5.3).
+    #: Check the store's certificate and name (Perdition's default, perdition/ssl.c).
     backend_verify: bool = True
     #: Bytes buffered per direction while splicing before the reader pauses.
     splice_buffer: int = 262_144
@@ -373,7 +373,7 @@ class ProxySettings:
     login_deadline: float = 0.0
     #: Where ``/healthz``, ``/readyz`` and ``/metrics`` are served; None = nowhere.
     health_listen: HostPort | None = None
-    #: Also write Perdition's ``Auth:`` line (perdition.md §7.2) to syslog.
+    #: Also write Perdition's ``Auth:`` line (perdition(8), LOGGING) to syslog.
     auth_log: bool = False
     #: A unix datagram socket path, or ``host:port`` for UDP.
     auth_log_target: str = "/dev/log"

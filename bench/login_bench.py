@@ -9,8 +9,8 @@ Both front ends run side by side in one run, on the same stack
 * **static**: the same rendered ``mail {}`` on another address, whose
   ``auth_http`` points at an ``http {}`` location in the same nginx that
   returns fixed ``Auth-Status: OK``, ``Auth-Server``, ``Auth-Port`` headers
-  (the zero-cost answer, nginx-haproxy.md §2.2 "An http block on the same
-  nginx can itself act as the auth server").
+  (the zero-cost answer: an http block of the same nginx acting as the auth
+  server with add_header and return, as Angie's mail_auth_http example does).
 
 One login is: connect, read the greeting, [STARTTLS + handshake], ``LOGIN``,
 ``SELECT INBOX``, ``LOGOUT``, close.  ``--concurrency`` clients (default 32)
@@ -182,7 +182,7 @@ def static_nginx_text(stack: Stack, prefix: Path, auth_port: int) -> str:
                              auth_http=f"{STATIC_ADDRESS}:{auth_port}/auth", prefix=prefix)
     store = stack.stores["a"]
     # nginx adds headers to a 204 (add_header applies to 2xx), and the mail
-    # module ignores the status line anyway (nginx-haproxy.md §1.4).
+    # module ignores the status line anyway (ngx_mail_auth_http_module.c).
     return text + f"""
 # Static auth_http answer for the benchmark: every login goes to store a.
 http {{

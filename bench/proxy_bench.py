@@ -1,7 +1,7 @@
 """authsvc proxy against Perdition and nginx mail (static auth), side by side, one run.
 
 All three front ends run at once against the same Dovecot store and the
-same MariaDB map (issue 9):
+same MariaDB map:
 
 * **perdition**: Debian's Perdition 2.2 on the seed deployment's files
   (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``;

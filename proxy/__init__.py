@@ -1,6 +1,6 @@
-"""authsvc proxy: the pure-Python IMAP4/IMAPS/POP3/POP3S front end (to come).
+"""authsvc proxy: the pure-Python IMAP4/IMAPS/POP3/POP3S front end (docs/proxy.md).
 
-The architecture, once built, in five bullets:
+The architecture in five bullets:
 
 * sans-IO machines parse client and backend bytes and emit commands;
 * the routing core (``authsvc.routing``) answers where a login goes;

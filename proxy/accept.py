@@ -7,9 +7,10 @@ let :class:`~proxy.proxy_protocol.ProxyHeaderReader` say how many of those
 bytes are header, and ``recv`` exactly that many.  Whatever the sender put
 behind the header in the same packet (HAProxy's TLS ClientHello for a 993
 listener, a client's pipelined command) stays in the kernel for the TLS layer
-or the session: nothing is over-read (haproxy ``doc/proxy-protocol.txt`` §9
-does the same).  Bytes taken before the end of the header are always header
-bytes, so the socket never stays readable with nothing new to read.
+or the session: nothing is over-read (the sample code in section 9 of
+HAProxy's ``doc/proxy-protocol.txt`` does the same).  Bytes taken before the
+end of the header are always header bytes, so the socket never stays
+readable with nothing new to read.
 
 A refusal (a limit) writes the one-line ``* BYE`` / ``-ERR`` the caller gives,
 half-closes, and drains the client's bytes for a moment before closing, so the

@@ -29,7 +29,7 @@ FACILITIES = {
     "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
     **{f"local{n}": 16 + n for n in range(8)},
 }
-#: Perdition logs the Auth line at LOG_NOTICE (perdition.md §7.2).
+#: Perdition logs the Auth line at LOG_NOTICE (PERDITION_LOG_AUTH, perdition/perdition.c).
 NOTICE = 5
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 #: A syslog daemon takes at least this much of a datagram (RFC 3164 §4.1 says

@@ -1,7 +1,7 @@
 """The client's address for a store: what each ``forward_client`` mode puts on the wire.
 
-Dovecot trusts these only from ``login_trusted_networks`` (nginx-haproxy.md
-§4.2): IMAP ``ID`` with ``x-originating-ip``/``-port`` (the client) and
+Dovecot trusts these only from ``login_trusted_networks`` (Dovecot's docs,
+proxy forwarding): IMAP ``ID`` with ``x-originating-ip``/``-port`` (the client) and
 ``x-connected-ip``/``-port`` (where it connected), POP3 ``XCLIENT ADDR= PORT=``;
 or a PROXY header before anything else, for a listener with ``haproxy = yes``.
 Pure functions, used by the back machines; nothing here does I/O.
@@ -16,7 +16,7 @@ from authsvc.proxy.proxy_protocol import encode_v1, encode_v2
 
 from authsvc.settings import ForwardClient, ProxySettings
 
-#: Dovecot refuses ID values over 1024 bytes and XCLIENT lines over 1024 (§4.2);
+#: Dovecot refuses ID values over 1024 bytes and XCLIENT lines over 1024 (its docs);
 #: addresses and ports are far below that.
 
 

@@ -9,7 +9,8 @@ Each :class:`Ticket` is released exactly once, whatever path the session took.
 
 Perdition counted every live child of a listener, logged in or not, against
 ``connection_limit`` and then killed its own listener at the limit
-(perdition.md §6.3); here the extra client is refused and the listener stays.
+(vanessa_socket's accept loop, docs/perdition-compatibility.md); here the extra
+client is refused and the listener stays.
 The pre-auth limits exist because a connection that never logs in costs the
 same memory as one that does and is what a flood is made of.
 """

@@ -1,8 +1,8 @@
 """The PROXY protocol, v1 and v2, sans-IO: read a header in front of a connection, write one.
 
 What HAProxy's ``send-proxy`` / ``send-proxy-v2`` put in front of every
-connection it relays (haproxy ``doc/proxy-protocol.txt`` §2.1, §2.2;
-nginx-haproxy.md §3.6).  :class:`ProxyHeaderReader` takes bytes as they come
+connection it relays (HAProxy's ``doc/proxy-protocol.txt``, sections 2.1 and
+2.2).  :class:`ProxyHeaderReader` takes bytes as they come
 and **never consumes a byte past the header**: ``feed`` returns how many of the
 given bytes belong to it, so the I/O layer can peek at the socket, feed the
 peeked bytes, and remove exactly that many.  A TLS ClientHello (or a pipelined
@@ -10,15 +10,15 @@ IMAP command) sent in the same packet stays where it was.
 
 * v1: ``PROXY TCP4|TCP6|UNKNOWN ...\\r\\n``, at most 107 bytes with the CRLF;
   single spaces, addresses in canonical form, ports without leading zeros.  A
-  lone CR or LF, or no CRLF within 107 bytes, is an error (§2.1).
+  lone CR or LF, or no CRLF within 107 bytes, is an error (section 2.1).
 * v2: 12-byte signature, version 2, command LOCAL (health checks, HAProxy
-  ``check-send-proxy``) or PROXY, a family from the list in §2.2, a 16-bit
+  ``check-send-proxy``) or PROXY, a family from the list in section 2.2, a 16-bit
   length; the address block and TLVs must fit that length, and every TLV
   (and the sub-TLVs of ``PP2_TYPE_SSL``) must fit its parent.  TLV contents are
   skipped: nothing here needs ALPN, SNI or certificate names.  CRC32C TLVs are
-  not checked, which §2.2.5 allows.
+  not checked, which section 2.2.5 allows.
 * Anything else is an error as early as the bytes show it; a header is never
-  auto-detected (§5: only trusted peers may send one, the caller checks that).
+  auto-detected (section 5: only trusted peers may send one, the caller checks that).
 
 Nothing here imports asyncio or touches a socket.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
-#: "PROXY UNKNOWN" plus two longest IPv6 addresses and ports, with CRLF (§2.1).
+#: "PROXY UNKNOWN" plus two longest IPv6 addresses and ports, with CRLF (section 2.1).
 V1_MAX = 107
 #: What we accept of a v2 header in all; nginx caps it at 4096 as well.
 DEFAULT_MAX_LENGTH = 4096
@@ -65,7 +65,7 @@ class ProxyHeader:
 
     version: int
     #: The client as the sender saw it; None for LOCAL, ``UNKNOWN`` and non-IP
-    #: families, where the connection's own addresses stand (§2.1, §2.2).
+    #: families, where the connection's own addresses stand (sections 2.1, 2.2).
     source: Address | None
     #: The address the client connected to at the sender.
     destination: Address | None
@@ -175,7 +175,7 @@ def _address(text: str, version: int) -> str:
     except ValueError:
         raise ProxyProtocolError(f"v1 header: bad address {text!r}") from None
     if address.version != version or (version == 4 and str(address) != text):
-        # Dotted quads must be canonical (no leading zeros, §2.1).
+        # Dotted quads must be canonical (no leading zeros, proxy-protocol.txt 2.1).
         raise ProxyProtocolError(f"v1 header: bad address {text!r}")
     return str(address)
 
@@ -183,7 +183,7 @@ def _address(text: str, version: int) -> str:
 def _parse_v1(line: bytes) -> ProxyHeader:
     text = line[len(V1_PREFIX) : -2].decode("ascii")
     if text == "UNKNOWN" or text.startswith("UNKNOWN "):
-        return ProxyHeader(1, None, None, len(line))  # the rest is ignored (§2.1)
+        return ProxyHeader(1, None, None, len(line))  # the rest is ignored (proxy-protocol.txt 2.1)
     parts = text.split(" ")
     if len(parts) != 5 or parts[0] not in ("TCP4", "TCP6"):
         raise ProxyProtocolError("v1 header: expected TCP4/TCP6 and four fields")
@@ -198,9 +198,9 @@ def _parse_v2(data: bytes) -> ProxyHeader:
     body = data[_V2_FIXED:]
     block, ip_version = _FAMILIES[family]
     if command == _LOCAL:
-        # The sender's own connection: skip whatever follows (§2.2).
+        # The sender's own connection: skip whatever follows (proxy-protocol.txt 2.2).
         return ProxyHeader(2, None, None, len(data), local=True)
-    if family == 0x00:  # UNSPEC: the block is unspecified, skipped (§2.2)
+    if family == 0x00:  # UNSPEC: unspecified, skipped (proxy-protocol.txt 2.2)
         return ProxyHeader(2, None, None, len(data))
     _check_tlvs(body[block:], "TLV")
     if family in _DATAGRAM:
@@ -209,7 +209,7 @@ def _parse_v2(data: bytes) -> ProxyHeader:
         src, dst, sport, dport = struct.unpack_from("!4s4sHH", body)
     elif ip_version == 6:
         src, dst, sport, dport = struct.unpack_from("!16s16sHH", body)
-    else:  # UNIX: the connection's own addresses stand (§2.2)
+    else:  # UNIX: the connection's own addresses stand (proxy-protocol.txt 2.2)
         return ProxyHeader(2, None, None, len(data))
     return ProxyHeader(
         2,
@@ -236,7 +236,7 @@ def _check_tlvs(data: bytes, what: str) -> None:
         offset += 3 + length
 
 
-# --- writing (client address to a store, nginx-haproxy.md §4.2) ----------------------
+# --- writing (the client's address for a store, docs/proxy.md) ----------------------
 
 
 def _pair(source: Address, destination: Address) -> tuple[str, str, int]:
@@ -264,5 +264,5 @@ def encode_v2(source: Address, destination: Address) -> bytes:
 
 
 def encode_v2_local() -> bytes:
-    """The 16-byte LOCAL header HAProxy's health checks send (nginx-haproxy.md §3.3)."""
+    """The 16-byte LOCAL header HAProxy's health checks send (configuration.txt)."""
     return V2_SIGNATURE + struct.pack("!BBH", _LOCAL, 0x00, 0)

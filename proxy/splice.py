@@ -7,7 +7,7 @@ high-water mark): memory stays bounded whatever the sizes.  EOF on one side is
 passed on as a half-close when the other side can take one (plain TCP), else
 as a close (TLS cannot half-close).  The splice ends when both directions have
 ended, when either connection is gone, or after ``idle_timeout`` seconds with
-no byte either way (Perdition's ``timeout``, perdition.md §6.1).  Bytes are
+no byte either way (Perdition's ``timeout``, perdition(8) IDLE TIMEOUTS).  Bytes are
 never parsed or logged here.
 """
 

@@ -11,7 +11,7 @@ Flow control: reading pauses while more than ``high_water`` bytes wait, and
 (``pause_writing``/``resume_writing``), so neither direction of a splice can
 grow memory without bound.
 
-TLS, by the decision in docs/architecture.md ("Proxy TLS path", issue 9): TLS
+TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS
 runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
 on memory BIOs) on asyncio's plain transport, not in asyncio's ``SSLProtocol``
 with its 256 KiB buffer per connection.  Implicit TLS from clients passes

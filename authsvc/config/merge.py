@@ -64,7 +64,7 @@ def merge_perdition(files: list[PerditionFile], report: Report) -> RawTable:
 def _proxy_table(root: RawTable, first: PerditionFile) -> None:
     """``[proxy]`` from the options every file agrees on (backend TLS, syslog).
 
-    Perdition always wrote its ``Auth:`` line to syslog (perdition.md §7.1), and
+    Perdition always wrote its ``Auth:`` line to syslog (perdition(8), LOGGING), and
     fail2ban jails read it there, so Perdition files turn it on.
     """
     proxy = root.table("proxy", root.pos)

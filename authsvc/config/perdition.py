@@ -1,13 +1,15 @@
-"""One Perdition config file to one native listener (perdition.md §1).
+"""One Perdition config file to one native listener (docs/configuration.md).
 
 A Perdition file configures one daemon, and one daemon is one listener here:
 ``perdition.imap4.conf`` becomes listener ``imap4``.  The protocol comes from
-``PROTO=FILE``, else from the file name as Debian's binaries choose it (§1.1),
+``PROTO=FILE``, else from the file name as Debian's binaries choose it
+(``config_file_name`` in perdition/config_file.c),
 and a ``protocol`` line in the file wins over both, as in Perdition.  Options
 are translated into the native tree (docs/configuration.md has the table);
 ignored options become warnings; unknown keys, missing or surplus values and
 unknown words in Perdition's small value languages (states, ``ssl_mode``) are
-errors here, where Perdition would silently stop reading the file (§1.3).
+errors here, where Perdition would silently stop reading the file (popt stops
+at an unknown option; perdition/options.c).
 Values are checked by validate.py, as for TOML.
 """
 
@@ -66,7 +68,7 @@ class PerditionFile:
 
 
 def protocol_for(file: str, proto: str | None, report: Report) -> str | None:
-    """The Perdition protocol of a file, from ``PROTO=`` or its name (§1.1)."""
+    """The Perdition protocol of a file, from ``PROTO=`` or its name (perdition/config_file.c)."""
     if proto is not None:
         return PROTO_WORDS[proto.lower()]
     name = os.path.basename(file)
@@ -146,7 +148,7 @@ class _Reader:
         self.file_pos = Pos(file, 0, "(file)")
 
     def states(self, name: str, table: RawTable) -> None:
-        """lower_case / strip_domain / add_domain: OR-ed states (§2.1), depth for add_domain."""
+        """lower_case / strip_domain / add_domain: OR-ed states (perdition(8)), and a depth."""
         directives = self.opts.all(name)
         if not directives:
             return
@@ -187,7 +189,7 @@ class _Reader:
             table.set("username_from_database", True, self.opts.pos(d))
 
     def ssl_mode(self, listener: RawTable) -> None:
-        """ssl_mode to tls, tls_required and backend_tls (perdition.md §5.1)."""
+        """ssl_mode to tls, tls_required and backend_tls (perdition(8), --ssl_mode)."""
         bits: set[str] = set()
         directives = self.opts.all("ssl_mode")
         for d in directives:
@@ -269,7 +271,8 @@ class _Reader:
                                  "two spaces as the separator are deprecated in Perdition; "
                                  "separate with '.'")
         # STARTTLS/LOGINDISABLED (IMAP) and STLS (POP3) are added and removed from
-        # ssl_mode whatever the list says (§4.2, §8); the front ends do the same from tls.
+        # ssl_mode whatever the list says (imap4_capability in perdition/imap4.c, and
+        # perdition/pop3_in.c); the front ends do the same from tls.
         managed = {"STARTTLS", "LOGINDISABLED"} if imap else {"STLS"}
         listener.set("capability", values([i for i in items if i not in managed], pos), pos)
 
@@ -283,7 +286,7 @@ class _Reader:
         d = self.opts.last("bind_address")
         if d is not None and d.value is not None:
             listener.set("bind", values(d.value.split(","), self.opts.pos(d)), self.opts.pos(d))
-        else:  # Perdition binds IPv4 0.0.0.0 only (§6.4)
+        else:  # Perdition binds IPv4 0.0.0.0 only (perdition(8), --bind_address)
             pos = Pos(self.file, 0, "bind_address")
             listener.set("bind", values(["0.0.0.0"], pos), pos)
         d = self.opts.last("outgoing_server")

@@ -4,7 +4,7 @@ The library is recognised by its file name wherever it lives and whatever its
 ``.so`` suffix: the seed's pre-multiarch ``/usr/lib/libperditiondb_mysql.so.0.0.0``
 and bookworm's ``/usr/lib/x86_64-linux-gnu/libperditiondb_mysql.so.0`` are the
 same map.  The MySQL option string is split exactly as Perdition splits it
-(perdition.md §3.1): fields in the order
+(perditiondb(5); perdition/db/mysql/perditiondb_mysql.c): fields in the order
 ``dbhost:dbport:dbname:dbtable:dbuser:dbpw:dbsrvcol:dbusercol:dbportcol``,
 empty middle fields kept as empty strings, one trailing empty field dropped.
 Whether the pieces are acceptable (identifiers, ports) is for validate.py.
@@ -21,7 +21,7 @@ from authsvc.config.raw import Pos, RawTable, values
 from authsvc.redact import Secret
 
 MYSQL_FIELDS = "dbhost:dbport:dbname:dbtable:dbuser:dbpw:dbsrvcol:dbusercol:dbportcol"
-#: Perdition's defaults when the option string has fewer fields (perdition.md §3.1).
+#: Perdition's defaults when the option string has fewer fields (perditiondb_mysql.h).
 MYSQL_DEFAULTS = ("localhost", "", "dbPerdition", "tblPerdition", "perdition", "perdition",
                   "servername", "user", "port")
 DEFAULT_REGEX_PATH = "/etc/perdition/popmap.re"
@@ -37,7 +37,7 @@ _FLAT_SOURCE = (
 
 
 def _column_hint(fields: list[str], index: int) -> str:
-    """Why a column slot holds a number, and the fix (perdition.md §3.1, riseup.net misprint)."""
+    """Why a column slot holds a number, and the fix (perditiondb(5); the riseup.net misprint)."""
     if len(fields) == 8 and index == 7:
         return (
             f"map_library_opt has 8 fields, so {fields[7]!r} is dbusercol, the key column, "
@@ -79,7 +79,8 @@ def _mysql(table: RawTable, option: Directive | None, file: str, report: Report)
     table.set("server_column", server_col, pos, hint=_column_hint(fields, 6))
     table.set("user_column", user_col, pos, hint=_column_hint(fields, 7))
     if port_col.isascii() and port_col.isdigit():
-        # `...:storage_ip:address:143` selects the literal 143: a constant port (§3.2).
+        # `...:storage_ip:address:143` selects the literal 143: a constant port
+        # (the port column is pasted into the SELECT, perditiondb_mysql.c).
         table.set("port_constant", int(port_col), pos)
     else:
         table.set("port_column", port_col, pos, hint=_column_hint(fields, 8))

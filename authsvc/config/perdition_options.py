@@ -1,10 +1,11 @@
-"""Every option of Perdition 2.2 (perdition.md §1.5): its names, whether it takes a value, its fate.
+"""Every option of Perdition 2.2 (perdition(8), OPTIONS): its names, its value, its fate.
 
 Each option is either *mapped* (``config/perdition.py`` turns it into native
 settings) or *ignored* with a warning that says why, which ``check-config``
 lists and ``--strict`` turns into an error.  An option that is not in this
 table is an error; Perdition would have stopped reading the file there without
-a word (§1.3).  docs/configuration.md carries the same table for operators,
+a word (docs/configuration.md, "Syntax").  docs/configuration.md carries the same
+table for operators,
 and a unit test checks the two agree.
 """
 
@@ -132,7 +133,10 @@ BY_SHORT: dict[str, Option] = {option.short: option for option in OPTIONS if opt
 
 
 def find(key: str) -> Option | None:
-    """The option a file key names: one letter is a short option, more a long one (§1.3)."""
+    """The option a file key names: one letter is a short option, more a long one.
+
+    As perdition/config_file.c turns a key into ``-k`` or ``--key``.
+    """
     if len(key) == 1:
         return BY_SHORT.get(key)
     return BY_NAME.get(key)

@@ -1,4 +1,7 @@
-"""Perdition's config-file syntax: text to ``(key, value, line)`` directives (perdition.md §1.3).
+"""Perdition's config-file syntax: text to ``(key, value, line)`` directives.
+
+The rules are perdition(8)'s CONFIGURATION FILE, as libvanessa_adt's config_file.c
+reads them (docs/configuration.md, "Syntax").
 
 This is libvanessa_adt's ``vanessa_config_file_read`` with flags 0, the reader
 Perdition 2.2 uses:

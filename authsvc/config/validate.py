@@ -52,9 +52,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
 _STAGES = {"lookup": (Stage.LOOKUP,), "backend_login": (Stage.BACKEND_LOGIN,),
            "all": (Stage.LOOKUP, Stage.BACKEND_LOGIN)}
-#: Capabilities the front ends add and remove themselves (perdition.md §4.2, §8).
+#: Capabilities the front ends add and remove themselves (perdition/imap4.c, pop3_in.c).
 _MANAGED = {True: {"STARTTLS", "LOGINDISABLED"}, False: {"STLS"}}
-#: syslog(3) facility names (the Auth: line of ``authsvc proxy``, perdition.md §7.1).
+#: syslog(3) facility names (the Auth: line of ``authsvc proxy``, perdition(8) -F).
 SYSLOG_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
                      "cron", "authpriv", "ftp", *(f"local{n}" for n in range(8)))
 #: Keys every map type takes; ``default_server_on_error`` is for maps that can fail.
@@ -91,7 +91,7 @@ def _login(s: Section) -> LoginPolicy:
         max_login_length=s.integer("max_login_length", 255, 1, 4096),
     )
     if policy.explicit_domain is not None and not policy.add_domain:
-        s.warn("explicit_domain", "does nothing without add_domain, as in Perdition (§2.2)")
+        s.warn("explicit_domain", "does nothing without add_domain, as in Perdition")
     if policy.explicit_domain and policy.domain_delimiter in policy.explicit_domain:
         s.error("explicit_domain", f"contains the domain delimiter "
                 f"{policy.domain_delimiter!r}", s.table.items.get("explicit_domain"))
@@ -121,8 +121,8 @@ def _mysql(s: Section) -> MySqlMapSettings:
         except ValueError as exc:
             s.error("hosts", str(exc), item)
             continue
-        # "localhost" is the Unix socket, where libmysqlclient (and so Perdition,
-        # §3.1) ignores the port; an explicit "localhost:3306" is TCP.
+        # "localhost" is the Unix socket, where libmysqlclient (and so Perdition's
+        # perditiondb_mysql.c) ignores the port; an explicit "localhost:3306" is TCP.
         if host.port is None and port and host.host != "localhost":
             host = HostPort(host.host, port)
         hosts.append(host)

@@ -47,8 +47,8 @@ SERVING = web.AppKey("serving", Serving)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # Every byte counts against nginx's 1024-byte reply buffer (nginx-haproxy.md
-    # §1.4), and the aiohttp version is nobody's business.
+    # Every byte counts against nginx's 1024-byte reply buffer (ngx_mail_auth_http_module.c,
+    # docs/serve.md), and the aiohttp version is nobody's business.
     response.headers.popall(hdrs.SERVER, None)
 
 

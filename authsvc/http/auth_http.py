@@ -1,19 +1,20 @@
 """nginx's mail ``auth_http``: request headers in, ``Auth-*`` reply headers out.
 
-The wire rules are nginx-haproxy.md §0 and §1; the ones this module lives by:
+The wire rules this module lives by (nginx's ngx_mail_auth_http_module docs,
+"Protocol", and its source ngx_mail_auth_http_module.c; docs/serve.md):
 
-* nginx ignores the HTTP status (§0 rule 2), so every answer is a 200 and the
+* nginx ignores the HTTP status line, so every answer is a 200 and the
   outcome is in the headers: ``Auth-Status: OK`` plus ``Auth-Server`` (an IP
-  literal, IPv6 bare, rule 5) and ``Auth-Port``, or a failure text that nginx
+  literal, IPv6 bare: ``ngx_parse_addr``) and ``Auth-Port``, or a failure text that nginx
   shows the client (``a1 NO <text>``, ``-ERR <text>``).
 * ``Auth-User`` and ``Auth-Pass`` arrive ``%XX``-escaped for 0x00-0x1F, space and
-  ``%`` only (rule 7, §1.3); ``+`` is literal.  Our ``Auth-User`` reply is used
-  verbatim (rule 8).
+  ``%`` only (NGX_ESCAPE_MAIL_AUTH in nginx's src/core/ngx_string.c); ``+`` is
+  literal.  Our ``Auth-User`` reply is used verbatim.
 * ``Auth-Wait: N`` keeps the client's session open for another try; we send it
   until ``Auth-Login-Attempt`` passes ``http.max_attempts`` and then let nginx
-  close (§1.7).
+  close (ngx_mail_auth_http_module, "Protocol").
 * The reply must fit nginx's 1024-byte buffer and use header names made of
-  letters, digits and ``-`` only (rule 3).
+  letters, digits and ``-`` only (ngx_mail_auth_http_module.c).
 
 authsvc never checks passwords: ``Auth-Pass`` is wrapped in
 :class:`~authsvc.redact.Secret` as soon as it is decoded and goes nowhere.
@@ -56,7 +57,8 @@ REPLY_TEXT = {Reply.AUTHENTICATION: TEXT_INVALID, Reply.TEMPORARY: TEXT_TEMPORAR
 TEXT_INTERNAL = "Internal server error"
 TEXT_METHOD = "Authentication method not supported"
 TEXT_SMTP = "SMTP is not served here"
-#: nginx puts Auth-Error-Code in front of the text on SMTP (§1.5).  5.3.3 is
+#: nginx puts Auth-Error-Code in front of the text on SMTP (ngx_mail_auth_http_module, "Protocol").
+#: 5.3.3 is
 #: "system not capable of selected features" (RFC 3463): permanent, so a
 #: client does not retry.
 SMTP_ERROR_CODE = "554 5.3.3"
@@ -71,7 +73,7 @@ _PROTOCOLS = {p.value: p for p in MailProtocol}
 _WARN_RESULTS = frozenset({"forbidden", "bad_request", "error"})
 
 #: Longest backend login we will put in Auth-User: the whole reply must stay
-#: well inside nginx's 1024-byte header buffer (§1.4).
+#: well inside nginx's 1024-byte header buffer (ngx_mail_auth_http_module.c).
 MAX_REPLY_LOGIN = 512
 
 def decode_escaped(value: str) -> tuple[str, bool]:
@@ -123,7 +125,7 @@ class BadRequest:
 
 
 def parse_request(headers: Mapping[str, str]) -> AuthRequest | BadRequest:
-    """Read the headers nginx sends (§1.2) plus our template's two ``X-Authsvc-*``.
+    """Read the headers nginx sends ("Protocol") plus our template's two ``X-Authsvc-*``.
 
     Names are looked up in lower case: that works on aiohttp's case-insensitive
     headers and on the plain dict of lower-cased names ``wire.py`` builds.
@@ -181,7 +183,7 @@ def refusal_headers(text: str, *, wait: int | None) -> dict[str, str]:
     """A failure nginx understands: ``Auth-Status: <text>`` and maybe ``Auth-Wait``.
 
     ``wait`` is None for failures the user cannot fix by trying again; then
-    nginx sends the text and closes at once (§1.6).
+    nginx sends the text and closes at once (ngx_mail_auth_http_module, "Protocol").
     """
     headers = {"Auth-Status": text}
     if wait is not None and wait > 0:
@@ -290,7 +292,7 @@ class AuthService:
         self._stats_due = time.perf_counter() + CACHE_STATS_INTERVAL
 
     def _refuse(self, text: str, attempt: int) -> dict[str, str]:
-        """A refusal the user may retry: Auth-Wait until max_attempts (§1.7)."""
+        """A refusal the user may retry: Auth-Wait until max_attempts (nginx's "Protocol")."""
         wait = self._http.auth_wait if attempt <= self._http.max_attempts else None
         return refusal_headers(text, wait=wait)
 
@@ -304,7 +306,7 @@ class AuthService:
             return Outcome(headers, "unsupported", "smtp")
         if parsed.method != "plain":
             # apop, cram-md5 and external need the cleartext password back in
-            # Auth-Pass (§1.5), which authsvc never has.
+            # Auth-Pass (ngx_mail_auth_http_module, "Protocol"), which authsvc never has.
             return Outcome(refusal_headers(TEXT_METHOD, wait=None),
                            "unsupported", f"Auth-Method {parsed.method}")
         router = self._router
@@ -396,7 +398,8 @@ class AuthService:
             headers.pop("Auth-Wait", None)
             outcome.reason = f"{outcome.reason}; throttled"
         elif verdict.delay > 0 and "Auth-Wait" in headers:
-            # Auth-Wait is whole seconds (§1.7); never shorter than [http] auth_wait.
+            # Auth-Wait is whole seconds (ngx_mail_auth_http_module, "Protocol"); never shorter than
+            # [http] auth_wait.
             wait = max(self._http.auth_wait, math.ceil(verdict.delay))
             headers["Auth-Wait"] = str(wait)
 
@@ -405,7 +408,7 @@ class AuthService:
                        listener=route.listener)
 
     def _success(self, route: Route, parsed: AuthRequest, address: str) -> Outcome:
-        if not 0 < route.port < 65536:  # nginx checks the range too (§1.5)
+        if not 0 < route.port < 65536:  # nginx checks the range too (ngx_mail_auth_http_module.c)
             return self._failed(route, parsed.attempt, "error", f"map gave port {route.port}")
         headers = {"Auth-Status": "OK", "Auth-Server": address, "Auth-Port": str(route.port)}
         if route.backend_login != parsed.login:

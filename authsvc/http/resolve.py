@@ -2,9 +2,9 @@
 
 nginx parses ``Auth-Server`` with ``ngx_parse_addr`` and never resolves a name
 there: a name, or an IPv6 address in brackets, is an internal error at the
-client (nginx-haproxy.md §0 rule 5, §1.5).  Maps may hold names (Perdition
-resolves them even with ``no_lookup``, perdition.md §2 "What no_lookup actually
-does"), so we resolve them here with ``loop.getaddrinfo`` and keep the answer
+client (ngx_mail_auth_http_module.c, docs/serve.md).  Maps may hold names (Perdition
+resolves them even with ``no_lookup``: vanessa_socket calls getaddrinfo for the
+store), so we resolve them here with ``loop.getaddrinfo`` and keep the answer
 for a short while.  A name that does not resolve is a temporary failure, never a
 wrong password.
 """

@@ -29,7 +29,7 @@ NOT_CACHED = NotCached.NOT_CACHED
 
 @dataclass(frozen=True, slots=True)
 class MapEntry:
-    """A map's answer for one key, already split (perdition.md §2.6)."""
+    """A map's answer for one key, already split (perdition/server_port.c)."""
 
     host: str
     port: int | None = None

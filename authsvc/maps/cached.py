@@ -11,7 +11,7 @@
 * :class:`MapUnavailable` is never cached.  While the map raises it, a route
   learnt less than ``ttl + stale_if_error`` seconds ago is served from a
   separate bounded store with ``stale=True`` (Perdition has no cache and fails
-  every login while its database is down, perdition.md §3.4).
+  every login while its database is down, docs/maps.md).
 * :meth:`CachedMap.invalidate` drops one key, a domain or everything, from the
   stale store too, so a moved mailbox never comes back stale.
 * :meth:`CachedMap.close` answers every lookup still in flight, and every

@@ -2,7 +2,7 @@
 
 A map file has one ``key: [user@]server[:port]`` per line (``key:value``
 without the blank works too), the text Perdition's ``makegdbm`` turns into its
-default GDBM map (perdition.md §3b).  Keys match exactly, byte for byte and
+default GDBM map (perdition/db/gdbm/).  Keys match exactly, byte for byte and
 case-sensitively, as a GDBM fetch does; the login rules (``lower_case``,
 ``add_domain``) run before the lookup, not here.
 
@@ -11,7 +11,7 @@ Differences from ``makegdbm`` (docs/maps.md lists them all):
 * ``#`` starts a comment: a whole line, or the rest of a value after a blank.
 * Blanks around the key and the value are dropped; ``makegdbm`` keeps the
   blank after the colon as part of the value.
-* An empty value is an entry with no server (Perdition: "no server", §2.7),
+* An empty value is an entry with no server (Perdition: "no server", docs/maps.md),
   not an input error; a value that is not ``[user@]host[:port]`` is an error
   that names the file and line, where Perdition would fail at login time.
 * A repeated key keeps its first value and logs a warning, like ``makegdbm``'s

@@ -1,4 +1,4 @@
-"""Perdition's MySQL map (perdition.md §3) on an aiomysql pool; the only aiomysql import.
+"""Perdition's MySQL map (perditiondb_mysql.c) on an aiomysql pool; the only aiomysql import.
 
 One parametrised query per lookup::
 
@@ -13,20 +13,21 @@ those same queries, each tagged with its key's index::
     UNION ALL (SELECT 1, `<server col>` ... WHERE `<user col>` = %s LIMIT 1) ...
 
 Each member is exactly the single-key query, so each key keeps Perdition's
-matching (the column's collation against a literal, §3.2) and "first row
-wins" (§3.3); a join against a derived table of keys would compare two
-implicit collations instead.  A failing batch fails every key in it.  This
+matching (the column's collation against a literal) and "first row wins"
+(docs/maps.md, "MySQL / MariaDB map"); a join against a derived table of
+keys would compare two implicit collations instead.  A failing batch fails every key in it.  This
 cuts the per-key cost of a miss (aiomysql parses the protocol in pure Python,
 and most of that cost is per statement, not per row).
 
 The key is always a parameter, never pasted into the SQL (Perdition escapes it
-into a 256-byte buffer and truncates, §3.2).  Identifiers come validated from
+into a 256-byte buffer and truncates).  Identifiers come validated from
 the settings and are checked again and backtick-quoted here.  Matching is the
 column's collation's business, as in Perdition: a ``_ci`` column matches
 ``ALICE@...``, and PAD SPACE collations (``utf8mb4_bin`` too) ignore trailing
 blanks.
 
-How a row becomes a route (§3.3), with one deliberate difference:
+How a row becomes a route (docs/maps.md, "Rows to routes"), with one deliberate
+difference:
 
 * first row wins; a NULL or empty server column means "no server" (None);
 * the port is the port column's value, or ``port_constant`` (Perdition's
@@ -129,7 +130,7 @@ def _text(value: object) -> str | None:
 def row_to_entry(
     row: Sequence[object], port_constant: int | None, delimiter: str
 ) -> MapEntry | None:
-    """A result row as a map entry (§3.3); raises ServerSpecError for nonsense."""
+    """A result row as a map entry (docs/maps.md); raises ServerSpecError for nonsense."""
     server = _text(row[0])
     if server is None or not server.strip():
         return None

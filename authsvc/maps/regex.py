@@ -1,9 +1,9 @@
-"""Perdition's POSIX-regex map (``popmap.re``, perdition.md §3b), on Python's ``re``.
+"""Perdition's POSIX-regex map (``popmap.re``, perditiondb_posix_regex.c), on ``re``.
 
 Each rule line is ``<ERE>[:] <substitution>``; the first rule whose regex
 matches anywhere in the key wins (case-sensitive, no implicit anchors), and
 ``$0``..``$9`` in the substitution are the match and its groups.  The file
-follows Perdition's config-file rules (§1.3): ``#`` starts a comment unless
+follows Perdition's config-file rules (perdition(8)): ``#`` starts a comment unless
 quoted or escaped, ``'...'`` and ``"..."`` quote, a backslash before a blank,
 ``#`` or a quote makes it literal, and a trailing backslash joins lines.  Other
 backslashes stay in the regex, where they escape.
@@ -272,7 +272,7 @@ class Rule:
 
 
 def _split_rule(line: str) -> tuple[str, bool, str] | None:
-    """One logical line split by the config-file rules (§1.3).
+    """One logical line split by the config-file rules (docs/maps.md).
 
     Returns (regex, whether it ended in a plain ``:``, substitution), or None
     for a blank or comment line.
@@ -330,7 +330,7 @@ def parse_regex_map(
         first = number + 1
         line = physical[number].removesuffix("\r")
         number += 1
-        # A backslash before the newline joins the next line (config-file rule, §1.3).
+        # A backslash before the newline joins the next line (config-file rule).
         while line.endswith("\\") and not line.endswith("\\\\") and number < len(physical):
             line = line[:-1] + physical[number].removesuffix("\r")
             number += 1

@@ -1,13 +1,14 @@
 """ImapBack: log in at an IMAP store on the client's behalf, sans-IO.
 
-The steps (perdition.md §4.5, Dovecot ``imap-proxy.c``): with
+The steps (Perdition's ``imap4_out.c``, Dovecot's ``imap-proxy.c``): with
 ``forward_client = proxy_v1/v2``, a PROXY header first; read the greeting,
 which must be ``* OK``; with backend STARTTLS, ask CAPABILITY when the greeting
 did not list it, then STARTTLS; over plaintext, ask CAPABILITY when still
 unknown, and never send a password to a store that advertises LOGINDISABLED
-(perdition.md §4.7); with ``forward_client = id``, ``ID`` with the client's
-address (nginx-haproxy.md §4.2), whatever the store answers; send ``LOGIN``
-with each argument as atom, quoted string or literal (``{n+}`` only when the
+(Perdition: "Login Disabled"); with ``forward_client = id``, ``ID`` with the
+client's address (Dovecot's proxy forwarding; docs/proxy.md), whatever the
+store answers; send ``LOGIN`` with each argument as atom, quoted string or
+literal (``{n+}`` only when the
 store offers LITERAL+); on OK, take the store's capabilities from its
 ``[CAPABILITY]`` code or ask for them.
 The store's refusal text is returned for the log only; the client hears a
@@ -48,7 +49,7 @@ MAX_RELAYED = 16
 #: RFC 5530 codes that say "not now" rather than "wrong password".
 TEMPORARY_CODES = frozenset({"UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT", "PRIVACYREQUIRED"})
 #: The reason of the failure no password may cross (the session logs it as
-#: Perdition's "Login Disabled", perdition.md §4.7).
+#: Perdition's "Login Disabled", perdition/perdition.c).
 LOGINDISABLED_REASON = "store advertises LOGINDISABLED"
 
 
@@ -163,7 +164,7 @@ class ImapBack:
         status = status.upper()
         if self.state is BackState.GREETING:
             if status != b"OK":
-                # * BYE or * PREAUTH: perdition.md §4.5 step 2.
+                # * BYE or * PREAUTH (Perdition's imap4_out.c refuses them too).
                 return self._fail(FailureKind.BACKEND_PROTOCOL, f"greeting: * {_clip(rest)}")
             code, args = response_code(text)
             if code == "CAPABILITY":
@@ -235,7 +236,7 @@ class ImapBack:
             self.state = BackState.CAPABILITY_PLAIN
             return self._send("CAPABILITY")
         if self._has("LOGINDISABLED"):
-            # perdition.md §9: Dovecot with disable_plaintext_auth says this to
+            # Dovecot with disable_plaintext_auth says this to
             # an untrusted proxy; no login can work, so it is a setup problem.
             return self._fail(FailureKind.BACKEND_PROTOCOL, LOGINDISABLED_REASON)
         if self._forward is ForwardClient.ID and self._endpoints and not self._id_sent:

@@ -6,7 +6,7 @@ LOGOUT, STARTTLS, ID, LOGIN and AUTHENTICATE PLAIN (RFC 9051 §6.1-§6.2, SASL-I
 RFC 4959, ID RFC 2971); anything else is ``BAD``.  Commands are dispatched from
 a fixed table, never by looking up a client-supplied name.
 
-Where we differ from Perdition (perdition.md §4): AUTHENTICATE PLAIN works;
+Where we differ from Perdition (docs/perdition-compatibility.md): AUTHENTICATE PLAIN works;
 STARTTLS is never offered on an implicit-TLS port; commands pipelined behind
 LOGIN are kept and forwarded to the store, not dropped; the client's OK carries
 the store's ``[CAPABILITY]``; errors get no sleep, failed logins a fixed delay

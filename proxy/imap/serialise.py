@@ -1,7 +1,7 @@
 """IMAP bytes we write: reply lines to clients and the LOGIN we send to stores.
 
 Every wire literal of the IMAP side lives here, not in the machines
-(docs/architecture.md §5.11).  ``login_command`` picks atom, quoted string or
+(one place for the wire text).  ``login_command`` picks atom, quoted string or
 literal per argument as Dovecot's ``imap_append_string`` does, so an 8-bit or
 oddly punctuated password reaches the store byte for byte.
 """
@@ -64,7 +64,7 @@ def continuation(text: str = "") -> bytes:
 
 
 def greeting(capabilities: str) -> bytes:
-    """``* OK [CAPABILITY ...] text`` (RFC 9051 §7.1.1, code §7.1)."""
+    """``* OK [CAPABILITY ...] text`` (RFC 9051 §7.1.1; the code, RFC 9051 §7.1)."""
     return untagged(f"OK [CAPABILITY {capabilities}] {GREETING_TEXT}")
 
 

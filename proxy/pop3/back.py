@@ -1,10 +1,10 @@
 """Pop3Back: log in at a POP3 store on the client's behalf, sans-IO.
 
-The steps (perdition.md §8 "Backend dialogue"): with ``forward_client =
+The steps (Perdition's ``pop3_out.c``): with ``forward_client =
 proxy_v1/v2``, a PROXY header first; the greeting must be ``+OK``; with backend
 STARTTLS, ``CAPA`` and ``STLS`` when offered (RFC 2595 §4); with
-``forward_client = id``, Dovecot's ``XCLIENT ADDR= PORT=`` (nginx-haproxy.md
-§4.2), whatever the store answers; then ``USER`` and ``PASS``.  POP3 has no
+``forward_client = id``, Dovecot's ``XCLIENT ADDR= PORT=`` (Dovecot's proxy
+forwarding, docs/proxy.md), whatever the store answers; then ``USER`` and ``PASS``.  POP3 has no
 LOGINDISABLED: a store that refuses plaintext logins refuses ``USER``, so
 ``PASS`` (the password) is never sent to it.  A ``-ERR`` with ``[SYS/TEMP]``, ``[IN-USE]`` or
 ``[LOGIN-DELAY]`` is a temporary failure; any other ``-ERR`` is a refused

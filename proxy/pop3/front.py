@@ -4,7 +4,7 @@ Sans-IO.  In the AUTHORIZATION state (RFC 1939 §4) it answers CAPA (RFC 2449),
 USER, PASS, AUTH PLAIN (RFC 5034, initial response and ``*`` cancel), STLS
 (RFC 2595 §4) and QUIT; anything else is ``-ERR``.  Dispatch is a fixed table.
 
-Where we differ from Perdition (perdition.md §8): AUTH PLAIN works; STLS is
+Where we differ from Perdition (docs/perdition-compatibility.md): AUTH PLAIN works; STLS is
 never offered on POP3S; commands pipelined behind PASS are forwarded, not
 dropped; no 3 s sleep on errors, a fixed delay on failed logins (applied by
 the session); and the connection closes after too many failures.
@@ -253,7 +253,7 @@ class Pop3Front:
         if self.state is not State.LOGGING_IN:
             return []
         self.failures += 1
-        self._user = None  # perdition.md §8: a failed PASS forgets USER
+        self._user = None  # as Perdition's pop3_in.c: a failed PASS forgets USER
         # The kind's client-facing class (authsvc/failures.py): RFC 3206 §4's codes.
         authentication = kind.meaning.reply is Reply.AUTHENTICATION
         if self.failures >= self._proxy.max_login_attempts:

@@ -1,6 +1,6 @@
 """POP3 bytes we write: replies to clients and the commands we send to stores.
 
-Every POP3 wire literal lives here (docs/architecture.md §5.11).  Response
+Every POP3 wire literal lives here.  Response
 codes in brackets are RFC 2449 §8 (``[IN-USE]``, ``[LOGIN-DELAY]``) and
 RFC 3206 (``[AUTH]``, ``[SYS/TEMP]``, ``[SYS/PERM]``); we advertise
 RESP-CODES and AUTH-RESP-CODE so clients know to read them.

@@ -1,4 +1,4 @@
-"""Faults at the stores (issue 11): one killed mid-session, one that accepts and never greets.
+"""Faults at the stores: one killed mid-session, one that accepts and never greets.
 
 Scripted stores (``fakestore.py``) misbehave on demand where a real Dovecot
 cannot.  What a client must see: its own session ends when its store dies,

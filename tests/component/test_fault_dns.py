@@ -1,6 +1,6 @@
-"""Fault: DNS failing for a map that holds host names (issue 11).
+"""Fault: DNS failing for a map that holds host names.
 
-Maps may hold names (Perdition resolves them, perdition.md §2); ``serve`` must
+Maps may hold names (Perdition resolves them, docs/maps.md); ``serve`` must
 hand nginx an IP (``http/resolve.py``) and the proxy must connect.  When the
 resolver is down (``EAI_AGAIN``, injected into the event loop) or the name does
 not exist (``.invalid``, RFC 6761 §6.4), the client must get a temporary

@@ -1,4 +1,4 @@
-"""Fault: a MySQL map whose server accepts connections and never answers (issue 11).
+"""Fault: a MySQL map whose server accepts connections and never answers.
 
 A TCP listener that accepts and stays silent stands in for a wedged
 mariadbd (or a black-holed route): the client library waits for a handshake

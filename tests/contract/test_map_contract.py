@@ -63,7 +63,8 @@ CASES: list[tuple[str, tuple[str, int, str | None] | None]] = [
     # Binary collation: case matters, as in a GDBM file.
     ("mixed@riseup.net", None),
     ("BOB@riseup.net", None),
-    # "%" and "_" are not wildcards; no fallback from bare names to domains (§2.4).
+    # "%" and "_" are not wildcards; no fallback from bare names to domains
+    # (docs/maps.md).
     ("1000@riseup.net", None),
     ("b_b@riseup.net", None),
     ("bob", None),

@@ -72,7 +72,7 @@ def _mutate(lines: list[str], edits: list[tuple[str, int, int]], values: list[st
 
 _noise = st.lists(st.text(max_size=6), min_size=1, max_size=3)
 
-# Perdition: values from the languages its options take (perdition.md §1.5).
+# Perdition: values from the languages its options take (perdition(8), OPTIONS).
 _perdition_values = st.lists(st.one_of(
     st.sampled_from([
         "0", "1", "143", "65536", "-1", "99999999999999999999", "imap", "pop3s", "x",

@@ -1,6 +1,6 @@
 """Fuzz nginx's side of ``authsvc serve``: %XX decoding, request decoding, the raw head parser.
 
-Properties (issue 12): ``decode_escaped`` and ``parse_request`` raise nothing
+Properties: ``decode_escaped`` and ``parse_request`` raise nothing
 (a request nginx would never send is a ``BadRequest``); ``parse_head`` answers
 None or a request, never an exception; what the fast path in ``wire.py``
 accepts, aiohttp's own parser (the one it would otherwise go to, with the

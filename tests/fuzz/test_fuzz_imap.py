@@ -1,6 +1,6 @@
 """Fuzz the IMAP side: fragmentizer, pre-auth grammar, front and back machines.
 
-Properties (issue 12): nothing but the defined errors escapes (``CommandError``
+Properties: nothing but the defined errors escapes (``CommandError``
 from the grammar; the machines raise nothing at all and answer ``BAD``/``BYE``
 or ``BackendFailed`` instead); every split of the input gives the same
 answer; no line or literal past its limit is parsed or buffered.

@@ -1,6 +1,6 @@
 """Fuzz the POP3 side: the front (AUTHORIZATION state) and back machines.
 
-Properties (issue 12): the machines raise nothing (a client hears ``-ERR``,
+Properties: the machines raise nothing (a client hears ``-ERR``,
 a store failure is ``BackendFailed``); every split of the input gives the
 same answer; a line past the limit is refused and the next one still parsed.
 """

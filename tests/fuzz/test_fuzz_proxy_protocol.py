@@ -1,6 +1,6 @@
 """Fuzz the PROXY protocol v1/v2 reader (proxy/proxy_protocol.py).
 
-Properties (issue 12): the only error is ``ProxyProtocolError``; every split
+Properties: the only error is ``ProxyProtocolError``; every split
 gives the same header (or an error), and the reader never takes a byte past
 the header, so what follows (a ClientHello, an IMAP command) is untouched;
 nothing past the limit (107 bytes for v1, ``max_length`` for v2) is taken.

@@ -1,6 +1,6 @@
 """Settings the render tests and golden files share, built directly (no config files).
 
-``nest()`` mirrors the seed deployment (/work/shared/seed/perdition-nest-deployment.txt):
+``nest()`` mirrors the seed deployment (deploy/perdition/):
 four Perdition files, IMAP 143 STARTTLS, IMAPS 993, POP3 110 STARTTLS, POP3S 995,
 one certificate, lower_case all, explicit_domain riseup.net + add_domain
 servername_lookup, MySQL map, timeout 1800.  The golden tests render it, so a

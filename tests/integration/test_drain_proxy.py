@@ -1,4 +1,4 @@
-"""Graceful drain of ``authsvc proxy`` on SIGTERM (issue 11), with real Dovecot stores.
+"""Graceful drain of ``authsvc proxy`` on SIGTERM, with real Dovecot stores.
 
 100 logged-in sessions are idle when SIGTERM arrives, logins keep arriving,
 and one client sits before login.  What each must see:

@@ -1,10 +1,10 @@
-"""Fault: a full descriptor table (EMFILE) in ``authsvc proxy`` and ``serve`` (issue 11).
+"""Fault: a full descriptor table (EMFILE) in ``authsvc proxy`` and ``serve``.
 
 Each runs as a subprocess under a low ``RLIMIT_NOFILE`` (set in the child
 before exec).  Idle connections fill its descriptor table until ``accept``
 fails; then they are released, and a real login (imaplib through the proxy to
 Dovecot; an nginx request to serve) must work again: the listener survived
-(Perdition's died on a failed accept, perdition.md §6.3).
+(Perdition's died on a failed accept, docs/perdition-compatibility.md).
 """
 
 from __future__ import annotations

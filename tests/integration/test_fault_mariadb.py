@@ -1,4 +1,4 @@
-"""Fault: the MySQL map's mariadbd killed (SIGKILL) under load, then started again (issue 11).
+"""Fault: the MySQL map's mariadbd killed (SIGKILL) under load, then started again.
 
 ``python -m authsvc serve`` (two workers) routes through a PRIVATE mariadbd
 (the shared one is never touched).  While threads send nginx requests, the

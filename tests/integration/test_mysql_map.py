@@ -71,7 +71,7 @@ async def lookup_with(settings: MySqlMapSettings, key: str) -> MapEntry | None:
         await m.close()
 
 
-# -- rows to routes (perdition.md §3.3) ---------------------------------------------
+# -- rows to routes (docs/maps.md, "Rows to routes") ------------------------------
 
 
 async def test_seed_map_rows(seed_map: MySqlMap) -> None:
@@ -104,7 +104,7 @@ async def test_port_column(db: TestDatabase) -> None:
         "INSERT INTO tblPerdition VALUES ('a', '10.1.0.1', '2143'), ('b', '10.1.0.2', NULL), "
         "('c', '10.1.0.3', ''), ('d', '10.1.0.4:110', '2143')"
     )
-    # Perdition's own defaults (§3.5): servername, user, port.
+    # Perdition's own defaults (perditiondb_mysql.h): servername, user, port.
     settings = db.map_settings(table="tblPerdition", server_column="servername",
                                user_column="user", port_column="port", port_constant=None)
     m = MySqlMap(settings)
@@ -257,13 +257,13 @@ async def test_a_caller_giving_up_does_not_spoil_the_batch(seed_map: MySqlMap) -
     assert await seed_map.lookup("alice@riseup.net") == MapEntry("10.0.0.3", 143)
 
 
-# -- the collation decides matching (perdition.md §3.2) --------------------------------
+# -- the collation decides matching (docs/maps.md) ----------------------------------------
 
 
 @pytest.mark.parametrize(
     ("collation", "upper", "trailing"),
     [
-        # _ci: case-insensitive, and PAD SPACE ignores trailing blanks; Perdition [T] alike.
+        # _ci: case-insensitive, and PAD SPACE ignores trailing blanks; Perdition 2.2 alike.
         ("utf8mb4_general_ci", True, True),
         ("utf8mb4_unicode_ci", True, True),
         # The seed's binary collation is case-sensitive but still PAD SPACE.

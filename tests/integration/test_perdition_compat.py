@@ -19,8 +19,8 @@ login exchange (``a OK CAPABILITY`` vs ``a OK CAPABILITY completed.``) is
 reduced to the status and response code, which is what clients act on.
 Login replies keep their text: it is what a user reads.
 
-Perdition sleeps 3 s before every failure and every BAD (perdition.md §0,
-§4.3), so all sessions run at once in threads; the database-down sessions run
+Perdition sleeps 3 s before every failure and every BAD (perdition/perdition.c,
+imap4_in.c), so all sessions run at once in threads; the database-down sessions run
 in a second round while the private mariadbd is stopped.  About 25 s in all.
 """
 
@@ -100,7 +100,7 @@ def _text(line: bytes) -> str:
 
 
 def _greeting_text(text: str) -> str:
-    """Perdition's greeting names the local address and a config checksum (§4.1)."""
+    """Perdition's greeting names the local address and a config checksum (greeting.c)."""
     return _CHECKSUM.sub(" <checksum>", _HOST.sub("<host>", text))
 
 
@@ -122,7 +122,7 @@ def _login_reply(line: str, tag: str) -> str:
     """A login reply keeps its text; the store's capability list is elided."""
     text = _DOVECOT_TIMING.sub(".", _untag(line, tag))
     if text.startswith("* CAPABILITY "):
-        return "* CAPABILITY …"  # the store's list, relayed by Perdition (§4.5 step 6)
+        return "* CAPABILITY …"  # the store's list, relayed by Perdition (imap4_out.c)
     return _CAPABILITY_CODE.sub("[CAPABILITY …]", text)
 
 
@@ -443,7 +443,7 @@ def _after_close_or_noop(conn: RawLines, noop: bytes, tag: str | None) -> list[s
 
 @case("imap.third_failure")
 def _(target: Target) -> Observation:
-    """Three wrong passwords on one connection; then a NOOP (Perdition: no limit, §0)."""
+    """Three wrong passwords on one connection; then a NOOP (Perdition: no limit)."""
     with imap(target) as session:
         for _ in range(3):
             session.login("bob", "wrong")
@@ -488,7 +488,7 @@ def _until_closed(conn: RawLines) -> Observation:
 
 @case("imap4.capability.after_failed_login_over_starttls")
 def _(target: Target) -> Observation:
-    """Perdition resets its TLS state after a failed login on a TLS socket (§5.2)."""
+    """Perdition resets its TLS state after a failed login on a TLS socket."""
     with imap(target) as session:
         session.starttls()
         session.login("bob", "wrong")
@@ -499,7 +499,7 @@ def _(target: Target) -> Observation:
 
 @case("pop3.pass_again_after_failure")
 def _(target: Target) -> Observation:
-    """After a failed PASS, a second PASS without USER (Perdition forgets USER, §8)."""
+    """After a failed PASS, a second PASS without USER (Perdition forgets USER)."""
     with pop3(target) as pop:
         pop.command("USER bob")
         pop.command("PASS wrong")

@@ -1,4 +1,4 @@
-"""``authsvc proxy`` behind a real HAProxy and in front of real Dovecot stores (issue 8).
+"""``authsvc proxy`` behind a real HAProxy and in front of real Dovecot stores.
 
 * HAProxy with ``send-proxy-v2`` (and ``check-send-proxy`` LOCAL health checks,
   TLS checks included) in front of the proxy's IMAPS and POP3S ports: logins

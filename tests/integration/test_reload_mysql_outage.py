@@ -1,4 +1,4 @@
-"""A reload while the database is down keeps the cached routes (issue 11).
+"""A reload while the database is down keeps the cached routes.
 
 MySQL routes live in the map's cache; a reload that leaves the map's settings
 alone keeps that map, cache and all (``maps/factory.py:MapShelf``), so

@@ -1,4 +1,4 @@
-"""Hot reload of ``authsvc proxy`` (issue 11) against real Dovecot stores.
+"""Hot reload of ``authsvc proxy`` against real Dovecot stores.
 
 The proxy runs as the operator runs it (``python -m authsvc proxy -c
 authsvc.toml``), with a popmap and two listeners: plaintext IMAP and

@@ -1,4 +1,4 @@
-"""Hot reload of ``authsvc serve`` (issue 11): SIGHUP under a steady stream of nginx requests.
+"""Hot reload of ``authsvc serve``: SIGHUP under a steady stream of nginx requests.
 
 ``python -m authsvc serve`` with a popmap, one worker and two; raw nginx
 ``auth_http`` requests from several threads must all get their route while

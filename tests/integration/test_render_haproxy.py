@@ -79,7 +79,7 @@ def test_golden_haproxy_files_pass_haproxy_c(name: str) -> None:
 
 
 def test_haproxy_c_can_fail(tmp_path: Path) -> None:
-    """The unquoted banner from Dovecot's docs is what haproxy -c rejects (§3.3)."""
+    """The unquoted banner from Dovecot's docs is what haproxy -c rejects (tcp-check expect)."""
     text = render_haproxy(nest_behind_haproxy()).text.replace('"* OK"', "* OK")
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(text)

@@ -34,7 +34,7 @@ ROWS = [("procbob@riseup.net", "127.0.0.2"), ("procalice@riseup.net", "127.0.0.3
 
 
 def escape(raw: bytes) -> bytes:
-    """nginx's Auth-User/Auth-Pass escaping (nginx-haproxy.md §1.3)."""
+    """nginx's Auth-User/Auth-Pass escaping (NGX_ESCAPE_MAIL_AUTH, ngx_string.c)."""
     return b"".join(b"%%%02X" % b if b <= 0x20 or b == 0x25 else bytes([b]) for b in raw)
 
 
@@ -201,7 +201,7 @@ def test_two_workers_totals_flush_and_signals(config: Path, tmp_path: Path,
         assert re.fullmatch(r"dropped 2 cached route\(s\) in 2 worker\(s\)\n", done.stdout)
 
         serve.process.send_signal(signal.SIGHUP)
-        serve.wait_for(r"event=reloaded", count=2)  # every worker reloads (issue 11)
+        serve.wait_for(r"event=reloaded", count=2)  # every worker reloads
         assert ask(("127.0.0.1", port), nginx_request(b"procbob"))["Auth-Status"] == "OK"
         assert serve.process.poll() is None
     finally:

@@ -3,7 +3,7 @@
 Real ``authsvc serve`` processes (one, two workers, two nodes sharing a
 private Redis).  What nginx would do with each answer is read off the reply
 headers: ``Auth-Wait: N`` keeps the client's session for another try after N
-seconds, no ``Auth-Wait`` closes it (nginx-haproxy.md §1.7).
+seconds, no ``Auth-Wait`` closes it (ngx_mail_auth_http_module, "Protocol").
 """
 
 from __future__ import annotations

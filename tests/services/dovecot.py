@@ -74,7 +74,7 @@ def shared_ports(addresses: tuple[str, ...], *, tls: bool, haproxy: bool = False
     """Ports free on every one of ``addresses``: one number per service for all stores.
 
     The seed's MySQL map answers a store address with a constant port
-    (``...:storage_ip:address:143``, perdition.md §3.1), so every store must
+    (``...:storage_ip:address:143``, perditiondb(5)), so every store must
     listen on the same port numbers, each on its own address.
     """
     def pick() -> int:

@@ -221,7 +221,7 @@ class TestDatabase:
         return replace(settings, **overrides)
 
     def map_library_opt(self, port: int = 143, table: str = "mailboxes") -> str:
-        """Perdition's 9-field ``map_library_opt`` for this database (§3.1)."""
+        """Perdition's 9-field ``map_library_opt`` for this database (perditiondb(5))."""
         return (
             f"{self.host}:{self.port}:{self.name}:{table}:{self.reader_user}:"
             f"{self.reader_password}:storage_ip:address:{port}"

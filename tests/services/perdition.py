@@ -2,30 +2,30 @@
 
 The compatibility rig (tests/integration/test_perdition_compat.py) runs the
 Debian ``perdition`` and ``perdition-mysql`` packages exactly as the seed
-deployment (/work/shared/seed/perdition-nest-deployment.txt) configured them,
+deployment (riseup.net's nest; deploy/perdition/) configured them,
 and ``authsvc proxy`` on the same four files, against the same Dovecot stores
 and MariaDB table, so one scripted client session can be replayed against both.
 
 :func:`write_seed_files` writes the seed's four files (``perdition.imap4.conf``,
 ``perdition.imaps.conf``, ``perdition.pop3.conf`` and the seed's own
 ``perdition.pops.conf``) for one bind address.  Compared with the seed, only
-what a test machine needs is added or changed, each for a reason from
-perdition.md:
+what a test machine needs is added or changed, each for a reason
+(docs/perdition-compatibility.md, "How the comparison runs"):
 
 * ``map_library`` is the multiarch path: on Debian 12 the module lives in
-  /usr/lib/x86_64-linux-gnu (§9); the seed's /usr/lib path does not exist.
-* ``map_library_opt`` is the 9-field form (§3.1) pointed at our database, with
+  /usr/lib/x86_64-linux-gnu; the seed's /usr/lib path does not exist.
+* ``map_library_opt`` is the 9-field form (perditiondb(5)) pointed at our database, with
   the stores' IMAP or POP3 port as the constant port column.
 * ``bind_address`` and ``listen_port`` are written in the file: ``-b`` on the
   command line would make Perdition ignore the file's ``add_domain`` and
-  ``connection_limit`` (§1.4).
+  ``connection_limit`` (perdition/options.c).
 * ``no_daemon``, ``log_facility +`` (stderr), ``pid_file ""``: the daemon stays
   in the foreground under its fixture, logs where the fixture can read it and
-  writes no pid file (§1.5).  ``username``/``group`` are Debian's defaults
+  writes no pid file (perdition(8)).  ``username``/``group`` are Debian's defaults
   (``nobody``/``nogroup``), written out so both programs read the same file.
 * ``authenticate_timeout``/``timeout``: short, for tests.
 
-Each protocol's binary is started with ``-f FILE`` (§1.1: Debian's
+Each protocol's binary is started with ``-f FILE`` (perdition/config_file.c: Debian's
 ``perdition.pop3s`` reads ``perdition.pop3s.conf`` or ``perdition.conf``, never
 the seed's ``perdition.pops.conf``), in its own process group, and ended by its
 own pid (SIGTERM, then SIGKILL to that group for session children left over).
@@ -61,8 +61,8 @@ from tests.services.dovecot import StorePorts
 from tests.services.mariadb import TestDatabase
 from tests.services.require import require_binary, require_file
 
-#: Listener name -> the Debian binary that serves it (perdition.md §1.2: the
-#: init script starts IMAP4S as ``perdition.imaps``).
+#: Listener name -> the Debian binary that serves it (Debian's init script,
+#: etc/rc.d/init.d/perdition.debian.in, starts IMAP4S as ``perdition.imaps``).
 BINARIES: dict[str, str] = {
     "imap4": "perdition.imap4",
     "imaps": "perdition.imaps",
@@ -83,7 +83,7 @@ LISTENER_TLS: dict[str, tuple[str, str]] = {
     "pop3": ("pop3", "starttls"),
     "pop3s": ("pop3", "implicit"),
 }
-#: Where perditiondb_mysql lives on Debian 12 (perdition.md §9).
+#: Where perditiondb_mysql lives on Debian 12 (package perdition-mysql).
 MYSQL_LIBRARY = "/usr/lib/x86_64-linux-gnu/libperditiondb_mysql.so.0"
 #: The seed's imap_capability in perdition.imap4.conf (and .imaps.conf).
 SEED_IMAP_CAPABILITY = (
@@ -236,7 +236,7 @@ def _end(process: subprocess.Popen[bytes], *, group: bool) -> None:
             process.kill()
             process.wait(timeout=10)
     if group:
-        # Perdition forks one child per session (§0); the group id is our pid.
+        # Perdition forks one child per session (perdition.c); the group id is our pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
 

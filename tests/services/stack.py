@@ -4,7 +4,7 @@ What :func:`running_stack` starts, each daemon in the foreground, on free
 ports, in one temp directory, and ends by its own pid when the block ends:
 
 * a test PKI (``certs.py``): one CA, one server certificate for every address;
-* a private ``mariadbd`` (``mariadb.py``, the maps teammate's) holding the
+* a private ``mariadbd`` (``mariadb.py``) holding the
   seed's ``mailboxes`` table (``address`` -> ``storage_ip``) with a few thousand
   generated users spread over the two stores, plus ``bob@riseup.net``
   (store b) and ``alice@riseup.net`` (store a);

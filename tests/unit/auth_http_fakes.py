@@ -1,7 +1,8 @@
 """Shared pieces for the ``authsvc serve`` unit tests: seed settings, scripted maps, raw nginx.
 
 ``nginx_request`` builds, byte for byte, the request nginx 1.22 sends to
-``auth_http`` (nginx-haproxy.md §1.2, escaping per §1.3), and ``exchange``
+``auth_http`` (ngx_mail_auth_http_module, "Protocol"; escaping per nginx's ngx_string.c), and
+``exchange``
 sends it on a fresh connection and reads the reply until nginx would stop
 (the server closes; HTTP/1.0, no keep-alive).
 """

@@ -1,6 +1,6 @@
 """The auth_http handler through pytest-aiohttp's client: what nginx reads back.
 
-Every test asserts the reply headers nginx acts on (nginx-haproxy.md §1.5/§1.6),
+Every test asserts the reply headers nginx acts on (ngx_mail_auth_http_module, "Protocol"),
 using the seed deployment's rules: ``Bob`` is looked up as ``bob@riseup.net``
 and logs in to the store as ``bob``.
 """
@@ -133,7 +133,7 @@ async def test_port_zero_from_the_map_is_not_sent(client: Client) -> None:
     assert await auth(client, "zero") == {"Auth-Status": TEXT_TEMPORARY, "Auth-Wait": "3"}
 
 
-# -- escaping (nginx-haproxy.md §1.3) ------------------------------------------------------------
+# -- escaping (NGX_ESCAPE_MAIL_AUTH in nginx's ngx_string.c) --------------------------------------
 
 
 async def test_percent_escapes_are_decoded(client: Client, maps: Maps) -> None:

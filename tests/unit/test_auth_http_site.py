@@ -222,7 +222,7 @@ async def test_ipv6_listener(gated: GatedMap) -> None:
     except OSError:
         sock.close()
         await runner.cleanup()
-        pytest.fail("no ::1 here: the brief's loopback includes it")
+        pytest.fail("no ::1 here: the test machine's loopback must include it")
     sock.listen(16)
     port = sock.getsockname()[1]
     nginx_site = site.NginxSite(runner, sock, app[AUTH])

@@ -38,7 +38,7 @@ async def port() -> AsyncIterator[int]:
 
 
 def test_request_builder_matches_nginx_escaping() -> None:
-    # The verified example of nginx-haproxy.md §1.3: login "ok sp%ce", password "p%w dé".
+    # What nginx 1.22 sent for login "ok sp%ce", password "p%w dé".
     raw = nginx_request(b"ok sp%ce", "p%w dé".encode())
     assert b"\r\nAuth-User: ok%20sp%25ce\r\n" in raw
     assert b"\r\nAuth-Pass: p%25w%20d\xc3\xa9\r\n" in raw
@@ -123,7 +123,7 @@ async def test_plain_aiohttp_answers_400_to_del() -> None:
 
     The reply has no Auth-Status/Auth-Server, so nginx logs "did not send
     server or port" and the client sees ``* BAD internal server error``
-    (nginx-haproxy.md §0 rule 10).
+    (docs/serve.md, "Decoding").
     """
     app = make_app(seed_settings(), make_maps())
     async with nginx_facing_server(app, shim=False) as bare_port:

@@ -1,4 +1,4 @@
-"""Perdition's config-file syntax (perdition.md §1.3), as config/perdition_syntax.py reads it."""
+"""Perdition's config-file syntax (perdition(8)), as config/perdition_syntax.py reads it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def errors(text: str) -> list[str]:
         ("d\n", "d", None),  # a short option keeps its one letter
         ('map_library ""\n', "map_library", ""),  # quoted empty: an empty value, not None
         ("map_library ''\n", "map_library", ""),
-        # Everything after the key is ONE value; inner runs of spaces stay (§1.3 [T]).
+        # Everything after the key is ONE value; inner runs of spaces stay (as Perdition).
         ("imap_capability A B  C\n", "imap_capability", "A B  C"),
         ('imap_capability "A B  C"\n', "imap_capability", "A B  C"),
         ('imap_capability "IMAP4rev1 UIDPLUS  CHILDREN IDLE"   # comment\n',
@@ -53,7 +53,7 @@ def errors(text: str) -> list[str]:
         ("ok_line 'say \"hi\"'\n", "ok_line", 'say "hi"'),
         ("ok_line a'b c'd\n", "ok_line", "ab cd"),  # quotes inside a word
         ("ok_line \\\\\n", "ok_line", "\\"),
-        ("query_key \\\\u,\\\\D\\\\d\n", "query_key", "\\u,\\D\\d"),  # doubled backslashes (§2.5)
+        ("query_key \\\\u,\\\\D\\\\d\n", "query_key", "\\u,\\D\\d"),  # doubled backslashes
         ("'my key' value\n", "my key", "value"),  # whitespace in a key must be quoted
         ("my\\ key value\n", "my key", "value"),
         ("timeout 1800", "timeout", "1800"),  # no newline at the end of the file

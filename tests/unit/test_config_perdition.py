@@ -1,4 +1,4 @@
-"""Perdition options to settings: each option's mapping, warning or error (perdition.md §1.5)."""
+"""Perdition options to settings: each option's mapping, warning or error (perdition(8))."""
 
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def test_local_auth_state_warns_and_is_ignored(tmp_path: Path) -> None:
 
 def test_explicit_domain_alone_warns(tmp_path: Path) -> None:
     assert warnings(tmp_path, BASE + "explicit_domain riseup.net\n") == [
-        "3: explicit_domain: does nothing without add_domain, as in Perdition (§2.2)"
+        "3: explicit_domain: does nothing without add_domain, as in Perdition"
     ]
 
 
@@ -339,7 +339,7 @@ def test_an_empty_pop_capability_item_is_an_error(tmp_path: Path) -> None:
     ]
 
 
-# -- ssl_mode (perdition.md §5.1) ------------------------------------------------------------
+# -- ssl_mode (perdition(8), --ssl_mode) -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The seed deployment's Perdition files, verbatim, through load_settings.
 
-The texts below are copied from /work/shared/seed/perdition-nest-deployment.txt
-("Putting it all together"), including the trailing space after ``key.pem``.
+The texts below are copied from the seed deployment's write-up (riseup.net's nest,
+"Putting it all together"), including the trailing space after ``key.pem``.
 Their imaps/pops files are "exactly the same, except for one line".  The
 certificate paths are replaced by real files in a temp directory so that the
 only warnings left are the ones about Perdition's behaviour.

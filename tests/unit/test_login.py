@@ -1,4 +1,4 @@
-"""Perdition's login-name rules, row by row from perdition.md §2.2-§2.4."""
+"""Perdition's login-name rules (perdition/username.c), row by row as Perdition 2.2 did."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from authsvc.settings import LoginPolicy, Stage
 LOOKUP, BACKEND = Stage.LOOKUP, Stage.BACKEND_LOGIN
 ALL = frozenset(Stage)
 
-# The deployment-typical options of §2.3: lower_case all, explicit_domain
+# The seed deployment's options: lower_case all, explicit_domain
 # example.com, add_domain servername_lookup, no strip_domain.
 TYPICAL = LoginPolicy(
     lower_case=ALL, add_domain=frozenset({LOOKUP}), explicit_domain="example.com"
@@ -28,7 +28,7 @@ SEED = LoginPolicy(lower_case=ALL, add_domain=frozenset({LOOKUP}), explicit_doma
 @pytest.mark.parametrize(
     ("typed", "key", "backend"),
     [
-        # Every observed row of §2.3.
+        # Every row as Perdition 2.2 answered it.
         ("Alice@Example.COM", "alice@example.com", "alice@example.com"),
         ("ALICE", "alice@example.com", "alice"),  # add_domain is lookup-only
         ("bare", "bare@example.com", "bare"),
@@ -47,7 +47,7 @@ def test_seed_bob() -> None:
 
 
 def test_strip_plus_add_replaces_the_domain() -> None:
-    # §2.2 [T]: strip_domain + add_domain servername_lookup, explicit example.com.
+    # As Perdition did: strip_domain + add_domain servername_lookup, explicit example.com.
     policy = LoginPolicy(
         strip_domain=frozenset({LOOKUP}),
         add_domain=frozenset({LOOKUP}),
@@ -70,7 +70,7 @@ def test_strip_cuts_at_the_last_delimiter() -> None:
         ("mail.example.org", 2, "org"),
         ("mail.example.org", 3, None),  # no label left to remove
         ("10.0.0.5", 1, "0.0.5"),  # an IPv4 local address with depth 1
-        ("localhost", 1, None),  # [T] no '.' to strip: nothing added
+        ("localhost", 1, None),  # as Perdition 2.2: no '.' to strip, nothing added
         ("example.org", 0, "example.org"),
         (None, 1, None),
         ("::1", 1, None),

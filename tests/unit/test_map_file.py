@@ -64,7 +64,7 @@ async def test_lookups(popmap: Path) -> None:
     assert await m.lookup("carol@riseup.net") == MapEntry("10.0.0.4", 2143, user="dave")
     assert await m.lookup("horms") == MapEntry("localhost")
     assert await m.lookup("missing@riseup.net") is None
-    # An empty value is "no server" (§2.7), the same answer as a missing key.
+    # An empty value is "no server", the same answer as a missing key.
     assert await m.lookup("empty@riseup.net") is None
     await m.check()
     assert m.describe() == f"map file {popmap}"

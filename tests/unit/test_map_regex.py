@@ -56,7 +56,7 @@ async def test_case_sensitive_and_unanchored(tmp_path: Path) -> None:
 
 async def test_prefix_quirk_only_when_asked(tmp_path: Path) -> None:
     text = r"@example\.org$: 127.0.0.1" "\n"
-    # perdition.md §3b [T]: xyz@example.org gave "xyz127.0.0.1".
+    # Perdition 2.2: xyz@example.org gave "xyz127.0.0.1" (docs/maps.md).
     quirky = await regex_map(tmp_path, text, quirk=True).lookup("xyz@example.org")
     assert quirky == MapEntry("xyz127.0.0.1")
     assert await regex_map(tmp_path, text).lookup("xyz@example.org") == MapEntry("127.0.0.1")

@@ -122,7 +122,7 @@ async def test_outgoing_server_when_not_in_map() -> None:
     first = await router.route(LoginRequest("eve", MailProtocol.IMAP))
     second = await router.route(LoginRequest("eve", MailProtocol.IMAP))
     assert isinstance(first, Route) and isinstance(second, Route)
-    # Perdition rotates outgoing_server per attempt (§2.7).
+    # Perdition rotates outgoing_server per attempt (perdition/perdition.c).
     assert {(first.host, first.port), (second.host, second.port)} == {
         ("10.9.9.9", 143),
         ("10.9.9.8", 2143),
@@ -162,7 +162,7 @@ async def test_username_from_database() -> None:
     settings = Settings(listeners=(ListenerSettings("imap4", MailProtocol.IMAP, login=policy),))
     router = Router(settings, {"imap4": ScriptedMap({"bob@riseup.net": entry})})
     decision = await router.route(LoginRequest("bob", MailProtocol.IMAP))
-    # The map's user goes through REMOTE_LOGIN mangling (§2.6): lower-cased.
+    # The map's user goes through REMOTE_LOGIN mangling (username.c): lower-cased.
     assert isinstance(decision, Route) and decision.backend_login == "carol"
 
 

@@ -23,7 +23,7 @@ from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, ProxySet
 from tests.helpers.fail2ban import FILTER_DIR, failregexes, logfile_line, match
 from tests.services.require import require_file
 
-#: perdition.md §7.2, real samples of Perdition 2.2.
+#: Real samples of Perdition 2.2's Auth line (perdition(8), LOGGING).
 SAMPLES = [
     b'Auth: 127.0.0.1:60900->127.0.0.1:31143 client-secure=plaintext authorisation_id=NONE '
     b'authentication_id="nobody" server="(null):143" protocol=IMAP4 server-secure=plaintext '

@@ -195,7 +195,7 @@ def test_nothing_after_done() -> None:
     assert machine.handle(DataReceived(b"* 1 EXISTS\r\n")) == []
 
 
-# --- issue 8: no password where LOGINDISABLED is advertised; client address forwarding ----
+# --- no password where LOGINDISABLED is advertised; client address forwarding -----------
 
 ENDPOINTS = Endpoints(client=("127.0.0.77", 40001), local=("127.0.0.1", 10143))
 

@@ -24,7 +24,7 @@ from tests.helpers.feed import same_for_all_splits
 
 #: The start of a TLS 1.2/1.3 ClientHello record, as a client sends it behind the header.
 CLIENT_HELLO = bytes.fromhex("160301020001000200030300") + b"\x5a" * 20
-#: What HAProxy 2.6's check-send-proxy sends with send-proxy-v2 (nginx-haproxy.md §3.3).
+#: What HAProxy 2.6's check-send-proxy sends with send-proxy-v2 (seen on 2.6.12).
 HAPROXY_LOCAL = bytes.fromhex("0D0A0D0A000D0A515549540A20000000")
 
 Result = tuple[ProxyHeader, int] | str
