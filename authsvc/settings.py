@@ -266,6 +266,21 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """``[control]``: the operator's listener on serve and proxy (docs/security.md)."""
+
+    #: Where ``authsvc flush`` and ``authsvc throttle`` reach this node; None = no listener.
+    listen: HostPort | None = None
+    #: What every request must carry in ``X-Authsvc-Control``; distinct from ``[http]``'s.
+    secret: Secret | None = None
+    #: Source networks (CIDR text) allowed to connect; empty = any source.
+    allow: tuple[str, ...] = ()
+    #: TLS certificate and key (PEM files) for a control network that is not private.
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """Process-wide logging (Perdition ``debug``, ``connection_logging``, ``quiet``)."""
 
@@ -425,6 +440,7 @@ class Settings:
     haproxy: HaproxySettings = field(default_factory=HaproxySettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
 
     def listener(self, name: str) -> ListenerSettings | None:
         """The listener called ``name``, if any."""

@@ -5,7 +5,10 @@ so a bad certificate or a busy port is an error at once (exit 1).  Then
 ``--workers 1`` (the default) serves in this process (``run.py``); more
 workers fork from the supervisor (``authsvc/runtime/workers.py``), each with
 its own listening sockets (``listeners.py``) and, with ``[proxy]
-health_listen``, its own ``SO_REUSEPORT`` health socket.  SIGHUP reads the same
+health_listen``, its own ``SO_REUSEPORT`` health socket.  The control port
+(``[control] listen``) is bound once and shared: every worker accepts on it,
+and the one that takes a request repeats it on the others through their peer
+sockets (``authsvc/control/fanout.py``), so a flush reaches every worker.  SIGHUP reads the same
 files again.
 """
 
@@ -46,13 +49,17 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     reload_from = ReloadSource.of(paths)  # SIGHUP reads the same files again
     configure_logging(settings.log)
     health_address = settings.proxy.health_listen
+    control_address = settings.control.listen
+    health: list[socket.socket] = []
+    control: list[socket.socket] = []
     try:
         check_tls(settings)
         slots = bind_all(settings, workers)
         try:
             health = bind_tcp(health_address, workers) if health_address is not None else []
+            control = bind_tcp(control_address, 1) if control_address is not None else []
         except ListenError:
-            close_all(slots, [])
+            close_all(slots, health)
             raise
     except (ProxyConfigError, ListenError, OSError) as exc:
         print(f"authsvc proxy: {exc}", file=sys.stderr)
@@ -60,7 +67,8 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     try:
         if workers == 1:
             asyncio.run(serve(settings, sockets=slots[0], reload_from=reload_from,
-                              health_socket=health[0] if health else None))
+                              health_socket=health[0] if health else None,
+                              control_socket=control[0] if control else None))
             return 0
         # One token per worker for the supervisor: the worker's first listening
         # socket.  The worker closes every other worker's sockets itself.
@@ -71,14 +79,15 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
             close_all(slots, health, keep=index)
             asyncio.run(serve(settings, sockets=slots[index], run_dir=run_dir,
                               reload_from=reload_from,
-                              health_socket=health[index] if health else None))
+                              health_socket=health[index] if health else None,
+                              control_socket=control[0] if control else None))
             return 0
 
         return supervise(settings, tokens, workers, make_run_dir(), child_main=child,
                          reload_from=reload_from,
-                         on_stop=lambda: close_all(slots, health))
+                         on_stop=lambda: close_all(slots, health, extra=control))
     except (ProxyConfigError, OSError) as exc:
         print(f"authsvc proxy: {exc}", file=sys.stderr)
         return 1
     finally:
-        close_all(slots, health)
+        close_all(slots, health, extra=control)

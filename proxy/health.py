@@ -7,7 +7,9 @@ configured).  The handlers are ``authsvc serve``'s own
 (503 while starting or draining; a map that is down makes it 503 only with
 ``[http] ready_requires_map``), the same Prometheus text, with the proxy's
 families added (``metrics.py``).  With the throttle on, the port also serves
-``GET /throttle`` and ``POST /throttle/clear`` (``authsvc/control/throttle.py``).
+``GET /throttle`` and ``POST /throttle/clear`` (``authsvc/control/throttle.py``)
+for one more release, with a deprecation warning: they belong on the control
+listener (``control.py``).
 HAProxy checks it with ``tcp-check connect port ...`` + ``GET /readyz`` without
 a PROXY header (docs/proxy.md; ``authsvc render-haproxy``).  With
 ``--workers N`` every worker serves it on a SO_REUSEPORT socket and any one of
@@ -21,6 +23,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from authsvc.control.deprecation import Deprecation
 from authsvc.control.throttle import ThrottleControl
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
@@ -81,9 +84,10 @@ class HealthEndpoint:
         app.router.add_routes(health_routes(self.readiness, self.render_metrics))
         if self._throttle is not None:
             # `authsvc throttle list|clear --url http://<health_listen>` with
-            # the [http] secret: the same endpoints serve has (docs/security.md).
+            # the [http] secret, deprecated for [control] listen (docs/operations.md).
             http = self._settings.http
-            control = ThrottleControl(self._throttle, http.secret, http.secret_header)
+            control = ThrottleControl(self._throttle, http.secret, http.secret_header,
+                                      deprecation=Deprecation("the proxy's health port"))
             app.router.add_routes(control.routes())
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

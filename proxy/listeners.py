@@ -54,8 +54,10 @@ def bind_all(settings: Settings, workers: int) -> list[dict[str, list[socket.soc
 
 
 def close_all(slots: Sequence[ListenerSockets], health: Sequence[socket.socket],
-              keep: int | None = None) -> None:
-    """Close every worker's sockets (and health socket) but worker ``keep``'s."""
+              keep: int | None = None, *, extra: Sequence[socket.socket] = ()) -> None:
+    """Close every worker's sockets (and health socket) but worker ``keep``'s, and ``extra``."""
+    for sock in extra:  # shared by every worker (the control port)
+        sock.close()
     for index, slot in enumerate(slots):
         if index == keep:
             continue

@@ -1,13 +1,14 @@
 """One ``authsvc proxy`` process (or worker) from start to exit: :func:`serve`.
 
 It opens the maps (``authsvc/routing.py``), the metrics file, the ``Auth:``
-syslog writer and the throttle, starts the listeners (``server.py``) and the
-health port (``health.py``), then waits.  SIGTERM or SIGINT drains and stops
+syslog writer and the throttle, starts the listeners (``server.py``), the
+health port (``health.py``) and the control listener (``control.py``), then
+waits.  SIGTERM or SIGINT drains and stops
 it; SIGHUP reloads the configuration (``authsvc/reload.py``): new sessions get
 the new settings, maps and certificates, live ones keep theirs.
 
-aiohttp serves only the health port: without ``[proxy] health_listen`` it is
-never imported.
+aiohttp serves only the health port and the control listener: without
+``[proxy] health_listen`` or ``[control] listen`` it is never imported.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from authsvc.settings import Settings
 from authsvc.throttle.service import Throttle
 
 if TYPE_CHECKING:
+    from authsvc.proxy.control import ProxyControl
     from authsvc.proxy.health import HealthEndpoint
 
 log = logging.getLogger("proxy.server")
@@ -45,8 +47,13 @@ async def serve(
     run_dir: str | None = None,
     started: asyncio.Future[ProxyServer] | None = None,
     reload_from: ReloadSource | None = None,
+    control_socket: socket.socket | None = None,
 ) -> None:
-    """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT; SIGHUP reloads."""
+    """Run the proxy until ``stop`` is set, or SIGTERM/SIGINT; SIGHUP reloads.
+
+    ``control_socket`` is the control port bound before the fork (else
+    ``[control] listen`` is bound here, when set).
+    """
     stop = stop or asyncio.Event()
     reloader: Reloader | None = None
 
@@ -75,6 +82,11 @@ async def serve(
 
                 health = HealthEndpoint(settings, router, server, metrics,
                                         throttle=throttle if throttle.enabled else None)
+            control: ProxyControl | None = None
+            if control_socket is not None or settings.control.listen is not None:
+                from authsvc.proxy.control import ProxyControl
+
+                control = ProxyControl(settings, router, throttle, run_dir)
             await server.start(sockets)
 
             def apply(new: Settings, new_router: Router) -> None:
@@ -82,11 +94,15 @@ async def serve(
                 server.reconfigure(new, new_router)
                 if health is not None:
                     health.rebind(new_router)
+                if control is not None:
+                    control.rebind(new_router)
 
             if reload_from is not None:
                 reloader = Reloader(reload_from, switch, apply, metrics=metrics,
                                     check=check_tls)
             try:
+                if control is not None:
+                    await control.start(control_socket)
                 if health is not None:
                     await health.start(health_socket)
                     health.set_ready()
@@ -101,6 +117,8 @@ async def serve(
                 metrics.set_cache_stats(switch.router.cache_stats())
                 if health is not None:
                     await health.stop()
+                if control is not None:
+                    await control.stop()
                 await throttle.close()
                 if reloader is not None:
                     await reloader.close()

@@ -25,6 +25,7 @@ from authsvc.settings import (
     BackendOverride,
     BackendTls,
     CacheSettings,
+    ControlSettings,
     FileMapSettings,
     ForwardClient,
     HaproxySettings,
@@ -358,11 +359,12 @@ class _Validator:
                           connection_logging=g.boolean("connection_logging", False),
                           format=g.choice("format", "kv", ("kv", "json")))
         g.finish()
+        nginx, haproxy = self.nginx(top, pos), self.haproxy(top, pos)
+        proxy = self.proxy(top, pos, tables=top.tables("listener"), listeners=listeners)
+        throttle = self.throttle(top, pos)
         settings = Settings(listeners=listeners, cache=cache, http=http, log=log,
-                            nginx=self.nginx(top, pos), haproxy=self.haproxy(top, pos),
-                            proxy=self.proxy(top, pos, tables=top.tables("listener"),
-                                             listeners=listeners),
-                            throttle=self.throttle(top, pos))
+                            nginx=nginx, haproxy=haproxy, proxy=proxy, throttle=throttle,
+                            control=self.control(top, pos, http, proxy.health_listen))
         top.finish()
         return settings
 
@@ -382,6 +384,37 @@ class _Validator:
             h.error("secret_file", f"{path} must hold one line of text", raw)
             return None
         return Secret(text)
+
+    def control(self, top: Section, pos: Pos, http: HttpSettings,
+                health: HostPort | None) -> ControlSettings:
+        """``[control]``: the operator's listener, its secret, allow-list and TLS."""
+        c = self.section(top.table_of("control"), "control", pos)
+        listen = c.hostport("listen", need_port=True)
+        secret = self.secret_file(c)
+        cert, key = c.path("cert", check="certificate"), c.path("key", check="key")
+        settings = ControlSettings(listen=listen, secret=secret,
+                                   allow=_networks(c, "allow"), cert=cert, key=key)
+        items = c.table.items
+        if listen is not None and secret is None and "secret_file" not in items:
+            c.error("listen", "a control listener needs its own secret: set "
+                    "[control] secret_file", items["listen"])
+        if (cert is None) != (key is None):
+            given = "cert" if cert is not None else "key"
+            c.error(given, "give both cert and key, or neither", items[given])
+        if listen is None:
+            for name in ("secret_file", "allow", "cert", "key"):
+                if name in items:
+                    c.warn(name, "has no effect without [control] listen", items[name])
+        if (secret is not None and http.secret is not None
+                and secret.matches(http.secret.reveal())):
+            c.error("secret_file", "must differ from [http] secret_file: nginx's secret "
+                    "must not open the operator's commands", items["secret_file"])
+        if listen is not None and http.unix is None and _overlaps(listen, http.listen):
+            c.error("listen", f"{listen} is also [http] listen", items["listen"])
+        if listen is not None and health is not None and _overlaps(listen, health):
+            c.error("listen", f"{listen} is also [proxy] health_listen", items["listen"])
+        c.finish()
+        return settings
 
     def nginx(self, top: Section, pos: Pos) -> NginxSettings:
         n = self.section(top.table_of("nginx"), "nginx", pos)

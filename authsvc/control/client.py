@@ -1,44 +1,88 @@
 """The one client of the control endpoints, for ``authsvc flush`` and ``authsvc throttle``.
 
-It reaches a running ``authsvc serve`` (or ``authsvc proxy``'s health port,
-with ``--url``) over the unix socket when the config has one (or
-``--url unix:/path``), else over TCP with the shared secret from the config
-(``trust.py`` says why either is trusted), and returns the HTTP status and the
-JSON body.
+Which node, and how (docs/operations.md, "Operator commands"):
+
+* ``--url http(s)://HOST:PORT`` or ``--url unix:/path`` picks the node;
+* else ``[control] listen`` from ``--config`` (this node's control listener;
+  a wildcard address is reached on loopback), over TLS when ``[control]
+  cert`` is set;
+* else, for one more release, ``authsvc serve``'s own socket (``[http] unix``
+  or ``listen``), where those endpoints are deprecated.
+
+Over TCP it sends the ``[control]`` secret in ``X-Authsvc-Control`` when the
+config has one, else the ``[http]`` secret for serve's old endpoints; over a
+unix socket it sends none (``trust.py`` says why either is trusted).  It
+returns the HTTP status and the JSON body.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 
 import aiohttp
 
-from authsvc.settings import Settings
+from authsvc.control.trust import CONTROL_HEADER
+from authsvc.settings import HostPort, Settings
+
+#: What a wildcard listen address is reached on from the same host.
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _base(scheme: str, address: HostPort) -> str:
+    host = _LOOPBACK.get(address.host, address.host)
+    return f"{scheme}://[{host}]:{address.port}" if ":" in host else \
+        f"{scheme}://{host}:{address.port}"
 
 
 def target(settings: Settings, url: str | None) -> tuple[str | None, str]:
-    """(unix socket path or None, base URL) to reach the server."""
+    """(unix socket path or None, base URL) to reach the node."""
     if url is not None:
         if url.startswith("unix:"):
             return url[len("unix:"):], "http://localhost"
         return None, url.rstrip("/")
+    control = settings.control
+    if control.listen is not None:
+        return None, _base("https" if control.cert is not None else "http", control.listen)
     if settings.http.unix is not None:
         return settings.http.unix, "http://localhost"
     return None, f"http://{settings.http.listen}"
+
+
+def credentials(settings: Settings, unix: str | None) -> dict[str, str]:
+    """The header that proves the caller: the control secret, or serve's old one."""
+    if unix is not None:
+        return {}
+    if settings.control.secret is not None:
+        return {CONTROL_HEADER: settings.control.secret.reveal()}
+    if settings.http.secret is not None:
+        return {settings.http.secret_header: settings.http.secret.reveal()}
+    return {}
+
+
+def client_tls(settings: Settings) -> ssl.SSLContext:
+    """Verify the node's certificate: the system's CAs, and ``[control] cert`` itself."""
+    context = ssl.create_default_context()
+    if settings.control.cert is not None:
+        # A pool's own certificate (often self-signed) is the one to expect.
+        context.load_verify_locations(settings.control.cert)
+    return context
 
 
 async def call(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
                url: str | None = None, limit: float = 10.0) -> tuple[int, dict[str, object]]:
     """One request to a control endpoint; (HTTP status, JSON body)."""
     unix, base = target(settings, url)
-    connector = aiohttp.UnixConnector(path=unix) if unix is not None else None
-    headers = {}
-    if settings.http.secret is not None and unix is None:
-        headers[settings.http.secret_header] = settings.http.secret.reveal()
+    connector: aiohttp.BaseConnector | None = None
+    if unix is not None:
+        connector = aiohttp.UnixConnector(path=unix)
+    elif base.startswith("https:"):
+        connector = aiohttp.TCPConnector(ssl=client_tls(settings))
     async with (
         aiohttp.ClientSession(connector=connector,
                               timeout=aiohttp.ClientTimeout(total=limit)) as session,
-        session.request(method, base + path, data=form, headers=headers) as reply,
+        session.request(method, base + path, data=form,
+                        headers=credentials(settings, unix)) as reply,
     ):
         text = await reply.text()
         try:

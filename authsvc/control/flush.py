@@ -1,32 +1,33 @@
 """``POST /cache/flush``: drop cached routes when a mailbox moves, in every worker.
 
-Only callers that we trust may flush (``trust.py``): requests that reach us
-over a unix socket (file permissions decide who can connect) or that carry the
-shared secret (``http.secret`` in ``http.secret_header``).  Anyone else gets a 403.
+The operator asks the control listener (``listener.py``, which checks the
+caller), on ``authsvc serve`` and on ``authsvc proxy`` alike; both faces route
+through the same :class:`~authsvc.routing.Router`, so the key rules are the
+same (docs/operations.md, "Flush keys").  Each worker has its own cache, so
+the flush is repeated on every worker and the answer is the sum
+(``fanout.py``).
 
-With ``--workers N`` the kernel hands a request to one worker only, but each
-worker has its own cache.  So every worker also listens on a private control
-socket ``control-<pid>.sock`` in the server's run directory (mode 0700): the
-worker that receives a flush applies it, then repeats it on every other
-worker's control socket and answers with the total.  A flush that reaches a
-control socket is applied locally only, so it never loops.
+``authsvc serve`` still answers the same path on its nginx-facing port for
+one release (:meth:`CacheControl.handle`), for callers that we trust there
+(``trust.py``): over a unix socket, or with the ``[http]`` secret; anyone else
+gets a 403.  Each worker logs a deprecation warning the first time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
+from authsvc.control.deprecation import Deprecation
+from authsvc.control.fanout import FanOut, Peers
 from authsvc.control.trust import sockname_of, trusted
 from authsvc.redact import Secret
 from authsvc.routing import Router
+
+__all__ = ["FLUSH_PATH", "CacheControl", "FlushRequest", "Peers", "parse_flush"]
 
 logger = logging.getLogger("authsvc.control")
 
@@ -70,86 +71,58 @@ def parse_flush(params: Mapping[str, str]) -> FlushRequest | str:
     return FlushRequest(everything=True)
 
 
-class Peers:
-    """This worker's control socket and the other workers' (``--workers N``)."""
-
-    def __init__(self, directory: str, *, pid: int | None = None) -> None:
-        """``pid`` names this worker's socket (default: the process id; tests set it)."""
-        self.directory = directory
-        self.own = str(Path(directory, f"control-{pid if pid is not None else os.getpid()}.sock"))
-
-    def others(self) -> list[str]:
-        """Control sockets of the other workers that are still alive."""
-        found = []
-        for path in sorted(Path(self.directory).glob("control-*.sock")):
-            if str(path) == self.own:
-                continue
-            try:
-                os.kill(int(path.stem.split("-", 1)[1]), 0)
-            except (ValueError, ProcessLookupError, PermissionError):
-                continue
-            found.append(str(path))
-        return found
-
-
 class CacheControl:
-    """The flush handler; ``router`` is set once the maps are open."""
+    """The flush handlers; ``router`` is set once the maps are open."""
 
     def __init__(self, secret: Secret | None, secret_header: str,
-                 peers: Peers | None = None, timeout: float = 5.0) -> None:
+                 peers: Peers | None = None, timeout: float = 5.0, *,
+                 deprecation: Deprecation | None = None) -> None:
+        """``secret``/``secret_header``: the ``[http]`` check of :meth:`handle`."""
         self._secret = secret
         self._secret_header = secret_header
-        self.peers = peers
-        self._timeout = timeout
+        self._fan_out = FanOut(peers, timeout)
+        self._deprecation = deprecation
         self.router: Router | None = None
 
-    def _trusted(self, request: web.Request) -> bool:
-        return trusted(request.headers, self._secret, self._secret_header,
-                       sockname=sockname_of(request))
+    @property
+    def peers(self) -> Peers | None:
+        return self._fan_out.peers
 
     async def handle(self, request: web.Request) -> web.Response:
-        """``POST /cache/flush`` with ``user=``, ``domain=`` or ``all=1`` (form or query)."""
-        if not self._trusted(request):
+        """``POST /cache/flush`` on serve's auth_http port: checked here, deprecated."""
+        if not trusted(request.headers, self._secret, self._secret_header,
+                       sockname=sockname_of(request)):
             logger.warning("cache flush refused", extra={"fields": {
                 "event": "flush", "result": "forbidden", "client": request.remote}})
             return web.json_response({"error": "forbidden: use the unix socket or the secret"},
                                      status=403)
+        if self._deprecation is not None and not self._fan_out.from_peer(request):
+            self._deprecation.note(request.path)
+        return await self.operate(request)
+
+    async def operate(self, request: web.Request) -> web.Response:
+        """``POST /cache/flush`` with ``user=``, ``domain=`` or ``all=1`` (form or query).
+
+        The caller is trusted already: the control listener checked it, or it
+        is another worker on its peer socket.
+        """
         params = dict(request.query)
         params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
         what = parse_flush(params)
         if isinstance(what, str):
             return web.json_response({"error": what}, status=400)
-        if self.router is None:
+        router = self.router
+        if router is None:
             return web.json_response({"error": "not ready"}, status=503)
-        dropped = self.router.invalidate(key=what.key, domain=what.domain)
-        workers, failed = 1, []
-        if self.peers is not None and sockname_of(request) != self.peers.own:
-            results = await asyncio.gather(
-                *(self._forward(path, what) for path in self.peers.others())
-            )
-            for path, result in results:
-                if result is None:
-                    failed.append(Path(path).name)
-                else:
-                    dropped += result
-                    workers += 1
-        logger.info("", extra={"fields": {
-            "event": "flush", "what": what.describe(), "dropped": dropped, "workers": workers,
-            "failed": ",".join(failed) or None}})
-        return web.json_response({"dropped": dropped, "workers": workers, "failed": failed},
-                                 status=502 if failed else 200)
 
-    async def _forward(self, path: str, what: FlushRequest) -> tuple[str, int | None]:
-        try:
-            async with (
-                aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=path),
-                    timeout=aiohttp.ClientTimeout(total=self._timeout),
-                ) as session,
-                session.post(f"http://localhost{FLUSH_PATH}", data=what.as_form()) as reply,
-            ):
-                body = await reply.json()
-                return path, int(body["dropped"]) if reply.status == 200 else None
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
-            logger.warning("cache flush not repeated on %s: %s", Path(path).name, exc)
-            return path, None
+        async def local() -> dict[str, object]:
+            return {"dropped": router.invalidate(key=what.key, domain=what.domain)}
+
+        status, body = await self._fan_out.answer(request, what.as_form(), local,
+                                                  sums=("dropped",))
+        failed = body["failed"]
+        logger.info("", extra={"fields": {
+            "event": "flush", "what": what.describe(), "dropped": body["dropped"],
+            "workers": body["workers"],
+            "failed": ",".join(failed) if isinstance(failed, list) and failed else None}})
+        return web.json_response(body, status=status)

@@ -11,17 +11,29 @@ With no secret configured, the operator endpoints (``/cache/flush``,
 ``/throttle``) trust only the unix socket, while ``GET /auth`` is open: nginx
 needs no secret unless the operator sets one (``open_without_secret``).  A TCP
 peer is never trusted for its address, IPv4 or IPv6 alike.
+
+The control listener (``listener.py``) checks two things, each on its own:
+the source address against ``[control] allow`` (:func:`source_allowed`; a
+refusal is a 403), then its own secret, ``[control] secret_file``, in
+:data:`CONTROL_HEADER` (:func:`trusted` with ``open_without_secret=False``; a
+refusal is a 401).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from authsvc.redact import Secret
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+#: The header that carries ``[control] secret_file`` to the control listener.
+CONTROL_HEADER = "X-Authsvc-Control"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def over_unix_socket(sockname: object) -> bool:
@@ -62,3 +74,29 @@ def trusted(
         return secret.matches(offered)
     except UnicodeEncodeError:  # raw non-UTF-8 bytes: cannot be our secret
         return False
+
+
+def networks_of(texts: Iterable[str]) -> tuple[Network, ...]:
+    """``[control] allow`` as networks (validated already: CIDR or a bare address)."""
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+
+def source_allowed(remote: str | None, allow: tuple[Network, ...]) -> bool:
+    """Whether a caller at ``remote`` may talk to the control listener.
+
+    No allow-list admits any source (the secret still decides).  An IPv4
+    caller on a dual-stack socket shows as ``::ffff:a.b.c.d``; it is matched as
+    the IPv4 address it is.
+    """
+    if not allow:
+        return True
+    if remote is None:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == network.version and address in network
+               for network in allow)

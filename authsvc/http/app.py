@@ -1,7 +1,9 @@
 """The aiohttp application of ``authsvc serve``: routes, typed keys and the router's lifetime.
 
 ``create_app(settings, metrics)`` wires the auth handler (``GET <http.path>``),
-``/healthz``, ``/readyz``, ``/metrics`` and ``POST /cache/flush``.  The router,
+``/healthz``, ``/readyz``, ``/metrics``, and, for one more release,
+``POST /cache/flush`` and ``/throttle`` (deprecated there: they belong on the
+control listener, whose routes :func:`operator_routes` gives).  The router,
 and with it every map and database pool, lives in a ``cleanup_ctx``: opened
 before the first request, closed after the last one, and a reload replaces it
 (``authsvc/reload.py``).  What changes while the app runs lives in one
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
+from authsvc.control.deprecation import Deprecation
 from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
 from authsvc.control.throttle import ThrottleControl
 from authsvc.http.auth_http import AuthService
@@ -43,6 +46,7 @@ HEALTH = web.AppKey("health", Health)
 READINESS = web.AppKey("readiness", Readiness)
 AUTH = web.AppKey("auth", AuthService)
 CONTROL = web.AppKey("control", CacheControl)
+THROTTLE_CONTROL = web.AppKey("throttle_control", ThrottleControl)
 SERVING = web.AppKey("serving", Serving)
 
 
@@ -78,7 +82,11 @@ def create_app(
     throttle = Throttle(settings.throttle, directory=metrics.directory)
     auth = AuthService(settings, metrics, resolver if resolver is not None else Resolver(),
                        throttle)
-    control = CacheControl(settings.http.secret, settings.http.secret_header, peers)
+    moved = Deprecation("serve's auth_http port")
+    control = CacheControl(settings.http.secret, settings.http.secret_header, peers,
+                           deprecation=moved)
+    throttle_control = ThrottleControl(throttle, settings.http.secret,
+                                       settings.http.secret_header, deprecation=moved)
 
     app = web.Application()
     app[SETTINGS] = settings
@@ -87,6 +95,7 @@ def create_app(
     app[READINESS] = readiness
     app[AUTH] = auth
     app[CONTROL] = control
+    app[THROTTLE_CONTROL] = throttle_control
     serving = app[SERVING] = Serving()
     app.router.add_get(settings.http.path, auth.handle)
     def render_metrics() -> str:
@@ -95,8 +104,7 @@ def create_app(
 
     app.router.add_routes(health_routes(readiness, render_metrics))
     app.router.add_post(FLUSH_PATH, control.handle)
-    app.router.add_routes(ThrottleControl(throttle, settings.http.secret,
-                                          settings.http.secret_header).routes())
+    app.router.add_routes(throttle_control.routes())
     app.on_cleanup.append(lambda _app: throttle.close())
     app.on_response_prepare.append(_drop_server_header)
 
@@ -122,6 +130,11 @@ def create_app(
 
     app.cleanup_ctx.append(router_ctx)
     return app
+
+
+def operator_routes(app: web.Application) -> list[web.RouteDef]:
+    """The control listener's routes (``authsvc/control/listener.py``), bound to ``app``'s state."""
+    return [web.post(FLUSH_PATH, app[CONTROL].operate), *app[THROTTLE_CONTROL].operator_routes()]
 
 
 def bind_router(app: web.Application, router: Router) -> None:

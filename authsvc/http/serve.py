@@ -4,6 +4,9 @@ The command line wins over the config: ``--listen HOST:PORT`` or ``--unix PATH``
 replace ``[http] listen``/``unix``.  Without either, a configured unix socket is
 used, else the configured TCP address.  ``--workers 1`` (the default) serves in
 this process; more workers fork from here (``authsvc/runtime/workers.py``).
+The control port (``[control] listen``) is bound here too, once: every worker
+accepts on that one socket, and the worker that takes a request repeats it on
+the others (``authsvc/control/fanout.py``).
 """
 
 from __future__ import annotations
@@ -62,9 +65,17 @@ def serve(args: argparse.Namespace) -> int:
         logger.warning("config: %s", issue)
 
     unix = settings.http.unix
+    control: list[socket.socket] = []
     try:
         sockets = [bind_unix(unix)] if unix is not None else bind_tcp(settings.http.listen,
                                                                        workers)
+        if settings.control.listen is not None:
+            try:
+                control = bind_tcp(settings.control.listen, 1)
+            except ListenError:
+                for sock in sockets:
+                    sock.close()
+                raise
     except ListenError as exc:
         logger.error("%s", exc)
         print(f"authsvc serve: {exc}", file=sys.stderr)
@@ -74,16 +85,22 @@ def serve(args: argparse.Namespace) -> int:
         args.config, lambda new: apply_overrides(new, listen=args.listen, unix=args.unix))
     try:
         if workers == 1:  # no fork: this process serves
-            return asyncio.run(run_server(settings, sockets[0], reload_from=reload_from))
+            return asyncio.run(run_server(settings, sockets[0], reload_from=reload_from,
+                                          control_socket=control[0] if control else None))
 
         def worker(settings: Settings, sock: socket.socket, run_dir: str) -> int:
             return asyncio.run(run_server(settings, sock, run_dir=run_dir,
-                                          reload_from=reload_from))
+                                          reload_from=reload_from,
+                                          control_socket=control[0] if control else None))
+
+        def close_control() -> None:
+            for sock in control:
+                sock.close()
 
         return supervise(settings, sockets, workers, make_run_dir(), child_main=worker,
-                         reload_from=reload_from)
+                         reload_from=reload_from, on_stop=close_control)
     finally:
-        for sock in sockets:
+        for sock in [*sockets, *control]:
             sock.close()
         if unix is not None:
             with contextlib.suppress(OSError):

@@ -3,23 +3,24 @@
 ``run_server`` is what a worker runs (or the only process, without
 ``--workers``).  On SIGTERM or SIGINT it marks itself draining (``/readyz``
 503), stops accepting, lets requests in flight finish (up to
-``drain_timeout``), closes the maps and returns 0.  SIGHUP reloads the
+``drain_timeout``), closes the maps and returns 0.  The control listener
+(``[control] listen``, and with workers the peer socket in the run directory)
+serves the operator's commands beside it (``authsvc/control/listener.py``).  SIGHUP reloads the
 configuration (``authsvc/reload.py``) when the process knows its files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import os
 import socket
 
 from aiohttp import web
 
-from authsvc.control.flush import Peers
-from authsvc.http.app import AUTH, HEALTH, SERVING, bind_router, create_app
+from authsvc.control.fanout import Peers
+from authsvc.control.listener import ControlListener
+from authsvc.http.app import AUTH, HEALTH, SERVING, bind_router, create_app, operator_routes
 from authsvc.http.site import NginxSite
 from authsvc.http.wire import MAX_FIELD_SIZE
 from authsvc.metrics import Metrics
@@ -42,11 +43,14 @@ async def run_server(
     started: asyncio.Future[web.Application] | None = None,
     build_map: MapBuilder = open_map,
     reload_from: ReloadSource | None = None,
+    control_socket: socket.socket | None = None,
 ) -> int:
     """Serve on ``sock`` until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code.
 
     ``started`` receives the application once the socket accepts; tests use
     it and ``stop``/``build_map`` to drive a real server in process.
+    ``control_socket`` is the control port bound before the fork (else
+    ``[control] listen`` is bound here, when set).
     """
     metrics = Metrics(run_dir, families=RELOAD_FAMILIES)
     peers = Peers(run_dir) if run_dir is not None else None
@@ -79,6 +83,8 @@ async def run_server(
         logger.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
         reloader.request()
 
+    control = ControlListener(settings.control, operator_routes(app), peers)
+
     handle_signals(stop, on_sighup)
     try:
         await runner.setup()  # opens the router (cleanup_ctx)
@@ -88,9 +94,7 @@ async def run_server(
                                 lambda _settings, router: bind_router(app, router),
                                 metrics=metrics)
         await site.start()
-        if peers is not None:
-            await web.UnixSite(runner, peers.own).start()
-            os.chmod(peers.own, 0o600)
+        await control.start(control_socket)
         # Everything made so far (modules, settings, pools) lives as long as the
         # process: keep it out of the collector's full passes, which would
         # otherwise walk it all again and again and show up as latency spikes.
@@ -105,13 +109,11 @@ async def run_server(
         app[HEALTH].set_draining()
     finally:
         await site.stop()  # stop accepting, finish the replies it has in flight
+        await control.stop()
         await runner.cleanup()  # finish aiohttp's requests, close maps
         if reloader is not None:
             await reloader.close()  # maps retired by a reload, after the last request
         metrics.close()
         release_signals()
-        if peers is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(peers.own)
     logger.info("", extra={"fields": {"event": "stopped"}})
     return 0

@@ -87,7 +87,8 @@ def test_machines_do_no_io(path: str) -> None:
     assert not {n for n in names if n.removeprefix("authsvc.") in (
         "proxy.transport", "proxy.session", "proxy.attempt", "proxy.store", "proxy.context",
         "proxy.splice", "proxy.server", "proxy.accept", "proxy.health", "proxy.syslog",
-        "proxy.certificates", "proxy.listeners", "proxy.run", "proxy.command")}
+        "proxy.certificates", "proxy.listeners", "proxy.run", "proxy.command",
+        "proxy.control")}
 
 
 def test_every_proxy_module_is_listed_or_touches_the_loop() -> None:
@@ -97,7 +98,7 @@ def test_every_proxy_module_is_listed_or_touches_the_loop() -> None:
                     "proxy/store.py", "proxy/context.py", "proxy/splice.py",
                     "proxy/server.py", "proxy/accept.py", "proxy/health.py", "proxy/syslog.py",
                     "proxy/certificates.py", "proxy/listeners.py", "proxy/run.py",
-                    "proxy/command.py"}
+                    "proxy/command.py", "proxy/control.py"}
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "proxy").rglob("*.py")
                if p.name != "__init__.py"}
     # proxy/tls.py is sans-IO over ssl's memory BIOs (test_tls.py checks its imports).
