@@ -19,6 +19,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+#: Which node an operator command reaches (authsvc/control/client.py).
+URL_HELP = ("the node's control listener, http(s)://HOST:PORT or unix:/path "
+            "(default: [control] listen from the config)")
+
 
 def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument(
@@ -68,25 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--unix", metavar="PATH", help="unix socket path (overrides config)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
 
-    p = sub.add_parser("flush", help="drop cached routes in a running authsvc serve")
+    p = sub.add_parser("flush", help="drop cached routes in a running authsvc serve or proxy, "
+                       "in every worker")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--user", metavar="KEY", help="one map key, e.g. bob@riseup.net")
     what.add_argument("--domain", metavar="DOMAIN", help="every key of one domain")
     what.add_argument("--all", action="store_true", help="everything")
     _add_config(p)
-    p.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
+    p.add_argument("--url", help=URL_HELP)
 
     p = sub.add_parser("throttle", help="list or clear brute-force throttle counts in a "
-                       "running authsvc serve, or proxy (--url http://<its health_listen>)")
+                       "running authsvc serve or proxy")
     actions = p.add_subparsers(dest="action", required=True)
     t = actions.add_parser("list", help="every address and login with failures counted")
     t.add_argument("--json", action="store_true", help="the raw JSON answer")
     _add_config(t)
-    t.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
+    t.add_argument("--url", help=URL_HELP)
     t = actions.add_parser("clear", help="forget the failures of an address, network or login")
     t.add_argument("who", metavar="ADDRESS|LOGIN")
     _add_config(t)
-    t.add_argument("--url", help="base URL of authsvc serve (default: from the config)")
+    t.add_argument("--url", help=URL_HELP)
 
     p = sub.add_parser("reload", help="make a running serve or proxy re-read its configuration "
                        "(sends SIGHUP, as systemctl reload does)")

@@ -1,11 +1,11 @@
 """``authsvc flush`` and ``authsvc throttle list|clear``: the operator's commands.
 
-Both talk to a running ``authsvc serve`` through one client (``client.py``):
-over the unix socket when the config has one (or ``--url unix:/path``), else
-over TCP with the shared secret.
+Both talk to a running ``authsvc serve`` or ``authsvc proxy`` through one
+client (``client.py``): ``--url`` picks the node, else the config's
+``[control] listen``, with the control secret.
 
 * ``authsvc flush --user|--domain|--all`` posts to ``/cache/flush``; the server
-  repeats the flush on every worker (``flush.py``) and answers with how many
+  repeats the flush on every worker (``fanout.py``) and answers with how many
   routes were dropped.
 * ``authsvc throttle list`` / ``clear ADDRESS|LOGIN`` reads or clears the
   throttle's counts (``throttle.py``); they live in the shared store, so one
@@ -85,7 +85,7 @@ def flush(args: argparse.Namespace) -> int:
     try:
         status, body = asyncio.run(call(settings, "POST", FLUSH_PATH, form, args.url))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        print(f"authsvc flush: cannot reach authsvc serve: {exc or type(exc).__name__}",
+        print(f"authsvc flush: cannot reach authsvc: {exc or type(exc).__name__}",
               file=sys.stderr)
         return EXIT_FAILURE
     if status != 200:
