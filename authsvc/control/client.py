@@ -64,8 +64,10 @@ def client_tls(settings: Settings) -> ssl.SSLContext:
     """Verify the node's certificate: the system's CAs, and ``[control] cert`` itself."""
     context = ssl.create_default_context()
     if settings.control.cert is not None:
-        # A pool's own certificate (often self-signed) is the one to expect.
+        # A pool's own certificate (often self-signed) is the one to expect;
+        # trusting it as it is, not only a root above it, is OpenSSL's partial chain.
         context.load_verify_locations(settings.control.cert)
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
 
 

@@ -129,6 +129,16 @@ def test_serve_control_listener_with_two_workers(serve_config: tuple[Path, int],
         assert done.stdout.endswith("in 2 worker(s)\n")
         assert cli(config, "throttle", "list").returncode == 0
 
+        # The command with a wrong secret: one line, exit 1, nothing flushed.
+        (tmp_path / "wrong-secret").write_text("not-the-secret\n")
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(config.read_text().replace(str(tmp_path / "control-secret"),
+                                                    str(tmp_path / "wrong-secret")))
+        done = cli(wrong, "flush", "--all")
+        assert (done.returncode, done.stdout) == (1, "")
+        assert done.stderr == ("authsvc flush: HTTP 401: unauthorized: send the control "
+                               "secret in X-Authsvc-Control\n")
+
         assert_refusals(control)
         # serve's auth_http port does not take the control secret in its place.
         status, _ = request(serve.port, "POST", "/cache/flush", secret=CONTROL_SECRET)

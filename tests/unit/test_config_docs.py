@@ -24,6 +24,7 @@ NATIVE_KEYS = {
     "http": ["listen", "unix", "path", "secret_file", "secret_header", "max_attempts",
              "auth_wait", "ready_requires_map"],
     "log": ["level", "connection_logging", "format"],
+    "control": ["listen", "secret_file", "allow", "cert", "key"],
     "nginx": ["server_name", "proxy_protocol_from", "ssl_protocols", "auth_http_timeout"],
     "haproxy": ["nodes", "proxy_protocol", "check_inter", "check_fall", "check_rise", "stats",
                 "admin_socket"],
