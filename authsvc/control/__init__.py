@@ -1,13 +1,18 @@
-"""The operator's control surface: its HTTP endpoints, its trust rule, its client.
+"""The operator's control surface: its listener, its endpoints, its trust rule, its client.
 
-* ``trust.py``: who is trusted (a unix socket, or the shared secret); serve's
-  ``GET /auth`` checks its secret here too;
-* ``flush.py``: ``POST /cache/flush``, repeated on every worker;
+* ``listener.py``: the control listener, ``[control] listen``: the source and
+  secret checks and the ``event=control`` log line of every request;
+* ``trust.py``: who is trusted (a unix socket, a shared secret, the
+  allow-list); serve's ``GET /auth`` checks its secret here too;
+* ``fanout.py``: a request repeated on every worker's peer socket, summed;
+* ``flush.py``: ``POST /cache/flush``;
 * ``throttle.py``: ``GET /throttle`` and ``POST /throttle/clear``;
+* ``deprecation.py``: the warning for those endpoints' old places;
 * ``client.py``: the one client of those endpoints;
 * ``commands.py``: ``authsvc flush`` and ``authsvc throttle``.
 
-Both faces serve these handlers (``authsvc serve`` on its port and control
-sockets, ``authsvc proxy`` the throttle's on its health port), so the package
-sits below the faces and imports neither (docs/architecture.md, "Layers").
+Both faces serve these handlers on the control listener (``authsvc serve``
+also on its own socket, ``authsvc proxy`` the throttle's on its health port,
+both deprecated), so the package sits below the faces and imports neither
+(docs/architecture.md, "Layers").
 """
