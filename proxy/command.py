@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import socket
 import sys
 from collections.abc import Sequence
@@ -74,8 +75,13 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
         # socket.  The worker closes every other worker's sockets itself.
         tokens = [next(s for group in slot.values() for s in group) for slot in slots]
 
+        started_with = settings.control
+
         def child(settings: Settings, token: socket.socket, run_dir: str) -> int:
             index = next(i for i, t in enumerate(tokens) if t is token)
+            # The control port is bound once, at start: a worker started after a
+            # reload keeps the [control] it was bound with (docs/configuration.md).
+            settings = dataclasses.replace(settings, control=started_with)
             close_all(slots, health, keep=index)
             asyncio.run(serve(settings, sockets=slots[index], run_dir=run_dir,
                               reload_from=reload_from,

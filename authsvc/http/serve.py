@@ -88,7 +88,12 @@ def serve(args: argparse.Namespace) -> int:
             return asyncio.run(run_server(settings, sockets[0], reload_from=reload_from,
                                           control_socket=control[0] if control else None))
 
+        started_with = settings.control
+
         def worker(settings: Settings, sock: socket.socket, run_dir: str) -> int:
+            # The control port is bound once, at start: a worker started after a
+            # reload keeps the [control] it was bound with (docs/configuration.md).
+            settings = dataclasses.replace(settings, control=started_with)
             return asyncio.run(run_server(settings, sock, run_dir=run_dir,
                                           reload_from=reload_from,
                                           control_socket=control[0] if control else None))

@@ -128,6 +128,8 @@ def test_serve_control_listener_with_two_workers(serve_config: tuple[Path, int],
         assert done.returncode == 0, done.stderr
         assert done.stdout.endswith("in 2 worker(s)\n")
         assert cli(config, "throttle", "list").returncode == 0
+        done = cli(config, "throttle", "clear", "192.0.2.1")
+        assert (done.returncode, done.stdout) == (0, "cleared 0 counter(s) for 192.0.2.1\n")
 
         # The command with a wrong secret: one line, exit 1, nothing flushed.
         (tmp_path / "wrong-secret").write_text("not-the-secret\n")
