@@ -8,8 +8,8 @@ its own listening sockets (``listeners.py``) and, with ``[proxy]
 health_listen``, its own ``SO_REUSEPORT`` health socket.  The control port
 (``[control] listen``) is bound once and shared: every worker accepts on it,
 and the one that takes a request repeats it on the others through their peer
-sockets (``authsvc/control/fanout.py``), so a flush reaches every worker.  SIGHUP reads the same
-files again.
+sockets (``authsvc/control/fanout.py``), so a flush reaches every worker.
+SIGHUP reads the same files again.
 """
 
 from __future__ import annotations

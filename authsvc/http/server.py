@@ -3,10 +3,11 @@
 ``run_server`` is what a worker runs (or the only process, without
 ``--workers``).  On SIGTERM or SIGINT it marks itself draining (``/readyz``
 503), stops accepting, lets requests in flight finish (up to
-``drain_timeout``), closes the maps and returns 0.  The control listener
-(``[control] listen``, and with workers the peer socket in the run directory)
-serves the operator's commands beside it (``authsvc/control/listener.py``).  SIGHUP reloads the
-configuration (``authsvc/reload.py``) when the process knows its files.
+``drain_timeout``), closes the maps and returns 0.  SIGHUP reloads the
+configuration (``authsvc/reload.py``) when the process knows its files.  The
+control listener (``[control] listen``, and with workers the peer socket in
+the run directory) serves the operator's commands beside it
+(``authsvc/control/listener.py``).
 """
 
 from __future__ import annotations
