@@ -22,6 +22,7 @@ from typing import Protocol
 from aiohttp import web
 
 from authsvc.control.throttle import ThrottleControl
+from authsvc.control.trust import request_check
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.runtime.binding import bind_tcp
@@ -78,11 +79,14 @@ class HealthEndpoint:
             sock = bind_tcp(address, 1)[0]
         self.socket = sock
         app = web.Application()
-        app.router.add_routes(health_routes(self.readiness, self.render_metrics))
+        http = self._settings.http
+        # Why a map is down only with the [http] secret, as on serve's port.
+        app.router.add_routes(health_routes(
+            self.readiness, self.render_metrics,
+            trust=request_check(http.secret, http.secret_header)))
         if self._throttle is not None:
             # `authsvc throttle list|clear --url http://<health_listen>` with
             # the [http] secret: the same endpoints serve has (docs/security.md).
-            http = self._settings.http
             control = ThrottleControl(self._throttle, http.secret, http.secret_header)
             app.router.add_routes(control.routes())
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)

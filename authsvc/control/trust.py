@@ -15,7 +15,7 @@ peer is never trusted for its address, IPv4 or IPv6 alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from authsvc.redact import Secret
@@ -62,3 +62,16 @@ def trusted(
         return secret.matches(offered)
     except UnicodeEncodeError:  # raw non-UTF-8 bytes: cannot be our secret
         return False
+
+
+def request_check(secret: Secret | None, header: str) -> Callable[[web.Request], bool]:
+    """The trust check of an operator endpoint, for one request: unix socket or secret.
+
+    Without a secret only the unix socket is trusted (``open_without_secret``
+    is False): what it guards is not nginx's to read.
+    """
+
+    def check(request: web.Request) -> bool:
+        return trusted(request.headers, secret, header, sockname=sockname_of(request))
+
+    return check

@@ -19,6 +19,7 @@ from aiohttp import hdrs, web
 
 from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
 from authsvc.control.throttle import ThrottleControl
+from authsvc.control.trust import request_check
 from authsvc.http.auth_http import AuthService
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
@@ -93,7 +94,9 @@ def create_app(
         auth.refresh_cache_stats()  # this worker's cache counters, current to the scrape
         return metrics.render() + throttle.render_metrics()
 
-    app.router.add_routes(health_routes(readiness, render_metrics))
+    app.router.add_routes(health_routes(
+        readiness, render_metrics,
+        trust=request_check(settings.http.secret, settings.http.secret_header)))
     app.router.add_post(FLUSH_PATH, control.handle)
     app.router.add_routes(ThrottleControl(throttle, settings.http.secret,
                                           settings.http.secret_header).routes())
