@@ -53,6 +53,17 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
     response.headers.popall(hdrs.SERVER, None)
 
 
+async def _one_request_per_connection(request: web.Request,
+                                      response: web.StreamResponse) -> None:
+    # serve gives aiohttp one request per connection, checked first
+    # (authsvc/http/headcheck.py): a head aiohttp refused would be quoted back
+    # and logged (docs/security.md, "Secrets in logs").  So the reply says the
+    # connection closes, and aiohttp closes it (RFC 9112 §9.6).
+    if request.keep_alive:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
+
+
 def create_app(
     settings: Settings,
     metrics: Metrics | None = None,
@@ -102,6 +113,7 @@ def create_app(
                                           settings.http.secret_header).routes())
     app.on_cleanup.append(lambda _app: throttle.close())
     app.on_response_prepare.append(_drop_server_header)
+    app.on_response_prepare.append(_one_request_per_connection)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_router_switch(settings, build_map) as switch:
