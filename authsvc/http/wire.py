@@ -155,15 +155,13 @@ class Need(enum.Enum):
 class HandOver:
     """Not nginx's one-shot request: aiohttp gets these bytes (DEL escaped, else unchanged).
 
-    ``rewritten`` says a DEL was escaped, so the bytes on the socket are not
-    what aiohttp must read.  ``size`` is how many bytes of ``data`` and what
-    follows make the first request (head, blank line, Content-Length bytes):
-    aiohttp gets those and nothing after, so it never parses a head that
+    ``size`` is how many bytes of ``data`` and what follows make the first
+    request (head, blank line, Content-Length bytes): aiohttp gets those and
+    nothing after, so it never parses a head that
     :func:`~authsvc.http.headcheck.check_head` has not passed.
     """
 
     data: bytes
-    rewritten: bool = field(default=False, compare=False)
     size: int = field(default=0, compare=False)
 
 
@@ -207,7 +205,7 @@ def examine(buffer: bytes, path: str | None) -> Need | HandOver | Malformed | On
         if isinstance(verdict, Refused):
             return Malformed(verdict.offset, end + len(_END))
         data = head + _END + rest
-        return HandOver(data, len(data) != len(buffer), len(head) + len(_END) + verdict.body)
+        return HandOver(data, len(head) + len(_END) + verdict.body)
     return OneShot(*parsed)
 
 
