@@ -6,11 +6,14 @@ that came from a client (the login as typed, ``Client-IP``) is quoted and
 escaped, so a login cannot forge a second log line.
 
 Passwords never reach a log call in the first place: ``auth_http.py`` wraps
-``Auth-Pass`` in :class:`~authsvc.redact.Secret` at once.  :class:`PasswordFilter`
-is the second line of defence for text we do not write ourselves (aiohttp's
-error messages can quote a raw request line, a ``repr`` of the request headers
-names ``'Auth-Pass': '...'``): it masks any ``Auth-Pass`` value in a record's
-message and traceback before a handler writes it.
+``Auth-Pass`` in :class:`~authsvc.redact.Secret` at once, and serve refuses a
+head aiohttp's parser would refuse before aiohttp sees it
+(``authsvc/http/headcheck.py``).  :class:`PasswordFilter` is the second line
+of defence for text we do not write ourselves: it drops the text of any
+aiohttp parser error from a record (that text quotes the request's bytes, and
+no pattern can tell which of them are a password), and masks any
+``Auth-Pass`` value in a record's message and traceback (a ``repr`` of the
+request headers names ``'Auth-Pass': '...'``) before a handler writes it.
 """
 
 from __future__ import annotations
@@ -76,14 +79,29 @@ def mask_fields(fields: Mapping[str, object]) -> Mapping[str, object]:
     return {k: mask_passwords(v) if type(v) is str else v for k, v in fields.items()}
 
 
+#: Where aiohttp's HTTP parser errors are defined; their text quotes the request.
+_PARSER_ERRORS = "aiohttp.http_exceptions"
+
+
+def _quotes_the_request(exc: BaseException | None) -> bool:
+    # By module, not by class: importing aiohttp here would load it into the
+    # proxy, which uses it only for its health port (docs/architecture.md).
+    return exc is not None and any(cls.__module__ == _PARSER_ERRORS
+                                   for cls in type(exc).__mro__)
+
+
 class PasswordFilter(logging.Filter):
     """Masks ``Auth-Pass`` values in a record's message and exception text.
 
-    Attach it to handlers, not loggers: a handler filter sees the records of
-    every logger (aiohttp's included), a logger filter only its own.
+    The text of an aiohttp parser error is dropped whole, leaving its class
+    name.  Attach it to handlers, not loggers: a handler filter sees the
+    records of every logger (aiohttp's included), a logger filter only its own.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _quotes_the_request(record.exc_info[1]):
+            record.exc_text = f"{type(record.exc_info[1]).__name__} (its text quotes the request)"
+            record.exc_info = None
         try:
             message = record.getMessage()
         except Exception:  # a bad %-format: let the handler report it as usual

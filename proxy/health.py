@@ -25,6 +25,7 @@ from aiohttp import web
 
 from authsvc.control.deprecation import Deprecation
 from authsvc.control.throttle import ThrottleControl
+from authsvc.control.trust import details_check
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.runtime.binding import bind_tcp
@@ -81,11 +82,14 @@ class HealthEndpoint:
             sock = bind_tcp(address, 1)[0]
         self.socket = sock
         app = web.Application()
-        app.router.add_routes(health_routes(self.readiness, self.render_metrics))
+        http = self._settings.http
+        # Why a map is down only with a secret, as on serve's port (docs/security.md).
+        app.router.add_routes(health_routes(
+            self.readiness, self.render_metrics,
+            trust=details_check(self._settings)))
         if self._throttle is not None:
             # `authsvc throttle list|clear --url http://<health_listen>` with
             # the [http] secret, deprecated for [control] listen (docs/operations.md).
-            http = self._settings.http
             control = ThrottleControl(self._throttle, http.secret, http.secret_header,
                                       deprecation=Deprecation("the proxy's health port"))
             app.router.add_routes(control.routes())

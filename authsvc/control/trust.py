@@ -22,13 +22,15 @@ refusal is a 401).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from authsvc.redact import Secret
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from authsvc.settings import Settings
 
 #: The header that carries ``[control] secret_file`` to the control listener.
 CONTROL_HEADER = "X-Authsvc-Control"
@@ -100,3 +102,21 @@ def source_allowed(remote: str | None, allow: tuple[Network, ...]) -> bool:
         address = address.ipv4_mapped
     return any(address.version == network.version and address in network
                for network in allow)
+
+
+def details_check(settings: Settings) -> Callable[[web.Request], bool]:
+    """Who may read why a map is down (``/readyz``): the unix socket or a secret.
+
+    The control secret (``[control] secret_file`` in :data:`CONTROL_HEADER`)
+    or the ``[http]`` secret in its header; without either configured, only
+    the unix socket.  A load balancer needs only the status code.
+    """
+    keys = ((settings.control.secret, CONTROL_HEADER),
+            (settings.http.secret, settings.http.secret_header))
+
+    def check(request: web.Request) -> bool:
+        sockname = sockname_of(request)
+        return any(trusted(request.headers, secret, header, sockname=sockname)
+                   for secret, header in keys)
+
+    return check

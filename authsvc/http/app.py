@@ -22,6 +22,7 @@ from aiohttp import hdrs, web
 from authsvc.control.deprecation import Deprecation
 from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
 from authsvc.control.throttle import ThrottleControl
+from authsvc.control.trust import details_check
 from authsvc.http.auth_http import AuthService
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
@@ -54,6 +55,17 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
     # Every byte counts against nginx's 1024-byte reply buffer (ngx_mail_auth_http_module.c,
     # docs/serve.md), and the aiohttp version is nobody's business.
     response.headers.popall(hdrs.SERVER, None)
+
+
+async def _one_request_per_connection(request: web.Request,
+                                      response: web.StreamResponse) -> None:
+    # serve gives aiohttp one request per connection, checked first
+    # (authsvc/http/headcheck.py): a head aiohttp refused would be quoted back
+    # and logged (docs/security.md, "Secrets in logs").  So the reply says the
+    # connection closes, and aiohttp closes it (RFC 9112 §9.6).
+    if request.keep_alive:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
 
 
 def create_app(
@@ -102,11 +114,14 @@ def create_app(
         auth.refresh_cache_stats()  # this worker's cache counters, current to the scrape
         return metrics.render() + throttle.render_metrics()
 
-    app.router.add_routes(health_routes(readiness, render_metrics))
+    app.router.add_routes(health_routes(
+        readiness, render_metrics,
+        trust=details_check(settings)))
     app.router.add_post(FLUSH_PATH, control.handle)
     app.router.add_routes(throttle_control.routes())
     app.on_cleanup.append(lambda _app: throttle.close())
     app.on_response_prepare.append(_drop_server_header)
+    app.on_response_prepare.append(_one_request_per_connection)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_router_switch(settings, build_map) as switch:

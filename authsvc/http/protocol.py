@@ -2,9 +2,11 @@
 
 :class:`NginxProtocol` serves a connection that the accept callback
 (``site.py``) could not settle from its first peek: a head that arrived in
-pieces, or one whose DEL had to be escaped before aiohttp reads it.  It reads
+pieces, one whose DEL had to be escaped before aiohttp reads it, and every
+request aiohttp answers.  It reads
 through an asyncio transport and acts on :func:`authsvc.http.wire.decide`,
-the same decision the accept callback uses.
+the same decision the accept callback uses, and gives aiohttp the one
+request it may parse.
 
 :class:`InFlight` is the one record of replies still being written or
 decided, for both adapters, so that stopping the site waits for every one of
@@ -15,11 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from authsvc.http.auth_http import AuthService
-from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyLater, decide
+from authsvc.http.wire import (
+    BAD_REQUEST_REPLY,
+    TOO_LONG_REPLY,
+    HandOver,
+    Malformed,
+    Need,
+    ReplyCache,
+    ReplyLater,
+    decide,
+)
+
+logger = logging.getLogger("authsvc.serve")
 
 #: Seconds a refused connection is read and discarded after the reply, so that
 #: closing it does not reset the reply away (nginx's ``lingering_time``).
@@ -60,6 +74,24 @@ class InFlight:
             task.cancel()
 
 
+def log_malformed(peer: object, step: Malformed) -> None:
+    """The one log line for a head refused with a 400: who, where and how long, never the bytes.
+
+    A head nginx would never send may hold anything, a password included,
+    so none of it is logged (docs/security.md, "Secrets in logs").
+    """
+    logger.warning("", extra={"fields": {"event": "bad_request", "peer": peer_text(peer),
+                                         "offset": step.offset, "length": step.length}})
+
+
+def peer_text(peer: object) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of an inet peer; ``unix`` otherwise."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "unix"
+
+
 class _Discard(asyncio.Protocol):
     """Where bytes go after an over-long head was refused: nowhere."""
 
@@ -86,6 +118,8 @@ class NginxProtocol(asyncio.Protocol):
         self._replies = replies
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
+        #: Bytes still to pass to aiohttp: the rest of its one request (HandOver.size).
+        self._left = 0
         self._buffer = b""
         self._answered = False
         self._waiting = False
@@ -97,7 +131,14 @@ class NginxProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
-            self._inner.data_received(data)
+            if isinstance(self._inner, _Discard):
+                return
+            # aiohttp gets its one request and nothing after: a later head
+            # is not checked, and aiohttp would quote it if it refused it.
+            data = data[:self._left]
+            self._left -= len(data)
+            if data:
+                self._inner.data_received(data)
             return
         if self._answered:
             return  # nginx sends nothing after its head; ignore anything that does
@@ -111,7 +152,7 @@ class NginxProtocol(asyncio.Protocol):
             return
         self._buffer = b""
         if isinstance(step, HandOver):
-            self._hand_over(transport, step.data)
+            self._hand_over(transport, step.data, step.size)
             return
         self._answered = True
         if isinstance(step, bytes):
@@ -120,9 +161,12 @@ class NginxProtocol(asyncio.Protocol):
         elif isinstance(step, ReplyLater):
             self._waiting = True
             self._in_flight.spawn(self._reply_later(transport, step))
+        elif isinstance(step, Malformed):
+            log_malformed(transport.get_extra_info("peername"), step)
+            self._refuse(transport, BAD_REQUEST_REPLY)
         else:
             assert step is Need.TOO_LONG
-            self._refuse(transport)
+            self._refuse(transport, TOO_LONG_REPLY)
 
     async def _reply_later(self, transport: asyncio.Transport, step: ReplyLater) -> None:
         try:
@@ -132,43 +176,45 @@ class NginxProtocol(asyncio.Protocol):
         finally:
             transport.close()
 
-    def _refuse(self, transport: asyncio.Transport) -> None:
-        """Answer an over-long head ourselves, quoting nothing, and close gracefully.
+    def _refuse(self, transport: asyncio.Transport, reply: bytes) -> None:
+        """Answer an over-long or malformed head ourselves, quoting nothing; close gracefully.
 
-        aiohttp would answer 400 quoting the first 100 bytes of an over-long
-        line, and log them with the traceback: an ``Auth-Pass`` line would put
-        part of a password in the reply and the log (docs/security.md).
-        nginx never sends such a head.  The client may still be sending it, and
-        closing with unread bytes resets the connection, which can discard the
-        reply before the client reads it; so, as nginx's lingering close does
-        (``lingering_close`` in nginx's http core module docs), the write side
+        aiohttp would answer 400 quoting the bytes it refused (the first 100
+        of an over-long line), and log them with the traceback: an
+        ``Auth-Pass`` line would put part of a password in the reply and the
+        log (docs/security.md).  nginx never sends such a head.  The client
+        may still be sending it, and closing with unread bytes resets the
+        connection, which can discard the reply before the client reads it;
+        so, as nginx's lingering close does (``lingering_close`` in nginx's
+        http core module docs), the write side
         is shut, what arrives is read and dropped, and the socket closes when
         the client does or after :data:`LINGER_SECONDS`.
         """
         self._inner = _Discard()
-        transport.write(TOO_LONG_REPLY)
+        transport.write(reply)
         if transport.can_write_eof():
             transport.write_eof()
             self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
         else:
             transport.close()
 
-    def _hand_over(self, transport: asyncio.Transport, data: bytes) -> None:
-        """From now on aiohttp owns the connection, starting with ``data``.
+    def _hand_over(self, transport: asyncio.Transport, data: bytes, size: int) -> None:
+        """From now on aiohttp owns the connection, starting with ``data``, for ``size`` bytes.
 
         The bytes were read already (or must reach aiohttp DEL-escaped), and
         neither asyncio nor aiohttp can put bytes back on a socket, so
         aiohttp's protocol is given them through the asyncio protocol
         interface.  Relaying through a socket pair instead would show aiohttp
-        a unix socket, which the flush and throttle controls trust.  A
-        connection whose first peek settles it goes to aiohttp directly
-        (``site.py``): only a head that came in pieces, or one with a DEL,
-        comes here.
+        a unix socket, which the flush and throttle controls trust.
+        aiohttp is given its one request (``size`` bytes) and nothing after:
+        serve's aiohttp replies close the connection (``app.py``), so the
+        bytes that follow are dropped, never parsed.
         """
         inner = self._aiohttp()
         self._inner = inner
         inner.connection_made(transport)
-        inner.data_received(data)
+        self._left = max(0, size - len(data))
+        inner.data_received(data[:size])
 
     def eof_received(self) -> bool | None:
         if self._inner is not None:

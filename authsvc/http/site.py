@@ -14,11 +14,13 @@ Everything else gets the ordinary machinery:
 
 * a decision that must wait for the map, the throttle or DNS: a task that
   writes the reply when it is known;
-* any other request whose head is all there (``/readyz``, keep-alive,
-  ``POST /cache/flush``): the socket goes, unread, to aiohttp's own protocol
-  (``loop.connect_accepted_socket`` with the runner's public ``server``);
-* a head not complete yet, or one with a DEL to escape:
-  :class:`~authsvc.http.protocol.NginxProtocol`.
+* a head that cannot go to aiohttp (``headcheck.py``): a fixed 400, logged
+  with the peer, the offset and the length, never the bytes;
+* any other request (``/readyz``, keep-alive, ``POST /cache/flush``), and a
+  head not complete yet: :class:`~authsvc.http.protocol.NginxProtocol`, which
+  reads and gives aiohttp (the runner's public ``server``) one checked
+  request and nothing after it.  aiohttp never reads the socket itself, so
+  no head reaches its parser unchecked.
 
 The listening TCP socket gets ``TCP_DEFER_ACCEPT`` (nginx's ``listen ...
 deferred``): the kernel reports a connection only once its first bytes have
@@ -37,8 +39,16 @@ from typing import Any
 from aiohttp import web
 
 from authsvc.http.auth_http import AuthService
-from authsvc.http.protocol import LINGER_SECONDS, InFlight, NginxProtocol
-from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyLater, decide
+from authsvc.http.protocol import LINGER_SECONDS, InFlight, NginxProtocol, log_malformed
+from authsvc.http.wire import (
+    BAD_REQUEST_REPLY,
+    TOO_LONG_REPLY,
+    Malformed,
+    Need,
+    ReplyCache,
+    ReplyLater,
+    decide,
+)
 from authsvc.runtime.accepting import accept_batch
 
 logger = logging.getLogger("authsvc.serve")
@@ -57,20 +67,18 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 class Acceptor:
     """Accepts on ``sock`` and answers nginx's one-shot requests without a task.
 
-    ``aiohttp`` makes aiohttp's protocol for a connection it takes whole;
-    ``protocol`` makes the :class:`NginxProtocol` for one that needs reading
-    on.  Both get the socket with nothing read from it.  Replies still being
-    written or decided are recorded in ``in_flight``.
+    ``protocol`` makes the :class:`NginxProtocol` for a connection that needs
+    reading on, or aiohttp; it gets the socket with nothing read from it.
+    Replies still being written or decided are recorded in ``in_flight``.
     """
 
     def __init__(self, sock: socket.socket, service: AuthService | None, path: str,
-                 replies: ReplyCache, *, aiohttp: Callable[[], asyncio.Protocol],
-                 protocol: Callable[[], asyncio.Protocol], in_flight: InFlight) -> None:
+                 replies: ReplyCache, *, protocol: Callable[[], asyncio.Protocol],
+                 in_flight: InFlight) -> None:
         self._sock = sock
         self._service = service
         self._path = path if service is not None else None
         self._replies = replies
-        self._aiohttp = aiohttp
         self._protocol = protocol
         self._in_flight = in_flight
         self._loop = asyncio.get_running_loop()
@@ -148,10 +156,11 @@ class Acceptor:
             else:
                 self._reply(conn, step)
         elif step is Need.TOO_LONG:
-            self._spawn(self._refuse(conn), conn, linger=True)
-        elif isinstance(step, HandOver) and not step.rewritten:
-            self._spawn(self._loop.connect_accepted_socket(self._aiohttp, conn), conn)
-        else:  # a head still incomplete, or one to rewrite before aiohttp reads it
+            self._spawn(self._refuse(conn, TOO_LONG_REPLY), conn, linger=True)
+        elif isinstance(step, Malformed):
+            log_malformed(address, step)
+            self._spawn(self._refuse(conn, BAD_REQUEST_REPLY), conn, linger=True)
+        else:  # a head still incomplete, or aiohttp's request
             self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
@@ -184,8 +193,8 @@ class Acceptor:
         finally:
             conn.close()
 
-    async def _refuse(self, conn: socket.socket) -> None:
-        """The 431 for an over-long head, then a lingering close.
+    async def _refuse(self, conn: socket.socket, reply: bytes) -> None:
+        """The 431 for an over-long head, or the 400 for a malformed one, then a lingering close.
 
         The client may still be sending; closing with its bytes unread would
         reset the connection and can discard the reply before it is read.  So,
@@ -193,7 +202,7 @@ class Acceptor:
         drop what comes for at most :data:`LINGER_SECONDS`, then close.
         """
         try:
-            await self._loop.sock_sendall(conn, TOO_LONG_REPLY)
+            await self._loop.sock_sendall(conn, reply)
             conn.shutdown(socket.SHUT_WR)
             async with asyncio.timeout(LINGER_SECONDS):
                 while await self._loop.sock_recv(conn, FIRST_READ):
@@ -255,8 +264,8 @@ class NginxSite:
             return NginxProtocol(server, service, path, in_flight, replies)
 
         self._sock.listen(self._backlog)
-        self._acceptor = Acceptor(self._sock, service, path, replies, aiohttp=server,
-                                  protocol=protocol, in_flight=in_flight)
+        self._acceptor = Acceptor(self._sock, service, path, replies, protocol=protocol,
+                                  in_flight=in_flight)
         self._acceptor.start()
 
     async def stop(self) -> None:

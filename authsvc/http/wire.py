@@ -11,8 +11,10 @@ answered by :meth:`AuthService.answer_now
 <authsvc.http.auth_http.AuthService.answer_now>`, the first half of the
 ``answer()`` the aiohttp handler awaits; aiohttp's request machinery is not
 involved.  Anything else (HTTP/1.1 keep-alive, a body, another path,
-``/readyz``, a malformed head) goes to aiohttp, which parses it as usual; a
-head past aiohttp's size limits is refused with a 431 that quotes nothing.
+``/readyz``) goes to aiohttp, which parses it as usual, when it passes
+:func:`~authsvc.http.headcheck.check_head`; a head that does not is refused
+with a fixed 400 (:data:`BAD_REQUEST_REPLY`), and a head past aiohttp's size
+limits with a 431; neither quotes anything.
 The I/O is in ``site.py`` (the accept callback) and ``protocol.py`` (an
 asyncio protocol), which act on :func:`decide`'s answer and nothing else.
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authsvc.http.auth_http import AuthService, Outcome
+from authsvc.http.headcheck import Refused, check_head
 
 _END = b"\r\n\r\n"
 #: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
@@ -134,6 +137,13 @@ def _too_long(head: bytes) -> bool:
     return len(head) > MAX_FIELD_SIZE and max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE
 
 
+#: The reply to a head that cannot go to aiohttp (headcheck.py): quotes nothing.
+BAD_REQUEST_REPLY = (
+    b"HTTP/1.0 400 Bad Request\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
+
 class Need(enum.Enum):
     """:func:`examine` found no complete head yet (MORE), or one past the limits."""
 
@@ -145,12 +155,26 @@ class Need(enum.Enum):
 class HandOver:
     """Not nginx's one-shot request: aiohttp gets these bytes (DEL escaped, else unchanged).
 
-    ``rewritten`` says a DEL was escaped, so the bytes on the socket are not
-    what aiohttp must read.
+    ``size`` is how many bytes of ``data`` and what follows make the first
+    request (head, blank line, Content-Length bytes): aiohttp gets those and
+    nothing after, so it never parses a head that
+    :func:`~authsvc.http.headcheck.check_head` has not passed.
     """
 
     data: bytes
-    rewritten: bool = field(default=False, compare=False)
+    size: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A whole head that cannot go to aiohttp: :data:`BAD_REQUEST_REPLY`, then close.
+
+    ``offset`` is where its first offending byte is, ``length`` the head's
+    length through its blank line: what the log says instead of the bytes.
+    """
+
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +185,7 @@ class OneShot:
     headers: dict[str, str]
 
 
-def examine(buffer: bytes, path: str | None) -> Need | HandOver | OneShot:
+def examine(buffer: bytes, path: str | None) -> Need | HandOver | Malformed | OneShot:
     """What to do with everything read so far on a new connection (sans-IO).
 
     ``path`` is the auth path, or None when every request goes to aiohttp.
@@ -177,8 +201,11 @@ def examine(buffer: bytes, path: str | None) -> Need | HandOver | OneShot:
     rest = buffer[end + len(_END):]
     parsed = None if rest or path is None else parse_head(head, path)
     if parsed is None:
+        verdict = check_head(head)
+        if isinstance(verdict, Refused):
+            return Malformed(verdict.offset, end + len(_END))
         data = head + _END + rest
-        return HandOver(data, len(data) != len(buffer))
+        return HandOver(data, len(head) + len(_END) + verdict.body)
     return OneShot(*parsed)
 
 
@@ -191,8 +218,9 @@ class ReplyLater:
 
 #: What :func:`decide` says: bytes to write now and close; ``Need.TOO_LONG``
 #: (write :data:`TOO_LONG_REPLY` and close gracefully, the client may still be
-#: sending); ``Need.MORE`` (read on); a reply later; or aiohttp's request.
-Step = bytes | Need | ReplyLater | HandOver
+#: sending); :class:`Malformed` (the same with :data:`BAD_REQUEST_REPLY`);
+#: ``Need.MORE`` (read on); a reply later; or aiohttp's request.
+Step = bytes | Need | ReplyLater | HandOver | Malformed
 
 
 def decide(buffer: bytes, path: str | None, service: AuthService | None, peer: object,

@@ -5,8 +5,13 @@
   (docs/operations.md): 503 while the process starts or drains, 200 otherwise.  A map that is
   down does NOT make it 503 unless ``http.ready_requires_map`` is set: a shared
   database outage must not take every node out of the pool at once, since the
-  nodes can still serve cached routes.  The body reports each map's state.  The
-  map check runs at most once per ``ttl`` seconds however often HAProxy asks.
+  nodes can still serve cached routes.  The body reports the status and each
+  map's name and whether it is up; why a map is down (the database's host,
+  port, table or query can be in it) is reported only to a caller the
+  front end trusts (``authsvc/control/trust.py``: the unix socket or the
+  shared secret), never to a load balancer that only reads the status code.
+  The map check runs at most once per ``ttl`` seconds however often HAProxy
+  asks.
 * ``/metrics`` is the Prometheus text of a :class:`~authsvc.metrics.Metrics`.
 
 Nothing here knows about auth_http, the proxy or the router: a front end
@@ -27,6 +32,8 @@ from aiohttp import web
 MapStates = Mapping[str, str | None]
 #: Each map's state: None when it answers, else why it cannot (Router.check_maps).
 MapCheck = Callable[[], Awaitable[MapStates]]
+#: Whether a request may read why a map is down (the front end's control trust check).
+Trust = Callable[[web.Request], bool]
 
 
 class Phase(enum.Enum):
@@ -104,15 +111,16 @@ class Readiness:
             self._on_result(result)
         return result
 
-    async def report(self) -> tuple[int, dict[str, object]]:
-        """(HTTP status, JSON body) for /readyz."""
+    async def report(self, *, details: bool = False) -> tuple[int, dict[str, object]]:
+        """(HTTP status, JSON body) for /readyz; ``details`` adds why each map is down."""
         phase = self.health.phase
         body: dict[str, object] = {"status": phase.value}
         if phase is not Phase.READY:
             return 503, body
         states = await self.maps()
         body["maps"] = {
-            name: {"up": True} if error is None else {"up": False, "error": error}
+            name: {"up": True} if error is None
+            else {"up": False, "error": error} if details else {"up": False}
             for name, error in states.items()
         }
         down = any(error is not None for error in states.values())
@@ -125,15 +133,19 @@ class Readiness:
 
 
 def health_routes(
-    readiness: Readiness, render_metrics: Callable[[], str] | None = None
+    readiness: Readiness, render_metrics: Callable[[], str] | None = None, *, trust: Trust,
 ) -> list[web.RouteDef]:
-    """The handlers, to add with ``app.router.add_routes(...)``."""
+    """The handlers, to add with ``app.router.add_routes(...)``.
+
+    ``trust`` says which /readyz callers see why a map is down; everyone else
+    gets the status and the maps' names (docs/security.md, "Readiness").
+    """
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        status, body = await readiness.report()
+        status, body = await readiness.report(details=trust(request))
         return web.Response(status=status, text=json.dumps(body) + "\n",
                             content_type="application/json")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -15,10 +17,12 @@ import pytest
 from authsvc.proxy.run import serve
 from authsvc.proxy.server import ProxyServer
 
+from authsvc.redact import Secret
 from authsvc.settings import (
     CacheSettings,
     FileMapSettings,
     HostPort,
+    HttpSettings,
     ListenTls,
     MailProtocol,
     ProxySettings,
@@ -46,7 +50,8 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def start(tmp_path: Path, pki: ServerCert, imap_store: FakeStore,
-                throttle: ThrottleSettings) -> AsyncIterator[Running]:
+                throttle: ThrottleSettings, http: HttpSettings | None = None,
+                ) -> AsyncIterator[Running]:
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
     file_map = FileMapSettings(str(path))
     listeners = (make_listener("imap4", MailProtocol.IMAP, ListenTls.STARTTLS, file_map, pki),
@@ -60,7 +65,7 @@ async def start(tmp_path: Path, pki: ServerCert, imap_store: FakeStore,
                                    drain_timeout=0.5, auth_log=True,
                                    auth_log_target=syslog_path)
     settings = Settings(listeners=listeners, proxy=proxy, cache=CacheSettings(enabled=False),
-                        throttle=throttle)
+                        throttle=throttle, http=http or HttpSettings())
     stop = asyncio.Event()
     started: asyncio.Future[ProxyServer] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(serve(settings, stop, started=started))
@@ -105,9 +110,31 @@ def drained(sock: socket.socket) -> bytes:
     return data
 
 
-async def get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as client, client.get(url) as response:
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as client, client.get(url, headers=headers) as response:
         return response.status, await response.text()
+
+
+async def test_readyz_tells_strangers_the_status_and_the_secret_holder_why(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore
+) -> None:
+    """The health port answers /readyz as serve does (docs/proxy.md, "Health port")."""
+    secret = "health-s3cret"
+    async with start(tmp_path, pki, imap_store, ThrottleSettings(),
+                     HttpSettings(secret=Secret(secret))) as running:
+        os.unlink(running.map_path)  # the file map's next check fails
+
+        async def degraded() -> bool:
+            return '"degraded"' in (await get(running.health + "/readyz"))[1]
+
+        await eventually_async(degraded)
+        status, stranger = await get(running.health + "/readyz")
+        status_key, told = await get(running.health + "/readyz", {"X-Authsvc-Key": secret})
+    label = "file:" + running.map_path  # the map's name (docs/configuration.md)
+    assert (status, status_key) == (200, 200)
+    assert json.loads(stranger) == {"status": "degraded", "maps": {label: {"up": False}}}
+    details = json.loads(told)["maps"][label]
+    assert details["up"] is False and "No such file" in details["error"]
 
 
 async def test_health_and_metrics_count_sessions_logins_tls_failures_and_bytes(

@@ -4,7 +4,9 @@ Properties: ``decode_escaped`` and ``parse_request`` raise nothing
 (a request nginx would never send is a ``BadRequest``); ``parse_head`` answers
 None or a request, never an exception; what the fast path in ``wire.py``
 accepts, aiohttp's own parser (the one it would otherwise go to, with the
-server's limits) accepts with the same headers; and ``NginxProtocol`` makes
+server's limits) accepts with the same headers; what ``headcheck.py`` passes
+to aiohttp, both of aiohttp's parsers (llhttp and the pure-Python one) accept,
+so aiohttp never answers a head with its own 400; and ``NginxProtocol`` makes
 the same decision however the head is cut into reads.
 """
 
@@ -17,7 +19,7 @@ from typing import cast
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
@@ -29,6 +31,7 @@ from authsvc.http.auth_http import (
     decode_escaped,
     parse_request,
 )
+from authsvc.http.headcheck import MAX_HEADERS, Accepted, Refused, check_head
 from authsvc.http.protocol import InFlight, NginxProtocol
 from authsvc.http.wire import (
     MAX_FIELD_SIZE,
@@ -125,12 +128,13 @@ heads = st.builds(
               st.binary(max_size=12), st.binary(max_size=12))
 
 
-def aiohttp_parse(head: bytes) -> tuple[str, str, int, dict[str, str]] | None:
+def aiohttp_parse(head: bytes, parser_class: type[HttpRequestParser] = HttpRequestParser,
+                  ) -> tuple[str, str, int, dict[str, str]] | None:
     """(method, path, minor, first value of each lower-cased name) as aiohttp reads it."""
     loop = asyncio.new_event_loop()
     try:
-        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16,
-                                   max_line_size=MAX_FIELD_SIZE, max_field_size=MAX_FIELD_SIZE)
+        parser = parser_class(BaseProtocol(loop), loop, 2**16,
+                              max_line_size=MAX_FIELD_SIZE, max_field_size=MAX_FIELD_SIZE)
         try:
             messages, _, _ = parser.feed_data(head + b"\r\n\r\n")
         except HttpProcessingError:
@@ -158,6 +162,54 @@ def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     method, path, slow_minor, slow_headers = slow
     assert (method, path.split("?")[0], slow_minor) == ("GET", PATH, minor)
     assert headers == slow_headers
+
+
+_methods = st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                            b"CONNECT", b"TRACE", b"FOO", b"get", b"G\xc3\xa9T", b""])
+_targets = st.one_of(
+    st.sampled_from([b"/", b"/auth", b"/readyz?x=1#f", b"*", b"http://h/x", b"h:1", b"//x",
+                     b"/a b", b"/%zz", b"/\xff", b"/a\tb", b"", b"/[::1]", b"/?a=b&c=%"]),
+    st.binary(max_size=8).map(lambda raw: b"/" + raw),
+)
+_versions = st.sampled_from([b"HTTP/1.0", b"HTTP/1.1", b"HTTP/1.2", b"HTTP/2.0", b"http/1.1",
+                             b"HTTP/1.1 ", b"HTTP/1.10", b"HTTP/1"])
+_more_names = st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding", b"Upgrade",
+                               b"Connection", b"Sec-WebSocket-Key1", b"Content-Type",
+                               b"User-Agent", b"Expect", b"Content-Encoding", b"X-A", b"X Y",
+                               b"X\x00", b"", b" Fold", b"\xc3\xa9"])
+_more_values = st.one_of(
+    st.sampled_from([b"1", b"0", b"+1", b"1 ", b" 1", b"1,1", b"", b"x", b"chunked",
+                     b"websocket", b"upgrade", b"gzip", b"100-continue", b"a\x00b", b"\x80",
+                     b"a\x01b", b"\t", b"a\rb", b"a\nb", b"a\r\nb"]),
+    st.binary(max_size=8),
+)
+wide_heads = heads | st.builds(
+    lambda method, target, version, headers, end: (
+        method + b" " + target + b" " + version
+        + b"".join(end + n + b":" + v for n, v in headers)),
+    _methods, _targets, _versions,
+    st.lists(st.tuples(_more_names, _more_values.map(lambda v: b" " + v)), max_size=6),
+    st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r"]),
+) | st.binary(max_size=40)
+
+
+@given(wide_heads)
+@example(b"GET /auth HTTP/1.0\r\nAuth-Pass: x\r\n folded")
+@example(b"GET /auth HTTP/1.0\r\nAuth-Pass: A B\x01C")
+@example(b"GET /auth HTTP/1.0\r\nAuth-Pa FuzzPW")
+@example(b"GET /auth HTTP/1.0\r\nAu\tth-Pass: x")
+@example(b"GET /auth HTTP/1.0\nHost: x\nAuth-Pass: x")
+@example(b"GET / HTTP/1.0" + b"\r\nX-A: 1" * MAX_HEADERS)
+@example(b"GET / HTTP/1.0" + b"\r\nX-A: 1" * (MAX_HEADERS + 1))
+def test_what_the_head_check_passes_both_aiohttp_parsers_accept(head: bytes) -> None:
+    verdict = check_head(head)
+    event(type(verdict).__name__)
+    if isinstance(verdict, Refused):
+        assert 0 <= verdict.offset <= len(head)
+        return
+    assert isinstance(verdict, Accepted)
+    for parser_class in (HttpRequestParser, HttpRequestParserPy):
+        assert aiohttp_parse(head, parser_class) is not None, parser_class
 
 
 def test_fast_path_refuses_http11_without_host() -> None:

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from authsvc.http.app import HEALTH
+from authsvc.redact import Secret
 from authsvc.runtime.health import Health, MapStates, Phase, Readiness
-from authsvc.settings import HttpSettings
-from tests.unit.auth_http_fakes import Maps, make_app, make_maps, seed_settings
+from authsvc.settings import ControlSettings, HttpSettings
+from tests.unit.auth_http_fakes import (
+    Maps,
+    exchange,
+    make_app,
+    make_maps,
+    nginx_facing_server,
+    parse_reply,
+    seed_settings,
+)
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -23,8 +34,9 @@ def maps() -> Maps:
     return make_maps()
 
 
-async def readyz(client: Client) -> tuple[int, dict[str, object]]:
-    async with client.get("/readyz") as reply:
+async def readyz(client: Client, headers: dict[str, str] | None = None,
+                 ) -> tuple[int, dict[str, object]]:
+    async with client.get("/readyz", headers=headers) as reply:
         assert reply.content_type == "application/json"
         return reply.status, await reply.json()
 
@@ -46,10 +58,55 @@ async def test_map_down_keeps_readyz_200_and_says_so(
 ) -> None:
     maps.scripted.down = True
     client = await aiohttp_client(make_app(seed_settings(), maps))
-    assert await readyz(client) == (200, {
-        "status": "degraded",
-        "maps": {"scripted": {"up": False, "error": "db1:3306: Can't connect"}},
-    })
+    # A stranger (a load balancer, from this host or not) gets the status and
+    # the map's name; why it is down (the database's address) is not theirs.
+    assert await readyz(client) == (200, {"status": "degraded",
+                                          "maps": {"scripted": {"up": False}}})
+
+
+DETAILS = {"status": "degraded",
+           "maps": {"scripted": {"up": False, "error": "db1:3306: Can't connect"}}}
+SECRET = "readyz-s3cret"
+
+
+async def test_readyz_details_need_the_control_secret(
+    aiohttp_client: MakeClient, maps: Maps
+) -> None:
+    maps.scripted.down = True
+    settings = seed_settings(HttpSettings(secret=Secret(SECRET)))
+    client = await aiohttp_client(make_app(settings, maps))
+    stranger = (200, {"status": "degraded", "maps": {"scripted": {"up": False}}})
+    assert await readyz(client) == stranger
+    assert await readyz(client, {"X-Authsvc-Key": "wrong"}) == stranger
+    assert await readyz(client, {"Auth-Pass": SECRET}) == stranger  # only its own header
+    assert await readyz(client, {"X-Authsvc-Key": SECRET}) == (200, DETAILS)
+
+
+async def test_readyz_details_for_the_control_secret(
+    aiohttp_client: MakeClient, maps: Maps
+) -> None:
+    maps.scripted.down = True
+    settings = replace(seed_settings(), control=ControlSettings(secret=Secret(SECRET)))
+    client = await aiohttp_client(make_app(settings, maps))
+    stranger = (200, {"status": "degraded", "maps": {"scripted": {"up": False}}})
+    assert await readyz(client, {"X-Authsvc-Key": SECRET}) == stranger  # no [http] secret
+    assert await readyz(client, {"X-Authsvc-Control": "wrong"}) == stranger
+    assert await readyz(client, {"X-Authsvc-Control": SECRET}) == (200, DETAILS)
+
+
+async def test_readyz_details_over_the_unix_socket_only_there(tmp_path: Path,
+                                                             maps: Maps) -> None:
+    """The nginx-facing port and the unix socket of one serve, without a secret."""
+    maps.scripted.down = True
+    sock = str(tmp_path / "serve.sock")
+    request = b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n"
+    async with nginx_facing_server(make_app(seed_settings(), maps), unix=[sock]) as port:
+        over_tcp = parse_reply(await exchange(port, request))
+        over_unix = parse_reply(await exchange(0, request, unix=sock))
+    assert over_tcp.status_line == b"HTTP/1.0 200 OK"
+    assert b"db1" not in over_tcp.body and b"error" not in over_tcp.body
+    assert b'"scripted": {"up": false}' in over_tcp.body
+    assert b'"error": "db1:3306: Can\'t connect"' in over_unix.body
 
 
 async def test_map_down_is_503_when_the_site_asks(aiohttp_client: MakeClient, maps: Maps) -> None:
@@ -126,7 +183,7 @@ async def test_a_hanging_check_reports_the_maps_down() -> None:
     health = Health()
     health.set_ready()
     readiness = Readiness(health, hanging, timeout=0.05)
-    status, body = await readiness.report()
+    status, body = await readiness.report(details=True)
     assert status == 200
     assert body["maps"] == {"maps": {"up": False, "error": "check timed out"}}
 

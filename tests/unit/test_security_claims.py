@@ -4,21 +4,30 @@ nginx escapes a login or password into up to three times its bytes.  serve
 takes request heads up to ``MAX_HEAD`` (64 KiB) and header lines up to
 ``MAX_FIELD_SIZE`` (32 KiB), however the head is cut into reads; past either,
 serve refuses the request with a 431 that quotes nothing (aiohttp's own 400
-would quote the start of the line), and keeps serving.
+would quote the start of the line), and keeps serving.  A head aiohttp's
+parser would refuse gets serve's own 400, which quotes nothing either, and
+neither the log (every logger at debug, aiohttp's access log on) nor any
+reply byte holds any part of the password in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
+from authsvc.http.app import AUTH
 from authsvc.http.auth_http import TEXT_INVALID
-from authsvc.http.wire import MAX_FIELD_SIZE, MAX_HEAD
+from authsvc.http.wire import BAD_REQUEST_REPLY, MAX_FIELD_SIZE, MAX_HEAD
+from authsvc.log import make_handler
 from authsvc.render import NginxOptions, render_nginx
+from authsvc.settings import LogSettings
 from tests.golden.cases import nest
+from tests.helpers.bad_heads import CASES, Case, leaks, password, send
 from tests.unit.auth_http_fakes import (
     exchange,
     make_app,
@@ -84,6 +93,38 @@ async def test_over_long_password_is_not_echoed(port: int) -> None:
     raw = await _send_in_pieces(port, nginx_request(b"Bob", password), pieces=1)
     assert raw.startswith(b"HTTP/1.0 431")
     assert b"Sekr1t" not in raw
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+async def test_a_malformed_head_leaks_no_part_of_its_password(
+    case: Case, caplog: pytest.LogCaptureFixture
+) -> None:
+    # caplog holds the records as made (before any filter of ours touches
+    # them), ``ours`` the lines serve's own handler writes.
+    for name in ("", "aiohttp.server", "aiohttp.access", "aiohttp.web", "authsvc"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    ours = io.StringIO()
+    handler = make_handler(LogSettings(level="debug"), ours)
+    logging.getLogger().addHandler(handler)
+    secret = password()
+    app = make_app(seed_settings(), make_maps())
+    try:
+        async with nginx_facing_server(app, access_log=logging.getLogger("aiohttp.access"),
+                                       max_field_size=MAX_FIELD_SIZE,
+                                       max_line_size=MAX_FIELD_SIZE) as bound:
+            reply = await asyncio.to_thread(send, bound, case, secret)
+        app[AUTH].flush_log()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    logged = (caplog.text + ours.getvalue()).encode("utf-8", "surrogateescape")
+    assert leaks(reply, secret) == [], reply
+    assert leaks(logged, secret) == [], logged
+    assert b"aiohttp" not in reply and b"Server:" not in reply
+    if b" 400 " in reply:
+        assert reply.endswith(BAD_REQUEST_REPLY)  # the one fixed text
+        bad = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "bad_request"]
+        assert len(bad) == 1
+        assert set(bad[0].fields) == {"event", "peer", "offset", "length"}  # type: ignore[attr-defined]
 
 
 def test_nginx_mail_tls_is_1_2_and_up_with_nginx_default_ciphers() -> None:
