@@ -35,12 +35,15 @@ LIMIT = 10_000
 #: Seconds a record lasts after the store's latest refusal of the address:
 #: Dovecot's anvil keeps an address's penalty for an hour.
 KEEP = 3600.0
+#: An IPv6 client is its /48 network here, as Dovecot's penalty counts it
+#: (Dovecot's docs, "Authentication penalty support", PENALTY_IPV6_MASK_BITS).
+IPV6_PREFIX = 48
 
 
 class RefusalRecord:
-    """The store's longest recent refusal time per client address (IPv6: its prefix)."""
+    """The store's longest recent refusal time per client address (IPv6: its network)."""
 
-    def __init__(self, local: LocalStore, *, ipv6_prefix: int = 64, limit: int = LIMIT,
+    def __init__(self, local: LocalStore, *, ipv6_prefix: int = IPV6_PREFIX, limit: int = LIMIT,
                  keep: float = KEEP, clock: Callable[[], float] = time.time) -> None:
         self._local = local
         self._prefix = ipv6_prefix
@@ -92,5 +95,7 @@ class RefusalRecord:
         who = subject(client_ip, self._prefix)
         if who is None:
             return
-        self._mine.pop(who, None)
-        self._local.write(lambda f: f.forget_refusals(who))
+        mine = self._mine.pop(who, None)
+        # A login costs a read, and a write only when there is something to forget.
+        if mine is not None or self._local.read(lambda f: f.refusal(who, 0.0), 0.0) > 0:
+            self._local.write(lambda f: f.forget_refusals(who))

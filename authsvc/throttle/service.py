@@ -38,7 +38,7 @@ from authsvc.throttle.policy import (
     fingerprint,
     subject,
 )
-from authsvc.throttle.refusals import RefusalRecord
+from authsvc.throttle.refusals import IPV6_PREFIX, RefusalRecord
 from authsvc.throttle.store import CountStore, StoreError
 
 logger = logging.getLogger("authsvc.throttle")
@@ -82,7 +82,8 @@ class Throttle:
                                 address_window=settings.address_window,
                                 login_window=settings.login_window)
         #: The store's refusal time per address (the proxy's); None for serve.
-        self.refusals = (RefusalRecord(self.local, ipv6_prefix=settings.ipv6_prefix,
+        self.refusals = (RefusalRecord(self.local, ipv6_prefix=min(settings.ipv6_prefix,
+                                                                   IPV6_PREFIX),
                                        clock=clock) if refusals else None)
         self._redis: CountStore | None = None
         if settings.enabled and settings.store == "redis" and settings.redis_url is not None:

@@ -43,11 +43,11 @@ def test_a_login_forgets_the_address() -> None:
     assert record.floor("192.0.2.1") == 0.0
 
 
-def test_ipv6_counts_by_prefix_and_unix_peers_not_at_all() -> None:
-    record = RefusalRecord(LocalStore(), ipv6_prefix=64, clock=Clock())
+def test_ipv6_counts_by_its_48_and_unix_peers_not_at_all() -> None:
+    record = RefusalRecord(LocalStore(), clock=Clock())
     record.refused("2001:db8::1", 8.0)
-    assert record.floor("2001:db8::ffff") == 8.0
-    assert record.floor("2001:db8:0:1::1") == 0.0
+    assert record.floor("2001:db8:0:1::1") == 8.0  # the /48, as Dovecot counts it
+    assert record.floor("2001:db8:1::1") == 0.0
     record.refused(None, 8.0)
     record.refused("unix:/run/x", 8.0)
     assert record.floor(None) == 0.0
