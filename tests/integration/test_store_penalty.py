@@ -12,6 +12,9 @@ penalty"; docs/security.md, "Timing"):
 * an unknown user (refused by the map, never seen by Dovecot) takes as long
   as a wrong password from the same address, with the same words.
 
+And the opposite, which is why: with ``forward_client = "none"`` Dovecot
+penalises the proxy's address, and another client's login waits.
+
 Each client connects from its own loopback address; Dovecot trusts only the
 proxy's (127.0.0.1), so the clients' addresses are penalised like any other.
 The penalty's steps are Dovecot's constants, so the timing test runs its
@@ -26,6 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +55,30 @@ class World:
     store: DovecotStore
     proxy: ProxyProcess
     port: int
+    root: Path
+
+
+def write_config(root: Path, name: str, port: int, forward_client: str) -> Path:
+    config = root / f"{name}.toml"
+    config.write_text(f"""
+[proxy]
+auth_failure_delay = {BASE}
+backend_timeout = 30
+drain_timeout = 1
+max_login_attempts = 100
+forward_client = "{forward_client}"
+
+[[listener]]
+name = "imap4"
+protocol = "imap"
+tls = "none"
+bind = ["{PROXY_ADDRESS}:{port}"]
+login_timeout = 120
+[listener.map]
+type = "file"
+path = "{root / 'map'}"
+""")
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -63,30 +91,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         port = free_port(PROXY_ADDRESS)
         address = f"{STORE_ADDRESSES['b']}:{store.ports.imap}"
         (root / "map").write_text(f"bob: {address}\nalice: {address}\n")
-        config = root / "authsvc.toml"
-        config.write_text(f"""
-[proxy]
-auth_failure_delay = {BASE}
-backend_timeout = 30
-drain_timeout = 1
-max_login_attempts = 100
-forward_client = "id"
-
-[[listener]]
-name = "imap4"
-protocol = "imap"
-tls = "none"
-bind = ["{PROXY_ADDRESS}:{port}"]
-login_timeout = 120
-[listener.map]
-type = "file"
-path = "{root / 'map'}"
-""")
+        config = write_config(root, "authsvc", port, "id")
         # Two workers: the record of the store's refusal times is shared by both.
         proxy = ProxyProcess(config, root / "proxy.log", workers=2)
         proxy.start(listening=2)
         try:
-            yield World(store, proxy, port)
+            yield World(store, proxy, port, root)
         finally:
             proxy.stop()
 
@@ -144,3 +154,24 @@ def test_unknown_users_take_as_long_as_wrong_passwords_while_dovecot_penalises(
     # unknown users waited as long.
     assert min(wrong) > 8.0, results
     assert abs(statistics.median(unknown) - statistics.median(wrong)) < 0.5, results
+
+
+def test_without_the_clients_address_one_clients_wrong_passwords_slow_another(
+        world: World) -> None:
+    """The opposite, with ``forward_client = "none"``: Dovecot penalises the proxy.
+
+    Last in this file: it leaves the proxy's own address penalised at Dovecot,
+    which the tests above (forwarding the client's address) never meet.
+    """
+    port = free_port(PROXY_ADDRESS)
+    config = write_config(world.root, "none", port, "none")
+    proxy = ProxyProcess(config, world.root / "none.log")
+    proxy.start(listening=1)
+    try:
+        none = World(world.store, proxy, port, world.root)
+        took = [login(none, "127.0.0.106", "bob", f"wrong-{i}") for i in range(2)]
+        reply, elapsed = login(none, "127.0.0.107", "alice", "alice-secret")
+    finally:
+        proxy.stop()
+    assert reply.startswith(b"OK"), reply
+    assert elapsed > 3.0, (elapsed, took)
