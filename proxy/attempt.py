@@ -59,7 +59,7 @@ class LoginAttempt:
         return self._store.channel if self._store is not None else None
 
     async def run(self, credentials: Credentials) -> LoginSucceeded | LoginFailed:
-        """Log in; a failure returns at the fixed deadline, never raises."""
+        """Log in; a failure returns at its deadline, never raises."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._ctx.proxy.auth_failure_delay
@@ -106,7 +106,7 @@ class LoginAttempt:
                 times.refused(client_ip, loop.time() - started)
             # As long as the store has recently taken to refuse this address,
             # whether this failure reached the store or not (docs/security.md,
-            # "Timing").
+            # "User enumeration").
             deadline = max(deadline, started + times.floor(client_ip))
         self.closes = meaning.closes
         tarpit = 0.0

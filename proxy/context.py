@@ -40,5 +40,5 @@ class ListenerContext:
     #: Brute-force throttling (docs/security.md); None = off.
     throttle: Throttle | None = None
     #: How long the store took to refuse each client address (docs/security.md,
-    #: "Timing"); None = failures wait ``auth_failure_delay`` only.
+    #: "User enumeration"); None = failures wait ``auth_failure_delay`` only.
     refusal_times: RefusalRecord | None = None

@@ -18,7 +18,7 @@ used dropped first) and in the workers' shared file (soonest to expire
 dropped first).  With ``--workers N`` the workers share it through the
 throttle's SQLite file (``local.py``, ``sqlite.py``), written the same way as
 the failure counts: a worker never waits for another worker's lock.  Nodes
-behind HAProxy do not share it (docs/security.md, "Timing").
+behind HAProxy do not share it (docs/security.md, "User enumeration").
 """
 
 from __future__ import annotations

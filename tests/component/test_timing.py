@@ -8,6 +8,10 @@ that is added instead of waited out they would be four. The test asserts the
 reply bytes are identical and the delays within 0.5 s of each other. The
 store answers a whole second before the deadline, so a descheduled process
 on a loaded machine cannot make the store's reply the later one.
+
+A store slower than the deadline (Dovecot's auth penalty) is the second
+test: once it has refused an address, failures from that address wait as
+long as it took, and failures from other addresses do not.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ async def test_an_unknown_user_waits_as_long_as_the_store_took_to_refuse_the_add
 
     The proxy's deadline is 1 s here and the store takes 3 s: after the store
     refused this address once, an unknown user from it waits those 3 s too
-    (docs/security.md, "Timing"), and a login from another address does not.
+    (docs/security.md, "User enumeration"), and a login from another address does not.
     """
     protocol, store_port = slow_store
     popmap = tmp_path / "popmap"

@@ -4,7 +4,7 @@ Dovecot's penalty (Dovecot's docs, "Authentication penalty support") holds
 every login from an address with recent failures: measured with 2.3.19 and
 ``auth_failure_delay = 0``, 0.5, 4.5, 8.5, then 15.5 s per wrong password.
 Two things must hold behind the proxy (docs/proxy.md, "Dovecot's auth
-penalty"; docs/security.md, "Timing"):
+penalty"; docs/security.md, "User enumeration"):
 
 * with ``forward_client = "id"`` and the proxy in Dovecot's
   ``login_trusted_networks``, Dovecot charges the penalty to the real client,
