@@ -90,7 +90,7 @@ class LoginAttempt:
             if throttle is not None:
                 await throttle.succeeded(client_ip, credentials.login)
             if self._ctx.refusal_times is not None:
-                self._ctx.refusal_times.forget(client_ip)
+                await self._ctx.refusal_times.forget(client_ip)
             self._done(credentials, None, "")
             return result
         if self._store is not None:
@@ -103,11 +103,11 @@ class LoginAttempt:
         times = self._ctx.refusal_times
         if times is not None and meaning.reply is Reply.AUTHENTICATION:
             if kind is FailureKind.BACKEND_AUTH:
-                times.refused(client_ip, loop.time() - started)
+                await times.refused(client_ip, loop.time() - started)
             # As long as the store has recently taken to refuse this address,
             # whether this failure reached the store or not (docs/security.md,
             # "User enumeration").
-            deadline = max(deadline, started + times.floor(client_ip))
+            deadline = max(deadline, started + await times.floor(client_ip))
         self.closes = meaning.closes
         tarpit = 0.0
         if throttle is not None and meaning.counted:
