@@ -49,7 +49,8 @@ class SharedRefusals(Protocol):
 #: Addresses remembered, per process and in the shared file.
 LIMIT = 10_000
 #: Seconds a record lasts after the store's latest refusal of the address:
-#: Dovecot's anvil keeps an address's penalty for an hour.
+#: Dovecot's anvil keeps an address's penalty for an hour after its last
+#: update (``PENALTY_DEFAULT_EXPIRE_SECS`` in Dovecot's src/anvil/penalty.c).
 KEEP = 3600.0
 #: An IPv6 client is its /48 network here, as Dovecot's penalty counts it
 #: (Dovecot's docs, "Authentication penalty support", PENALTY_IPV6_MASK_BITS).
