@@ -17,6 +17,7 @@ from authsvc import routing
 from authsvc.config import ConfigError, Issue, load_settings
 from authsvc.settings import (
     FileMapSettings,
+    ForwardClient,
     ListenerSettings,
     MailProtocol,
     MapSettings,
@@ -75,17 +76,40 @@ def check_config(args: argparse.Namespace) -> int:
         _print_issues(exc.issues, errors=True)
         print(f"{len(exc.issues)} error(s), {len(exc.warnings)} warning(s)", file=sys.stderr)
         return EXIT_CONFIG
-    if args.strict and loaded.warnings:
-        _print_issues(loaded.warnings, errors=True)
-        print(f"{len(loaded.warnings)} warning(s), errors under --strict", file=sys.stderr)
+    warnings = [*loaded.warnings, *forwarding_warnings(loaded.settings)]
+    if args.strict and warnings:
+        _print_issues(warnings, errors=True)
+        print(f"{len(warnings)} warning(s), errors under --strict", file=sys.stderr)
         return EXIT_CONFIG
-    _print_issues(loaded.warnings, errors=False)
+    _print_issues(warnings, errors=False)
     for listener in loaded.settings.listeners:
         print(describe_listener(listener))
     count = len(loaded.settings.listeners)
     print(f"ok: {count} listener{'s' if count != 1 else ''}, "
-          f"{len(loaded.warnings)} warning(s)")
+          f"{len(warnings)} warning(s)")
     return EXIT_OK
+
+
+def forwarding_warnings(settings: Settings) -> list[Issue]:
+    """One warning when the proxy tells the stores no client address, else none.
+
+    One for the whole configuration, not one per listener: ``forward_client``
+    is the process's (docs/proxy.md, "Dovecot's auth penalty").
+    """
+    if settings.proxy.forward_client is not ForwardClient.NONE or not settings.listeners:
+        return []
+    # A listener's source is "file.toml:line" (native) or the Perdition file.
+    source = settings.listeners[0].source
+    native = ".toml:" in source
+    file = source.rsplit(":", 1)[0] if native else source
+    names = ", ".join(listener.name for listener in settings.listeners)
+    return [Issue(
+        file, 0, "proxy.forward_client" if native else "forward_client",
+        f'"none" for listeners {names}: the stores see every proxied login come from '
+        "the proxy's address, so a store's per-address auth penalty (Dovecot's) for one "
+        "client's wrong passwords holds every user's login; set forward_client = \"id\" "
+        "with the proxies in Dovecot's login_trusted_networks, or switch the penalty off at "
+        "the stores and turn [throttle] on (docs/proxy.md, \"Dovecot's auth penalty\")")]
 
 
 async def _trace(settings: Settings, request: routing.LoginRequest) -> routing.Trace:

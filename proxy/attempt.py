@@ -7,10 +7,12 @@ never the maps), then logs in at that store (``store.py``), all within
 and, when ``[proxy] auth_log`` is on, writes Perdition's ``Auth:`` line to
 syslog (perdition(8), "LOGGING"; docs/proxy.md, "Perdition's Auth: line for
 fail2ban").  A failure also logs one ``event=login_failed`` line, tells the
-throttle, and is answered at a fixed deadline from the command
-(``proxy.auth_failure_delay``), whatever failed and however long the store
-took, so the reply's timing does not tell an unknown user from a wrong
-password.  What a failure means (reply, count, close, log level) is
+throttle, and is answered at a deadline from the command, whatever failed:
+``proxy.auth_failure_delay``, or as long as the store has recently taken to
+refuse this client address if that is longer (``authsvc/throttle/refusals.py``),
+so the reply's timing does not tell an unknown user from a wrong password
+while the store penalises the address.  A successful login waits for nothing.
+What a failure means (reply, count, close, log level) is
 ``authsvc/failures.py``'s table; the front machine words the reply.
 """
 
@@ -57,9 +59,10 @@ class LoginAttempt:
         return self._store.channel if self._store is not None else None
 
     async def run(self, credentials: Credentials) -> LoginSucceeded | LoginFailed:
-        """Log in; a failure returns at the fixed deadline, never raises."""
+        """Log in; a failure returns at its deadline, never raises."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ctx.proxy.auth_failure_delay
+        started = loop.time()
+        deadline = started + self._ctx.proxy.auth_failure_delay
         record = self._record
         record.attempts += 1
         record.login = credentials.login
@@ -86,6 +89,8 @@ class LoginAttempt:
             self.succeeded = True
             if throttle is not None:
                 await throttle.succeeded(client_ip, credentials.login)
+            if self._ctx.refusal_times is not None:
+                await self._ctx.refusal_times.forget(client_ip)
             self._done(credentials, None, "")
             return result
         if self._store is not None:
@@ -95,6 +100,14 @@ class LoginAttempt:
         meaning = kind.meaning
         record.result = ("auth_failed" if meaning.reply is Reply.AUTHENTICATION
                          else "temporary_failure")
+        times = self._ctx.refusal_times
+        if times is not None and meaning.reply is Reply.AUTHENTICATION:
+            if kind is FailureKind.BACKEND_AUTH:
+                await times.refused(client_ip, loop.time() - started)
+            # As long as the store has recently taken to refuse this address,
+            # whether this failure reached the store or not (docs/security.md,
+            # "User enumeration").
+            deadline = max(deadline, started + await times.floor(client_ip))
         self.closes = meaning.closes
         tarpit = 0.0
         if throttle is not None and meaning.counted:
@@ -107,8 +120,8 @@ class LoginAttempt:
         log.log(meaning.log_level, "",
                 extra={"fields": record.failure_fields(meaning.label, reason)})
         self._done(credentials, kind, reason)
-        # The fixed deadline: the same wait for every failure (see module
-        # docstring), plus the throttle's tarpit for repeated failures.
+        # The deadline: the same wait for every failure (see module docstring),
+        # plus the throttle's tarpit for repeated failures.
         await asyncio.sleep(max(0.0, deadline - loop.time()) + tarpit)
         return LoginFailed(kind)
 

@@ -3,7 +3,8 @@
 The server builds one per listener when it starts and again on each reload
 (``server.py``); a session keeps the one it started with.  It holds the
 listener's settings, the routing core, the TLS contexts for clients and
-stores, and the process's Auth: writer, metrics and throttle.  Nothing here
+stores, and the process's Auth: writer, metrics, throttle and record of the
+store's refusal times.  Nothing here
 does anything by itself.
 """
 
@@ -17,6 +18,7 @@ from authsvc.proxy.syslog import AuthLog
 
 from authsvc.routing import Router
 from authsvc.settings import ListenerSettings, LogSettings, ProxySettings
+from authsvc.throttle.refusals import RefusalRecord
 from authsvc.throttle.service import Throttle
 
 
@@ -37,3 +39,6 @@ class ListenerContext:
     metrics: ProxyMetrics | None = None
     #: Brute-force throttling (docs/security.md); None = off.
     throttle: Throttle | None = None
+    #: How long the store took to refuse each client address (docs/security.md,
+    #: "User enumeration"); None = failures wait ``auth_failure_delay`` only.
+    refusal_times: RefusalRecord | None = None

@@ -72,8 +72,9 @@ async def serve(
         async with open_router_switch(settings) as switch:
             router = switch.router
             metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
-            # Counts shared by the workers through the run directory (docs/security.md).
-            throttle = Throttle(settings.throttle, directory=run_dir)
+            # Counts, and the store's refusal times, shared by the workers through
+            # the run directory (docs/security.md).
+            throttle = Throttle(settings.throttle, directory=run_dir, refusals=True)
             server = ProxyServer(settings, router, metrics=metrics, auth_log=auth_log,
                                  throttle=throttle)
             health: HealthEndpoint | None = None

@@ -87,6 +87,8 @@ class ProxyServer:
     ) -> None:
         self._settings = settings
         self._throttle = throttle if throttle is not None and throttle.enabled else None
+        # The store's refusal times, kept whether throttling is on or not.
+        self._refusal_times = throttle.refusals if throttle is not None else None
         self._router = router
         self._metrics = ProxyMetrics(metrics) if metrics is not None else None
         self._auth_log = auth_log
@@ -123,6 +125,7 @@ class ProxyServer:
                     auth_log=self._auth_log,
                     metrics=self._metrics,
                     throttle=self._throttle,
+                    refusal_times=self._refusal_times,
                 )
                 self._contexts[listener.name] = context
                 self._trusted[listener.name] = parse_networks(
@@ -289,7 +292,8 @@ class ProxyServer:
             contexts[listener.name] = ListenerContext(
                 listener=listener, proxy=settings.proxy, log=settings.log, router=router,
                 server_tls=server_tls_context(listener), backend_tls=backend_tls,
-                auth_log=self._auth_log, metrics=self._metrics, throttle=self._throttle)
+                auth_log=self._auth_log, metrics=self._metrics, throttle=self._throttle,
+                refusal_times=self._refusal_times)
         for name in self._listening:
             if name not in contexts:
                 log.warning("", extra={"fields": {"event": "reload_needs_restart",

@@ -364,6 +364,16 @@ class LocalStore:
                     "reason": "the lock is still taken", "unwritten": len(self._queue)}})
         self._file.close()
 
+    # -- other records in the same file -------------------------------------------------
+
+    def write(self, write: Write) -> None:
+        """Run ``write`` in a transaction now, or queue it (never waits for the lock)."""
+        self._write(_Queued(write))
+
+    def read(self, read: Callable[[SqliteCounts], T], default: T) -> T:
+        """``read`` on the file (never waits); ``default`` when it cannot be read."""
+        return self._file_read(read, default)
+
     # -- statistics (per node) -------------------------------------------------------------
 
     def bump(self, name: str, amount: float = 1.0) -> None:

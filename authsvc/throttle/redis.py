@@ -8,7 +8,9 @@ imported only here and only when ``[throttle] store = "redis"``.
 
 Layout, under ``authsvc:throttle:``: one hash per counter (``a:<address>``,
 ``l:<login>``, ``p:<address>|<login>``) whose fields are bucket numbers
-(``policy.py``), and one string per seen fingerprint (``s:<pair>|<hmac>``).
+(``policy.py``), and one string per seen fingerprint (``s:<pair>|<hmac>``);
+the store's refusal times (``refusals.py``) in ``refusals`` (a sorted set of
+addresses by expiry) and ``refusals:s`` (their seconds).
 Every command is bounded by ``redis_timeout``; any failure raises
 :class:`~authsvc.throttle.store.StoreError` and ``service.py`` falls back to
 the local store.
@@ -36,6 +38,33 @@ from authsvc.throttle.store import StoreError
 
 PREFIX = "authsvc:throttle:"
 SEEN = "s"
+#: The store's refusal times: a sorted set (address -> expiry) and a hash
+#: (address -> seconds), so the oldest can be dropped past the limit.
+REFUSALS = "refusals"
+
+#: KEYS: the sorted set, the hash; ARGV: who, seconds, now, keep, limit.
+_ADD_REFUSAL = """
+local who, seconds, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local expires = redis.call('ZSCORE', KEYS[1], who)
+if expires and tonumber(expires) >= now then
+  local old = tonumber(redis.call('HGET', KEYS[2], who) or '0')
+  if old > seconds then seconds = old end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), who)
+redis.call('HSET', KEYS[2], who, tostring(seconds))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local over = redis.call('ZCARD', KEYS[1]) - #gone - tonumber(ARGV[5])
+if over > 0 then
+  for _, name in ipairs(redis.call('ZRANGE', KEYS[1], #gone, #gone + over - 1)) do
+    table.insert(gone, name)
+  end
+end
+for _, name in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], name)
+  redis.call('HDEL', KEYS[2], name)
+end
+return #gone
+"""
 
 T = TypeVar("T")
 
@@ -158,6 +187,31 @@ class RedisStore:
         if names:
             await client.delete(*names)
         return existing
+
+    # -- the store's refusal times (refusals.py) ----------------------------------------
+
+    async def add_refusal(self, who: str, seconds: float, now: float, keep: float,
+                          limit: int) -> None:
+        """Record a refusal of ``who``; the longest unexpired one counts (sqlite.py's rule)."""
+        await self._run(self._client.eval(
+            _ADD_REFUSAL, 2, PREFIX + REFUSALS, PREFIX + REFUSALS + ":s",
+            who, repr(seconds), repr(now), repr(keep), str(limit)))
+
+    async def refusal(self, who: str, now: float) -> float:
+        """The longest unexpired refusal recorded for ``who`` (0 when none)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zscore(PREFIX + REFUSALS, who)
+        pipe.hget(PREFIX + REFUSALS + ":s", who)
+        expires, seconds = await self._run(pipe.execute())
+        if expires is None or seconds is None or float(expires) < now:
+            return 0.0
+        return float(seconds)
+
+    async def forget_refusal(self, who: str) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zrem(PREFIX + REFUSALS, who)
+        pipe.hdel(PREFIX + REFUSALS + ":s", who)
+        await self._run(pipe.execute())
 
     async def close(self) -> None:
         # Closing a dead connection must not fail the shutdown.

@@ -38,6 +38,7 @@ from authsvc.throttle.policy import (
     fingerprint,
     subject,
 )
+from authsvc.throttle.refusals import IPV6_PREFIX, RefusalRecord, SharedRefusals
 from authsvc.throttle.store import CountStore, StoreError
 
 logger = logging.getLogger("authsvc.throttle")
@@ -68,23 +69,31 @@ class Throttle:
     """One per process; ``directory`` is the workers' shared run directory, if any."""
 
     def __init__(self, settings: ThrottleSettings, *, directory: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, refusals: bool = False) -> None:
         self.settings = settings
         self.policy = Policy(settings)
         # Wall-clock time: buckets must agree between workers and between nodes.
         self._clock = clock
-        # No file when throttling is off.
-        path = os.path.join(directory, DB_NAME) if directory and settings.enabled else None
+        # No file when throttling is off, unless the proxy's refusal record
+        # (``refusals.py``) needs it: it works whether throttling is on or not.
+        use_file = settings.enabled or refusals
+        path = os.path.join(directory, DB_NAME) if directory and use_file else None
         self.local = LocalStore(path,
                                 address_window=settings.address_window,
                                 login_window=settings.login_window)
         self._redis: CountStore | None = None
+        shared: SharedRefusals | None = None
         if settings.enabled and settings.store == "redis" and settings.redis_url is not None:
             from authsvc.throttle.redis import RedisStore
 
-            self._redis = RedisStore(settings.redis_url, timeout=settings.redis_timeout,
-                                     address_window=settings.address_window,
-                                     login_window=settings.login_window)
+            self._redis = shared = RedisStore(
+                settings.redis_url, timeout=settings.redis_timeout,
+                address_window=settings.address_window, login_window=settings.login_window)
+        #: The store's refusal time per address (the proxy's); None for serve.
+        self.refusals = (RefusalRecord(self.local, ipv6_prefix=min(settings.ipv6_prefix,
+                                                                   IPV6_PREFIX),
+                                       clock=clock, shared=shared,
+                                       retry=settings.redis_retry) if refusals else None)
         self._redis_retry_at = 0.0
         self._on_fallback = False
         # Without a configured key, fingerprints are only comparable inside

@@ -12,7 +12,8 @@ with ``SQLITE_BUSY`` (:func:`is_busy`), and ``local.py`` queues the update
 instead.  Readers never wait for a writer in WAL mode
 (https://www.sqlite.org/wal.html, "Concurrency").
 
-Also keeps the node's throttle statistics (``stats``) and which workers run
+Also keeps the store's refusal latency per address (``refusals``, for
+``refusals.py``), the node's throttle statistics (``stats``) and which workers run
 on the Redis fallback (``fallback``), so ``/metrics`` from any worker shows totals.
 """
 
@@ -31,6 +32,9 @@ CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, bucket INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fallback (pid INTEGER PRIMARY KEY, on_fallback INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS refusals (who TEXT PRIMARY KEY, seconds REAL NOT NULL,
+    expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refusals_expires ON refusals (expires);
 """
 
 #: Expired rows are deleted at most this often (seconds).
@@ -102,6 +106,12 @@ class SqliteCounts:
         return [row[0] for row in self._db.execute(
             "SELECT DISTINCT key FROM hits WHERE expires >= ?", (now,))]
 
+    def refusal(self, who: str, now: float) -> float:
+        """The longest refusal recorded for ``who`` that has not expired (0 when none)."""
+        row = self._db.execute("SELECT seconds FROM refusals WHERE who = ? AND expires >= ?",
+                               (who, now)).fetchone()
+        return float(row[0]) if row is not None else 0.0
+
     def stats(self) -> dict[str, float]:
         return {name: value for name, value in self._db.execute("SELECT name, value FROM stats")}
 
@@ -167,6 +177,26 @@ class SqliteCounts:
             db.execute("DELETE FROM hits WHERE key LIKE ? ESCAPE '\\'", (like,))
             db.execute("DELETE FROM seen WHERE key LIKE ? ESCAPE '\\'", (like + "|%",))
         return int(dropped)
+
+    def add_refusal(self, who: str, seconds: float, now: float, keep: float,
+                    limit: int) -> None:
+        """Record a refusal of ``who`` that took ``seconds``; the longest one counts.
+
+        The record expires ``keep`` seconds after the latest refusal; past
+        ``limit`` records, those that expire soonest are dropped.
+        """
+        self._db.execute(
+            "INSERT INTO refusals VALUES (?, ?, ?) ON CONFLICT (who) DO UPDATE SET "
+            "seconds = CASE WHEN refusals.expires >= ? "
+            "THEN max(refusals.seconds, excluded.seconds) ELSE excluded.seconds END, "
+            "expires = excluded.expires", (who, seconds, now + keep, now))
+        self._db.execute("DELETE FROM refusals WHERE expires < ?", (now,))
+        self._db.execute(
+            "DELETE FROM refusals WHERE who IN (SELECT who FROM refusals ORDER BY expires "
+            "LIMIT max(0, (SELECT COUNT(*) FROM refusals) - ?))", (limit,))
+
+    def forget_refusals(self, who: str) -> None:
+        self._db.execute("DELETE FROM refusals WHERE who = ?", (who,))
 
     def add_stat(self, name: str, amount: float) -> None:
         self._db.execute("INSERT INTO stats VALUES (?, ?) ON CONFLICT (name) "

@@ -26,6 +26,7 @@ from authsvc.settings import (
     Stage,
     TlsSettings,
 )
+from authsvc.throttle.service import Throttle
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert, make_test_pki
 
@@ -109,13 +110,14 @@ async def running(
     proxy: ProxySettings = FAST,
     router: Router | None = None,
     log: LogSettings | None = None,
+    throttle: Throttle | None = None,
 ) -> AsyncIterator[Proxy]:
     settings = Settings(listeners=tuple(listeners), proxy=proxy,
                         cache=CacheSettings(enabled=False), log=log or LogSettings())
     async with contextlib.AsyncExitStack() as stack:
         if router is None:
             router = await stack.enter_async_context(open_router(settings))
-        server = ProxyServer(settings, router)
+        server = ProxyServer(settings, router, throttle=throttle)
         await server.start()
         try:
             yield Proxy(server, settings)

@@ -8,6 +8,10 @@ that is added instead of waited out they would be four. The test asserts the
 reply bytes are identical and the delays within 0.5 s of each other. The
 store answers a whole second before the deadline, so a descheduled process
 on a loaded machine cannot make the store's reply the later one.
+
+A store slower than the deadline (Dovecot's auth penalty) is the second
+test: once it has refused an address, failures from that address wait as
+long as it took, and failures from other addresses do not.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from authsvc.settings import FileMapSettings, ListenTls, MailProtocol, ProxySettings
+from authsvc.settings import (
+    FileMapSettings,
+    ListenTls,
+    MailProtocol,
+    ProxySettings,
+    ThrottleSettings,
+)
+from authsvc.throttle.service import Throttle
 from tests.component.conftest import make_listener, running
 from tests.services.certs import ServerCert
 
@@ -67,9 +78,10 @@ async def slow_store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str,
     server.close()
 
 
-async def _attempt(host: str, port: int, protocol: str, login: str) -> tuple[bytes, float]:
-    """One failed login on a fresh connection: (the refusal line, seconds it took)."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def _attempt(host: str, port: int, protocol: str, login: str,
+                   source: str = "127.0.0.1") -> tuple[bytes, float]:
+    """One failed login on a fresh connection from ``source``: (the refusal line, seconds)."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     try:
         await reader.readline()  # the greeting
         if protocol == "imap":
@@ -108,3 +120,33 @@ async def test_unknown_user_and_wrong_password_same_text_and_delay(
     # The store's three seconds are hidden inside the deadline, not added to it.
     assert abs(known_s - unknown_s) < TOLERANCE, (known_s, unknown_s)
     assert min(known_s, unknown_s) >= SETTINGS.auth_failure_delay * 0.9
+
+
+async def test_an_unknown_user_waits_as_long_as_the_store_took_to_refuse_the_address(
+    tmp_path: Path, pki: ServerCert, slow_store: tuple[str, int]
+) -> None:
+    """A store that penalises (Dovecot's auth penalty) refuses later than the deadline.
+
+    The proxy's deadline is 1 s here and the store takes 3 s: after the store
+    refused this address once, an unknown user from it waits those 3 s too
+    (docs/security.md, "User enumeration"), and a login from another address does not.
+    """
+    protocol, store_port = slow_store
+    popmap = tmp_path / "popmap"
+    popmap.write_text(f"bob@riseup.net: 127.0.0.1:{store_port}\n")
+    listener = make_listener("timing", MailProtocol(protocol), ListenTls.NONE,
+                             FileMapSettings(str(popmap)), pki)
+    settings = ProxySettings(auth_failure_delay=1.0, backend_timeout=8.0)
+    throttle = Throttle(ThrottleSettings(), refusals=True)
+    async with running([listener], settings, throttle=throttle) as proxy:
+        host, port = proxy.host("timing"), proxy.port("timing")
+        # Another address, before and after: only the deadline.
+        _, fresh_s = await _attempt(host, port, protocol, "nobody", source="127.0.0.3")
+        known, known_s = await _attempt(host, port, protocol, "bob")
+        unknown, unknown_s = await _attempt(host, port, protocol, "nobody")
+        _, other_s = await _attempt(host, port, protocol, "nobody", source="127.0.0.3")
+    assert known == unknown
+    assert known_s >= STORE_REFUSAL_DELAY * 0.95, known_s
+    assert abs(known_s - unknown_s) < TOLERANCE, (known_s, unknown_s)
+    for elapsed in (fresh_s, other_s):
+        assert settings.auth_failure_delay * 0.9 <= elapsed < STORE_REFUSAL_DELAY - 1, elapsed

@@ -44,7 +44,8 @@ def test_check_config_prints_warnings_as_file_line_key(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == (f"{path}:3: pid_file: authsvc writes no pid file (systemd tracks it); "
                       "ignored")
-    assert out[-1] == "ok: 1 listener, 1 warning(s)"
+    assert out[1].startswith(f'{path}:0: forward_client: "none" for listeners imap4: ')
+    assert out[-1] == "ok: 1 listener, 2 warning(s)"
 
 
 def test_check_config_strict_fails_on_warnings(
@@ -54,10 +55,10 @@ def test_check_config_strict_fails_on_warnings(
     path.write_text('map_library ""\noutgoing_server 127.0.0.9\npid_file /run/p.pid\n')
     assert main(["check-config", "--strict", str(path)]) == 2
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [
-        f"{path}:3: pid_file: authsvc writes no pid file (systemd tracks it); ignored",
-        "1 warning(s), errors under --strict",
-    ]
+    err = captured.err.splitlines()
+    assert err[0] == f"{path}:3: pid_file: authsvc writes no pid file (systemd tracks it); ignored"
+    assert err[1].startswith(f"{path}:0: forward_client: ")
+    assert err[2:] == ["2 warning(s), errors under --strict"]
     assert "ok:" not in captured.out
 
 
@@ -96,11 +97,42 @@ def test_check_config_takes_config_like_every_command(
     pop3 = tmp_path / "perdition.conf"
     pop3.write_text('map_library ""\noutgoing_server 127.0.0.9\n')
     assert main(["check-config", "--config", str(imap4), "-c", f"pop3={pop3}"]) == 0
-    assert main(["check-config", str(imap4), "-c", f"pop3={pop3}", "--strict"]) == 0
+    assert main(["check-config", str(imap4), "-c", f"pop3={pop3}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    summaries = [line.split(":")[0] for line in out if not line.startswith("ok:")]
+    summaries = [line.split(":")[0] for line in out
+                 if not line.startswith(("ok:", str(tmp_path)))]
     assert summaries == ["imap4", "pop3", "imap4", "pop3"]
-    assert out.count("ok: 2 listeners, 0 warning(s)") == 2
+    assert out.count("ok: 2 listeners, 1 warning(s)") == 2
+
+
+def test_check_config_warns_once_when_the_stores_get_no_client_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dovecot's auth penalty would hold every user's login (docs/proxy.md)."""
+    listeners = "".join(f"""
+[[listener]]
+name = "{name}"
+protocol = "{protocol}"
+tls = "none"
+bind = ["127.0.0.1:{port}"]
+outgoing_server = ["127.0.0.9"]
+""" for name, protocol, port in (("imap4", "imap", 143), ("pop3", "pop3", 110)))
+    path = tmp_path / "authsvc.toml"
+    path.write_text(listeners)
+    assert main(["check-config", str(path)]) == 0
+    assert main(["check-config", "--strict", str(path)]) == 2
+    captured = capsys.readouterr()
+    warned = [line for line in captured.out.splitlines() if "forward_client" in line]
+    assert len(warned) == 1, warned  # once, naming every listener
+    assert warned[0].startswith(
+        f'{path}:0: proxy.forward_client: "none" for listeners imap4, pop3: the stores see '
+        "every proxied login come from the proxy's address")
+    assert "login_trusted_networks" in warned[0]
+    assert captured.out.splitlines()[-1] == "ok: 2 listeners, 1 warning(s)"
+    for mode in ("id", "proxy_v2"):
+        path.write_text(f'[proxy]\nforward_client = "{mode}"\n' + listeners)
+        assert main(["check-config", "--strict", str(path)]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == "ok: 2 listeners, 0 warning(s)"
 
 
 def test_check_config_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:
