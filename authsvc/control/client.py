@@ -1,7 +1,9 @@
-"""The one client of the control endpoints, for ``authsvc flush`` and ``authsvc throttle``.
+"""The one client of the control endpoints, for the operator's commands (``commands.py``).
 
 Which node, and how (docs/operations.md, "Operator commands"):
 
+* ``--pool`` reaches every ``[[haproxy.nodes]]`` at its ``control`` address
+  (``pool.py``, :func:`node_url`);
 * ``--url http(s)://HOST:PORT`` or ``--url unix:/path`` picks the node;
 * else ``[control] listen`` from ``--config`` (this node's control listener;
   a wildcard address is reached on loopback), over TLS when ``[control]
@@ -33,6 +35,12 @@ def _base(scheme: str, address: HostPort) -> str:
     host = _LOOPBACK.get(address.host, address.host)
     return f"{scheme}://[{host}]:{address.port}" if ":" in host else \
         f"{scheme}://{host}:{address.port}"
+
+
+def node_url(settings: Settings, control: HostPort) -> str:
+    """The URL of a pool node's control listener (``[[haproxy.nodes]] control``):
+    https when ``[control] cert`` is set, as every node's listener then speaks TLS."""
+    return _base("https" if settings.control.cert is not None else "http", control)
 
 
 def target(settings: Settings, url: str | None) -> tuple[str | None, str]:
@@ -72,8 +80,13 @@ def client_tls(settings: Settings) -> ssl.SSLContext:
 
 
 async def call(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
-               url: str | None = None, limit: float = 10.0) -> tuple[int, dict[str, object]]:
-    """One request to a control endpoint; (HTTP status, JSON body)."""
+               url: str | None = None,
+               limit: float | None = 10.0) -> tuple[int, dict[str, object]]:
+    """One request to a control endpoint; (HTTP status, JSON body).
+
+    A GET carries ``form`` in its query.  ``limit`` bounds the whole request
+    (None: no bound, for a paced kick).
+    """
     unix, base = target(settings, url)
     connector: aiohttp.BaseConnector | None = None
     if unix is not None:
@@ -83,8 +96,9 @@ async def call(settings: Settings, method: str, path: str, form: dict[str, str] 
     async with (
         aiohttp.ClientSession(connector=connector,
                               timeout=aiohttp.ClientTimeout(total=limit)) as session,
-        session.request(method, base + path, data=form,
-                        headers=credentials(settings, unix)) as reply,
+        session.request(method, base + path, headers=credentials(settings, unix),
+                        params=form if method == "GET" else None,
+                        data=None if method == "GET" else form) as reply,
     ):
         text = await reply.text()
         try:
