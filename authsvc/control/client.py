@@ -19,10 +19,12 @@ returns the HTTP status and the JSON body.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
+import socket
 import ssl
-
-import aiohttp
+import urllib.parse
 
 from authsvc.control.trust import CONTROL_HEADER
 from authsvc.settings import HostPort, Settings
@@ -79,30 +81,71 @@ def client_tls(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (serve's ``[http] unix``, ``--url unix:/path``)."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def request(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
+            url: str | None = None,
+            limit: float | None = 10.0) -> tuple[int, dict[str, object]]:
+    """One request to a control endpoint; (HTTP status, JSON body).
+
+    The standard library's client: a command that starts, asks and exits
+    should not pay for importing an asynchronous HTTP stack.  A GET carries
+    ``form`` in its query, anything else in a form body.  ``limit`` bounds
+    each wait on the node (None: none, for a paced kick).  Raises OSError
+    (TLS errors included) or ``http.client.HTTPException``.
+    """
+    unix, base = target(settings, url)
+    connection: http.client.HTTPConnection
+    if unix is not None:
+        connection = _UnixConnection(unix, limit)
+    else:
+        parts = urllib.parse.urlsplit(base)
+        host = parts.hostname or "localhost"
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(host, parts.port, timeout=limit,
+                                                     context=client_tls(settings))
+        else:
+            connection = http.client.HTTPConnection(host, parts.port, timeout=limit)
+    encoded = urllib.parse.urlencode(form or {})
+    headers = credentials(settings, unix)
+    body: str | None = None
+    if method == "GET":
+        path = f"{path}?{encoded}" if encoded else path
+    else:
+        body = encoded
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        reply = connection.getresponse()
+        text = reply.read().decode("utf-8", "replace")
+        status = reply.status
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = {"error": text.strip()[:200]}
+    return status, answer if isinstance(answer, dict) else {"error": str(answer)}
+
+
 async def call(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
                url: str | None = None,
                limit: float | None = 10.0) -> tuple[int, dict[str, object]]:
-    """One request to a control endpoint; (HTTP status, JSON body).
-
-    A GET carries ``form`` in its query.  ``limit`` bounds the whole request
-    (None: no bound, for a paced kick).
-    """
-    unix, base = target(settings, url)
-    connector: aiohttp.BaseConnector | None = None
-    if unix is not None:
-        connector = aiohttp.UnixConnector(path=unix)
-    elif base.startswith("https:"):
-        connector = aiohttp.TCPConnector(ssl=client_tls(settings))
-    async with (
-        aiohttp.ClientSession(connector=connector,
-                              timeout=aiohttp.ClientTimeout(total=limit)) as session,
-        session.request(method, base + path, headers=credentials(settings, unix),
-                        params=form if method == "GET" else None,
-                        data=None if method == "GET" else form) as reply,
-    ):
-        text = await reply.text()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = {"error": text.strip()[:200]}
-        return reply.status, body if isinstance(body, dict) else {"error": str(body)}
+    """:func:`request` in a thread, so that ``--pool`` asks every node at once."""
+    return await asyncio.to_thread(request, settings, method, path, form, url, limit)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from authsvc.control.flush import FLUSH_PATH
+from authsvc.control.paths import FLUSH_PATH, THROTTLE_CLEAR_PATH, THROTTLE_LIST_PATH
 from authsvc.control.pool import Body, Request, send
-from authsvc.control.throttle import CLEAR_PATH, LIST_PATH
 
 
 def format_entries(body: dict[str, object]) -> str:
@@ -47,10 +46,12 @@ def throttle_command(args: argparse.Namespace) -> int:
             entries = body.get("entries")
             return f"{len(entries) if isinstance(entries, list) else 0} counter(s) with failures"
 
-        request = Request("GET", LIST_PATH, counted, show=format_entries, detail=True)
+        request = Request("GET", THROTTLE_LIST_PATH, counted, show=format_entries, detail=True)
     else:
-        request = Request("POST", CLEAR_PATH, lambda body: f"cleared {body.get('dropped')} "
-                          f"counter(s) for {body.get('who')}", form={"who": args.who})
+        def cleared(body: Body) -> str:
+            return f"cleared {body.get('dropped')} counter(s) for {body.get('who')}"
+
+        request = Request("POST", THROTTLE_CLEAR_PATH, cleared, form={"who": args.who})
     return send(args, "throttle", request)
 
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import aiohttp
 
 from authsvc.control.client import call, node_url
 from authsvc.settings import PoolNode, Settings
@@ -69,7 +68,7 @@ async def _ask(settings: Settings, request: Request, form: dict[str, str],
     try:
         status, body = await call(settings, request.method, request.path, form, url,
                                   limit=request.limit)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except (OSError, http.client.HTTPException) as exc:
         return {"error": f"cannot reach authsvc: {exc or type(exc).__name__}"}
     if status != 200:
         return {"error": f"HTTP {status}: {body.get('error') or body}"}

@@ -20,9 +20,9 @@ import socket
 import sys
 import time
 
+from authsvc.control.paths import SESSIONS_KICK_PATH, SESSIONS_LIST_PATH
 from authsvc.control.pool import EXIT_USAGE, BadInput, Body, Request, send
 from authsvc.control.selectors import Selector, client_network, store_target, user_mask
-from authsvc.control.sessions import KICK_PATH, LIST_PATH
 
 #: The table's columns: heading and JSON field.
 COLUMNS = (("WORKER", "worker"), ("ID", "session"), ("LISTENER", "listener"),
@@ -108,13 +108,13 @@ def sessions_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     form = selector.as_form()
     if args.action == "list":
-        request = Request("GET", LIST_PATH, _counted, form=form, show=format_sessions,
+        request = Request("GET", SESSIONS_LIST_PATH, _counted, form=form, show=format_sessions,
                           detail=True, limit=30.0)
     else:
         if args.dry_run:
             form["dry_run"] = "1"
         if args.rate is not None:
             form["rate"] = repr(args.rate)
-        request = Request("POST", KICK_PATH, _kicked, form=form, shared=("rate",),
+        request = Request("POST", SESSIONS_KICK_PATH, _kicked, form=form, shared=("rate",),
                           limit=None if args.rate is not None else 30.0)
     return send(args, "sessions", request)
