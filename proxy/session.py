@@ -151,8 +151,9 @@ class Session:
         """Close both sockets now, with no goodbye (``authsvc sessions kick``).
 
         The relayed stream is not parsed, so no line can be added to it
-        safely (docs/operations.md, "Ending sessions"); queued bytes are
-        dropped.  False when the session was not relaying or was kicked already.
+        safely (docs/operations.md, "Ending sessions: what the client
+        sees"); queued bytes are dropped.  False when the session was not
+        relaying or was kicked already.
         """
         if not self._relaying or self._kicked:
             return False

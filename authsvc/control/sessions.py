@@ -8,11 +8,11 @@ many sessions each worker closed.  Which sessions is a :class:`Selector`
 
 A kick closes both sockets of a session at once, with no ``* BYE``: a relay
 does not parse the store's stream and cannot know where a line ends
-(docs/operations.md, "Ending sessions").  ``rate=N`` paces the kicks at N per
-second over all the workers, each taking its share, so that a store's
-clients do not all reconnect in the same second.  ``dry_run=1`` closes
-nothing and says what would be closed.  A kick needs a selector: every
-session is ``user=*``.
+(docs/operations.md, "Ending sessions: what the client sees").  ``rate=N``
+paces the kicks at N per second over all the workers, each taking its
+share, so that a store's clients do not all reconnect in the same second.
+``dry_run=1`` closes nothing and says what would be closed.  A kick needs a
+selector: every session is ``user=*``.
 
 ``authsvc serve`` relays nothing (nginx holds its sessions): it answers both
 paths with a 501 that says to run ``doveadm kick`` on the store
