@@ -180,6 +180,8 @@ def test_list_and_kick_by_user_and_store(tmp_path: Path) -> None:
             assert len(listed(config, "--store", STORE_ADDRESSES["b"])) == len(alices)
             assert len(listed(config, "--store", store_a)) == bobs + 1
             assert listed(config, "--store", f"{STORE_ADDRESSES['a']}:1") == []
+            # A name is resolved by the command: localhost is no store's address.
+            assert listed(config, "--store", "localhost") == []
 
             # Bad input: one line on stderr, exit 2, nothing sent, nothing closed.
             for args in (("list", "--user", ""), ("kick", "--user", "bob smith"),
@@ -221,6 +223,7 @@ def test_list_and_kick_by_user_and_store(tmp_path: Path) -> None:
         log = proxy.log_text()
     assert CONTROL_SECRET not in log
     assert " event=kick " in log
+    assert "event=session_error" not in log
 
 
 def closing_times(opened: list[RawLines]) -> tuple[list[float], list[threading.Thread]]:
@@ -256,13 +259,14 @@ def test_kick_rate_spaces_the_kicks(tmp_path: Path) -> None:
             assert len(times) == len(opened)
             times.sort()
             # The pool's rate, shared by the two workers: never more than `rate`
-            # closings in any second (one more for a late wake-up on a loaded machine)...
+            # closings in any second (two more for late wake-ups on a loaded machine)...
             for i, t in enumerate(times):
-                assert sum(1 for u in times[i:] if u - t < 1.0) <= rate + 1, times
+                assert sum(1 for u in times[i:] if u - t < 1.0) <= rate + 2, times
             # ...so the kicks of at least five sessions in one worker, at 2.5 a
             # second, span well over a second (at once they take milliseconds).
             assert times[-1] - times[0] >= 1.2, times
             proxy.wait_for("session", len(opened), end="kicked")
+        assert "event=session_error" not in proxy.log_text()
 
 
 def pool_config(root: Path, nodes: list[tuple[str, int | None]], secret_file: Path,
