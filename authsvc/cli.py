@@ -38,6 +38,16 @@ def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> No
     )
 
 
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    """``--url``, ``--pool``, ``--node``: where an operator command goes (its ``Request``
+    then goes through authsvc/control/pool.py)."""
+    parser.add_argument("--url", help=URL_HELP)
+    parser.add_argument("--pool", action="store_true",
+                        help="every [[haproxy.nodes]] of the config, at its control address")
+    parser.add_argument("--node", action="append", default=[], metavar="NAME",
+                        help="only this pool node (repeatable; implies --pool)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="authsvc", description=__doc__.splitlines()[0])
@@ -79,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--domain", metavar="DOMAIN", help="every key of one domain")
     what.add_argument("--all", action="store_true", help="everything")
     _add_config(p)
-    p.add_argument("--url", help=URL_HELP)
+    _add_target(p)
 
     p = sub.add_parser("throttle", help="list or clear brute-force throttle counts in a "
                        "running authsvc serve or proxy")
@@ -87,11 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     t = actions.add_parser("list", help="every address and login with failures counted")
     t.add_argument("--json", action="store_true", help="the raw JSON answer")
     _add_config(t)
-    t.add_argument("--url", help=URL_HELP)
+    _add_target(t)
     t = actions.add_parser("clear", help="forget the failures of an address, network or login")
     t.add_argument("who", metavar="ADDRESS|LOGIN")
     _add_config(t)
-    t.add_argument("--url", help=URL_HELP)
+    _add_target(t)
+
+    p = sub.add_parser("sessions", help="list or end the sessions a running authsvc proxy "
+                       "relays, in every worker")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, text in (("list", "the relayed sessions (all, or those the options select)"),
+                         ("kick", "close the selected sessions at once, both sockets, no BYE")):
+        t = actions.add_parser(action, help=text)
+        t.add_argument("--user", metavar="MASK",
+                       help="map keys matching MASK, with * and ? (e.g. '*@riseup.net')")
+        t.add_argument("--client", metavar="CIDR", help="clients in this network or address")
+        t.add_argument("--store", metavar="HOST[:PORT]",
+                       help="sessions to this store (a name matches all its addresses)")
+        if action == "list":
+            t.add_argument("--json", action="store_true", help="the raw JSON answer")
+        else:
+            t.add_argument("--dry-run", action="store_true",
+                           help="close nothing; say how many would be closed")
+            t.add_argument("--rate", type=float, metavar="N",
+                           help="at most N kicks a second over the pool (default: all at once)")
+        _add_config(t)
+        _add_target(t)
 
     p = sub.add_parser("reload", help="make a running serve or proxy re-read its configuration "
                        "(sends SIGHUP, as systemctl reload does)")
@@ -171,6 +202,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from authsvc.control.commands import throttle_command
 
         return throttle_command(args)
+    if command == "sessions":
+        from authsvc.control.session_commands import sessions_command
+
+        return sessions_command(args)
     if command == "reload":
         from authsvc.reload import reload_command
 

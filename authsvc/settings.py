@@ -310,6 +310,8 @@ class PoolNode:
     port_offset: int = 0
     #: Where the node's authsvc answers ``/readyz``; None = no health check port.
     health: HostPort | None = None
+    #: Where the node's ``[control] listen`` is reached (``--pool``); None = not given.
+    control: HostPort | None = None
 
 
 @dataclass(frozen=True, slots=True)

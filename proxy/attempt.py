@@ -54,6 +54,16 @@ class LoginAttempt:
         self.closes = False
 
     @property
+    def route(self) -> Route | None:
+        """Where the routing core sent this attempt (None before, or when it refused)."""
+        return self._route
+
+    @property
+    def store_security(self) -> str:
+        """How the store connection is secured: plaintext, ssl or starttls."""
+        return self._store.secure if self._store is not None else "plaintext"
+
+    @property
     def backend(self) -> Channel | None:
         """The store's Channel from connect on; None after a failure (closed)."""
         return self._store.channel if self._store is not None else None

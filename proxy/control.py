@@ -1,12 +1,14 @@
-"""The proxy's control listener: where ``authsvc flush`` and ``authsvc throttle`` reach it.
+"""The proxy's control listener: where ``authsvc flush``, ``throttle`` and ``sessions`` reach it.
 
 The listener, its checks and its log lines are the control package's
 (``authsvc/control/listener.py``), the same as ``authsvc serve``'s; this
 module gives it the proxy's state: the router whose caches a flush drops
 (the same :class:`~authsvc.routing.Router`, so the same key rules as serve,
-docs/operations.md "Flush keys") and the throttle.  With ``--workers N``
-each worker also listens on its peer socket in the run directory, and a
-flush is repeated on every worker (``authsvc/control/fanout.py``).
+docs/operations.md "Flush keys"), the throttle, and the server's relayed
+sessions (``authsvc/control/sessions.py``: list and kick).  With
+``--workers N`` each worker also listens on its peer socket in the run
+directory, and a flush, a list or a kick is repeated on every worker
+(``authsvc/control/fanout.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiohttp import web
 from authsvc.control.fanout import Peers
 from authsvc.control.flush import FLUSH_PATH, CacheControl
 from authsvc.control.listener import ControlListener
+from authsvc.control.sessions import SessionControl, SessionTable
 from authsvc.control.throttle import ThrottleControl
 from authsvc.routing import Router
 from authsvc.settings import Settings
@@ -28,14 +31,15 @@ class ProxyControl:
     """One proxy process's (or worker's) control listener and peer socket."""
 
     def __init__(self, settings: Settings, router: Router, throttle: Throttle,
-                 run_dir: str | None) -> None:
+                 run_dir: str | None, sessions: SessionTable) -> None:
         peers = Peers(run_dir) if run_dir is not None else None
         http = settings.http
         # The [http] secret is never checked here: the listener checks [control]'s.
         self._flush = CacheControl(http.secret, http.secret_header, peers)
         self._flush.router = router
         throttle_control = ThrottleControl(throttle, http.secret, http.secret_header)
-        routes = [web.post(FLUSH_PATH, self._flush.operate), *throttle_control.operator_routes()]
+        routes = [web.post(FLUSH_PATH, self._flush.operate), *throttle_control.operator_routes(),
+                  *SessionControl(sessions, peers).routes()]
         self._listener = ControlListener(settings.control, routes, peers)
 
     def rebind(self, router: Router) -> None:

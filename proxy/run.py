@@ -87,7 +87,7 @@ async def serve(
             if control_socket is not None or settings.control.listen is not None:
                 from authsvc.proxy.control import ProxyControl
 
-                control = ProxyControl(settings, router, throttle, run_dir)
+                control = ProxyControl(settings, router, throttle, run_dir, server)
             await server.start(sockets)
 
             def apply(new: Settings, new_router: Router) -> None:

@@ -156,6 +156,11 @@ class ProxyServer:
         """Connections being served (pre-login ones included)."""
         return len(self._tasks)
 
+    def relayed(self) -> list[Session]:
+        """The sessions of this process (``authsvc sessions``; the list skips those
+        that do not relay)."""
+        return [session for session in self._tasks.values() if session is not None]
+
     @property
     def admission(self) -> Admission:
         return self._admission

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -54,6 +55,8 @@ from authsvc.proxy.pop3.front import Pop3Front
 from authsvc.proxy.splice import splice
 from authsvc.proxy.transport import Channel
 
+from authsvc.control.selectors import SessionFacts
+from authsvc.runtime.binding import inet_address
 from authsvc.settings import ListenTls, MailProtocol
 
 log = logging.getLogger("proxy.session")
@@ -100,6 +103,12 @@ class Session:
         self._started = started
         #: The throttle refused this client: close once the refusal is written.
         self._close_after_reply = False
+        #: Wall-clock time of the accept, for ``authsvc sessions list``.
+        self._accepted_at = time.time() - (
+            asyncio.get_running_loop().time() - started if started is not None else 0.0)
+        #: True while bytes are relayed (the sessions a list shows and a kick ends).
+        self._relaying = False
+        self._kicked = False
 
     @property
     def client(self) -> Channel | None:
@@ -115,6 +124,46 @@ class Session:
     def _backend(self) -> Channel | None:
         """The store's Channel, from connect on (None after a failed attempt)."""
         return self._attempt.backend if self._attempt is not None else None
+
+    def facts(self, worker: int) -> SessionFacts | None:
+        """What ``authsvc sessions list`` shows; None unless bytes are being relayed."""
+        attempt, client = self._attempt, self._client
+        if not self._relaying or self._kicked or attempt is None or client is None:
+            return None
+        route, backend = attempt.route, attempt.backend
+        if route is None or backend is None:
+            return None
+        peer = backend.peer()
+        if not isinstance(peer, tuple):
+            return None  # the store's socket is gone
+        store_ip, store_port = inet_address(peer)
+        record = self.record
+        return SessionFacts(
+            worker=worker, session=record.session, listener=record.listener,
+            protocol=record.protocol, login=record.login or "", user=route.key,
+            client=record.client, client_ip=self._endpoints.client[0],
+            store=address((store_ip, store_port)), store_ip=store_ip, store_port=store_port,
+            store_host=address((route.host, route.port)), client_tls=record.tls,
+            store_tls=attempt.store_security, started=self._accepted_at,
+            bytes_in=client.bytes_in, bytes_out=client.bytes_out)
+
+    def kick(self) -> bool:
+        """Close both sockets now, with no goodbye (``authsvc sessions kick``).
+
+        The relayed stream is not parsed, so no line can be added to it
+        safely (docs/operations.md, "Ending sessions: what the client
+        sees"); queued bytes are dropped.  False when the session was not
+        relaying or was kicked already.
+        """
+        if not self._relaying or self._kicked:
+            return False
+        self._kicked = True
+        self.record.end = "kicked"
+        if self._client is not None:
+            self._client.abort()
+        if self._backend is not None:
+            self._backend.abort()
+        return True
 
     async def run(self) -> None:
         """Serve the connection until it ends; never raises (except cancellation)."""
@@ -303,7 +352,12 @@ class Session:
         # behind LOGIN (the front's, then the Channel's) go to the store in order.
         self._client.write(command.to_client)
         backend.write(command.to_backend + self._client.take_buffered())
-        self.record.end = await splice(self._client, backend, self._ctx.listener.idle_timeout)
+        self._relaying = True
+        try:
+            end = await splice(self._client, backend, self._ctx.listener.idle_timeout)
+        finally:
+            self._relaying = False
+        self.record.end = "kicked" if self._kicked else end
 
 
 class _Done:

@@ -457,7 +457,8 @@ class _Validator:
                     host = node.host
             nodes.append(PoolNode(name=name or "", host=host or "",
                                   port_offset=s.integer("port_offset", 0, 0, 60000),
-                                  health=s.hostport("health", need_port=True)))
+                                  health=s.hostport("health", need_port=True),
+                                  control=s.hostport("control", need_port=True)))
             s.finish()
         settings = HaproxySettings(
             nodes=tuple(nodes),

@@ -7,9 +7,14 @@
 * ``fanout.py``: a request repeated on every worker's peer socket, summed;
 * ``flush.py``: ``POST /cache/flush``;
 * ``throttle.py``: ``GET /throttle`` and ``POST /throttle/clear``;
+* ``sessions.py``: ``GET /sessions`` and ``POST /sessions/kick`` (the proxy's);
+* ``selectors.py``: which sessions ``--user``, ``--client``, ``--store`` mean;
+* ``paths.py``: the endpoints' paths;
 * ``deprecation.py``: the warning for those endpoints' old places;
 * ``client.py``: the one client of those endpoints;
-* ``commands.py``: ``authsvc flush`` and ``authsvc throttle``.
+* ``pool.py``: one request to one node, or to every node (``--pool``);
+* ``commands.py``: ``authsvc flush`` and ``authsvc throttle``;
+* ``session_commands.py``: ``authsvc sessions list|kick``.
 
 Both faces serve these handlers on the control listener (``authsvc serve``
 also on its own socket, ``authsvc proxy`` the throttle's on its health port,

@@ -1,7 +1,9 @@
-"""The one client of the control endpoints, for ``authsvc flush`` and ``authsvc throttle``.
+"""The one client of the control endpoints, for the operator's commands (``commands.py``).
 
 Which node, and how (docs/operations.md, "Operator commands"):
 
+* ``--pool`` reaches every ``[[haproxy.nodes]]`` at its ``control`` address
+  (``pool.py``, :func:`node_url`);
 * ``--url http(s)://HOST:PORT`` or ``--url unix:/path`` picks the node;
 * else ``[control] listen`` from ``--config`` (this node's control listener;
   a wildcard address is reached on loopback), over TLS when ``[control]
@@ -17,10 +19,12 @@ returns the HTTP status and the JSON body.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
+import socket
 import ssl
-
-import aiohttp
+import urllib.parse
 
 from authsvc.control.trust import CONTROL_HEADER
 from authsvc.settings import HostPort, Settings
@@ -33,6 +37,12 @@ def _base(scheme: str, address: HostPort) -> str:
     host = _LOOPBACK.get(address.host, address.host)
     return f"{scheme}://[{host}]:{address.port}" if ":" in host else \
         f"{scheme}://{host}:{address.port}"
+
+
+def node_url(settings: Settings, control: HostPort) -> str:
+    """The URL of a pool node's control listener (``[[haproxy.nodes]] control``):
+    https when ``[control] cert`` is set, as every node's listener then speaks TLS."""
+    return _base("https" if settings.control.cert is not None else "http", control)
 
 
 def target(settings: Settings, url: str | None) -> tuple[str | None, str]:
@@ -71,24 +81,71 @@ def client_tls(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-async def call(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
-               url: str | None = None, limit: float = 10.0) -> tuple[int, dict[str, object]]:
-    """One request to a control endpoint; (HTTP status, JSON body)."""
-    unix, base = target(settings, url)
-    connector: aiohttp.BaseConnector | None = None
-    if unix is not None:
-        connector = aiohttp.UnixConnector(path=unix)
-    elif base.startswith("https:"):
-        connector = aiohttp.TCPConnector(ssl=client_tls(settings))
-    async with (
-        aiohttp.ClientSession(connector=connector,
-                              timeout=aiohttp.ClientTimeout(total=limit)) as session,
-        session.request(method, base + path, data=form,
-                        headers=credentials(settings, unix)) as reply,
-    ):
-        text = await reply.text()
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (serve's ``[http] unix``, ``--url unix:/path``)."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
         try:
-            body = json.loads(text)
-        except ValueError:
-            body = {"error": text.strip()[:200]}
-        return reply.status, body if isinstance(body, dict) else {"error": str(body)}
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def request(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
+            url: str | None = None,
+            limit: float | None = 10.0) -> tuple[int, dict[str, object]]:
+    """One request to a control endpoint; (HTTP status, JSON body).
+
+    The standard library's client: a command that starts, asks and exits
+    should not pay for importing an asynchronous HTTP stack.  A GET carries
+    ``form`` in its query, anything else in a form body.  ``limit`` bounds
+    each wait on the node (None: none, for a paced kick).  Raises OSError
+    (TLS errors included) or ``http.client.HTTPException``.
+    """
+    unix, base = target(settings, url)
+    connection: http.client.HTTPConnection
+    if unix is not None:
+        connection = _UnixConnection(unix, limit)
+    else:
+        parts = urllib.parse.urlsplit(base)
+        host = parts.hostname or "localhost"
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(host, parts.port, timeout=limit,
+                                                     context=client_tls(settings))
+        else:
+            connection = http.client.HTTPConnection(host, parts.port, timeout=limit)
+    encoded = urllib.parse.urlencode(form or {})
+    headers = credentials(settings, unix)
+    body: str | None = None
+    if method == "GET":
+        path = f"{path}?{encoded}" if encoded else path
+    else:
+        body = encoded
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        reply = connection.getresponse()
+        text = reply.read().decode("utf-8", "replace")
+        status = reply.status
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = {"error": text.strip()[:200]}
+    return status, answer if isinstance(answer, dict) else {"error": str(answer)}
+
+
+async def call(settings: Settings, method: str, path: str, form: dict[str, str] | None = None,
+               url: str | None = None,
+               limit: float | None = 10.0) -> tuple[int, dict[str, object]]:
+    """:func:`request` in a thread, so that ``--pool`` asks every node at once."""
+    return await asyncio.to_thread(request, settings, method, path, form, url, limit)

@@ -2,7 +2,9 @@
 
 Both talk to a running ``authsvc serve`` or ``authsvc proxy`` through one
 client (``client.py``): ``--url`` picks the node, else the config's
-``[control] listen``, with the control secret.
+``[control] listen``, with the control secret; ``--pool`` reaches every node
+(``pool.py``).  Each command only declares its :class:`~pool.Request`.
+``authsvc sessions`` is ``session_commands.py``.
 
 * ``authsvc flush --user|--domain|--all`` posts to ``/cache/flush``; the server
   repeats the flush on every worker (``fanout.py``) and answers with how many
@@ -15,18 +17,9 @@ client (``client.py``): ``--url`` picks the node, else the config's
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sys
 
-import aiohttp
-
-from authsvc.control.client import call
-from authsvc.control.flush import FLUSH_PATH
-from authsvc.control.throttle import CLEAR_PATH, LIST_PATH
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
+from authsvc.control.paths import FLUSH_PATH, THROTTLE_CLEAR_PATH, THROTTLE_LIST_PATH
+from authsvc.control.pool import Body, Request, send
 
 
 def format_entries(body: dict[str, object]) -> str:
@@ -48,48 +41,28 @@ def format_entries(body: dict[str, object]) -> str:
 
 def throttle_command(args: argparse.Namespace) -> int:
     """Entry point for ``authsvc throttle`` (cli.py dispatches here)."""
-    from authsvc.config import load_settings
-
-    settings = load_settings(args.config).settings
-    try:
-        if args.action == "list":
-            status, body = asyncio.run(call(settings, "GET", LIST_PATH, url=args.url))
-        else:
-            status, body = asyncio.run(call(settings, "POST", CLEAR_PATH, {"who": args.who},
-                                            url=args.url))
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        print(f"authsvc throttle: cannot reach authsvc: {exc or type(exc).__name__}",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    if status != 200:
-        print(f"authsvc throttle: HTTP {status}: {body.get('error') or body}", file=sys.stderr)
-        return EXIT_FAILURE
     if args.action == "list":
-        print(json.dumps(body, indent=2) if args.json else format_entries(body))
+        def counted(body: Body) -> str:
+            entries = body.get("entries")
+            return f"{len(entries) if isinstance(entries, list) else 0} counter(s) with failures"
+
+        request = Request("GET", THROTTLE_LIST_PATH, counted, show=format_entries, detail=True)
     else:
-        print(f"cleared {body.get('dropped')} counter(s) for {body.get('who')}")
-    return EXIT_OK
+        def cleared(body: Body) -> str:
+            return f"cleared {body.get('dropped')} counter(s) for {body.get('who')}"
+
+        request = Request("POST", THROTTLE_CLEAR_PATH, cleared, form={"who": args.who})
+    return send(args, "throttle", request)
 
 
 def flush(args: argparse.Namespace) -> int:
     """Entry point for ``authsvc flush`` (cli.py dispatches here)."""
-    from authsvc.config import load_settings
-
-    settings = load_settings(args.config).settings
     if args.user is not None:
         form = {"user": args.user}
     elif args.domain is not None:
         form = {"domain": args.domain}
     else:
         form = {"all": "1"}
-    try:
-        status, body = asyncio.run(call(settings, "POST", FLUSH_PATH, form, args.url))
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        print(f"authsvc flush: cannot reach authsvc: {exc or type(exc).__name__}",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    if status != 200:
-        print(f"authsvc flush: HTTP {status}: {body.get('error') or body}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(f"dropped {body.get('dropped')} cached route(s) in {body.get('workers')} worker(s)")
-    return EXIT_OK
+    return send(args, "flush", Request(
+        "POST", FLUSH_PATH, lambda body: f"dropped {body.get('dropped')} cached route(s) in "
+        f"{body.get('workers')} worker(s)", form=form))

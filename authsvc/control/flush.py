@@ -23,6 +23,7 @@ from aiohttp import web
 
 from authsvc.control.deprecation import Deprecation
 from authsvc.control.fanout import FanOut, Peers
+from authsvc.control.paths import FLUSH_PATH
 from authsvc.control.trust import sockname_of, trusted
 from authsvc.redact import Secret
 from authsvc.routing import Router
@@ -31,7 +32,6 @@ __all__ = ["FLUSH_PATH", "CacheControl", "FlushRequest", "Peers", "parse_flush"]
 
 logger = logging.getLogger("authsvc.control")
 
-FLUSH_PATH = "/cache/flush"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,15 @@ import logging
 from aiohttp import web
 
 from authsvc.control.deprecation import Deprecation
+from authsvc.control.paths import THROTTLE_CLEAR_PATH, THROTTLE_LIST_PATH
 from authsvc.control.trust import sockname_of, trusted
 from authsvc.redact import Secret
 from authsvc.throttle.service import Throttle
 
 logger = logging.getLogger("authsvc.throttle")
 
-LIST_PATH = "/throttle"
-CLEAR_PATH = "/throttle/clear"
+LIST_PATH = THROTTLE_LIST_PATH
+CLEAR_PATH = THROTTLE_CLEAR_PATH
 
 
 class ThrottleControl:

@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 
 from authsvc.control.deprecation import Deprecation
 from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
+from authsvc.control.sessions import not_relayed_routes
 from authsvc.control.throttle import ThrottleControl
 from authsvc.control.trust import details_check
 from authsvc.http.auth_http import AuthService
@@ -149,7 +150,9 @@ def create_app(
 
 def operator_routes(app: web.Application) -> list[web.RouteDef]:
     """The control listener's routes (``authsvc/control/listener.py``), bound to ``app``'s state."""
-    return [web.post(FLUSH_PATH, app[CONTROL].operate), *app[THROTTLE_CONTROL].operator_routes()]
+    # nginx holds serve's sessions: /sessions answers 501 and says so.
+    return [web.post(FLUSH_PATH, app[CONTROL].operate), *app[THROTTLE_CONTROL].operator_routes(),
+            *not_relayed_routes()]
 
 
 def bind_router(app: web.Application, router: Router) -> None:
