@@ -21,7 +21,9 @@ from aiohttp import hdrs, web
 
 from authsvc.control.deprecation import Deprecation
 from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
+from authsvc.control.holds import HoldControl
 from authsvc.control.throttle import ThrottleControl
+from authsvc.holds.state import HoldKeeper
 from authsvc.http.auth_http import AuthService
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
@@ -47,6 +49,8 @@ READINESS = web.AppKey("readiness", Readiness)
 AUTH = web.AppKey("auth", AuthService)
 CONTROL = web.AppKey("control", CacheControl)
 THROTTLE_CONTROL = web.AppKey("throttle_control", ThrottleControl)
+HOLD_CONTROL = web.AppKey("hold_control", HoldControl)
+HOLDS = web.AppKey("holds", HoldKeeper)
 SERVING = web.AppKey("serving", Serving)
 
 
@@ -64,8 +68,12 @@ def create_app(
     peers: Peers | None = None,
     resolver: Resolver | None = None,
     build_map: MapBuilder = open_map,
+    holds: HoldKeeper | None = None,
 ) -> web.Application:
-    """The application; the router opens when the app starts."""
+    """The application; the router opens when the app starts.
+
+    ``holds`` (default: from ``[holds]``) are loaded before the router opens.
+    """
     metrics = metrics if metrics is not None else Metrics()
     health = health if health is not None else Health()
 
@@ -87,6 +95,8 @@ def create_app(
                            deprecation=moved)
     throttle_control = ThrottleControl(throttle, settings.http.secret,
                                        settings.http.secret_header, deprecation=moved)
+    keeper = holds if holds is not None else HoldKeeper(settings.holds, metrics)
+    hold_control = HoldControl(keeper, peers)
 
     app = web.Application()
     app[SETTINGS] = settings
@@ -96,6 +106,8 @@ def create_app(
     app[AUTH] = auth
     app[CONTROL] = control
     app[THROTTLE_CONTROL] = throttle_control
+    app[HOLD_CONTROL] = hold_control
+    app[HOLDS] = keeper
     serving = app[SERVING] = Serving()
     app.router.add_get(settings.http.path, auth.handle)
     def render_metrics() -> str:
@@ -106,10 +118,13 @@ def create_app(
     app.router.add_post(FLUSH_PATH, control.handle)
     app.router.add_routes(throttle_control.routes())
     app.on_cleanup.append(lambda _app: throttle.close())
+    app.on_cleanup.append(lambda _app: keeper.close())
     app.on_response_prepare.append(_drop_server_header)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_router_switch(settings, build_map) as switch:
+        # Holds first: no login may be routed before they are known (docs/operations.md).
+        await keeper.start()
+        async with open_router_switch(settings, build_map, keeper) as switch:
             serving.switch = switch
             bind_router(app, switch.router)
             health.set_ready()
@@ -125,6 +140,7 @@ def create_app(
                 auth.flush_log()
                 auth.bind(None)
                 control.router = None
+                hold_control.router = None
                 readiness.check = None
                 serving.switch = serving.router = None
 
@@ -134,7 +150,8 @@ def create_app(
 
 def operator_routes(app: web.Application) -> list[web.RouteDef]:
     """The control listener's routes (``authsvc/control/listener.py``), bound to ``app``'s state."""
-    return [web.post(FLUSH_PATH, app[CONTROL].operate), *app[THROTTLE_CONTROL].operator_routes()]
+    return [web.post(FLUSH_PATH, app[CONTROL].operate), *app[THROTTLE_CONTROL].operator_routes(),
+            *app[HOLD_CONTROL].routes()]
 
 
 def bind_router(app: web.Application, router: Router) -> None:
@@ -148,6 +165,7 @@ def bind_router(app: web.Application, router: Router) -> None:
     app[READINESS].check = router.check_maps
     app[AUTH].bind(router)
     app[CONTROL].router = router
+    app[HOLD_CONTROL].router = router
 
 
 async def _refresh_periodically(auth: AuthService, every: float = 1.0) -> None:
