@@ -8,8 +8,11 @@
 * ``flush.py``: ``POST /cache/flush``;
 * ``throttle.py``: ``GET /throttle`` and ``POST /throttle/clear``;
 * ``deprecation.py``: the warning for those endpoints' old places;
+* ``holds.py``: ``GET /holds``, ``POST /holds/hold`` and ``/holds/release``,
+  repeated on every worker;
 * ``client.py``: the one client of those endpoints;
-* ``commands.py``: ``authsvc flush`` and ``authsvc throttle``.
+* ``commands.py``: ``authsvc flush`` and ``authsvc throttle``;
+* ``hold_commands.py``: ``authsvc hold`` and ``authsvc release``.
 
 Both faces serve these handlers on the control listener (``authsvc serve``
 also on its own socket, ``authsvc proxy`` the throttle's on its health port,

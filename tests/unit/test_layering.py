@@ -47,7 +47,8 @@ FACES = ("authsvc.http", "authsvc.proxy")
 #: Above the faces: the command line, which starts either.
 ABOVE_FACES = ("authsvc.cli", "authsvc.__main__")
 PURE = ("authsvc.login", "authsvc.settings", "authsvc.redact", "authsvc.maps.serverspec",
-        "authsvc.address", "authsvc.control.trust", "authsvc.failures")
+        "authsvc.address", "authsvc.control.trust", "authsvc.failures",
+        "authsvc.holds.rules")
 THROTTLE_POLICY = ("authsvc.throttle.policy", "authsvc.throttle.store")
 IO_LIBRARIES = frozenset({"asyncio", "aiohttp", "aiomysql", "pymysql", "socket", "sqlite3",
                           "redis", "ssl", "selectors", "select", "subprocess", "threading",
