@@ -29,6 +29,7 @@ from tests.services.dovecot import dovecot_stores
 from tests.services.mailclient import RawLines
 from tests.services.ports import free_port
 from tests.services.proxy import ProxyProcess
+from tests.services.redis import RedisServer
 from tests.services.require import require_binary
 from tests.services.serve import ServeProcess, parse_fields
 from tests.services.stack import STORE_ADDRESSES
@@ -264,3 +265,50 @@ path = "{tmp_path / 'map'}"
                 assert login(port).startswith(b"a OK")
             assert {line["backend"] for line in proxy.lines("session")
                     if line["result"] == "ok"} == {store_a}
+
+
+# --- [holds] store = "redis" --------------------------------------------------------
+
+
+def test_serve_holds_in_redis_survive_a_restart(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        control = free_port()
+        (tmp_path / "map").write_text("bob@riseup.net: 127.0.0.2\n")
+        config = tmp_path / "authsvc.toml"
+        config.write_text(f"""
+[map]
+type = "file"
+path = "{tmp_path / 'map'}"
+{common_sections(tmp_path, control).replace('state_file = ', '# state_file = ')}
+store = "redis"
+redis_url = "{redis.url}"
+
+[[listener]]
+name = "imap4"
+protocol = "imap"
+bind = ["127.0.0.1"]
+port = {free_port()}
+""")
+        with ServeProcess([config], tmp_path / "one", workers=2) as serve:
+            eventually(lambda: serve.log_text().count("what=control") == 2, 20)
+            assert ask(serve, BOB)["Auth-Status"] == "OK"
+            ok(config, "hold", "store", "127.0.0.2", "--reason", "disk swap")
+            for _ in range(6):
+                assert ask(serve, BOB)["Auth-Status"] == TEMPORARY
+        assert not (tmp_path / "state").exists()  # nothing went to a state file
+        with ServeProcess([config], tmp_path / "two", workers=2) as serve:
+            for _ in range(6):
+                assert ask(serve, BOB)["Auth-Status"] == TEMPORARY
+            listing = json.loads(ok(config, "hold", "list", "--json"))
+            assert [(h["target"], h["reason"]) for h in listing["holds"]] == [
+                ("127.0.0.2", "disk swap")]
+            assert listing["store"] == "redis"
+            ok(config, "release", "store", "127.0.0.2")
+            for _ in range(6):
+                assert ask(serve, BOB)["Auth-Status"] == "OK"
+            log = serve.log_text()
+        assert redis.url not in log
+    finally:
+        redis.stop()
