@@ -124,6 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config(t)
         _add_target(t)
 
+    p = sub.add_parser("hold", help="refuse new logins of a user or to a store, with a "
+                       "temporary failure (maintenance), in every worker")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind, metavar, about in (("user", "MASK", "map keys matching MASK ('*' and '?')"),
+                                ("store", "HOST[:PORT]", "the store (every port without one)")):
+        h = kinds.add_parser(kind, help=f"hold {about}")
+        h.add_argument("target", metavar=metavar)
+        h.add_argument("--reason", metavar="TEXT", help="why, for hold list and the logs")
+        ends = h.add_mutually_exclusive_group()
+        ends.add_argument("--for", dest="duration", metavar="DURATION",
+                           help="end by itself after this long: 90s, 30m, 2h, 1d")
+        ends.add_argument("--until", metavar="ISO",
+                           help="end by itself at this time (ISO 8601; no offset: local time)")
+        _add_config(h)
+        _add_target(h)
+    h = kinds.add_parser("list", help="the holds in force")
+    h.add_argument("--json", action="store_true", help="the raw JSON answer")
+    _add_config(h)
+    _add_target(h)
+
+    p = sub.add_parser("release", help="end a hold on a user or a store")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind, metavar in (("user", "MASK"), ("store", "HOST[:PORT]")):
+        h = kinds.add_parser(kind, help=f"release a {kind} hold, as it was placed")
+        h.add_argument("target", metavar=metavar)
+        _add_config(h)
+        _add_target(h)
+
     p = sub.add_parser("reload", help="make a running serve or proxy re-read its configuration "
                        "(sends SIGHUP, as systemctl reload does)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -206,6 +234,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from authsvc.control.session_commands import sessions_command
 
         return sessions_command(args)
+    if command == "hold":
+        from authsvc.control.hold_commands import hold_command
+
+        return hold_command(args)
+    if command == "release":
+        from authsvc.control.hold_commands import release_command
+
+        return release_command(args)
     if command == "reload":
         from authsvc.reload import reload_command
 

@@ -41,6 +41,7 @@ class FailureKind(enum.Enum):
     BACKEND_PROTOCOL = "backend_protocol"  # the store's dialogue or TLS failed (proxy)
     BACKEND_AUTH = "backend_auth"  # the store refused the password (proxy)
     THROTTLED = "throttled"  # the throttle refused the address before routing
+    HELD = "held"  # the route's user or store is on hold (maintenance, docs/operations.md)
 
     @property
     def meaning(self) -> Meaning:
@@ -90,6 +91,7 @@ class Meaning:
 
 _NO_SERVER = "failed: Could not determine server"
 _STORE_REFUSED = "failed: Re-Authentication Failure"
+_NO_CONNECT = "failed: Could not connect to server"
 
 MEANINGS: Mapping[FailureKind, Meaning] = MappingProxyType({
     # What a wrong login looks like: the same reply as a wrong password.
@@ -116,10 +118,19 @@ MEANINGS: Mapping[FailureKind, Meaning] = MappingProxyType({
         auth_status=_NO_SERVER),
     FailureKind.BACKEND_CONNECT: Meaning(
         temporary=True, counted=False, reply=Reply.TEMPORARY, label="backend_connect",
-        auth_status="failed: Could not connect to server"),
+        auth_status=_NO_CONNECT),
     FailureKind.BACKEND_PROTOCOL: Meaning(
         temporary=True, counted=False, reply=Reply.TEMPORARY, label="backend_protocol",
         auth_status="failed: Connection Negotiation Failure"),
+    # An operator's hold on the user or the store (``authsvc hold``): the
+    # mailbox is being moved or the store serviced, and the client should retry
+    # in a moment.  Not counted: the password was never tried.  Its Auth:
+    # status is the one of a store that cannot be reached, which is what a
+    # held store is to the client, and which fail2ban's perdition filter does
+    # not count (docs/security.md): a hold must never ban its own users.
+    FailureKind.HELD: Meaning(
+        temporary=True, counted=False, reply=Reply.TEMPORARY, label="held",
+        auth_status=_NO_CONNECT),
     # A listener name nginx sends that the configuration lacks: the operator's
     # mistake, not the user's.  The client retries (the fix may be a reload
     # away); the log line says why, at error level.

@@ -17,13 +17,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from authsvc import login as login_rules
 from authsvc.failures import FailureKind as FailureKind  # what a Refusal says
+from authsvc.holds.rules import Hold, describe, host_key
 from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, RouteCache
+from authsvc.maps.cached import CachedMap
 from authsvc.maps.factory import MapBuilder as MapBuilder  # for the front ends' signatures
 from authsvc.maps.factory import MapShelf
 from authsvc.maps.factory import open_map as open_map
+from authsvc.maps.file import FileMap
 from authsvc.settings import BackendTls, HostPort, ListenerSettings, MailProtocol, Settings, Stage
 
 
@@ -68,6 +72,12 @@ class Refusal:
 Decision = Route | Refusal
 
 
+class HoldCheck(Protocol):
+    """The operator's holds (``authsvc/holds/state.py``), asked about every route."""
+
+    def check(self, key: str, host: str, port: int) -> Hold | None: ...
+
+
 @dataclass(slots=True)
 class Trace:
     """Every step of one routing decision, for ``authsvc lookup``."""
@@ -106,9 +116,12 @@ class CacheStats:
 class Router:
     """Routes logins through each listener's login rules and map."""
 
-    def __init__(self, settings: Settings, maps: Mapping[str, MapBackend]) -> None:
+    def __init__(self, settings: Settings, maps: Mapping[str, MapBackend],
+                 holds: HoldCheck | None = None) -> None:
+        """``holds``: checked after the map on every route (docs/operations.md, "Holds")."""
         self._settings = settings
         self._maps = maps
+        self._holds = holds
         #: The listeners whose map has a route cache (checked once, not per login).
         self._caches = {name: m for name, m in maps.items() if isinstance(m, RouteCache)}
         # Each map's label (``MapSettings.label``) and the distinct maps that
@@ -243,9 +256,18 @@ class Router:
         )
         if trace is not None:
             trace.backend_steps = steps
+        port = entry.port if entry.port is not None else listener.default_port
+        if self._holds is not None:
+            # After the map: the hold is on where this route goes now, so a user the
+            # map has moved is not held by a hold on the old store.  Every route,
+            # cached or not, passes here (route_now and _ask_map both end here).
+            hold = self._holds.check(prepared.key, entry.host, port)
+            if hold is not None:
+                return Refusal(FailureKind.HELD, f"held: {describe(hold)}",
+                               key=prepared.key, listener=listener.name)
         return Route(
             host=entry.host,
-            port=entry.port if entry.port is not None else listener.default_port,
+            port=port,
             backend_login=steps[-1].value,
             backend_tls=listener.backend_tls,
             key=prepared.key,
@@ -259,6 +281,32 @@ class Router:
             return None
         server: HostPort = next(rotation)
         return MapEntry(host=server.host, port=server.port)
+
+    def store_named(self, host: str, port: int | None) -> bool | None:
+        """Whether a listener's map or outgoing_server names the store ``host[:port]``.
+
+        None when it cannot be told cheaply: a MySQL or regex map cannot list
+        its stores.  For ``authsvc hold store``'s answer only.
+        """
+        host = host_key(host)
+        unknown = False
+        for listener in self._settings.listeners:
+            named = [(s.host, s.port if s.port is not None else listener.default_port)
+                     for s in listener.default_servers]
+            backend = self._maps.get(listener.name)
+            if isinstance(backend, CachedMap):
+                backend = backend.inner
+            if isinstance(backend, FileMap):
+                try:
+                    named += [(h, p if p is not None else listener.default_port)
+                              for h, p in backend.stores()]
+                except MapUnavailable:
+                    unknown = True
+            elif backend is not None and listener.map.kind != "none":
+                unknown = True
+            if any(host_key(h) == host and (port is None or p == port) for h, p in named):
+                return True
+        return None if unknown else False
 
     def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
         """Drop cached routes (a key, a domain, or all) from every map's cache."""
@@ -315,10 +363,12 @@ class RouterSwitch:
     (``maps/factory.py:open_map``; tests pass their own).
     """
 
-    def __init__(self, settings: Settings, build: MapBuilder = open_map) -> None:
+    def __init__(self, settings: Settings, build: MapBuilder = open_map,
+                 holds: HoldCheck | None = None) -> None:
         self._shelf = MapShelf(build)
+        self._holds = holds  # the same holds for every Router: a reload keeps them
         maps, _ = self._shelf.build(settings)
-        self.router = Router(settings, maps)
+        self.router = Router(settings, maps, holds)
 
     def replace(self, settings: Settings) -> tuple[Router, Callable[[], Awaitable[None]]]:
         """Switch to a Router for ``settings``; returns it and a closer for the retired maps.
@@ -327,7 +377,7 @@ class RouterSwitch:
         in the retired maps are done (reload.py waits a grace period).
         """
         maps, retired = self._shelf.build(settings)
-        self.router = Router(settings, maps)
+        self.router = Router(settings, maps, self._holds)
 
         async def close_retired() -> None:
             for backend in retired:
@@ -340,10 +390,10 @@ class RouterSwitch:
 
 
 @asynccontextmanager
-async def open_router_switch(settings: Settings,
-                             build: MapBuilder = open_map) -> AsyncIterator[RouterSwitch]:
+async def open_router_switch(settings: Settings, build: MapBuilder = open_map,
+                             holds: HoldCheck | None = None) -> AsyncIterator[RouterSwitch]:
     """Like :func:`open_router`, but the Router can be replaced while open."""
-    switch = RouterSwitch(settings, build)
+    switch = RouterSwitch(settings, build, holds)
     try:
         yield switch
     finally:

@@ -431,6 +431,18 @@ class ThrottleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldsSettings:
+    """``[holds]``: where the operator's holds are kept (docs/operations.md, "Holds")."""
+
+    store: str = "file"  # file | redis
+    #: The JSON file every worker of the node reads at start (store = "file").
+    state_file: str = "/var/lib/authsvc/holds.json"
+    redis_url: Secret | None = None
+    #: Each Redis command must answer within this.
+    redis_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything authsvc needs, built once in ``cli.main`` and passed down."""
 
@@ -443,6 +455,7 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
+    holds: HoldsSettings = field(default_factory=HoldsSettings)
 
     def listener(self, name: str) -> ListenerSettings | None:
         """The listener called ``name``, if any."""

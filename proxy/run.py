@@ -24,6 +24,7 @@ from authsvc.proxy.metrics import families
 from authsvc.proxy.server import ProxyServer
 from authsvc.proxy.syslog import AuthLog
 
+from authsvc.holds.state import HOLD_FAMILIES, HoldKeeper
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import Router, open_router_switch
@@ -66,10 +67,13 @@ async def serve(
 
     handle_signals(stop, on_sighup)
     metrics = Metrics(run_dir, families=[*families(ls.name for ls in settings.listeners),
-                                         *RELOAD_FAMILIES])
+                                         *RELOAD_FAMILIES, *HOLD_FAMILIES])
     auth_log = AuthLog(settings.proxy) if settings.proxy.auth_log else None
+    # Holds first: no login may be routed before they are known (docs/operations.md).
+    holds = HoldKeeper(settings.holds, metrics)
     try:
-        async with open_router_switch(settings) as switch:
+        await holds.start()
+        async with open_router_switch(settings, holds=holds) as switch:
             router = switch.router
             metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
             # Counts, and the store's refusal times, shared by the workers through
@@ -87,7 +91,7 @@ async def serve(
             if control_socket is not None or settings.control.listen is not None:
                 from authsvc.proxy.control import ProxyControl
 
-                control = ProxyControl(settings, router, throttle, run_dir, server)
+                control = ProxyControl(settings, router, throttle, run_dir, server, holds)
             await server.start(sockets)
 
             def apply(new: Settings, new_router: Router) -> None:
@@ -124,6 +128,7 @@ async def serve(
                 if reloader is not None:
                     await reloader.close()
     finally:
+        await holds.close()
         metrics.close()
         if auth_log is not None:
             auth_log.close()

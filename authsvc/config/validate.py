@@ -29,6 +29,7 @@ from authsvc.settings import (
     FileMapSettings,
     ForwardClient,
     HaproxySettings,
+    HoldsSettings,
     HostPort,
     HttpSettings,
     ListenerSettings,
@@ -364,7 +365,8 @@ class _Validator:
         throttle = self.throttle(top, pos)
         settings = Settings(listeners=listeners, cache=cache, http=http, log=log,
                             nginx=nginx, haproxy=haproxy, proxy=proxy, throttle=throttle,
-                            control=self.control(top, pos, http, proxy.health_listen))
+                            control=self.control(top, pos, http, proxy.health_listen),
+                            holds=self.holds(top, pos))
         top.finish()
         return settings
 
@@ -614,6 +616,37 @@ class _Validator:
             redis_retry=t.seconds("redis_retry", d.redis_retry, positive=True),
         )
         t.finish()
+        return settings
+
+    def holds(self, top: Section, pos: Pos) -> HoldsSettings:
+        """``[holds]``: where holds are kept, a state file or Redis (docs/operations.md)."""
+        h = self.section(top.table_of("holds"), "holds", pos)
+        d = HoldsSettings()
+        store = h.choice("store", d.store, ("file", "redis"))
+        state_file = h.optional_string("state_file")
+        if state_file is not None and not state_file.strip():
+            h.error("state_file", "must name a file", h.table.items.get("state_file"))
+            state_file = None
+        url = h.optional_string("redis_url")
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            h.error("redis_url", "must start with redis://, rediss:// or unix://",
+                    h.table.items.get("redis_url"))
+            url = None
+        if store == "redis" and url is None and "redis_url" not in h.table.items:
+            h.required_string("redis_url")
+        if store == "file" and "redis_url" in h.table.items:
+            h.warn("redis_url", 'has no effect unless store = "redis"',
+                   h.table.items["redis_url"])
+        if store == "redis" and "state_file" in h.table.items:
+            h.warn("state_file", 'has no effect with store = "redis"',
+                   h.table.items["state_file"])
+        settings = HoldsSettings(
+            store=store,
+            state_file=state_file if state_file is not None else d.state_file,
+            redis_url=Secret(url) if url is not None else None,
+            redis_timeout=h.seconds("redis_timeout", d.redis_timeout, positive=True),
+        )
+        h.finish()
         return settings
 
 

@@ -11,10 +11,13 @@
 * ``selectors.py``: which sessions ``--user``, ``--client``, ``--store`` mean;
 * ``paths.py``: the endpoints' paths;
 * ``deprecation.py``: the warning for those endpoints' old places;
+* ``holds.py``: ``GET /holds``, ``POST /holds/hold`` and ``/holds/release``,
+  repeated on every worker;
 * ``client.py``: the one client of those endpoints;
 * ``pool.py``: one request to one node, or to every node (``--pool``);
 * ``commands.py``: ``authsvc flush`` and ``authsvc throttle``;
-* ``session_commands.py``: ``authsvc sessions list|kick``.
+* ``session_commands.py``: ``authsvc sessions list|kick``;
+* ``hold_commands.py``: ``authsvc hold`` and ``authsvc release``.
 
 Both faces serve these handlers on the control listener (``authsvc serve``
 also on its own socket, ``authsvc proxy`` the throttle's on its health port,

@@ -21,9 +21,11 @@ from aiohttp import hdrs, web
 
 from authsvc.control.deprecation import Deprecation
 from authsvc.control.flush import FLUSH_PATH, CacheControl, Peers
+from authsvc.control.holds import HoldControl
 from authsvc.control.sessions import not_relayed_routes
 from authsvc.control.throttle import ThrottleControl
 from authsvc.control.trust import details_check
+from authsvc.holds.state import HoldKeeper
 from authsvc.http.auth_http import AuthService
 from authsvc.http.resolve import Resolver
 from authsvc.metrics import Metrics
@@ -49,6 +51,8 @@ READINESS = web.AppKey("readiness", Readiness)
 AUTH = web.AppKey("auth", AuthService)
 CONTROL = web.AppKey("control", CacheControl)
 THROTTLE_CONTROL = web.AppKey("throttle_control", ThrottleControl)
+HOLD_CONTROL = web.AppKey("hold_control", HoldControl)
+HOLDS = web.AppKey("holds", HoldKeeper)
 SERVING = web.AppKey("serving", Serving)
 
 
@@ -77,8 +81,12 @@ def create_app(
     peers: Peers | None = None,
     resolver: Resolver | None = None,
     build_map: MapBuilder = open_map,
+    holds: HoldKeeper | None = None,
 ) -> web.Application:
-    """The application; the router opens when the app starts."""
+    """The application; the router opens when the app starts.
+
+    ``holds`` (default: from ``[holds]``) are loaded before the router opens.
+    """
     metrics = metrics if metrics is not None else Metrics()
     health = health if health is not None else Health()
 
@@ -100,6 +108,8 @@ def create_app(
                            deprecation=moved)
     throttle_control = ThrottleControl(throttle, settings.http.secret,
                                        settings.http.secret_header, deprecation=moved)
+    keeper = holds if holds is not None else HoldKeeper(settings.holds, metrics)
+    hold_control = HoldControl(keeper, peers)
 
     app = web.Application()
     app[SETTINGS] = settings
@@ -109,6 +119,8 @@ def create_app(
     app[AUTH] = auth
     app[CONTROL] = control
     app[THROTTLE_CONTROL] = throttle_control
+    app[HOLD_CONTROL] = hold_control
+    app[HOLDS] = keeper
     serving = app[SERVING] = Serving()
     app.router.add_get(settings.http.path, auth.handle)
     def render_metrics() -> str:
@@ -121,11 +133,14 @@ def create_app(
     app.router.add_post(FLUSH_PATH, control.handle)
     app.router.add_routes(throttle_control.routes())
     app.on_cleanup.append(lambda _app: throttle.close())
+    app.on_cleanup.append(lambda _app: keeper.close())
     app.on_response_prepare.append(_drop_server_header)
     app.on_response_prepare.append(_one_request_per_connection)
 
     async def router_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_router_switch(settings, build_map) as switch:
+        # Holds first: no login may be routed before they are known (docs/operations.md).
+        await keeper.start()
+        async with open_router_switch(settings, build_map, keeper) as switch:
             serving.switch = switch
             bind_router(app, switch.router)
             health.set_ready()
@@ -141,6 +156,7 @@ def create_app(
                 auth.flush_log()
                 auth.bind(None)
                 control.router = None
+                hold_control.router = None
                 readiness.check = None
                 serving.switch = serving.router = None
 
@@ -152,7 +168,7 @@ def operator_routes(app: web.Application) -> list[web.RouteDef]:
     """The control listener's routes (``authsvc/control/listener.py``), bound to ``app``'s state."""
     # nginx holds serve's sessions: /sessions answers 501 and says so.
     return [web.post(FLUSH_PATH, app[CONTROL].operate), *app[THROTTLE_CONTROL].operator_routes(),
-            *not_relayed_routes()]
+            *app[HOLD_CONTROL].routes(), *not_relayed_routes()]
 
 
 def bind_router(app: web.Application, router: Router) -> None:
@@ -166,6 +182,7 @@ def bind_router(app: web.Application, router: Router) -> None:
     app[READINESS].check = router.check_maps
     app[AUTH].bind(router)
     app[CONTROL].router = router
+    app[HOLD_CONTROL].router = router
 
 
 async def _refresh_periodically(auth: AuthService, every: float = 1.0) -> None:

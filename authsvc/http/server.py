@@ -21,6 +21,7 @@ from aiohttp import web
 
 from authsvc.control.fanout import Peers
 from authsvc.control.listener import ControlListener
+from authsvc.holds.state import HOLD_FAMILIES
 from authsvc.http.app import AUTH, HEALTH, SERVING, bind_router, create_app, operator_routes
 from authsvc.http.site import NginxSite
 from authsvc.http.wire import MAX_FIELD_SIZE
@@ -53,7 +54,7 @@ async def run_server(
     ``control_socket`` is the control port bound before the fork (else
     ``[control] listen`` is bound here, when set).
     """
-    metrics = Metrics(run_dir, families=RELOAD_FAMILIES)
+    metrics = Metrics(run_dir, families=[*RELOAD_FAMILIES, *HOLD_FAMILIES])
     peers = Peers(run_dir) if run_dir is not None else None
     app = create_app(settings, metrics, peers=peers, build_map=build_map)
     verbose = settings.log.connection_logging or settings.log.level == "debug"

@@ -211,6 +211,11 @@ class FileMap:
     async def check(self) -> None:
         self._file.check()
 
+    def stores(self) -> set[tuple[str, int | None]]:
+        """Every store the file names, (host, port or None)."""
+        return {(entry.host, entry.port) for entry in self._file.current().values()
+                if entry is not None}
+
     def describe(self) -> str:
         return f"map file {self._file.path}"
 

@@ -57,6 +57,8 @@ def test_hardening(name: str) -> None:
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
     assert service["PrivateTmp"] == "yes"
+    # Holds survive restarts in /var/lib/authsvc, writable under ProtectSystem=strict.
+    assert (service["StateDirectory"], service["StateDirectoryMode"]) == ("authsvc", "0700")
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     command = "serve" if "serve" in name else "proxy"
     assert service["ExecStart"] == f"{INSTALLED} {command} --config /etc/authsvc/authsvc.toml"

@@ -36,7 +36,9 @@ REFUSED = "failed: Re-Authentication Failure"
 
 #: kind: (reply, counted by the throttle, label, Auth: status, closes, log level).
 #: UNKNOWN_LISTENER is a temporary failure, logged as an error (an operator's
-#: mistake); THROTTLED reads as a wrong password to clients and fail2ban.
+#: mistake); THROTTLED reads as a wrong password to clients and fail2ban;
+#: HELD (an operator's hold) reads as a store that cannot be reached, which
+#: fail2ban does not count.
 EXPECTED = {
     FailureKind.NO_ROUTE: (AUTH, True, "no_route", NO_SERVER, False, logging.INFO),
     FailureKind.BAD_LOGIN: (AUTH, True, "bad_login", NO_SERVER, False, logging.INFO),
@@ -49,6 +51,8 @@ EXPECTED = {
                                    "failed: Connection Negotiation Failure", False, logging.INFO),
     FailureKind.UNKNOWN_LISTENER: (TEMP, False, "unknown_listener", NO_SERVER, False,
                                    logging.ERROR),
+    FailureKind.HELD: (TEMP, False, "held", "failed: Could not connect to server", False,
+                       logging.INFO),
 }
 
 #: What each face says for each client-facing class.
