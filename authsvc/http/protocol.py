@@ -4,7 +4,11 @@
 (``site.py``) could not settle from its first peek: a head that arrived in
 pieces, or one whose DEL had to be escaped before aiohttp reads it.  It reads
 through an asyncio transport and acts on :func:`authsvc.http.wire.decide`,
-the same decision the accept callback uses.
+the same decision the accept callback uses, carrying over how far the
+decision got (:class:`~authsvc.http.head.HeadScan`) so that a head arriving
+one byte per read costs linear time.  A head not complete within
+``head_timeout`` (``[http] head_timeout``, docs/serve.md) is closed with no
+reply: nginx sends its request in one write.
 
 :class:`InFlight` is the one record of replies still being written or
 decided, for both adapters, so that stopping the site waits for every one of
@@ -19,7 +23,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from authsvc.http.auth_http import AuthService
-from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyLater, decide
+from authsvc.http.head import HeadScan
+from authsvc.http.wire import HandOver, Need, ReplyCache, ReplyLater, decide, refusal
 
 #: Seconds a refused connection is read and discarded after the reply, so that
 #: closing it does not reset the reply away (nginx's ``lingering_time``).
@@ -61,7 +66,7 @@ class InFlight:
 
 
 class _Discard(asyncio.Protocol):
-    """Where bytes go after an over-long head was refused: nowhere."""
+    """Where bytes go after a head was refused: nowhere."""
 
 
 class NginxProtocol(asyncio.Protocol):
@@ -69,6 +74,8 @@ class NginxProtocol(asyncio.Protocol):
 
     ``aiohttp`` makes aiohttp's protocol (the runner's public ``server``).
     ``service`` None sends every request to aiohttp, DEL escaped.
+    ``head_timeout``: seconds from the connection to a complete head (None:
+    no limit), then the connection is closed with no reply.
     """
 
     def __init__(
@@ -78,6 +85,8 @@ class NginxProtocol(asyncio.Protocol):
         path: str,
         in_flight: InFlight,
         replies: ReplyCache,
+        *,
+        head_timeout: float | None = None,
     ) -> None:
         self._aiohttp = aiohttp
         self._service = service
@@ -86,14 +95,26 @@ class NginxProtocol(asyncio.Protocol):
         self._replies = replies
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scan = HeadScan()
         self._answered = False
         self._waiting = False
         self._linger: asyncio.TimerHandle | None = None
+        self._head_timeout = head_timeout
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._head_timeout is not None:
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._head_timeout, self._expire)
+
+    def _expire(self) -> None:
+        """The head did not complete in time: close, no reply (nothing was decided)."""
+        self._deadline = None
+        if self._transport is not None:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -103,13 +124,15 @@ class NginxProtocol(asyncio.Protocol):
             return  # nginx sends nothing after its head; ignore anything that does
         transport = self._transport
         assert transport is not None
-        buffer = self._buffer + data if self._buffer else data
-        step = decide(buffer, self._path, self._service, transport.get_extra_info("peername"),
-                      self._replies)
+        self._buffer += data
+        step = decide(self._buffer, self._path, self._service,
+                      transport.get_extra_info("peername"), self._replies, self._scan)
         if step is Need.MORE:
-            self._buffer = buffer
             return
-        self._buffer = b""
+        self._buffer = bytearray()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if isinstance(step, HandOver):
             self._hand_over(transport, step.data)
             return
@@ -121,8 +144,7 @@ class NginxProtocol(asyncio.Protocol):
             self._waiting = True
             self._in_flight.spawn(self._reply_later(transport, step))
         else:
-            assert step is Need.TOO_LONG
-            self._refuse(transport)
+            self._refuse(transport, refusal(step))
 
     async def _reply_later(self, transport: asyncio.Transport, step: ReplyLater) -> None:
         try:
@@ -132,21 +154,22 @@ class NginxProtocol(asyncio.Protocol):
         finally:
             transport.close()
 
-    def _refuse(self, transport: asyncio.Transport) -> None:
-        """Answer an over-long head ourselves, quoting nothing, and close gracefully.
+    def _refuse(self, transport: asyncio.Transport, reply: bytes) -> None:
+        """Refuse a head ourselves with ``reply``, quoting nothing, and close gracefully.
 
         aiohttp would answer 400 quoting the first 100 bytes of an over-long
-        line, and log them with the traceback: an ``Auth-Pass`` line would put
-        part of a password in the reply and the log (docs/security.md).
-        nginx never sends such a head.  The client may still be sending it, and
-        closing with unread bytes resets the connection, which can discard the
-        reply before the client reads it; so, as nginx's lingering close does
+        line, or the bad bytes of a malformed one, and log them with the
+        traceback: an ``Auth-Pass`` line would put part of a password in the
+        reply and the log (docs/security.md).  nginx never sends such a head.
+        The client may still be sending it, and closing with unread bytes
+        resets the connection, which can discard the reply before the client
+        reads it; so, as nginx's lingering close does
         (``lingering_close`` in nginx's http core module docs), the write side
         is shut, what arrives is read and dropped, and the socket closes when
         the client does or after :data:`LINGER_SECONDS`.
         """
         self._inner = _Discard()
-        transport.write(TOO_LONG_REPLY)
+        transport.write(reply)
         if transport.can_write_eof():
             transport.write_eof()
             self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
@@ -182,6 +205,8 @@ class NginxProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 

@@ -18,7 +18,10 @@ Everything else gets the ordinary machinery:
   ``POST /cache/flush``): the socket goes, unread, to aiohttp's own protocol
   (``loop.connect_accepted_socket`` with the runner's public ``server``);
 * a head not complete yet, or one with a DEL to escape:
-  :class:`~authsvc.http.protocol.NginxProtocol`.
+  :class:`~authsvc.http.protocol.NginxProtocol`, which also holds the head's
+  deadline (``[http] head_timeout``);
+* a head too long, or one that cannot become valid, even if not complete: a
+  fixed refusal that quotes nothing, then a lingering close.
 
 The listening TCP socket gets ``TCP_DEFER_ACCEPT`` (nginx's ``listen ...
 deferred``): the kernel reports a connection only once its first bytes have
@@ -38,7 +41,7 @@ from aiohttp import web
 
 from authsvc.http.auth_http import AuthService
 from authsvc.http.protocol import LINGER_SECONDS, InFlight, NginxProtocol
-from authsvc.http.wire import TOO_LONG_REPLY, HandOver, Need, ReplyCache, ReplyLater, decide
+from authsvc.http.wire import HandOver, Need, ReplyCache, ReplyLater, decide, refusal
 from authsvc.runtime.accepting import accept_batch
 
 logger = logging.getLogger("authsvc.serve")
@@ -147,8 +150,8 @@ class Acceptor:
                 self._spawn(self._reply_later(conn, step), conn)
             else:
                 self._reply(conn, step)
-        elif step is Need.TOO_LONG:
-            self._spawn(self._refuse(conn), conn, linger=True)
+        elif step is Need.TOO_LONG or step is Need.BAD:
+            self._spawn(self._refuse(conn, refusal(step)), conn, linger=True)
         elif isinstance(step, HandOver) and not step.rewritten:
             self._spawn(self._loop.connect_accepted_socket(self._aiohttp, conn), conn)
         else:  # a head still incomplete, or one to rewrite before aiohttp reads it
@@ -184,8 +187,8 @@ class Acceptor:
         finally:
             conn.close()
 
-    async def _refuse(self, conn: socket.socket) -> None:
-        """The 431 for an over-long head, then a lingering close.
+    async def _refuse(self, conn: socket.socket, reply: bytes) -> None:
+        """The fixed 431 or 400 for a refused head, then a lingering close.
 
         The client may still be sending; closing with its bytes unread would
         reset the connection and can discard the reply before it is read.  So,
@@ -193,7 +196,7 @@ class Acceptor:
         drop what comes for at most :data:`LINGER_SECONDS`, then close.
         """
         try:
-            await self._loop.sock_sendall(conn, TOO_LONG_REPLY)
+            await self._loop.sock_sendall(conn, reply)
             conn.shutdown(socket.SHUT_WR)
             async with asyncio.timeout(LINGER_SECONDS):
                 while await self._loop.sock_recv(conn, FIRST_READ):
@@ -228,17 +231,20 @@ class NginxSite:
     request (DEL escaped; tests compare the two).  :meth:`stop` closes the
     socket and waits (up to ``drain_timeout``) for the replies still being
     decided, the way aiohttp waits for its own requests; call it before
-    ``runner.cleanup()``, which closes the maps.
+    ``runner.cleanup()``, which closes the maps.  ``head_timeout`` bounds the
+    time from accept to a complete head (``[http] head_timeout``).
     """
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket,
                  service: AuthService | None, *, path: str = "/auth",
-                 drain_timeout: float = 10.0, backlog: int = 1024) -> None:
+                 drain_timeout: float = 10.0, head_timeout: float = 10.0,
+                 backlog: int = 1024) -> None:
         self._runner = runner
         self._sock = sock
         self._service = service
         self._path = path
         self._drain_timeout = drain_timeout
+        self._head_timeout = head_timeout
         self._backlog = backlog
         self._in_flight = InFlight()
         self._acceptor: Acceptor | None = None
@@ -250,9 +256,11 @@ class NginxSite:
             raise RuntimeError("call runner.setup() before starting the site")
         replies = ReplyCache()
         service, path, in_flight = self._service, self._path, self._in_flight
+        head_timeout = self._head_timeout
 
         def protocol() -> NginxProtocol:
-            return NginxProtocol(server, service, path, in_flight, replies)
+            return NginxProtocol(server, service, path, in_flight, replies,
+                                 head_timeout=head_timeout)
 
         self._sock.listen(self._backlog)
         self._acceptor = Acceptor(self._sock, service, path, replies, aiohttp=server,

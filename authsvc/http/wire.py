@@ -4,15 +4,17 @@ nginx sends one ``GET <uri> HTTP/1.0`` per login on a fresh connection, reads
 the reply headers and closes (nginx's ``ngx_mail_auth_http_module``;
 docs/serve.md "The request").  :func:`decide` is the one decision for a new
 connection: from the bytes read so far it says reply now (bytes), reply
-later (:class:`ReplyLater`), read on, refuse an over-long head, or hand the
+later (:class:`ReplyLater`), read on, refuse the head, or hand the
 connection to aiohttp (:class:`HandOver`).  A request of exactly nginx's
 shape, matched whole by one regular expression (:func:`examine`), is
 answered by :meth:`AuthService.answer_now
 <authsvc.http.auth_http.AuthService.answer_now>`, the first half of the
 ``answer()`` the aiohttp handler awaits; aiohttp's request machinery is not
 involved.  Anything else (HTTP/1.1 keep-alive, a body, another path,
-``/readyz``, a malformed head) goes to aiohttp, which parses it as usual; a
-head past aiohttp's size limits is refused with a 431 that quotes nothing.
+``/readyz``, a malformed request line) goes to aiohttp, which parses it as
+usual.  A head past aiohttp's size limits is refused with a 431, and one that
+cannot become valid (a byte no parser takes, too many headers: ``head.py``)
+with a 400, at the first byte that settles it; both replies quote nothing.
 The I/O is in ``site.py`` (the accept callback) and ``protocol.py`` (an
 asyncio protocol), which act on :func:`decide`'s answer and nothing else.
 
@@ -31,20 +33,18 @@ Content-Length stays right.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from authsvc.http.auth_http import AuthService, Outcome
+from authsvc.http.head import MAX_FIELD_SIZE as MAX_FIELD_SIZE
+from authsvc.http.head import MAX_HEAD as MAX_HEAD
+from authsvc.http.head import MAX_HEADERS, HeadScan
+from authsvc.http.head import Need as Need
 
 _END = b"\r\n\r\n"
-#: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
-MAX_HEAD = 65536
-#: aiohttp's per-line limit as ``server.py`` configures it; a longer line is
-#: handed to aiohttp, which answers 400, so both paths refuse the same heads.
-MAX_FIELD_SIZE = 32768
 # The whole head in one match: the request line, then "Name: value" lines whose
 # names are RFC 9110 §5.6.2 tokens and whose values hold no control character
 # but HTAB (so no bare CR or LF either; a folded line starts with a space).
@@ -124,6 +124,17 @@ TOO_LONG_REPLY = (
     b"HTTP/1.0 431 Request Header Fields Too Large\r\n"
     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
 )
+#: The reply to a head that cannot become valid (``head.py``): aiohttp would
+#: answer 400 too, but quote the offending bytes and name itself.
+BAD_REQUEST_REPLY = (
+    b"HTTP/1.0 400 Bad Request\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
+
+def refusal(need: Need) -> bytes:
+    """The fixed reply for ``Need.TOO_LONG`` or ``Need.BAD``: it quotes nothing."""
+    return TOO_LONG_REPLY if need is Need.TOO_LONG else BAD_REQUEST_REPLY
 
 
 def _too_long(head: bytes) -> bool:
@@ -132,13 +143,6 @@ def _too_long(head: bytes) -> bool:
         return True
     # Only a head this long can hold an over-long line; nginx's are tiny.
     return len(head) > MAX_FIELD_SIZE and max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE
-
-
-class Need(enum.Enum):
-    """:func:`examine` found no complete head yet (MORE), or one past the limits."""
-
-    MORE = "more"
-    TOO_LONG = "too long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,25 +165,31 @@ class OneShot:
     headers: dict[str, str]
 
 
-def examine(buffer: bytes, path: str | None) -> Need | HandOver | OneShot:
+def examine(buffer: bytes | bytearray, path: str | None,
+            scan: HeadScan | None = None) -> Need | HandOver | OneShot:
     """What to do with everything read so far on a new connection (sans-IO).
 
     ``path`` is the auth path, or None when every request goes to aiohttp.
+    ``scan`` carries over how far earlier calls on this connection got (the
+    buffer only grows); without it the buffer is judged from its start.
     The answer depends only on the bytes, never on how they were cut into
-    reads: a head is judged once its blank line has arrived.
+    reads: a head is refused at the first byte that settles it
+    (:class:`~authsvc.http.head.HeadScan`), else judged once its blank line
+    has arrived.
     """
-    end = buffer.find(_END)
+    end = buffer.find(_END) if scan is None else scan.find_end(buffer)
     if end < 0:
-        return Need.TOO_LONG if _too_long(buffer.replace(b"\x7f", b"%7F")) else Need.MORE
-    head = buffer[:end].replace(b"\x7f", b"%7F")
-    if _too_long(head):
-        return Need.TOO_LONG
-    rest = buffer[end + len(_END):]
+        return (scan or HeadScan()).judge(buffer, len(buffer), complete=False) or Need.MORE
+    head = bytes(buffer[:end]).replace(b"\x7f", b"%7F")
+    rest = bytes(buffer[end + len(_END):])
     parsed = None if rest or path is None else parse_head(head, path)
-    if parsed is None:
-        data = head + _END + rest
-        return HandOver(data, len(data) != len(buffer))
-    return OneShot(*parsed)
+    if parsed is not None and len(parsed[1]) <= MAX_HEADERS and not _too_long(head):
+        return OneShot(*parsed)  # its one regular expression found no bad byte
+    fault = (scan or HeadScan()).judge(buffer, end, complete=True)
+    if fault is not None:
+        return fault
+    data = head + _END + rest
+    return HandOver(data, len(data) != len(buffer))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,22 +199,23 @@ class ReplyLater:
     reply: Coroutine[Any, Any, bytes]
 
 
-#: What :func:`decide` says: bytes to write now and close; ``Need.TOO_LONG``
-#: (write :data:`TOO_LONG_REPLY` and close gracefully, the client may still be
-#: sending); ``Need.MORE`` (read on); a reply later; or aiohttp's request.
+#: What :func:`decide` says: bytes to write now and close; ``Need.TOO_LONG`` or
+#: ``Need.BAD`` (write :func:`refusal` and close gracefully, the client may
+#: still be sending); ``Need.MORE`` (read on); a reply later; or aiohttp's request.
 Step = bytes | Need | ReplyLater | HandOver
 
 
-def decide(buffer: bytes, path: str | None, service: AuthService | None, peer: object,
-           replies: ReplyCache) -> Step:
+def decide(buffer: bytes | bytearray, path: str | None, service: AuthService | None,
+           peer: object, replies: ReplyCache, scan: HeadScan | None = None) -> Step:
     """The one decision for a new connection, from everything read so far (sans-IO).
 
     Both I/O adapters (``site.py``'s accept callback and
     ``protocol.py``'s :class:`~authsvc.http.protocol.NginxProtocol`) act on
     the answer and nothing else.  ``service`` is None (and ``path`` with it)
-    when every request goes to aiohttp; ``peer`` is the socket's peer address.
+    when every request goes to aiohttp; ``peer`` is the socket's peer address;
+    ``scan`` is as for :func:`examine`.
     """
-    step = examine(buffer, path)
+    step = examine(buffer, path, scan)
     if not isinstance(step, OneShot):
         return step
     assert service is not None
