@@ -12,8 +12,8 @@ checks that against the one serve runs):
 
 * a control character other than HTAB in a header value, any control
   character in the request line (RFC 9112 §3), a CR not followed by LF, or a
-  LF not after a CR except in the empty lines before the request line
-  (RFC 9112 §2.2);
+  LF not after a CR (RFC 9112 §2.2), except in the empty lines before the
+  request line and at the end of a request line with no version;
 * a header line whose name is not an RFC 9110 §5.6.2 token followed by ``:``,
   including a folded line (RFC 9112 §5.2: a server may reject obs-fold);
 * a header past :data:`MAX_HEADERS`, aiohttp's ``max_headers``.
@@ -54,6 +54,17 @@ class Need(enum.Enum):
     MORE = "more"
     TOO_LONG = "too long"
     BAD = "bad"
+
+
+def _simple_request(line: bytes | bytearray) -> bool:
+    """A request line without a version, which may end in a bare LF.
+
+    HTTP/0.9's "Simple-Request" (RFC 1945 §4.1), ``GET /path``: llhttp takes
+    it (and header lines after it); with a space after the target it expects
+    a version, and after a version it requires CRLF.
+    """
+    _, space, target = bytes(line).partition(b" ")
+    return bool(space) and b" " not in target.lstrip(b" ")
 
 
 class _State(enum.Enum):
@@ -141,6 +152,12 @@ class HeadScan:
                 if byte == _COLON and state is _State.NAME and pos > self._line_start:
                     self._state = _State.VALUE
                     pos += 1
+                    continue
+                if byte == _LF and state is _State.REQUEST and _simple_request(
+                        buffer[self._line_start:pos]):
+                    pos += 1  # its line ends here; the header lines need CRLF
+                    self._line_start, self._line_extra = pos, 0
+                    self._state = _State.NAME
                     continue
                 if byte != _CR or (state is _State.NAME and pos > self._line_start):
                     return Need.BAD  # a control character, a bare LF, no colon

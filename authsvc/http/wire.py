@@ -41,7 +41,8 @@ from typing import Any
 from authsvc.http.auth_http import AuthService, Outcome
 from authsvc.http.head import MAX_FIELD_SIZE as MAX_FIELD_SIZE
 from authsvc.http.head import MAX_HEAD as MAX_HEAD
-from authsvc.http.head import MAX_HEADERS, HeadScan
+from authsvc.http.head import MAX_HEADERS as MAX_HEADERS
+from authsvc.http.head import HeadScan
 from authsvc.http.head import Need as Need
 
 _END = b"\r\n\r\n"
