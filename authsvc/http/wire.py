@@ -56,7 +56,7 @@ _HEAD = re.compile(
 _FIELD = re.compile(r"\r\n([^:]+):([^\r]*)")
 
 
-def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
+def parse_head(head: bytes | bytearray, path: str) -> tuple[int, dict[str, str]] | None:
     """(HTTP minor version, headers by lower-cased name) of a one-shot ``GET <path>``.
 
     ``head`` is everything before the blank line.  None means "not the simple
@@ -138,7 +138,7 @@ def refusal(need: Need) -> bytes:
     return TOO_LONG_REPLY if need is Need.TOO_LONG else BAD_REQUEST_REPLY
 
 
-def _too_long(head: bytes) -> bool:
+def _too_long(head: bytes | bytearray) -> bool:
     """Past aiohttp's limits: the whole head, or any one line (escaped bytes)."""
     if len(head) > MAX_HEAD:
         return True
@@ -181,15 +181,15 @@ def examine(buffer: bytes | bytearray, path: str | None,
     end = buffer.find(_END) if scan is None else scan.find_end(buffer)
     if end < 0:
         return (scan or HeadScan()).judge(buffer, len(buffer), complete=False) or Need.MORE
-    head = bytes(buffer[:end]).replace(b"\x7f", b"%7F")
-    rest = bytes(buffer[end + len(_END):])
+    head = buffer[:end].replace(b"\x7f", b"%7F")
+    rest = buffer[end + len(_END):]
     parsed = None if rest or path is None else parse_head(head, path)
     if parsed is not None and len(parsed[1]) <= MAX_HEADERS and not _too_long(head):
         return OneShot(*parsed)  # its one regular expression found no bad byte
     fault = (scan or HeadScan()).judge(buffer, end, complete=True)
     if fault is not None:
         return fault
-    data = head + _END + rest
+    data = bytes(head + _END + rest)
     return HandOver(data, len(data) != len(buffer))
 
 
