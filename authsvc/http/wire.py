@@ -46,13 +46,14 @@ from authsvc.http.head import HeadScan
 from authsvc.http.head import Need as Need
 
 _END = b"\r\n\r\n"
-# The whole head in one match: the request line, then "Name: value" lines whose
+# The whole head in one match: the request line (a target of visible ASCII, as
+# llhttp takes it: no tab, no byte past 0x7E), then "Name: value" lines whose
 # names are RFC 9110 §5.6.2 tokens and whose values hold no control character
 # but HTAB (so no bare CR or LF either; a folded line starts with a space).
 _FIELD_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _VALUE = r"[^\x00-\x08\x0a-\x1f\x7f]*"
 _HEAD = re.compile(
-    rf"GET ([^ \x00-\x08\x0a-\x1f\x7f]+) HTTP/1\.([01])((?:\r\n{_FIELD_NAME}:{_VALUE})*)")
+    rf"GET ([!-~]+) HTTP/1\.([01])((?:\r\n{_FIELD_NAME}:{_VALUE})*)")
 _FIELD = re.compile(r"\r\n([^:]+):([^\r]*)")
 
 

@@ -123,6 +123,7 @@ _request_lines = st.sampled_from([
     b"GET /auth#f HTTP/1.0", b"POST /auth HTTP/1.0", b"GET /other HTTP/1.0",
     b"GET  /auth HTTP/1.0", b"get /auth HTTP/1.0", b"GET /auth HTTP/1.2", b"GET /auth",
     b"GET /a\xffuth HTTP/1.0", b"GET /au\x01th HTTP/1.0", b"GET /auth\tHTTP/1.0",
+    b"GET /auth?\xff HTTP/1.0", b"GET /auth?a\tb HTTP/1.0",
     b"\r\nGET /auth HTTP/1.0", b"\nGET /auth HTTP/1.0",
 ])
 heads = st.builds(
@@ -155,6 +156,8 @@ def aiohttp_parse(head: bytes) -> tuple[str, str, int, dict[str, str]] | None:
 
 @given(heads)
 @example(b"GET /auth HTTP/1.0\r\nX-A: " + b"a" * (MAX_FIELD_SIZE + 1))
+@example(b"GET /auth?\xff HTTP/1.0")  # llhttp: "Invalid char in url query"
+@example(b"GET /auth?a\tb HTTP/1.0")  # llhttp: "Invalid characters in url"
 def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     head = head.replace(b"\x7f", b"%7F")  # as NginxProtocol does before either parser
     fast = parse_head(head, PATH)
