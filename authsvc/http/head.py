@@ -15,7 +15,8 @@ checks that against the one serve runs):
   LF not after a CR (RFC 9112 §2.2), except in the empty lines before the
   request line and at the end of a request line with no version;
 * a header line whose name is not an RFC 9110 §5.6.2 token followed by ``:``,
-  including a folded line (RFC 9112 §5.2: a server may reject obs-fold);
+  including a folded line (RFC 9112 §5.2: a server rejects obs-fold with 400
+  or unfolds it);
 * a header past :data:`MAX_HEADERS`, aiohttp's ``max_headers``.
 
 Past :data:`MAX_HEAD` for the whole head, or :data:`MAX_FIELD_SIZE` for one
