@@ -9,8 +9,7 @@ not quadratic.
 
 Refused at the first byte that settles it, before the head is complete
 (:func:`~authsvc.http.headcheck.check_head` refuses every head that starts
-so, and both of aiohttp's parsers refuse all of these too;
-``tests/fuzz/test_fuzz_http.py`` checks both):
+so, and ``tests/fuzz/test_fuzz_http.py`` checks that):
 
 * a control character other than HTAB in a header value, any control
   character in the request line (RFC 9112 §3), a CR not followed by LF, a LF

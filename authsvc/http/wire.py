@@ -12,7 +12,7 @@ answered by :meth:`AuthService.answer_now
 ``answer()`` the aiohttp handler awaits; aiohttp's request machinery is not
 involved.  Anything else (HTTP/1.1 keep-alive, a body, another path,
 ``/readyz``) goes to aiohttp, which parses it as usual, when it passes
-:func:`~authsvc.http.headcheck.check_head`.  A head that cannot (a byte no
+:func:`~authsvc.http.headcheck.check_head`.  A head that cannot pass (a byte no
 parser takes, too many headers, a request line serve does not answer) is
 refused with a fixed 400 (:data:`BAD_REQUEST_REPLY`), and a head past
 aiohttp's size limits with a 431; neither quotes anything.  Whatever can be
