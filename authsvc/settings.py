@@ -263,6 +263,8 @@ class HttpSettings:
     auth_wait: int = 3
     #: /readyz answers 503 while the map is down (sites with per-node databases).
     ready_requires_map: bool = False
+    #: Seconds from accept to a complete request head; then close, no reply.
+    head_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

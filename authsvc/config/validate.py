@@ -353,7 +353,8 @@ class _Validator:
             unix=h.path("unix"), path=path, secret=self.secret_file(h),
             secret_header=header, max_attempts=h.integer("max_attempts", 10, 1, 1000),
             auth_wait=h.integer("auth_wait", 3, 0, 60),
-            ready_requires_map=h.boolean("ready_requires_map", False))
+            ready_requires_map=h.boolean("ready_requires_map", False),
+            head_timeout=h.seconds("head_timeout", 10.0, positive=True))
         h.finish()
         g = self.section(top.table_of("log"), "log", pos)
         log = LogSettings(level=g.choice("level", "info", ("debug", "info", "warning", "error")),

@@ -5,8 +5,12 @@
 pieces, one whose DEL had to be escaped before aiohttp reads it, and every
 request aiohttp answers.  It reads
 through an asyncio transport and acts on :func:`authsvc.http.wire.decide`,
-the same decision the accept callback uses, and gives aiohttp the one
-request it may parse.
+the same decision the accept callback uses, carrying over how far the
+decision got (:class:`~authsvc.http.head.HeadScan`) so that a head arriving
+one byte per read costs linear time, and gives aiohttp the one request it
+may parse.  A head not complete within ``head_timeout`` (``[http]
+head_timeout``, docs/serve.md) is closed with no reply: nginx sends its
+request in one write.
 
 :class:`InFlight` is the one record of replies still being written or
 decided, for both adapters, so that stopping the site waits for every one of
@@ -22,6 +26,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from authsvc.http.auth_http import AuthService
+from authsvc.http.head import HeadScan
 from authsvc.http.wire import (
     BAD_REQUEST_REPLY,
     TOO_LONG_REPLY,
@@ -93,7 +98,7 @@ def peer_text(peer: object) -> str:
 
 
 class _Discard(asyncio.Protocol):
-    """Where bytes go after an over-long head was refused: nowhere."""
+    """Where bytes go after a head was refused: nowhere."""
 
 
 class NginxProtocol(asyncio.Protocol):
@@ -101,6 +106,8 @@ class NginxProtocol(asyncio.Protocol):
 
     ``aiohttp`` makes aiohttp's protocol (the runner's public ``server``).
     ``service`` None sends every request to aiohttp, DEL escaped.
+    ``head_timeout``: seconds from the connection to a complete head (None:
+    no limit), then the connection is closed with no reply.
     """
 
     def __init__(
@@ -110,6 +117,8 @@ class NginxProtocol(asyncio.Protocol):
         path: str,
         in_flight: InFlight,
         replies: ReplyCache,
+        *,
+        head_timeout: float | None = None,
     ) -> None:
         self._aiohttp = aiohttp
         self._service = service
@@ -120,14 +129,26 @@ class NginxProtocol(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         #: Bytes still to pass to aiohttp: the rest of its one request (HandOver.size).
         self._left = 0
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scan = HeadScan()
         self._answered = False
         self._waiting = False
         self._linger: asyncio.TimerHandle | None = None
+        self._head_timeout = head_timeout
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._head_timeout is not None:
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._head_timeout, self._expire)
+
+    def _expire(self) -> None:
+        """The head did not complete in time: close, no reply (nothing was decided)."""
+        self._deadline = None
+        if self._transport is not None:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -144,13 +165,15 @@ class NginxProtocol(asyncio.Protocol):
             return  # nginx sends nothing after its head; ignore anything that does
         transport = self._transport
         assert transport is not None
-        buffer = self._buffer + data if self._buffer else data
-        step = decide(buffer, self._path, self._service, transport.get_extra_info("peername"),
-                      self._replies)
+        self._buffer += data
+        step = decide(self._buffer, self._path, self._service,
+                      transport.get_extra_info("peername"), self._replies, self._scan)
         if step is Need.MORE:
-            self._buffer = buffer
             return
-        self._buffer = b""
+        self._buffer = bytearray()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if isinstance(step, HandOver):
             self._hand_over(transport, step.data, step.size)
             return
@@ -228,6 +251,8 @@ class NginxProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 

@@ -76,7 +76,7 @@ async def run_server(
     stop = stop if stop is not None else asyncio.Event()
     reloader: Reloader | None = None
     site = NginxSite(runner, sock, app[AUTH], path=settings.http.path, drain_timeout=drain,
-                     backlog=1024)
+                     head_timeout=settings.http.head_timeout, backlog=1024)
 
     def on_sighup() -> None:
         if reloader is None:

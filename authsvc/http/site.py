@@ -14,13 +14,17 @@ Everything else gets the ordinary machinery:
 
 * a decision that must wait for the map, the throttle or DNS: a task that
   writes the reply when it is known;
-* a head that cannot go to aiohttp (``headcheck.py``): a fixed 400, logged
-  with the peer, the offset and the length, never the bytes;
+* a head too long (431), or one that cannot go to aiohttp (400:
+  ``head.py`` before the head is complete, ``headcheck.py`` once it is), even
+  if not complete: a fixed reply that quotes nothing, then a lingering
+  close; a 400 is logged with the peer, the offset and the length, never the
+  bytes;
 * any other request (``/readyz``, keep-alive, ``POST /cache/flush``), and a
   head not complete yet: :class:`~authsvc.http.protocol.NginxProtocol`, which
-  reads and gives aiohttp (the runner's public ``server``) one checked
-  request and nothing after it.  aiohttp never reads the socket itself, so
-  no head reaches its parser unchecked.
+  holds the head's deadline (``[http] head_timeout``), reads, and gives
+  aiohttp (the runner's public ``server``) one checked request and nothing
+  after it.  aiohttp never reads the socket itself, so no head reaches its
+  parser unchecked.
 
 The listening TCP socket gets ``TCP_DEFER_ACCEPT`` (nginx's ``listen ...
 deferred``): the kernel reports a connection only once its first bytes have
@@ -237,17 +241,20 @@ class NginxSite:
     request (DEL escaped; tests compare the two).  :meth:`stop` closes the
     socket and waits (up to ``drain_timeout``) for the replies still being
     decided, the way aiohttp waits for its own requests; call it before
-    ``runner.cleanup()``, which closes the maps.
+    ``runner.cleanup()``, which closes the maps.  ``head_timeout`` bounds the
+    time from accept to a complete head (``[http] head_timeout``).
     """
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket,
                  service: AuthService | None, *, path: str = "/auth",
-                 drain_timeout: float = 10.0, backlog: int = 1024) -> None:
+                 drain_timeout: float = 10.0, head_timeout: float = 10.0,
+                 backlog: int = 1024) -> None:
         self._runner = runner
         self._sock = sock
         self._service = service
         self._path = path
         self._drain_timeout = drain_timeout
+        self._head_timeout = head_timeout
         self._backlog = backlog
         self._in_flight = InFlight()
         self._acceptor: Acceptor | None = None
@@ -259,9 +266,11 @@ class NginxSite:
             raise RuntimeError("call runner.setup() before starting the site")
         replies = ReplyCache()
         service, path, in_flight = self._service, self._path, self._in_flight
+        head_timeout = self._head_timeout
 
         def protocol() -> NginxProtocol:
-            return NginxProtocol(server, service, path, in_flight, replies)
+            return NginxProtocol(server, service, path, in_flight, replies,
+                                 head_timeout=head_timeout)
 
         self._sock.listen(self._backlog)
         self._acceptor = Acceptor(self._sock, service, path, replies, protocol=protocol,

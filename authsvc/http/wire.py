@@ -4,7 +4,7 @@ nginx sends one ``GET <uri> HTTP/1.0`` per login on a fresh connection, reads
 the reply headers and closes (nginx's ``ngx_mail_auth_http_module``;
 docs/serve.md "The request").  :func:`decide` is the one decision for a new
 connection: from the bytes read so far it says reply now (bytes), reply
-later (:class:`ReplyLater`), read on, refuse an over-long head, or hand the
+later (:class:`ReplyLater`), read on, refuse the head, or hand the
 connection to aiohttp (:class:`HandOver`).  A request of exactly nginx's
 shape, matched whole by one regular expression (:func:`examine`), is
 answered by :meth:`AuthService.answer_now
@@ -12,9 +12,13 @@ answered by :meth:`AuthService.answer_now
 ``answer()`` the aiohttp handler awaits; aiohttp's request machinery is not
 involved.  Anything else (HTTP/1.1 keep-alive, a body, another path,
 ``/readyz``) goes to aiohttp, which parses it as usual, when it passes
-:func:`~authsvc.http.headcheck.check_head`; a head that does not is refused
-with a fixed 400 (:data:`BAD_REQUEST_REPLY`), and a head past aiohttp's size
-limits with a 431; neither quotes anything.
+:func:`~authsvc.http.headcheck.check_head`.  A head that cannot pass (a byte no
+parser takes, too many headers, a request line serve does not answer) is
+refused with a fixed 400 (:data:`BAD_REQUEST_REPLY`), and a head past
+aiohttp's size limits with a 431; neither quotes anything.  Whatever can be
+told before the head is complete is told at the first byte that settles it
+(:class:`~authsvc.http.head.HeadScan`, linear however the head is cut into
+reads); ``check_head`` judges the complete head once.
 The I/O is in ``site.py`` (the accept callback) and ``protocol.py`` (an
 asyncio protocol), which act on :func:`decide`'s answer and nothing else.
 
@@ -33,32 +37,32 @@ Content-Length stays right.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from authsvc.http.auth_http import AuthService, Outcome
+from authsvc.http.head import MAX_FIELD_SIZE as MAX_FIELD_SIZE
+from authsvc.http.head import MAX_HEAD as MAX_HEAD
+from authsvc.http.head import HeadScan
+from authsvc.http.head import Need as Need
+from authsvc.http.headcheck import MAX_HEADERS as MAX_HEADERS
 from authsvc.http.headcheck import Refused, check_head
 
 _END = b"\r\n\r\n"
-#: A head longer than this is not nginx's: aiohttp gets it (and its limits apply).
-MAX_HEAD = 65536
-#: aiohttp's per-line limit as ``server.py`` configures it; a longer line is
-#: handed to aiohttp, which answers 400, so both paths refuse the same heads.
-MAX_FIELD_SIZE = 32768
-# The whole head in one match: the request line, then "Name: value" lines whose
+# The whole head in one match: the request line (a target of visible ASCII, as
+# llhttp takes it: no tab, no byte past 0x7E), then "Name: value" lines whose
 # names are RFC 9110 §5.6.2 tokens and whose values hold no control character
 # but HTAB (so no bare CR or LF either; a folded line starts with a space).
 _FIELD_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _VALUE = r"[^\x00-\x08\x0a-\x1f\x7f]*"
 _HEAD = re.compile(
-    rf"GET ([^ \x00-\x08\x0a-\x1f\x7f]+) HTTP/1\.([01])((?:\r\n{_FIELD_NAME}:{_VALUE})*)")
+    rf"GET ([!-~]+) HTTP/1\.([01])((?:\r\n{_FIELD_NAME}:{_VALUE})*)")
 _FIELD = re.compile(r"\r\n([^:]+):([^\r]*)")
 
 
-def parse_head(head: bytes, path: str) -> tuple[int, dict[str, str]] | None:
+def parse_head(head: bytes | bytearray, path: str) -> tuple[int, dict[str, str]] | None:
     """(HTTP minor version, headers by lower-cased name) of a one-shot ``GET <path>``.
 
     ``head`` is everything before the blank line.  None means "not the simple
@@ -127,28 +131,20 @@ TOO_LONG_REPLY = (
     b"HTTP/1.0 431 Request Header Fields Too Large\r\n"
     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
 )
-
-
-def _too_long(head: bytes) -> bool:
-    """Past aiohttp's limits: the whole head, or any one line (escaped bytes)."""
-    if len(head) > MAX_HEAD:
-        return True
-    # Only a head this long can hold an over-long line; nginx's are tiny.
-    return len(head) > MAX_FIELD_SIZE and max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE
-
-
-#: The reply to a head that cannot go to aiohttp (headcheck.py): quotes nothing.
+#: The reply to a head that cannot go to aiohttp (``head.py``, ``headcheck.py``):
+#: aiohttp would answer 400 too, but quote the offending bytes and name itself.
 BAD_REQUEST_REPLY = (
     b"HTTP/1.0 400 Bad Request\r\n"
     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
 )
 
 
-class Need(enum.Enum):
-    """:func:`examine` found no complete head yet (MORE), or one past the limits."""
-
-    MORE = "more"
-    TOO_LONG = "too long"
+def _too_long(head: bytes | bytearray) -> bool:
+    """Past aiohttp's limits: the whole head, or any one line (escaped bytes)."""
+    if len(head) > MAX_HEAD:
+        return True
+    # Only a head this long can hold an over-long line; nginx's are tiny.
+    return len(head) > MAX_FIELD_SIZE and max(map(len, head.split(b"\r\n"))) > MAX_FIELD_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +163,11 @@ class HandOver:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A whole head that cannot go to aiohttp: :data:`BAD_REQUEST_REPLY`, then close.
+    """A head that cannot go to aiohttp: :data:`BAD_REQUEST_REPLY`, then close.
 
-    ``offset`` is where its first offending byte is, ``length`` the head's
-    length through its blank line: what the log says instead of the bytes.
+    ``offset`` is where its first offending byte is (in the bytes as read),
+    ``length`` the head's length through its blank line, or the bytes read so
+    far when it was refused before that: what the log says instead of the bytes.
     """
 
     offset: int
@@ -185,28 +182,51 @@ class OneShot:
     headers: dict[str, str]
 
 
-def examine(buffer: bytes, path: str | None) -> Need | HandOver | Malformed | OneShot:
+def examine(buffer: bytes | bytearray, path: str | None,
+            scan: HeadScan | None = None) -> Need | HandOver | Malformed | OneShot:
     """What to do with everything read so far on a new connection (sans-IO).
 
     ``path`` is the auth path, or None when every request goes to aiohttp.
+    ``scan`` carries over how far earlier calls on this connection got (the
+    buffer only grows); without it the buffer is judged from its start.
     The answer depends only on the bytes, never on how they were cut into
-    reads: a head is judged once its blank line has arrived.
+    reads: a head is refused at the first byte that settles it
+    (:class:`~authsvc.http.head.HeadScan`), else judged once its blank line
+    has arrived (:func:`~authsvc.http.headcheck.check_head`).
     """
-    end = buffer.find(_END)
+    end = buffer.find(_END) if scan is None else scan.find_end(buffer)
     if end < 0:
-        return Need.TOO_LONG if _too_long(buffer.replace(b"\x7f", b"%7F")) else Need.MORE
-    head = buffer[:end].replace(b"\x7f", b"%7F")
-    if _too_long(head):
-        return Need.TOO_LONG
+        early = (scan or HeadScan()).judge(buffer, len(buffer), complete=False)
+        if isinstance(early, Refused):
+            return Malformed(early.offset, len(buffer))
+        return early or Need.MORE
+    head = bytes(buffer[:end]).replace(b"\x7f", b"%7F")
     rest = buffer[end + len(_END):]
     parsed = None if rest or path is None else parse_head(head, path)
-    if parsed is None:
-        verdict = check_head(head)
-        if isinstance(verdict, Refused):
-            return Malformed(verdict.offset, end + len(_END))
-        data = head + _END + rest
-        return HandOver(data, len(head) + len(_END) + verdict.body)
-    return OneShot(*parsed)
+    if parsed is not None and len(parsed[1]) <= MAX_HEADERS and not _too_long(head):
+        return OneShot(*parsed)  # its one regular expression found no bad byte
+    early = (scan or HeadScan()).judge(buffer, end, complete=True)
+    if isinstance(early, Refused):
+        return Malformed(early.offset, end + len(_END))
+    if early is Need.TOO_LONG:
+        return Need.TOO_LONG
+    verdict = check_head(head)
+    if isinstance(verdict, Refused):
+        offset = verdict.offset if len(head) == end else _unescaped(buffer, verdict.offset)
+        return Malformed(offset, end + len(_END))
+    return HandOver(head + _END + bytes(rest), len(head) + len(_END) + verdict.body)
+
+
+def _unescaped(buffer: bytes | bytearray, offset: int) -> int:
+    """The offset in ``buffer`` of the byte at ``offset`` in its DEL-escaped head."""
+    shift = 0
+    at = buffer.find(b"\x7f")
+    while at >= 0 and at + shift < offset:
+        if offset < at + shift + 3:
+            return at  # inside the "%7F" of this DEL
+        shift += 2
+        at = buffer.find(b"\x7f", at + 1)
+    return offset - shift
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,16 +243,17 @@ class ReplyLater:
 Step = bytes | Need | ReplyLater | HandOver | Malformed
 
 
-def decide(buffer: bytes, path: str | None, service: AuthService | None, peer: object,
-           replies: ReplyCache) -> Step:
+def decide(buffer: bytes | bytearray, path: str | None, service: AuthService | None,
+           peer: object, replies: ReplyCache, scan: HeadScan | None = None) -> Step:
     """The one decision for a new connection, from everything read so far (sans-IO).
 
     Both I/O adapters (``site.py``'s accept callback and
     ``protocol.py``'s :class:`~authsvc.http.protocol.NginxProtocol`) act on
     the answer and nothing else.  ``service`` is None (and ``path`` with it)
-    when every request goes to aiohttp; ``peer`` is the socket's peer address.
+    when every request goes to aiohttp; ``peer`` is the socket's peer address;
+    ``scan`` is as for :func:`examine`.
     """
-    step = examine(buffer, path)
+    step = examine(buffer, path, scan)
     if not isinstance(step, OneShot):
         return step
     assert service is not None

@@ -6,8 +6,10 @@ None or a request, never an exception; what the fast path in ``wire.py``
 accepts, aiohttp's own parser (the one it would otherwise go to, with the
 server's limits) accepts with the same headers; what ``headcheck.py`` passes
 to aiohttp, both of aiohttp's parsers (llhttp and the pure-Python one) accept,
-so aiohttp never answers a head with its own 400; and ``NginxProtocol`` makes
-the same decision however the head is cut into reads.
+so aiohttp never answers a head with its own 400; what ``head.py`` refuses
+before a head is complete, ``headcheck.py`` refuses too; and
+``NginxProtocol`` makes the same decision however the head is cut into reads,
+refusals before the blank line included.
 """
 
 from __future__ import annotations
@@ -31,13 +33,20 @@ from authsvc.http.auth_http import (
     decode_escaped,
     parse_request,
 )
+from authsvc.http.head import HeadScan
 from authsvc.http.headcheck import MAX_HEADERS, Accepted, Refused, check_head
 from authsvc.http.protocol import InFlight, NginxProtocol
 from authsvc.http.wire import (
+    BAD_REQUEST_REPLY,
     MAX_FIELD_SIZE,
     MAX_HEAD,
     TOO_LONG_REPLY,
+    HandOver,
+    Malformed,
+    Need,
+    OneShot,
     ReplyCache,
+    examine,
     parse_head,
 )
 from tests.fuzz.splits import SplitPlan, same_for_splits, split_plans
@@ -117,7 +126,9 @@ _request_lines = st.sampled_from([
     b"GET /auth HTTP/1.0", b"GET /auth HTTP/1.1", b"GET /auth?x=1 HTTP/1.0",
     b"GET /auth#f HTTP/1.0", b"POST /auth HTTP/1.0", b"GET /other HTTP/1.0",
     b"GET  /auth HTTP/1.0", b"get /auth HTTP/1.0", b"GET /auth HTTP/1.2", b"GET /auth",
-    b"GET /a\xffuth HTTP/1.0",
+    b"GET /a\xffuth HTTP/1.0", b"GET /au\x01th HTTP/1.0", b"GET /auth\tHTTP/1.0",
+    b"GET /auth?\xff HTTP/1.0", b"GET /auth?a\tb HTTP/1.0",
+    b"\r\nGET /auth HTTP/1.0", b"\nGET /auth HTTP/1.0",
 ])
 heads = st.builds(
     lambda line, headers, end: line + b"".join(end + n + b":" + v for n, v in headers),
@@ -150,6 +161,8 @@ def aiohttp_parse(head: bytes, parser_class: type[HttpRequestParser] = HttpReque
 
 @given(heads)
 @example(b"GET /auth HTTP/1.0\r\nX-A: " + b"a" * (MAX_FIELD_SIZE + 1))
+@example(b"GET /auth?\xff HTTP/1.0")  # llhttp: "Invalid char in url query"
+@example(b"GET /auth?a\tb HTTP/1.0")  # llhttp: "Invalid characters in url"
 def test_what_the_fast_path_accepts_aiohttp_reads_the_same(head: bytes) -> None:
     head = head.replace(b"\x7f", b"%7F")  # as NginxProtocol does before either parser
     fast = parse_head(head, PATH)
@@ -210,6 +223,43 @@ def test_what_the_head_check_passes_both_aiohttp_parsers_accept(head: bytes) -> 
     assert isinstance(verdict, Accepted)
     for parser_class in (HttpRequestParser, HttpRequestParserPy):
         assert aiohttp_parse(head, parser_class) is not None, parser_class
+
+
+@given(wide_heads)
+@example(b"GET /auth HTTP/1.0\r\nX\x7fY: v")  # DEL in a name: escaped, a token
+@example(b"\nGET /auth HTTP/1.0\r\nHost: x")  # an empty line first (RFC 9112 §2.2)
+@example(b"GET /auth\nHost: imap")  # HTTP/0.9's line (RFC 1945 §4.1)
+def test_what_the_scan_refuses_the_head_check_refuses(head: bytes) -> None:
+    # However the head goes on: check the head cut where the scan stopped,
+    # and the head as it is.
+    early = HeadScan().judge(head, len(head), complete=False)
+    event(type(early).__name__)
+    if isinstance(early, Refused):
+        escaped = head.replace(b"\x7f", b"%7F")
+        assert isinstance(check_head(escaped), Refused)
+        assert isinstance(check_head(head[:early.offset + 1].replace(b"\x7f", b"%7F")), Refused)
+
+
+def test_the_header_count_limit_is_aiohttp_s() -> None:
+    head = nginx_request(b"bob")[:-4]
+    pad = MAX_HEADERS - head.count(b"\r\n")
+    most = head + b"".join(b"\r\nX-%d: x" % i for i in range(pad))
+    for parser_class in (HttpRequestParser, HttpRequestParserPy):
+        assert aiohttp_parse(most, parser_class) is not None
+    assert isinstance(examine(most + b"\r\n\r\n", PATH), OneShot)
+    too_many = most + b"\r\nX-Last: x"
+    assert aiohttp_parse(too_many + b"\r\nX-1: x" * 2) is None  # llhttp: 129
+    assert aiohttp_parse(too_many + b"\r\nX-1: x", HttpRequestParserPy) is None
+    assert examine(too_many + b"\r\n\r\n", PATH) == Malformed(len(most) + 2, len(too_many) + 4)
+    # Known as soon as the extra line starts, and for aiohttp's request as well.
+    assert examine(most + b"\r\nX", PATH) == Malformed(len(most) + 2, len(most) + 3)
+    assert examine(most + b"\r\n\r", PATH) is Need.MORE
+    other = b"GET /readyz HTTP/1.1\r\nHost: x" + b"".join(
+        b"\r\nX-%d: x" % i for i in range(MAX_HEADERS - 1))
+    for parser_class in (HttpRequestParser, HttpRequestParserPy):
+        assert aiohttp_parse(other, parser_class) is not None
+    assert isinstance(examine(other + b"\r\n\r\n", PATH), HandOver)
+    assert isinstance(examine(other + b"\r\nX: y\r\n\r\n", PATH), Malformed)
 
 
 def test_fast_path_refuses_http11_without_host() -> None:
@@ -350,3 +400,42 @@ def test_an_over_long_line_is_refused_however_it_arrives(
     refused = ("fast", TOO_LONG_REPLY)
     assert serve(loop, [data]) == refused
     assert serve(loop, [data[:40000], data[40000:]]) == refused
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /auth HTTP/1.0\r\nAuth-Pass: a\x01b",
+    b"GET /auth HTTP/1.0\nHost: x\n",
+    b"GET /auth HTTP/1.0\r\nAuth-Pass: a\rb",
+    b"GET /auth HTTP/1.0\r\nAuth Pass: a",
+    b"GET /auth HTTP/1.0\r\n\tAuth-Pass: a",
+    b"GET /au\x00th HTTP/1.0",
+])
+def test_a_head_that_cannot_become_valid_is_refused_before_its_end(
+    loop: asyncio.AbstractEventLoop, head: bytes,
+) -> None:
+    refused = ("fast", BAD_REQUEST_REPLY)
+    assert serve(loop, [head]) == refused
+    assert serve(loop, [head[i:i + 1] for i in range(len(head))]) == refused
+    assert serve(loop, [head + b"\r\nX: y\r\n\r\n"]) == refused
+
+
+def test_too_many_headers_are_refused_however_they_arrive(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    head = nginx_request(b"bob")[:-4] + b"".join(b"\r\nX-%d: x" % i for i in range(200))
+    data = head + b"\r\n\r\n"
+    refused = ("fast", BAD_REQUEST_REPLY)
+    assert serve(loop, [data]) == refused
+    assert serve(loop, [data[:1000], data[1000:]]) == refused
+    assert serve(loop, [data[i:i + 1] for i in range(len(data))]) == refused
+    assert serve(loop, [data[:1000], data[1000:]], later=True) == refused
+
+
+def test_the_first_limit_passed_decides_the_refusal(loop: asyncio.AbstractEventLoop) -> None:
+    # A bad byte, then a line past MAX_FIELD_SIZE: 400.  The other way round: 431.
+    bad_first = b"GET /auth HTTP/1.0\r\nX-A: \x01" + b"a" * MAX_FIELD_SIZE + b"\r\n\r\n"
+    long_first = b"GET /auth HTTP/1.0\r\nX-A: " + b"a" * MAX_FIELD_SIZE + b"\x01\r\n\r\n"
+    for data, reply in ((bad_first, BAD_REQUEST_REPLY), (long_first, TOO_LONG_REPLY)):
+        assert serve(loop, [data]) == ("fast", reply)
+        assert serve(loop, [data[:40], data[40:]]) == ("fast", reply)
+        assert serve(loop, [data[:40000], data[40000:]]) == ("fast", reply)

@@ -22,7 +22,7 @@ NATIVE_KEYS = {
             "default_server_on_error"],
     "cache": ["enabled", "ttl", "negative_ttl", "max_size", "stale_if_error"],
     "http": ["listen", "unix", "path", "secret_file", "secret_header", "max_attempts",
-             "auth_wait", "ready_requires_map"],
+             "auth_wait", "ready_requires_map", "head_timeout"],
     "log": ["level", "connection_logging", "format"],
     "control": ["listen", "secret_file", "allow", "cert", "key"],
     "nginx": ["server_name", "proxy_protocol_from", "ssl_protocols", "auth_http_timeout"],

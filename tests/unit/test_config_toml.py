@@ -157,6 +157,7 @@ secret_header = "X-Key"
 max_attempts = 5
 auth_wait = 2
 ready_requires_map = true
+head_timeout = 4.5
 
 [log]
 level = "warning"
@@ -249,7 +250,8 @@ port_constant = 110
     assert s.http.unix == "/run/authsvc.sock"
     assert s.http.secret == Secret("s3cret")
     assert (s.http.path, s.http.secret_header, s.http.max_attempts, s.http.auth_wait,
-            s.http.ready_requires_map) == ("/mail-auth", "X-Key", 5, 2, True)
+            s.http.ready_requires_map, s.http.head_timeout) == ("/mail-auth", "X-Key", 5, 2,
+                                                                 True, 4.5)
     assert (s.log.level, s.log.connection_logging, s.log.format) == ("warning", True, "json")
     assert s.nginx.server_name == "mail.riseup.net"
     assert s.nginx.proxy_protocol_from == ("127.0.0.0/8", "::1/128")
@@ -270,6 +272,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert imap4.bind == (HostPort("0.0.0.0", 143),)
     assert s.http.listen == HostPort("127.0.0.1", 9143)
     assert s.http.secret is None
+    assert s.http.head_timeout == 10.0  # docs/configuration.md
 
 
 @pytest.mark.parametrize(
@@ -341,6 +344,8 @@ def test_a_map_without_a_name_is_labelled_by_what_identifies_it(tmp_path: Path) 
         ("[cache]\nttl = -1\n", "2: cache.ttl: -1 seconds is out of range (0 or more)"),
         ("[nginx]\nauth_http_timeout = 0\n",
          "2: nginx.auth_http_timeout: 0 seconds is out of range (more than 0)"),
+        ("[http]\nhead_timeout = 0\n",
+         "2: http.head_timeout: 0 seconds is out of range (more than 0)"),
         ('[log]\nlevel = "verbose"\n',
          "2: log.level: 'verbose' is not one of debug, info, warning, error"),
         ("[log]\nlevel = 1979-05-27\n",

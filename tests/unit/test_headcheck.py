@@ -53,3 +53,17 @@ def test_examine_refuses_what_aiohttp_would_quote_and_bounds_what_it_gets() -> N
     pipelined = GOOD + b"\r\n\r\n"
     step = examine(pipelined + b"GET /auth HTTP/1.1\r\nAuth-Pa secret\r\n\r\n", "/auth")
     assert isinstance(step, HandOver) and step.size == len(pipelined)
+
+
+def test_the_offset_logged_is_in_the_bytes_as_read() -> None:
+    # check_head reads the head with each DEL escaped to "%7F"; the offset in
+    # the log line is where the byte is in what the client sent.
+    second_host = b"GET /a\x7f\x7f HTTP/1.0\r\nX\x7f: 1\r\nHost: a\r\nHost: b"
+    assert examine(second_host + b"\r\n\r\n", None) == Malformed(
+        second_host.index(b"Host: b"), len(second_host) + 4)
+    bad_version = b"GET /\x7f\x7f\x7f HTTX/1.0"
+    assert examine(bad_version + b"\r\n\r\n", None) == Malformed(
+        bad_version.index(b"HTTX"), len(bad_version) + 4)
+    # Refused before the blank line: how much had arrived.
+    early = b"GET /auth HTTP/1.0\r\nAuth-Pass: a\x01b"
+    assert examine(early, "/auth") == Malformed(early.index(b"\x01"), len(early))
