@@ -109,13 +109,15 @@ async def running(
     proxy: ProxySettings = FAST,
     router: Router | None = None,
     log: LogSettings | None = None,
+    descriptors: int | None = None,
 ) -> AsyncIterator[Proxy]:
+    """The proxy on ``listeners``; ``descriptors``: the descriptor limit it plans for."""
     settings = Settings(listeners=tuple(listeners), proxy=proxy,
                         cache=CacheSettings(enabled=False), log=log or LogSettings())
     async with contextlib.AsyncExitStack() as stack:
         if router is None:
             router = await stack.enter_async_context(open_router(settings))
-        server = ProxyServer(settings, router)
+        server = ProxyServer(settings, router, descriptors=descriptors)
         await server.start()
         try:
             yield Proxy(server, settings)
