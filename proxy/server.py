@@ -242,15 +242,15 @@ class ProxyServer:
         if self._stopping:
             conn.close()
             return
-        if self._budget.near(conn.fileno()):
-            # Say so while a descriptor is still free, rather than fail accept()
-            # later and leave every client in the backlog (docs/proxy.md, "Limits").
-            self._refuse(context, conn, Refused.DESCRIPTORS, peer)
-            return
         if listener.proxy_protocol and not in_networks(peer[0], self._trusted[listener.name]):
             # Anyone else could claim any address (proxy-protocol.txt, section 5).
             self._note_refusal(context, "proxy_untrusted", peer)
             conn.close()
+            return
+        if self._budget.near(conn.fileno()):
+            # Say so while a descriptor is still free, rather than fail accept()
+            # later and leave every client in the backlog (docs/proxy.md, "Limits").
+            self._refuse(context, conn, Refused.DESCRIPTORS, peer)
             return
         ticket = self._admission.connect(listener.name)
         if isinstance(ticket, Refused):
