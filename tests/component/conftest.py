@@ -51,6 +51,7 @@ class Proxy:
 
     server: ProxyServer
     settings: Settings
+    router: Router
     stores: dict[str, FakeStore] = field(default_factory=dict)
 
     def port(self, listener: str) -> int:
@@ -120,7 +121,7 @@ async def running(
         server = ProxyServer(settings, router, descriptors=descriptors)
         await server.start()
         try:
-            yield Proxy(server, settings)
+            yield Proxy(server, settings, router)
         finally:
             await server.stop(0)
 

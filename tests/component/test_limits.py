@@ -220,3 +220,27 @@ async def test_a_connection_in_the_descriptor_headroom_hears_a_temporary_failure
         sock.close()
         for sock in held:
             sock.close()
+
+
+async def test_a_reload_changes_the_limits_for_new_connections(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    """docs/operations.md, "Reload, restart": the counts go on, the new limit applies."""
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki)
+    async with running([listener]) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        held = [await asyncio.to_thread(connect, address) for _ in range(2)]
+        assert all(greeting.startswith(b"* OK") for _, greeting in held)
+        proxy.server.reconfigure(replace(proxy.settings, proxy=replace(
+            FAST, client_preauth_limit=2)), proxy.router)
+        extra, refusal = await asyncio.to_thread(connect, address)
+        assert refusal == CLIENT_BUSY
+        extra.close()
+        proxy.server.reconfigure(replace(proxy.settings, proxy=replace(
+            FAST, client_preauth_limit=2, trusted=("127.0.0.1/32",))), proxy.router)
+        again, greeting = await asyncio.to_thread(connect, address)
+        assert greeting.startswith(b"* OK")
+        for sock, _ in [*held, (again, b"")]:
+            sock.close()
