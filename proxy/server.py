@@ -378,6 +378,7 @@ class ProxyServer:
                     loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
         self._admission.configure(settings.proxy, {name: context.listener.connection_limit
                                                    for name, context in self._contexts.items()})
+        self._log_limits(settings)
 
     # --- metrics ------------------------------------------------------------------
 
