@@ -384,12 +384,16 @@ class ProxySettings:
     proxy_protocol_timeout: float = 3.0
     #: Concurrent sessions from one client address (after PROXY), 0 = no limit.
     client_limit: int = 0
-    #: Sessions not yet logged in, all listeners together, 0 = no limit.
-    preauth_limit: int = 0
+    #: Sessions not yet logged in, all listeners together, 0 = no limit; None =
+    #: derived from the descriptor limit at start (``proxy/limits.py``, docs/proxy.md).
+    preauth_limit: int | None = None
     #: Sessions not yet logged in from one client address, 0 = no limit.
-    client_preauth_limit: int = 0
+    client_preauth_limit: int = 20
+    #: Client networks exempt from ``client_limit`` and ``client_preauth_limit``
+    #: (webmail, a balancer that sends no PROXY header), as CIDR text.
+    trusted: tuple[str, ...] = ()
     #: Total time from connect to login, however active the client, 0 = none.
-    login_deadline: float = 0.0
+    login_deadline: float = 60.0
     #: Where ``/healthz``, ``/readyz`` and ``/metrics`` are served; None = nowhere.
     health_listen: HostPort | None = None
     #: Also write Perdition's ``Auth:`` line (perdition(8), LOGGING) to syslog.

@@ -14,7 +14,10 @@ readable with nothing new to read.
 
 A refusal (a limit) writes the one-line ``* BYE`` / ``-ERR`` the caller gives,
 half-closes, and drains the client's bytes for a moment before closing, so the
-kernel sends a FIN rather than a reset that could destroy the line in flight.
+kernel sends a FIN rather than a reset that could destroy the line in flight
+(:func:`refuse`).  When descriptors are short, or too many refusals are
+already lingering, :func:`refuse_now` drains only what has arrived and closes
+at once: the descriptor is worth more than the last word.
 """
 
 from __future__ import annotations
@@ -88,5 +91,24 @@ async def refuse(sock: socket.socket, line: bytes) -> None:
                             break
                     except (BlockingIOError, InterruptedError):
                         continue
+    finally:
+        sock.close()
+
+
+def refuse_now(sock: socket.socket, line: bytes) -> None:
+    """Say ``line`` (may be empty) and close in the same step; never raises.
+
+    Bytes the client has sent are read first: closing a socket with unread
+    data makes the kernel send a reset instead of the line and a FIN
+    (RFC 2525 §2.17).
+    """
+    try:
+        with contextlib.suppress(OSError):
+            if line:
+                sock.send(line)
+            sock.shutdown(socket.SHUT_WR)
+            for _ in range(4):  # a client that keeps sending gets its reset
+                if not sock.recv(65536):
+                    break
     finally:
         sock.close()

@@ -1,11 +1,14 @@
-"""Who may have a session: connection, per-client and pre-auth limits, by counting alone.
+"""Who may have a session: connection, per-client, pre-auth and descriptor limits, by counting.
 
 Pure bookkeeping, no I/O: the server asks :meth:`Admission.connect` when it
 accepts a connection (the listener's ``connection_limit``, and ``preauth_limit``
 over all listeners), :meth:`Admission.identify` once it knows the client's
 real address (after a PROXY header: ``client_limit`` and
-``client_preauth_limit``), tells it when the session logs in and when it ends.
-Each :class:`Ticket` is released exactly once, whatever path the session took.
+``client_preauth_limit``, which ``[proxy] trusted`` networks skip), tells it
+when the session logs in and when it ends.  Each :class:`Ticket` is released
+exactly once, whatever path the session took.  :class:`DescriptorBudget`
+turns the process's descriptor limit into the default ``preauth_limit`` and
+says when a new connection's descriptor is too close to that limit to serve.
 
 Perdition counted every live child of a listener, logged in or not, against
 ``connection_limit`` and then killed its own listener at the limit
@@ -34,6 +37,44 @@ class Refused(enum.Enum):
     PREAUTH_LIMIT = "preauth_limit"
     CLIENT_LIMIT = "client_limit"
     CLIENT_PREAUTH_LIMIT = "client_preauth_limit"
+    #: The new connection's descriptor is in the headroom (:class:`DescriptorBudget`).
+    DESCRIPTORS = "descriptors"
+
+#: The refusals that concern one client address (their reply says so).
+CLIENT_REFUSALS = frozenset({Refused.CLIENT_LIMIT, Refused.CLIENT_PREAUTH_LIMIT})
+#: Descriptors kept free at least, and as a share of the limit (``1/HEADROOM_SHARE``).
+HEADROOM_MIN = 32
+HEADROOM_SHARE = 16
+
+
+class DescriptorBudget:
+    """What the descriptor limit (``RLIMIT_NOFILE``'s soft value at start) allows.
+
+    With ``N`` the limit, ``headroom = max(32, N // 16)`` descriptors are kept
+    for what is not a client connection (listening sockets, logs, maps, the
+    store side of logins in progress) and for accepting a connection only to
+    refuse it.  The rest is shared so that pre-login connections (one
+    descriptor each) can never take more than a third of it: the default
+    ``preauth_limit`` is ``(N - headroom) // 3``, which leaves the other two
+    thirds for at least as many logged-in sessions (two descriptors each,
+    client and store).  docs/proxy.md, "Limits".
+    """
+
+    __slots__ = ("headroom", "limit", "preauth_limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self.headroom = min(max(HEADROOM_MIN, self.limit // HEADROOM_SHARE), self.limit - 1)
+        self.preauth_limit = max(1, (self.limit - self.headroom) // 3)
+
+    def near(self, descriptor: int) -> bool:
+        """Whether a just-accepted socket's descriptor number is in the headroom.
+
+        The kernel gives every new descriptor the lowest free number (POSIX,
+        "File Descriptor Allocation"), so a number this high means the table
+        below it is full: serving the connection would eat into the headroom.
+        """
+        return descriptor >= self.limit - self.headroom
 
 
 def client_key(address: str) -> str:
@@ -62,15 +103,29 @@ class Ticket:
 class Admission:
     """The counters behind every limit, for one process."""
 
-    def __init__(self, proxy: ProxySettings, connection_limits: Mapping[str, int]) -> None:
-        self._limits = dict(connection_limits)
-        self._client_limit = proxy.client_limit
-        self._preauth_limit = proxy.preauth_limit
-        self._client_preauth_limit = proxy.client_preauth_limit
+    def __init__(self, proxy: ProxySettings, connection_limits: Mapping[str, int],
+                 budget: DescriptorBudget | None = None) -> None:
+        self._budget = budget
+        self.configure(proxy, connection_limits)
         self._live: Counter[str] = Counter()  # per listener, logged in or not
         self._preauth: Counter[str] = Counter()  # per listener, not logged in
         self._client_live: Counter[str] = Counter()
         self._client_preauth: Counter[str] = Counter()
+
+    def configure(self, proxy: ProxySettings, connection_limits: Mapping[str, int]) -> None:
+        """The limits (at start and on reload); the counts stay."""
+        self._limits = dict(connection_limits)
+        self._client_limit = proxy.client_limit
+        self._client_preauth_limit = proxy.client_preauth_limit
+        if proxy.preauth_limit is not None:
+            self._preauth_limit = proxy.preauth_limit
+        else:
+            self._preauth_limit = self._budget.preauth_limit if self._budget is not None else 0
+
+    @property
+    def preauth_limit(self) -> int:
+        """The ``preauth_limit`` in force, derived or set (0 = none)."""
+        return self._preauth_limit
 
     # --- reading (metrics) --------------------------------------------------------
 
@@ -100,16 +155,20 @@ class Admission:
         self._preauth[listener] += 1
         return Ticket(listener)
 
-    def identify(self, ticket: Ticket, address: str) -> Refused | None:
-        """The client's real address is known; None when it may go on."""
+    def identify(self, ticket: Ticket, address: str, *, exempt: bool = False) -> Refused | None:
+        """The client's real address is known; None when it may go on.
+
+        An ``exempt`` client (``[proxy] trusted``) is counted but never refused.
+        """
         if ticket.released or ticket.client is not None:
             return None
         key = client_key(address)
-        if self._client_limit and self._client_live[key] >= self._client_limit:
-            return Refused.CLIENT_LIMIT
-        if self._client_preauth_limit and (
-                self._client_preauth[key] >= self._client_preauth_limit):
-            return Refused.CLIENT_PREAUTH_LIMIT
+        if not exempt:
+            if self._client_limit and self._client_live[key] >= self._client_limit:
+                return Refused.CLIENT_LIMIT
+            if self._client_preauth_limit and (
+                    self._client_preauth[key] >= self._client_preauth_limit):
+                return Refused.CLIENT_PREAUTH_LIMIT
         ticket.client = key
         self._client_live[key] += 1
         self._client_preauth[key] += 1

@@ -25,7 +25,8 @@ PREAUTH = Family("authsvc_proxy_preauth_sessions", "gauge",
                  combine="sum")
 CONNECTIONS = Family("authsvc_proxy_connections_total", "counter", "Connections accepted.")
 REFUSED = Family("authsvc_proxy_refused_total", "counter",
-                 "Connections closed before a greeting: limits, untrusted or bad PROXY headers.")
+                 "Connections refused before a session: limits, the descriptor headroom, "
+                 "untrusted or bad PROXY headers.")
 LOGINS = Family("authsvc_proxy_logins_total", "counter", "Login attempts by result.")
 TLS_FAILURES = Family("authsvc_proxy_tls_handshake_failures_total", "counter",
                       "TLS handshakes that failed, with clients or with stores.")

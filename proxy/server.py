@@ -9,13 +9,17 @@ connection (``accept.py``).  Then:
 * a PROXY listener closes peers outside its trusted networks at once, and
   connections whose header is malformed or late, without a greeting
   (HAProxy's ``doc/proxy-protocol.txt``, section 5, "Security considerations");
-* ``limits.py`` decides the limits: ``connection_limit`` per listener and
-  ``preauth_limit`` when the connection arrives, ``client_limit`` and
-  ``client_preauth_limit`` once the real client address is known.  The extra
-  client is told ``* BYE [UNAVAILABLE] ...`` / ``-ERR [SYS/TEMP] ...`` (nothing
-  on an implicit-TLS listener, where no plaintext may be sent) and the listener
-  keeps serving, where Perdition's listener exited (docs/configuration.md,
-  "Other differences from Perdition");
+* ``limits.py`` decides the limits: the descriptor headroom, ``connection_limit``
+  per listener and ``preauth_limit`` when the connection arrives,
+  ``client_limit`` and ``client_preauth_limit`` once the real client address
+  is known (after the PROXY header; ``[proxy] trusted`` networks and the
+  listener's PROXY senders are exempt).  The extra client is told ``* BYE
+  [UNAVAILABLE] ...`` / ``-ERR [SYS/TEMP] ...`` (nothing on an implicit-TLS
+  listener, where no plaintext may be sent) and the listener keeps serving,
+  where Perdition's listener exited (docs/configuration.md, "Other differences
+  from Perdition").  Refusals and failed accepts are logged at most once a
+  second per listener and reason (``lograte.py``), and only a bounded number
+  of refused sockets linger to say goodbye (``accept.py``);
 * the connection becomes a :class:`Session`.
 
 :meth:`ProxyServer.reconfigure` gives new sessions a reload's settings, maps
@@ -32,15 +36,26 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import resource
 import socket
 from collections import Counter
 
-from authsvc.proxy.accept import read_proxy_header, refuse
+from authsvc.proxy.accept import read_proxy_header, refuse, refuse_now
 from authsvc.proxy.certificates import backend_tls_for, server_tls_context
 from authsvc.proxy.context import ListenerContext
 from authsvc.proxy.events import Endpoints
-from authsvc.proxy.limits import Admission, IPNetwork, Refused, Ticket, in_networks, parse_networks
+from authsvc.proxy.limits import (
+    CLIENT_REFUSALS,
+    Admission,
+    DescriptorBudget,
+    IPNetwork,
+    Refused,
+    Ticket,
+    in_networks,
+    parse_networks,
+)
 from authsvc.proxy.listeners import ListenerSockets, bind_listener
+from authsvc.proxy.lograte import LogRate
 from authsvc.proxy.metrics import ProxyMetrics
 from authsvc.proxy.proxy_protocol import ProxyProtocolError
 from authsvc.proxy.session import Session
@@ -50,7 +65,7 @@ from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.runtime.accepting import accept_batch
 from authsvc.runtime.binding import describe_socket, inet_address
-from authsvc.settings import ListenTls, MailProtocol, Settings
+from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, Settings
 from authsvc.throttle.service import Throttle
 
 log = logging.getLogger("proxy.server")
@@ -71,6 +86,14 @@ ACCEPT_BATCH = 100
 ACCEPT_PAUSE = 0.1
 #: How often the gauges and byte counters are copied into the metrics.
 METRICS_EVERY = 1.0
+#: Taken as the descriptor limit when the soft limit is "unlimited".
+UNLIMITED_DESCRIPTORS = 1 << 20
+
+
+def descriptor_limit() -> int:
+    """The process's descriptor limit now (``RLIMIT_NOFILE``, soft)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return UNLIMITED_DESCRIPTORS if soft == resource.RLIM_INFINITY else soft
 
 
 class ProxyServer:
@@ -84,7 +107,9 @@ class ProxyServer:
         metrics: Metrics | None = None,
         auth_log: AuthLog | None = None,
         throttle: Throttle | None = None,
+        descriptors: int | None = None,
     ) -> None:
+        """``descriptors``: the descriptor limit to plan for; None = the process's now."""
         self._settings = settings
         self._throttle = throttle if throttle is not None and throttle.enabled else None
         # The store's refusal times, kept whether throttling is on or not.
@@ -92,11 +117,17 @@ class ProxyServer:
         self._router = router
         self._metrics = ProxyMetrics(metrics) if metrics is not None else None
         self._auth_log = auth_log
+        self._budget = DescriptorBudget(
+            descriptors if descriptors is not None else descriptor_limit())
         self._admission = Admission(
-            settings.proxy, {ls.name: ls.connection_limit for ls in settings.listeners})
+            settings.proxy, {ls.name: ls.connection_limit for ls in settings.listeners},
+            self._budget)
         self._listening: dict[str, list[socket.socket]] = {}
         self._contexts: dict[str, ListenerContext] = {}
+        #: Per listener: who may send PROXY headers, who skips the per-address limits.
         self._trusted: dict[str, tuple[IPNetwork, ...]] = {}
+        self._exempt: dict[str, tuple[IPNetwork, ...]] = {}
+        self._log_rate = LogRate()
         #: Every connection being served; the Session once there is one.
         self._tasks: dict[asyncio.Task[None], Session | None] = {}
         self._refusals: set[asyncio.Task[None]] = set()
@@ -128,8 +159,7 @@ class ProxyServer:
                     refusal_times=self._refusal_times,
                 )
                 self._contexts[listener.name] = context
-                self._trusted[listener.name] = parse_networks(
-                    listener.proxy_protocol_from or settings.proxy.proxy_protocol_from)
+                self._set_networks(settings, listener)
                 given = sockets.get(listener.name) if sockets is not None else None
                 for sock in given if given is not None else bind_listener(listener):
                     self._listening.setdefault(listener.name, []).append(sock)
@@ -143,9 +173,29 @@ class ProxyServer:
         except BaseException:
             await self.stop(0)
             raise
+        self._log_limits(settings)
         if self._metrics is not None:
             self.refresh_metrics()
             self._refresher = loop.create_task(self._refresh_periodically())
+
+    def _set_networks(self, settings: Settings, listener: ListenerSettings) -> None:
+        senders = parse_networks(listener.proxy_protocol_from
+                                 or settings.proxy.proxy_protocol_from)
+        self._trusted[listener.name] = senders
+        # A balancer's own connections (its health checks' LOCAL headers) are
+        # not a client's; docs/proxy.md, "Limits".
+        self._exempt[listener.name] = (parse_networks(settings.proxy.trusted)
+                                       + (senders if listener.proxy_protocol else ()))
+
+    def _log_limits(self, settings: Settings) -> None:
+        proxy = settings.proxy
+        log.info("", extra={"fields": {
+            "event": "limits", "descriptors": self._budget.limit,
+            "headroom": self._budget.headroom,
+            "preauth_limit": self._admission.preauth_limit,
+            "preauth_limit_from": "descriptors" if proxy.preauth_limit is None else "config",
+            "client_preauth_limit": proxy.client_preauth_limit,
+            "client_limit": proxy.client_limit, "login_deadline": proxy.login_deadline}})
 
     def addresses(self, listener: str) -> list[tuple[str, int]]:
         """Where a listener is bound (host, port), for tests and logs."""
@@ -174,11 +224,15 @@ class ProxyServer:
 
         exhausted = accept_batch(listening, ACCEPT_BATCH, accepted)
         if exhausted is not None:
-            # Out of descriptors: pause this socket briefly rather than spin.
-            log.error("", extra={"fields": {"event": "accept_failed",
-                                            "listener": context.listener.name,
-                                            "error": exhausted.strerror}})
+            # Out of descriptors all the same (the headroom was eaten by stores
+            # and maps): pause this socket briefly rather than spin.
             loop = asyncio.get_running_loop()
+            held = self._log_rate.allow(("accept_failed", context.listener.name), loop.time())
+            if held is not None:
+                log.error("", extra={"fields": {"event": "accept_failed",
+                                                "listener": context.listener.name,
+                                                "error": exhausted.strerror,
+                                                "suppressed": held}})
             loop.remove_reader(listening.fileno())
             loop.call_later(ACCEPT_PAUSE, self._resume_accepting, context, listening)
 
@@ -201,6 +255,11 @@ class ProxyServer:
             self._note_refusal(context, "proxy_untrusted", peer)
             conn.close()
             return
+        if self._budget.near(conn.fileno()):
+            # Say so while a descriptor is still free, rather than fail accept()
+            # later and leave every client in the backlog (docs/proxy.md, "Limits").
+            self._refuse(context, conn, Refused.DESCRIPTORS, peer)
+            return
         ticket = self._admission.connect(listener.name)
         if isinstance(ticket, Refused):
             self._refuse(context, conn, ticket, peer)
@@ -211,12 +270,18 @@ class ProxyServer:
 
     def _note_refusal(self, context: ListenerContext, reason: str, peer: tuple[str, int],
                       detail: str | None = None) -> None:
+        name = context.listener.name
         if self._metrics is not None:
-            self._metrics.refused(context.listener.name, reason)
-        fields: dict[str, object] = {"event": "refused", "listener": context.listener.name,
+            self._metrics.refused(name, reason)
+        held = self._log_rate.allow((name, reason), asyncio.get_running_loop().time())
+        if held is None:
+            return
+        fields: dict[str, object] = {"event": "refused", "listener": name,
                                      "reason": reason, "peer": f"{peer[0]}:{peer[1]}"}
         if detail:
             fields["detail"] = detail
+        if held:
+            fields["suppressed"] = held
         log.warning("", extra={"fields": fields})
 
     def _refuse(self, context: ListenerContext, conn: socket.socket, why: Refused,
@@ -225,8 +290,11 @@ class ProxyServer:
         listener = context.listener
         line = b""
         if listener.tls is not ListenTls.IMPLICIT:  # no plaintext before a TLS handshake
-            client = why in (Refused.CLIENT_LIMIT, Refused.CLIENT_PREAUTH_LIMIT)
-            line = (_CLIENT_BUSY if client else _BUSY)[listener.protocol]
+            line = (_CLIENT_BUSY if why in CLIENT_REFUSALS else _BUSY)[listener.protocol]
+        if (why is Refused.DESCRIPTORS or self._budget.near(conn.fileno())
+                or len(self._refusals) >= self._budget.headroom // 2):
+            refuse_now(conn, line)  # no descriptor to spare for a goodbye
+            return
         task = asyncio.get_running_loop().create_task(refuse(conn, line))
         self._refusals.add(task)
         task.add_done_callback(self._refusals.discard)
@@ -251,7 +319,8 @@ class ProxyServer:
                 via = peer
                 if header.source is not None and header.destination is not None:
                     client, local = header.source, header.destination
-            refused = self._admission.identify(ticket, client[0])
+            refused = self._admission.identify(
+                ticket, client[0], exempt=in_networks(client[0], self._exempt[listener.name]))
             if refused is not None:
                 handed_over = True
                 self._refuse(context, conn, refused, client)
@@ -281,6 +350,8 @@ class ProxyServer:
     def reconfigure(self, settings: Settings, router: Router) -> None:
         """New sessions get ``settings``, ``router`` and fresh certificates (hot reload).
 
+        The limits change for new connections; the counts go on.  The derived
+        ``preauth_limit`` keeps the descriptor limit seen at start.
         Sessions in progress keep the context they started with.  Sockets are
         neither bound nor closed here: a new listener, a removed one or a
         changed address takes a restart, and the log says so.  Raises
@@ -308,13 +379,15 @@ class ProxyServer:
         self._router = router
         for name, context in contexts.items():
             self._contexts[name] = context
-            self._trusted[name] = parse_networks(
-                context.listener.proxy_protocol_from or settings.proxy.proxy_protocol_from)
+            self._set_networks(settings, context.listener)
             for sock in self._listening[name]:
                 # Replaces this socket's callback; a paused one (EMFILE) is
                 # resumed with the new context by _resume_accepting.
                 if not self._stopping and sock.fileno() >= 0 and loop.remove_reader(sock.fileno()):
                     loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
+        self._admission.configure(settings.proxy, {name: context.listener.connection_limit
+                                                   for name, context in self._contexts.items()})
+        self._log_limits(settings)
 
     # --- metrics ------------------------------------------------------------------
 

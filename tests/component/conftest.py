@@ -52,6 +52,7 @@ class Proxy:
 
     server: ProxyServer
     settings: Settings
+    router: Router
     stores: dict[str, FakeStore] = field(default_factory=dict)
 
     def port(self, listener: str) -> int:
@@ -111,16 +112,18 @@ async def running(
     router: Router | None = None,
     log: LogSettings | None = None,
     throttle: Throttle | None = None,
+    descriptors: int | None = None,
 ) -> AsyncIterator[Proxy]:
+    """The proxy on ``listeners``; ``descriptors``: the descriptor limit it plans for."""
     settings = Settings(listeners=tuple(listeners), proxy=proxy,
                         cache=CacheSettings(enabled=False), log=log or LogSettings())
     async with contextlib.AsyncExitStack() as stack:
         if router is None:
             router = await stack.enter_async_context(open_router(settings))
-        server = ProxyServer(settings, router, throttle=throttle)
+        server = ProxyServer(settings, router, throttle=throttle, descriptors=descriptors)
         await server.start()
         try:
-            yield Proxy(server, settings)
+            yield Proxy(server, settings, router)
         finally:
             await server.stop(0)
 

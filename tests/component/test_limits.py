@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from authsvc.proxy.proxy_protocol import encode_v2
+from authsvc.proxy.proxy_protocol import V2_SIGNATURE, encode_v2
 
 from authsvc.settings import FileMapSettings, ListenTls, MailProtocol
 from tests.component.conftest import FAST, make_listener, running, write_map
@@ -156,3 +156,91 @@ async def test_login_deadline_ends_a_busy_but_never_authenticating_client(
         data = await asyncio.to_thread(chatter)
     assert b"n OK" in data
     assert b"* BYE Autologout; idle for too long." in data
+
+
+async def test_twenty_per_real_address_by_default_trusted_and_the_balancer_exempt(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    """Behind a PROXY balancer the header's address counts (docs/proxy.md, "Limits")."""
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki, proxy_protocol=True,
+                             proxy_protocol_from=("127.0.0.1/32",))
+    settings = replace(FAST, trusted=("192.0.2.80/28",))
+    assert settings.client_preauth_limit == 20  # the default
+    flood = encode_v2(("192.0.2.7", 1000), ("198.51.100.1", 143))
+    other = encode_v2(("192.0.2.8", 1000), ("198.51.100.1", 143))
+    webmail = encode_v2(("192.0.2.81", 1000), ("198.51.100.1", 143))
+    async with running([listener], settings) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        held = [await asyncio.to_thread(connect, address, flood) for _ in range(20)]
+        assert all(greeting.startswith(b"* OK") for _, greeting in held)
+        extra, refusal = await asyncio.to_thread(connect, address, flood)
+        assert refusal == CLIENT_BUSY
+        assert await asyncio.to_thread(rest, extra) == b""
+        more = [await asyncio.to_thread(connect, address, header)
+                for header in [other] + [webmail] * 25]
+        assert all(greeting.startswith(b"* OK") for _, greeting in more)
+        # The balancer's own health checks (LOCAL, no address) count as its address,
+        # which is exempt: it is the one that says who the clients are.
+        local = V2_SIGNATURE + bytes([0x20, 0x00, 0x00, 0x00])
+        checks = [await asyncio.to_thread(connect, address, local) for _ in range(25)]
+        assert all(greeting.startswith(b"* OK") for _, greeting in checks)
+        for sock, _ in [*held, *more, *checks]:
+            sock.close()
+
+
+async def test_a_connection_in_the_descriptor_headroom_hears_a_temporary_failure(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    """The decision with an injected limit; test_flood_proxy.py has the real one."""
+    path = write_map(tmp_path / "map", {})
+    listeners = [make_listener("imap", MailProtocol.IMAP, ListenTls.NONE,
+                               FileMapSettings(str(path)), pki),
+                 make_listener("pop", MailProtocol.POP3, ListenTls.NONE,
+                               FileMapSettings(str(path)), pki)]
+    probe = socket.socket()
+    free = probe.fileno()  # the lowest free descriptor now
+    probe.close()
+    # 4 descriptors below the headroom (32) are left for clients.
+    async with running(listeners, descriptors=free + 4 + 32) as proxy:
+        imap = (proxy.host("imap"), proxy.port("imap"))
+        pop = (proxy.host("pop"), proxy.port("pop"))
+        held = []
+        while True:
+            sock, line = await asyncio.to_thread(connect, imap)
+            if not line.startswith(b"* OK"):
+                break
+            held.append(sock)
+        assert line == BUSY_IMAP
+        assert await asyncio.to_thread(rest, sock) == b""
+        assert 0 < len(held) <= 4
+        sock, line = await asyncio.to_thread(connect, pop)
+        assert line == BUSY_POP3
+        sock.close()
+        for sock in held:
+            sock.close()
+
+
+async def test_a_reload_changes_the_limits_for_new_connections(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    """docs/operations.md, "Reload, restart": the counts go on, the new limit applies."""
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki)
+    async with running([listener]) as proxy:
+        address = (proxy.host("front"), proxy.port("front"))
+        held = [await asyncio.to_thread(connect, address) for _ in range(2)]
+        assert all(greeting.startswith(b"* OK") for _, greeting in held)
+        proxy.server.reconfigure(replace(proxy.settings, proxy=replace(
+            FAST, client_preauth_limit=2)), proxy.router)
+        extra, refusal = await asyncio.to_thread(connect, address)
+        assert refusal == CLIENT_BUSY
+        extra.close()
+        proxy.server.reconfigure(replace(proxy.settings, proxy=replace(
+            FAST, client_preauth_limit=2, trusted=("127.0.0.1/32",))), proxy.router)
+        again, greeting = await asyncio.to_thread(connect, address)
+        assert greeting.startswith(b"* OK")
+        for sock, _ in [*held, (again, b"")]:
+            sock.close()

@@ -1,10 +1,13 @@
-"""Fault: a full descriptor table (EMFILE) in ``authsvc proxy`` and ``serve``.
+"""Fault: a full descriptor table (EMFILE) in ``serve``, and ``proxy`` kept out of one.
 
 Each runs as a subprocess under a low ``RLIMIT_NOFILE`` (set in the child
-before exec).  Idle connections fill its descriptor table until ``accept``
-fails; then they are released, and a real login (imaplib through the proxy to
-Dovecot; an nginx request to serve) must work again: the listener survived
-(Perdition's died on a failed accept, docs/perdition-compatibility.md).
+before exec).  Idle connections fill serve's descriptor table until ``accept``
+fails; then they are released, and an nginx request to serve must work again:
+the listener survived (Perdition's died on a failed accept,
+docs/perdition-compatibility.md).  The proxy plans for its limit instead
+(docs/proxy.md, "Limits"): the extra idle clients hear its temporary-failure
+greeting, ``accept`` never fails, and a real login (imaplib through the proxy
+to Dovecot) works once they leave.
 """
 
 from __future__ import annotations
@@ -92,17 +95,31 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
 
 
-def test_proxy_listener_survives_emfile(world: World, tmp_path: Path) -> None:
+def test_proxy_refuses_idle_clients_before_its_descriptors_run_out(
+    world: World, tmp_path: Path
+) -> None:
+    """At 64 descriptors the derived preauth_limit is 10: the rest hear why, none is reset."""
     world.write_popmap("a")
     world.write_config()
     log = tmp_path / "proxy.log"
     process = start(["proxy", "-c", str(world.config)], log,
                     lambda: log.read_text().count("event=listening") >= 2)
     try:
+        assert "preauth_limit=10 " in log.read_text()  # (64 - 32) // 3
         assert login_subject(world, "alice") == "store-a"
-        idle = exhaust(world.ports["imap4"], log, "event=accept_failed")
+        idle: list[socket.socket] = []
+        heard: list[socket.socket] = []
+        for _ in range(IDLE):
+            sock = socket.create_connection((HOST, world.ports["imap4"]), timeout=5)
+            line = sock.makefile("rb").readline()
+            (idle if line.startswith(b"* OK") else heard).append(sock)
+            if not line.startswith(b"* OK"):
+                assert line == b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+                assert sock.recv(1) == b""
+        assert (len(idle), len(heard)) == (10, IDLE - 10)
         assert process.poll() is None
-        for sock in idle:
+        assert "event=accept_failed" not in log.read_text()
+        for sock in idle + heard:
             sock.close()
         assert retry(lambda: login_subject(world, "alice"), "store-a") == "store-a"
         assert login_subject(world, "bob", tls="implicit") == "store-b"

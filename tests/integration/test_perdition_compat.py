@@ -33,7 +33,7 @@ import ssl
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import pytest
 
 from tests.services.certs import DEFAULT_NAMES, make_test_pki
 from tests.services.dovecot import dovecot_stores
-from tests.services.mailclient import RawLines
+from tests.services.mailclient import CLIENT_ADDRESS, RawLines
 from tests.services.mariadb import PrivateMariaDb, create_test_database
 from tests.services.perdition import (
     LISTENER_TLS,
@@ -137,12 +137,16 @@ class Target:
     address: str
     ports: dict[str, int]
     context: ssl.SSLContext
+    #: Where the case's connections come from: each case has an address of its
+    #: own, so the cases running at once are not one client to authsvc's
+    #: per-address limit (docs/proxy.md, "Limits").
+    source: str = CLIENT_ADDRESS
 
     def connect(self, listener: str) -> RawLines:
         """A connection to ``listener``, TLS from the first byte on imaps/pop3s."""
         implicit = LISTENER_TLS[listener][1] == "implicit"
         return RawLines(self.address, self.ports[listener],
-                        context=self.context if implicit else None)
+                        context=self.context if implicit else None, source=self.source)
 
 
 class Imap:
@@ -567,9 +571,13 @@ def _(target: Target) -> Observation:
         session.conn.send(b"p1 LOGIN bob bob-secret\r\np2 NOOP\r\n")
         seen = []
         while not (line := _text(session.conn.line())).startswith("p1 "):
+            if not line:
+                return ("closed",)
             seen.append(line)
         session.conn.send(b"p3 NOOP\r\n")
         while not (line := _text(session.conn.line())).startswith("p3 "):
+            if not line:
+                return ("closed",)
             seen.append(line)
         return ("p2 answered" if any(s.startswith("p2 ") for s in seen) else "p2 dropped",)
 
@@ -587,6 +595,25 @@ def _(target: Target) -> Observation:
             seen.append(line)
         stat = any(re.fullmatch(r"\+OK \d+ \d+", s) for s in seen)
         return ("STAT answered" if stat else "STAT dropped",)
+
+
+@case("imap.one_address_past_twenty_before_login")
+def _(target: Target) -> Observation:
+    """Twenty connections from one address that do not log in, then one more."""
+    held = [target.connect("imap4") for _ in range(20)]
+    try:
+        greeted = sum(_text(conn.line()).startswith("* OK") for conn in held)
+        with target.connect("imap4") as extra:
+            first = _text(extra.line())
+            extra.sock.settimeout(1)
+            try:
+                end = "closed" if extra.closed_by_peer() else "open"
+            except TimeoutError:
+                end = "open"
+        return (f"{greeted} greeted", "greeting" if first.startswith("* OK") else first, end)
+    finally:
+        for conn in held:
+            conn.close()
 
 
 @case("imap.empty_password")
@@ -738,8 +765,8 @@ def _observe(cases: dict[str, Case], targets: list[Target]) -> dict[str, dict[st
             return (f"ERROR {type(error).__name__}: {error}",)
 
     with ThreadPoolExecutor(max_workers=2 * len(cases) * len(targets)) as pool:
-        futures = {(t.name, name): pool.submit(run, fn, t)
-                   for name, fn in cases.items() for t in targets}
+        futures = {(t.name, name): pool.submit(run, fn, replace(t, source=f"127.0.1.{n}"))
+                   for n, (name, fn) in enumerate(cases.items(), 1) for t in targets}
         observed: dict[str, dict[str, Observation]] = {t.name: {} for t in targets}
         for (target_name, name), future in futures.items():
             observed[target_name][name] = future.result()

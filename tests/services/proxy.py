@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -42,6 +43,8 @@ class ProxyProcess:
     config: Path
     log_path: Path
     workers: int = 1
+    #: RLIMIT_NOFILE (soft and hard) for the process, set in the child before exec.
+    nofile: int | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, listening: int, timeout: float = 20.0) -> None:
@@ -50,7 +53,8 @@ class ProxyProcess:
             args += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL,
+                                            preexec_fn=self._limit if self.nofile else None)
         deadline = time.monotonic() + timeout
         while len(self.lines("listening")) < listening:
             if self.process.poll() is not None:
@@ -59,6 +63,10 @@ class ProxyProcess:
                 self.stop()
                 raise RuntimeError(f"authsvc proxy did not listen:\n{self.log_text()[-3000:]}")
             time.sleep(0.05)
+
+    def _limit(self) -> None:  # in the child, between fork and exec
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self.process = self.process, None

@@ -34,6 +34,7 @@ FULL = {
     "client_limit": ("20", 20),
     "preauth_limit": ("1000", 1000),
     "client_preauth_limit": ("10", 10),
+    "trusted": ('["192.0.2.80/28", "2001:db8:1::1"]', ("192.0.2.80/28", "2001:db8:1::1/128")),
     "login_deadline": ("120", 120.0),
     "health_listen": ('"127.0.0.1:9200"', HostPort("127.0.0.1", 9200)),
     "auth_log": ("true", True),
@@ -59,6 +60,21 @@ def errors(tmp_path: Path, text: str) -> list[str]:
 
 def test_defaults(tmp_path: Path) -> None:
     assert load(tmp_path, LISTENER) == ProxySettings()
+
+
+def test_limits_are_on_by_default_in_toml_and_perdition_files(tmp_path: Path) -> None:
+    """docs/configuration.md: 20 per address, a derived total, a 60 s login deadline."""
+    path = tmp_path / "perdition.imap4.conf"
+    path.write_text('map_library ""\noutgoing_server 127.0.0.9\nconnection_limit 0\n')
+    for proxy in (load(tmp_path, LISTENER), load_settings([str(path)]).settings.proxy):
+        assert (proxy.client_preauth_limit, proxy.preauth_limit, proxy.login_deadline,
+                proxy.client_limit, proxy.trusted) == (20, None, 60.0, 0, ())
+
+
+def test_zero_turns_a_limit_off(tmp_path: Path) -> None:
+    proxy = load(tmp_path, "[proxy]\npreauth_limit = 0\nclient_preauth_limit = 0\n"
+                 "login_deadline = 0\n" + LISTENER)
+    assert (proxy.preauth_limit, proxy.client_preauth_limit, proxy.login_deadline) == (0, 0, 0.0)
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
@@ -124,6 +140,8 @@ def test_proxy_protocol_needs_someone_to_trust(tmp_path: Path) -> None:
      "':', '[', ']' or braces other than {listener}"),
     ('forward_client = "xclient"',
      "proxy.forward_client: 'xclient' is not one of none, id, proxy_v1, proxy_v2"),
+    ('trusted = ["webmail"]', "proxy.trusted: 'webmail' is not a network (CIDR) or address"),
+    ("preauth_limit = -1", "proxy.preauth_limit: -1 is out of range 0-10000000"),
     ('health_listen = "127.0.0.1"', "proxy.health_listen: '127.0.0.1' needs a port (host:port)"),
     ("[[proxy.backends]]\nforward_client = \"id\"", "proxy.backends.server: missing (required)"),
     ("[[proxy.backends]]\nserver = \"a b\"", "proxy.backends.server: 'a b' is not an IP "

@@ -69,7 +69,7 @@ SANS_IO = [
                           for m in ("front", "back")],
     "proxy/imap/fragmentizer.py", "proxy/imap/grammar.py", "proxy/imap/serialise.py",
     "proxy/pop3/replies.py", "proxy/proxy_protocol.py", "proxy/limits.py", "proxy/forward.py",
-    "proxy/authline.py", "proxy/metrics.py",
+    "proxy/authline.py", "proxy/metrics.py", "proxy/lograte.py",
 ]
 
 
