@@ -542,16 +542,21 @@ def test_service_a_front_end_node(pool: Pool) -> None:
         spread_idle(pool, "alice", opened)
         n1 = pool.nodes["n1"]
         before = len(n1.sessions())
-        print(admin_command(pool.admin, f"set server {BACKEND}/n1 state drain"), end="")
+        n2_before = len(pool.nodes["n2"].sessions())
+        assert admin_command(pool.admin, f"set server {BACKEND}/n1 state drain").strip() == ""
+        wait_for_status(pool.admin, BACKEND, "n1", "DRAIN")
+        print(admin_command(pool.admin, f"show servers state {BACKEND}"))
         # New clients go to n2 only; n1 keeps the sessions it has.
         for _ in range(6):
             imap = IMAP4(HAPROXY_ADDRESS, pool.port)
             imap.login("alice", PASSWORDS["alice"])
             imap.logout()
-        assert len([s for s in n1.sessions() if s.get("result") == "ok"]) == len(
-            [s for s in n1.sessions()[:before] if s.get("result") == "ok"])
+        eventually(lambda: len(pool.nodes["n2"].sessions()) >= n2_before + 6, 10)
+        assert len(n1.sessions()) == before
         on_n1 = pool_sessions(pool, "--node", "n1")["n1"]
         assert on_n1
+        assert pool.ok("sessions", "list", "--pool", "--node", "n1").startswith(
+            f"n1: ok: {len(on_n1)} session(s) in 2 worker(s)")
         out = pool.ok("sessions", "kick", "--user", "*", "--pool", "--node", "n1")
         assert out.startswith(f"n1: ok: closed {len(on_n1)} session(s)")
         assert pool_sessions(pool, "--node", "n1") == {"n1": []}
