@@ -1,7 +1,8 @@
 """The asyncio side of the auth_http socket: the protocol adapter and the drain bookkeeping.
 
 :class:`NginxProtocol` serves a connection that the accept callback
-(``site.py``) could not settle from its first peek: a head that arrived in
+(``site.py``) could not settle from its first read, starting with the bytes
+that read got: a head that arrived in
 pieces, one whose DEL had to be escaped before aiohttp reads it, and every
 request aiohttp answers.  It reads
 through an asyncio transport and acts on :func:`authsvc.http.wire.decide`,
@@ -119,6 +120,7 @@ class NginxProtocol(asyncio.Protocol):
         replies: ReplyCache,
         *,
         head_timeout: float | None = None,
+        first: bytes = b"",
     ) -> None:
         self._aiohttp = aiohttp
         self._service = service
@@ -136,6 +138,8 @@ class NginxProtocol(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._head_timeout = head_timeout
         self._deadline: asyncio.TimerHandle | None = None
+        #: What the acceptor read before it handed the connection over.
+        self._first = first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -143,6 +147,9 @@ class NginxProtocol(asyncio.Protocol):
         if self._head_timeout is not None:
             self._deadline = asyncio.get_running_loop().call_later(
                 self._head_timeout, self._expire)
+        if self._first:
+            first, self._first = self._first, b""
+            self.data_received(first)
 
     def _expire(self) -> None:
         """The head did not complete in time: close, no reply (nothing was decided)."""

@@ -5,10 +5,10 @@ closes after the reply (docs/serve.md "The request").  asyncio's own server
 spends a task, a transport, two ``epoll_ctl`` calls and half a dozen
 callbacks on every such connection, more than the decision itself costs
 (docs/benchmarks.md).  :class:`Acceptor` therefore accepts on the listening
-socket itself and, for each new connection, peeks at what has arrived and
+socket itself and, for each new connection, reads what has arrived and
 acts on :func:`authsvc.http.wire.decide`: when that holds nginx's whole
-request and the route is cached, it reads the request, writes the reply and
-closes, all inside the one accept callback.
+request and the route is cached, it writes the reply and closes, all inside
+the one accept callback.
 
 Everything else gets the ordinary machinery:
 
@@ -20,15 +20,15 @@ Everything else gets the ordinary machinery:
   close; a 400 is logged with the peer, the offset and the length, never the
   bytes;
 * any other request (``/readyz``, keep-alive, ``POST /cache/flush``), and a
-  head not complete yet: :class:`~authsvc.http.protocol.NginxProtocol`, which
-  holds the head's deadline (``[http] head_timeout``), reads, and gives
+  head not complete yet: :class:`~authsvc.http.protocol.NginxProtocol`, given
+  the bytes read so far, which holds the head's deadline (``[http] head_timeout``), reads, and gives
   aiohttp (the runner's public ``server``) one checked request and nothing
   after it.  aiohttp never reads the socket itself, so no head reaches its
   parser unchecked.
 
 The listening TCP socket gets ``TCP_DEFER_ACCEPT`` (nginx's ``listen ...
 deferred``): the kernel reports a connection only once its first bytes have
-arrived, so the one peek almost always finds nginx's request.
+arrived, so the one read almost always finds nginx's request.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from authsvc.runtime.accepting import accept_batch
 
 logger = logging.getLogger("authsvc.serve")
 
-#: Bytes asked for by the first peek: nginx's requests are a few hundred.
+#: Bytes asked for by the first read: nginx's requests are a few hundred.
 FIRST_READ = 65536
 #: Connections accepted per wake-up before the loop runs anything else.
 ACCEPT_BATCH = 64
@@ -65,19 +65,18 @@ ACCEPT_BATCH = 64
 ACCEPT_RETRY_DELAY = 1.0
 #: Seconds the kernel holds a connection that has sent nothing (TCP_DEFER_ACCEPT).
 DEFER_ACCEPT_SECONDS = 5
-_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class Acceptor:
     """Accepts on ``sock`` and answers nginx's one-shot requests without a task.
 
     ``protocol`` makes the :class:`NginxProtocol` for a connection that needs
-    reading on, or aiohttp; it gets the socket with nothing read from it.
+    reading on, or aiohttp, given the bytes already read from it.
     Replies still being written or decided are recorded in ``in_flight``.
     """
 
     def __init__(self, sock: socket.socket, service: AuthService | None, path: str,
-                 replies: ReplyCache, *, protocol: Callable[[], asyncio.Protocol],
+                 replies: ReplyCache, *, protocol: Callable[[bytes], asyncio.Protocol],
                  in_flight: InFlight) -> None:
         self._sock = sock
         self._service = service
@@ -87,7 +86,6 @@ class Acceptor:
         self._in_flight = in_flight
         self._loop = asyncio.get_running_loop()
         self._serving = False
-        self._sink = bytearray(FIRST_READ)  # where peeked requests are read to, and dropped
 
     def start(self) -> None:
         """Start accepting (the socket is already listening)."""
@@ -131,9 +129,8 @@ class Acceptor:
             conn.close()
 
     def _serve(self, conn: socket.socket, address: object) -> None:
-        # Peek: the bytes stay on the socket until we know who reads them.
         try:
-            data = conn.recv(FIRST_READ, _PEEK)
+            data = conn.recv(FIRST_READ, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             data = None  # nothing yet (no TCP_DEFER_ACCEPT, or a unix socket)
         except OSError:
@@ -143,29 +140,25 @@ class Acceptor:
             conn.close()  # closed before it said anything
             return
         if data is None:
-            self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
+            self._hand_to_protocol(conn, b"")
             return
         step = decide(data, self._path, self._service, address, self._replies)
-        if type(step) is bytes or isinstance(step, ReplyLater):
-            # Read what was peeked: closing with unread bytes would reset the reply.
-            try:
-                conn.recv_into(self._sink, len(data), socket.MSG_DONTWAIT)
-            except OSError:  # reset since the peek
-                conn.close()
-                if isinstance(step, ReplyLater):  # the decision is still counted and logged
-                    self._in_flight.spawn(_finish(step))
-                return
-            if isinstance(step, ReplyLater):
-                self._spawn(self._reply_later(conn, step), conn)
-            else:
-                self._reply(conn, step)
+        if isinstance(step, ReplyLater):
+            self._spawn(self._reply_later(conn, step), conn)
+        elif type(step) is bytes:
+            self._reply(conn, step)
         elif step is Need.TOO_LONG:
             self._spawn(self._refuse(conn, TOO_LONG_REPLY), conn, linger=True)
         elif isinstance(step, Malformed):
             log_malformed(address, step)
             self._spawn(self._refuse(conn, BAD_REQUEST_REPLY), conn, linger=True)
         else:  # a head still incomplete, or aiohttp's request
-            self._spawn(self._loop.connect_accepted_socket(self._protocol, conn), conn)
+            self._hand_to_protocol(conn, data)
+
+    def _hand_to_protocol(self, conn: socket.socket, data: bytes) -> None:
+        """The connection goes on in a :class:`NginxProtocol`, starting with ``data``."""
+        protocol = self._protocol(data)
+        self._spawn(self._loop.connect_accepted_socket(lambda: protocol, conn), conn)
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
         """Write the reply and close: a few hundred bytes fit any fresh socket buffer."""
@@ -230,9 +223,6 @@ class Acceptor:
         self._in_flight.spawn(run(), linger=linger)
 
 
-async def _finish(step: ReplyLater) -> None:
-    await step.reply
-
 
 class NginxSite:
     """The auth_http socket of ``authsvc serve``: :class:`Acceptor` in front of ``runner``.
@@ -268,9 +258,9 @@ class NginxSite:
         service, path, in_flight = self._service, self._path, self._in_flight
         head_timeout = self._head_timeout
 
-        def protocol() -> NginxProtocol:
+        def protocol(first: bytes = b"") -> NginxProtocol:
             return NginxProtocol(server, service, path, in_flight, replies,
-                                 head_timeout=head_timeout)
+                                 head_timeout=head_timeout, first=first)
 
         self._sock.listen(self._backlog)
         self._acceptor = Acceptor(self._sock, service, path, replies, protocol=protocol,

@@ -149,8 +149,8 @@ async def test_the_listening_socket_defers_accept_until_data() -> None:
     listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listening.bind(("127.0.0.1", 0))
     listening.listen(4)
-    acceptor = site.Acceptor(listening, None, PATH, ReplyCache(), protocol=asyncio.Protocol,
-                             in_flight=InFlight())
+    acceptor = site.Acceptor(listening, None, PATH, ReplyCache(),
+                             protocol=lambda _first: asyncio.Protocol(), in_flight=InFlight())
     acceptor.start()
     try:
         assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
@@ -196,7 +196,8 @@ async def test_out_of_descriptors_pauses_accepting_then_resumes(
     acceptor = site.Acceptor(
         exhausted, app[AUTH], PATH, replies,  # type: ignore[arg-type]
         in_flight=in_flight,
-        protocol=lambda: NginxProtocol(server, app[AUTH], PATH, in_flight, replies))
+        protocol=lambda first: NginxProtocol(server, app[AUTH], PATH, in_flight, replies,
+                                             first=first))
     acceptor.start()
     try:
         loop = asyncio.get_running_loop()
@@ -318,8 +319,8 @@ async def test_nginx_request_is_answered_in_place_and_aiohttp_reads_through_the_
     replies, in_flight = ReplyCache(), InFlight()
     made: list[NginxProtocol] = []
 
-    def protocol() -> NginxProtocol:
-        made.append(NginxProtocol(server, app[AUTH], PATH, in_flight, replies))
+    def protocol(first: bytes) -> NginxProtocol:
+        made.append(NginxProtocol(server, app[AUTH], PATH, in_flight, replies, first=first))
         return made[-1]
 
     acceptor = site.Acceptor(listening, app[AUTH], PATH, replies, protocol=protocol,
