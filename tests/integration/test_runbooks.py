@@ -40,7 +40,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -436,6 +437,21 @@ class LoginLoop:
         return sum(1 for a in list(self.attempts) if a.outcome == outcome and a.sent > after
                    and (store is None or a.store == store))
 
+    def reached(self, wanted: int, outcome: str, after: float = 0.0,
+                store: str | None = None) -> Callable[[], bool]:
+        """A condition for eventually(): at least ``wanted`` such attempts; says what it saw."""
+        def check() -> bool:
+            got = self.count(outcome, after, store)
+            assert got >= wanted, f"{got} of {wanted} {outcome!r} to {store}: {self.summary()}"
+            return True
+
+        return check
+
+    def summary(self) -> str:
+        """What the loop saw so far, for a failed wait's message."""
+        seen = Counter((a.outcome[:120], a.store) for a in list(self.attempts))
+        return f"{len(self.attempts)} attempt(s): {dict(seen.most_common(6))}"
+
 
 def store_logins(store: DovecotStore, user: str, after: int = 0) -> list[str]:
     """Dovecot's own ``Login:`` lines for ``user`` written after log offset ``after``."""
@@ -491,7 +507,7 @@ def test_move_a_mailbox_under_load(pool: Pool) -> None:
         carol = idle_session(pool, "carol")
         # The loop reaches the old store (through whichever node HAProxy's
         # leastconn picks: the one with the fewest sessions).
-        eventually(lambda: loop.count("ok", store="store-a") >= 3, 30)
+        eventually(loop.reached(3, "ok", store="store-a"), 60)
 
         # 1. The long copy, with bob online; mail keeps arriving on the old store.
         sync = ["-o", "mail_fsync=never", "backup", "-u", bob,
@@ -505,7 +521,7 @@ def test_move_a_mailbox_under_load(pool: Pool) -> None:
         old_log_at = len(old.log_text())
         assert [line.split(" until ")[0] for line in out.splitlines()] == [
             f"{n}: ok: held user {bob}" for n in NODES]
-        eventually(lambda: loop.count("held", after=held_at) >= 3, 30)
+        eventually(loop.reached(3, "held", after=held_at), 60)
 
         # 3. The kick: every session of bob, on every node, ends; carol's stays.
         # The proxies end theirs; serve cannot (nginx holds them): 501, exit 1.
@@ -547,7 +563,7 @@ def test_move_a_mailbox_under_load(pool: Pool) -> None:
         for node in NODES:
             answer, store = on_node(pool, node, "bob")
             assert answer.startswith(b"a OK") and store == "store-b", (node, answer, store)
-        eventually(lambda: loop.count("ok", after=releasing) >= 6, 30)
+        eventually(loop.reached(6, "ok", after=releasing), 60)
         carol.close()
     # The move carried the mail that arrived during the copy.
     assert any(b"arrived during the copy" in path.read_bytes()
