@@ -407,6 +407,9 @@ class LoginLoop:
         finally:
             done = time.monotonic()
         store = None
+        # RFC 2971 allows ID in every state, but imaplib's xatom records a new
+        # command with the state of its first caller, for the whole process.
+        imaplib.Commands["ID"] = ("NONAUTH", "AUTH", "SELECTED")
         with contextlib.suppress(imaplib.IMAP4.abort, OSError):  # a kick may end it here
             imap.xatom("ID", "NIL")
             store = store_of([r for r in imap.untagged_responses.pop("ID", [])
@@ -418,7 +421,7 @@ class LoginLoop:
         while not self.stop.is_set():
             try:
                 self.attempts.append(self.once())
-            except (OSError, imaplib.IMAP4.abort) as exc:
+            except Exception as exc:  # recorded, never the end of the loop
                 now = time.monotonic()
                 self.attempts.append(Attempt(now, now, f"error: {exc!r}"))
             time.sleep(0.02)
