@@ -71,7 +71,7 @@ _HEADER = struct.Struct("<8sII")  # magic, format version, length of the key lis
 
 
 class CacheCounters(Protocol):
-    """What a map cache reports (``Router.cache_stats()``); read-only here."""
+    """What a route cache reports (``CachedMap.stats``, ``Router.cache_stats()``); read-only."""
 
     @property
     def hits(self) -> int: ...

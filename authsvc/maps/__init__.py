@@ -12,6 +12,9 @@ import enum
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+# The counters a cache reports are declared where they are read (/metrics).
+from authsvc.metrics import CacheCounters
+
 
 class MapUnavailable(Exception):
     """The map could not answer now; the caller must treat it as temporary."""
@@ -67,23 +70,6 @@ class MapBackend(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
-
-
-class CacheCounters(Protocol):
-    """A route cache's counters (``CachedMap.stats``); read, never written, by the router."""
-
-    @property
-    def hits(self) -> int: ...
-    @property
-    def misses(self) -> int: ...
-    @property
-    def negative_hits(self) -> int: ...
-    @property
-    def stale(self) -> int: ...
-    @property
-    def errors(self) -> int: ...
-    @property
-    def map_up(self) -> bool: ...
 
 
 @runtime_checkable
