@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
+from authsvc.privacy import shown_fields
 from authsvc.settings import LogSettings
 
 LEVELS: Mapping[str, int] = {
@@ -173,10 +174,15 @@ def _timestamp(created: float) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=... logger=... <fields or msg=...>`` on one line."""
+    """``ts=... level=... logger=... <fields or msg=...>`` on one line.
 
-    def __init__(self) -> None:
+    ``client_ip`` is ``[log] client_ip``: how much of a client address the
+    fields show (``authsvc/privacy.py``).
+    """
+
+    def __init__(self, client_ip: str = "full") -> None:
         super().__init__()
+        self.client_ip = client_ip
         self._second = -1
         self._second_text = ""
         self._memo: dict[str, str] = {}
@@ -192,6 +198,7 @@ class KeyValueFormatter(logging.Formatter):
     def fields_line(self, created: float, level: str, pid: int | None, logger: str,
                     fields: Mapping[str, object]) -> str:
         """The line of a record with no message, only ``fields`` (BatchedLog's direct path)."""
+        fields = shown_fields(fields, self.client_ip)
         return (f"ts={self._timestamp(created)} level={level.lower()} pid={pid} "
                 f"logger={logger} {format_fields(fields, self._memo)}")
 
@@ -206,7 +213,7 @@ class KeyValueFormatter(logging.Formatter):
         if message:
             parts.append(f"msg={quote_value(message)}")
         if isinstance(fields, Mapping):
-            parts.append(format_fields(fields, self._memo))
+            parts.append(format_fields(shown_fields(fields, self.client_ip), self._memo))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -217,12 +224,16 @@ class KeyValueFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as :class:`KeyValueFormatter`."""
 
+    def __init__(self, client_ip: str = "full") -> None:
+        super().__init__()
+        self.client_ip = client_ip
+
     def fields_line(self, created: float, level: str, pid: int | None, logger: str,
                     fields: Mapping[str, object]) -> str:
         """The line of a record with no message, only ``fields`` (BatchedLog's direct path)."""
         out: dict[str, object] = {"ts": _timestamp(created), "level": level.lower(), "pid": pid,
                                   "logger": logger}
-        out.update(fields)
+        out.update(shown_fields(fields, self.client_ip))
         return json.dumps(out, default=str)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -237,7 +248,7 @@ class JsonFormatter(logging.Formatter):
             out["msg"] = message
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
-            out.update(fields)
+            out.update(shown_fields(fields, self.client_ip))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -408,7 +419,8 @@ def make_handler(settings: LogSettings, stream: TextIO | None = None) -> logging
             stream = sys.stderr
     handler = LineHandler(stream)
     formatter: logging.Formatter = (
-        JsonFormatter() if settings.format == "json" else KeyValueFormatter()
+        JsonFormatter(settings.client_ip) if settings.format == "json"
+        else KeyValueFormatter(settings.client_ip)
     )
     handler.setFormatter(formatter)
     handler.addFilter(PasswordFilter())

@@ -289,6 +289,8 @@ class LogSettings:
     level: str = "info"
     connection_logging: bool = False
     format: str = "kv"  # kv | json
+    #: How much of a client address lines show: full | truncated | none (authsvc/privacy.py).
+    client_ip: str = "full"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ syslog for every login attempt::
     protocol=<IMAP4|IMAP4S|POP3|POP3S> server-secure=<ssl|starttls|plaintext>
     status="<ok|failed: reason>"
 
-(one line).  The statuses are Perdition's, one per failure kind
+(one line).  With ``[log] client_ip`` other than ``full`` the source is
+``<network>:-`` or ``-:-`` (``authsvc/privacy.py``): fail2ban then has no
+address to ban, which docs/security.md says.  The statuses are Perdition's, one per failure kind
 (authsvc/failures.py): a store that refused the password gives ``failed:
 Re-Authentication Failure``, the one fail2ban counts; an unknown user gives
 ``failed: Could not determine server``.  The datagram is what glibc's
@@ -37,6 +39,8 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 MAX_DATAGRAM = 8192
 
 Address = tuple[str, int]
+#: The client's side as written: a hidden one has ``-`` for its port.
+ShownAddress = tuple[str, int | str]
 
 
 def perdition_status(kind: FailureKind | None, *, login_disabled: bool = False) -> str:
@@ -71,7 +75,7 @@ def _clean(login: bytes) -> bytes:
 
 def auth_line(
     *,
-    client: Address,
+    client: ShownAddress,
     local: Address,
     client_secure: str,
     login: bytes,

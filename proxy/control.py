@@ -43,8 +43,9 @@ class ProxyControl:
         throttle_control = ThrottleControl(throttle, http.secret, http.secret_header)
         self._holds = HoldControl(holds, peers)
         self._holds.router = router
+        sessions_control = SessionControl(sessions, peers, client_ip=settings.log.client_ip)
         routes = [web.post(FLUSH_PATH, self._flush.operate), *throttle_control.operator_routes(),
-                  *SessionControl(sessions, peers).routes(), *self._holds.routes()]
+                  *sessions_control.routes(), *self._holds.routes()]
         self._listener = ControlListener(settings.control, routes, peers)
 
     def rebind(self, router: Router) -> None:

@@ -68,7 +68,8 @@ async def serve(
     handle_signals(stop, on_sighup)
     metrics = Metrics(run_dir, families=[*families(ls.name for ls in settings.listeners),
                                          *RELOAD_FAMILIES, *HOLD_FAMILIES])
-    auth_log = AuthLog(settings.proxy) if settings.proxy.auth_log else None
+    auth_log = (AuthLog(settings.proxy, client_ip=settings.log.client_ip)
+                if settings.proxy.auth_log else None)
     # Holds first: no login may be routed before they are known (docs/operations.md).
     holds = HoldKeeper(settings.holds, metrics)
     try:

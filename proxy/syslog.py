@@ -26,6 +26,7 @@ from typing import Any
 from authsvc.proxy.authline import auth_line, protocol_name, syslog_datagram
 
 from authsvc.address import parse_hostport
+from authsvc.privacy import HIDDEN, shown_ip
 from authsvc.settings import ListenerSettings, ListenTls, ProxySettings
 
 log = logging.getLogger("proxy.syslog")
@@ -145,7 +146,9 @@ class SyslogSender:
 class AuthLog:
     """Formats and sends the ``Auth:`` line of one login attempt (``authline.py``)."""
 
-    def __init__(self, proxy: ProxySettings, sender: SyslogSender | None = None) -> None:
+    def __init__(self, proxy: ProxySettings, sender: SyslogSender | None = None, *,
+                 client_ip: str = "full") -> None:
+        self._client_ip = client_ip  # [log] client_ip
         self._ident = proxy.auth_log_ident
         self._facility = proxy.auth_log_facility
         self.sender = sender if sender is not None else SyslogSender(proxy.auth_log_target)
@@ -162,8 +165,11 @@ class AuthLog:
         server_secure: str,
         status: str,
     ) -> None:
+        shown: tuple[str, int | str] = client
+        if self._client_ip != "full":
+            shown = (shown_ip(client[0], self._client_ip), HIDDEN)
         line = auth_line(
-            client=client, local=local, client_secure=client_secure, login=login,
+            client=shown, local=local, client_secure=client_secure, login=login,
             server=server, server_secure=server_secure, status=status,
             protocol=protocol_name(listener.protocol.value,
                                    listener.tls is ListenTls.IMPLICIT),

@@ -20,6 +20,7 @@ from authsvc.address import parse_host, parse_hostport, well_known_port
 from authsvc.config.fields import IDENTIFIER, Section, where
 from authsvc.config.issues import Report
 from authsvc.config.raw import Pos, RawTable, RawValue, overlay
+from authsvc.privacy import MODES
 from authsvc.redact import Secret
 from authsvc.settings import (
     BackendOverride,
@@ -359,7 +360,8 @@ class _Validator:
         g = self.section(top.table_of("log"), "log", pos)
         log = LogSettings(level=g.choice("level", "info", ("debug", "info", "warning", "error")),
                           connection_logging=g.boolean("connection_logging", False),
-                          format=g.choice("format", "kv", ("kv", "json")))
+                          format=g.choice("format", "kv", ("kv", "json")),
+                          client_ip=g.choice("client_ip", "full", MODES))
         g.finish()
         nginx, haproxy = self.nginx(top, pos), self.haproxy(top, pos)
         proxy = self.proxy(top, pos, tables=top.tables("listener"), listeners=listeners)

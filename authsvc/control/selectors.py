@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from authsvc.address import parse_host, parse_port, split_hostport
+from authsvc.privacy import shown_ip
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,13 +59,15 @@ class SessionFacts:
     bytes_out: int  # to the client
 
 
-def shown_client(facts: SessionFacts) -> str:
+def shown_client(facts: SessionFacts, client_ip: str = "full") -> str:
     """The client address as the session list shows it.
 
     Every control request carries the control secret (``listener.py``), so
-    its holder sees the address; this is the one place that decides it.
+    its holder may see the address, unless ``[log] client_ip`` says the site
+    keeps no client addresses (``authsvc/privacy.py``).  A selector's
+    ``client=`` still matches the real address.
     """
-    return facts.client
+    return shown_ip(facts.client, client_ip)
 
 
 def user_mask(text: str) -> re.Pattern[str]:

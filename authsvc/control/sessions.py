@@ -64,12 +64,12 @@ class SessionTable(Protocol):
 _SHOWN = tuple(f.name for f in fields(SessionFacts) if f.name != "client_ip")
 
 
-def row(facts: SessionFacts) -> dict[str, object]:
-    """One session as the list's JSON shows it."""
+def row(facts: SessionFacts, client_ip: str = "full") -> dict[str, object]:
+    """One session as the list's JSON shows it; ``client_ip`` is ``[log] client_ip``."""
     # getattr over the field names: dataclasses.asdict deep-copies every
     # value, ten times slower with 10,000 sessions (bench/sessions_bench.py).
     out = {name: getattr(facts, name) for name in _SHOWN}
-    out["client"] = shown_client(facts)
+    out["client"] = shown_client(facts, client_ip)
     return out
 
 
@@ -82,8 +82,10 @@ def _params(request: web.Request, form: dict[str, str]) -> dict[str, str]:
 class SessionControl:
     """The two handlers, bound to one worker's sessions."""
 
-    def __init__(self, table: SessionTable, peers: Peers | None, timeout: float = 5.0) -> None:
+    def __init__(self, table: SessionTable, peers: Peers | None, timeout: float = 5.0, *,
+                 client_ip: str = "full") -> None:
         self._table = table
+        self._client_ip = client_ip
         self._fan_out = FanOut(peers, timeout)
 
     def routes(self) -> list[web.RouteDef]:
@@ -108,7 +110,8 @@ class SessionControl:
 
         async def local() -> dict[str, object]:
             found = self._select(selector)
-            return {"count": len(found), "sessions": [row(facts) for _, facts in found]}
+            return {"count": len(found), "sessions": [row(facts, self._client_ip)
+                                                    for _, facts in found]}
 
         status, body = await self._fan_out.answer(request, selector.as_form(), local,
                                                   sums=("count",), lists=("sessions",))

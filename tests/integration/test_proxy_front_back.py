@@ -400,10 +400,13 @@ def test_two_workers_share_the_sessions_and_metrics_show_totals(world: World) ->
 # --- Perdition's Auth: line for fail2ban ------------------------------------------------
 
 
-def test_auth_line_matches_debian_fail2ban_perdition_filter(world: World) -> None:
+@pytest.mark.parametrize("log_format", ["kv", "json"])
+def test_auth_line_matches_debian_fail2ban_perdition_filter(world: World,
+                                                            log_format: str) -> None:
+    """The Auth: line is the same whatever ``[log] format`` the process log uses."""
     require_file(FILTER_DIR / "perdition.conf", "fail2ban")
     regexes = failregexes("perdition")
-    directory = world.root / "syslog"
+    directory = world.root / f"syslog-{log_format}"
     directory.mkdir()
     target = directory / "log.sock"
     syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -411,9 +414,9 @@ def test_auth_line_matches_debian_fail2ban_perdition_filter(world: World) -> Non
     syslog.settimeout(10)
     listeners = [Listener("imaps", "imap", "implicit", world.bob_store.ports.imap),
                  Listener("pop3", "pop3", "none", world.bob_store.ports.pop3)]
-    proxy = f'auth_log = true\nauth_log_target = "{target}"\n'
+    proxy = f'auth_log = true\nauth_log_target = "{target}"\n[log]\nformat = "{log_format}"\n'
     try:
-        with running_proxy(world, "fail2ban", listeners, proxy) as (_, ports):
+        with running_proxy(world, f"fail2ban-{log_format}", listeners, proxy) as (process, ports):
             imap = open_imap(PROXY_ADDRESS, ports["imaps"], tls="implicit",
                              context=world.pki.client_context())
             with pytest.raises(imaplib.IMAP4.error):
@@ -426,6 +429,11 @@ def test_auth_line_matches_debian_fail2ban_perdition_filter(world: World) -> Non
                 pop.pass_("wrong-password")
             pop.quit()
             datagrams = [syslog.recv(9000) for _ in range(3)]
+            # The process log itself is in the format asked for.
+            assert process.wait_for("session", count=3)
+            if log_format == "json":
+                assert all(line.startswith("{") for line in process.log_text().splitlines()
+                           if "event" in line)
     finally:
         syslog.close()
     lines = [logfile_line(d) for d in datagrams]

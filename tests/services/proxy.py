@@ -5,11 +5,12 @@ proxy -c CONFIG [--workers W]`` and returns once the log shows ``N``
 ``event=listening`` lines (one per listening socket and worker), without
 connecting: a probe connection would be a session (or, on a PROXY listener,
 a refused header) in the very log the tests read.  :meth:`ProxyProcess.lines`
-parses the key=value lines of one event.
+parses the lines of one event, ``key=value`` or JSON (``[log] format``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -27,7 +28,10 @@ _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
 def parse_line(line: str) -> dict[str, str]:
-    """The fields of one ``key=value`` log line (quoted values unquoted)."""
+    """The fields of one ``key=value`` or JSON log line (quoted values unquoted)."""
+    if line.startswith("{"):
+        return {key: "-" if value is None else str(value)
+                for key, value in json.loads(line).items()}
     fields: dict[str, str] = {}
     for key, value in _FIELD.findall(line):
         if value.startswith('"'):
@@ -84,8 +88,9 @@ class ProxyProcess:
 
     def lines(self, event: str) -> list[dict[str, str]]:
         """Every log line of ``event`` (``session``, ``refused``, ``listening`` ...)."""
+        marks = (f" event={event} ", f'"event": "{event}"')
         return [parse_line(line) for line in self.log_text().splitlines()
-                if f" event={event} " in line or line.endswith(f" event={event}")]
+                if any(mark in line for mark in marks) or line.endswith(f" event={event}")]
 
     def wait_for(self, event: str, count: int = 1, timeout: float = 10.0,
                  **match: str) -> list[dict[str, str]]:

@@ -114,6 +114,8 @@ class StackOptions:
     check_rise: int = 1
     #: Extra TOML appended to the generated authsvc.toml (tests that need more).
     extra_toml: str = ""
+    #: ``[log] client_ip`` (authsvc/privacy.py).
+    client_ip: str = "full"
 
 
 @dataclass
@@ -316,6 +318,7 @@ stale_if_error = 3600
 
 [log]
 level = "info"
+client_ip = "{options.client_ip}"
 
 [nginx]
 server_name = "mail.test"
