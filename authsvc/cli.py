@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from authsvc import __version__
+from authsvc.config.issues import COMMANDS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same as --config FILE")
     _add_config(p, required=False)
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--for", dest="for_", choices=(*COMMANDS, "all"),
+                   default="all", help="only what this command uses: serve, proxy, "
+                   "nginx (render-nginx), haproxy (render-haproxy); default all")
 
     p = sub.add_parser("lookup", help="explain where a login is routed, step by step")
     p.add_argument("login")

@@ -15,6 +15,7 @@ import sys
 
 from authsvc import routing
 from authsvc.config import ConfigError, Issue, load_settings
+from authsvc.config.issues import PROXY_ONLY
 from authsvc.settings import (
     FileMapSettings,
     ForwardClient,
@@ -76,7 +77,9 @@ def check_config(args: argparse.Namespace) -> int:
         _print_issues(exc.issues, errors=True)
         print(f"{len(exc.issues)} error(s), {len(exc.warnings)} warning(s)", file=sys.stderr)
         return EXIT_CONFIG
-    warnings = [*loaded.warnings, *forwarding_warnings(loaded.settings)]
+    command = None if args.for_ == "all" else args.for_
+    warnings = [issue for issue in [*loaded.warnings, *forwarding_warnings(loaded.settings)]
+                if issue.concerns(command)]
     if args.strict and warnings:
         _print_issues(warnings, errors=True)
         print(f"{len(warnings)} warning(s), errors under --strict", file=sys.stderr)
@@ -104,8 +107,8 @@ def forwarding_warnings(settings: Settings) -> list[Issue]:
     file = source.rsplit(":", 1)[0] if native else source
     names = ", ".join(listener.name for listener in settings.listeners)
     return [Issue(
-        file, 0, "proxy.forward_client" if native else "forward_client",
-        f'"none" for listeners {names}: the stores see every proxied login come from '
+        file, 0, "proxy.forward_client" if native else "forward_client", used_by=PROXY_ONLY,
+        message=f'"none" for listeners {names}: the stores see every proxied login come from '
         "the proxy's address, so a store's per-address auth penalty (Dovecot's) for one "
         "client's wrong passwords holds every user's login; set forward_client = \"id\" "
         "with the proxies in Dovecot's login_trusted_networks, or switch the penalty off at "

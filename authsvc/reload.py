@@ -52,18 +52,20 @@ class ReloadSource:
     paths: tuple[str, ...]
     #: Command-line overrides applied after loading (``serve --listen``).
     adjust: Callable[[Settings], Settings] = field(default=_unchanged)
+    #: The command reloading (``serve``, ``proxy``): it logs only its own warnings.
+    command: str | None = None
 
     @classmethod
-    def of(cls, paths: Sequence[str],
-           adjust: Callable[[Settings], Settings] = _unchanged) -> ReloadSource:
-        return cls(tuple(paths), adjust)
+    def of(cls, paths: Sequence[str], adjust: Callable[[Settings], Settings] = _unchanged,
+           *, command: str | None = None) -> ReloadSource:
+        return cls(tuple(paths), adjust, command)
 
     def load(self) -> Settings:
         """Read and validate the files again; raises ConfigError (or ValueError)."""
         from authsvc.config import load_settings
 
         loaded = load_settings(list(self.paths))
-        for issue in loaded.warnings:
+        for issue in loaded.warnings_for(self.command):
             logger.warning("config: %s", issue)
         return self.adjust(loaded.settings)
 

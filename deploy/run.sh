@@ -11,6 +11,13 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q .
-.venv/bin/authsvc check-config deploy/authsvc.toml
+# Only what serve uses: the listeners' certificates are nginx's and the proxy's.
+.venv/bin/authsvc check-config --for serve deploy/authsvc.toml
 .venv/bin/authsvc lookup Bob --config deploy/authsvc.toml
+cat <<'EOF'
+
+authsvc serve starts on 127.0.0.1:9143 (Ctrl-C stops it). Ask it what nginx would ask:
+  curl -i -H 'Auth-User: Bob' -H 'Auth-Pass: x' -H 'Auth-Protocol: imap' -H 'Auth-Login-Attempt: 1' -H 'Client-IP: 127.0.0.1' http://127.0.0.1:9143/auth
+
+EOF
 exec .venv/bin/authsvc serve --config deploy/authsvc.toml "$@"

@@ -44,10 +44,10 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
         print("authsvc proxy: --workers must be at least 1", file=sys.stderr)
         return 2
     loaded = load_settings(paths)
-    for warning in loaded.warnings:
+    for warning in loaded.warnings_for("proxy"):
         print(f"authsvc: warning: {warning}", file=sys.stderr)
     settings: Settings = loaded.settings
-    reload_from = ReloadSource.of(paths)  # SIGHUP reads the same files again
+    reload_from = ReloadSource.of(paths, command="proxy")  # SIGHUP reads the same files again
     configure_logging(settings.log)
     health_address = settings.proxy.health_listen
     control_address = settings.control.listen

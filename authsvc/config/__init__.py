@@ -47,6 +47,10 @@ class Loaded:
     settings: Settings
     warnings: list[Issue]
 
+    def warnings_for(self, command: str | None) -> list[Issue]:
+        """The warnings about what ``command`` uses (None: every warning)."""
+        return [issue for issue in self.warnings if issue.concerns(command)]
+
 
 def parse_source(text: str) -> ConfigSource:
     """``FILE`` or ``PROTO=FILE``, PROTO one of imap4, imaps, imap4s, pop3, pop3s."""

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 
 from authsvc.address import parse_hostport
-from authsvc.config.issues import Report
+from authsvc.config.issues import EVERY, Report
 from authsvc.config.raw import Pos, RawTable, RawValue
 from authsvc.redact import Secret
 from authsvc.settings import HostPort
@@ -50,12 +50,13 @@ class Section:
             message = f"{message}; {raw.hint}"
         self.report.error(raw.pos.file, raw.pos.line, raw.pos.key, message)
 
-    def warn(self, key: str, message: str, raw: RawValue | None = None) -> None:
+    def warn(self, key: str, message: str, raw: RawValue | None = None,
+             used_by: frozenset[str] = EVERY) -> None:
         if raw is None:
             raw = self.table.items.get(key)
         pos = raw.pos if raw is not None else self.table.pos
         name = raw.pos.key if raw is not None else self.key_name(key)
-        self.report.warn(pos.file, pos.line, name, message)
+        self.report.warn(pos.file, pos.line, name, message, used_by)
 
     # -- getters ---------------------------------------------------------------
     def raw(self, key: str) -> RawValue | None:
@@ -177,11 +178,13 @@ class Section:
             self.error(key, str(exc), self.table.items[key])
             return None
 
-    def path(self, key: str, *, check: str | None = None) -> str | None:
+    def path(self, key: str, *, check: str | None = None,
+             used_by: frozenset[str] = EVERY) -> str | None:
         """A path, relative ones resolved against the directory of the file that set it.
 
         ``check`` names what the file is for; a missing or unreadable file is then a
-        warning (the file may be deployed after the config is checked).
+        warning (the file may be deployed after the config is checked) for the
+        commands ``used_by``.
         """
         text = self.optional_string(key)
         if text is None:
@@ -193,7 +196,8 @@ class Section:
         path = os.path.abspath(os.path.join(os.path.dirname(raw.pos.file), text))
         if check is not None and not os.access(path, os.R_OK):
             hint = f" ({raw.hint})" if raw.hint else ""
-            self.warn(key, f"{check} {path} does not exist or is not readable{hint}", raw)
+            self.warn(key, f"{check} {path} does not exist or is not readable{hint}", raw,
+                      used_by)
         return path
 
     def secret(self, key: str) -> Secret | None:

@@ -5,11 +5,25 @@ sees every error of every file in one run instead of fixing them one at a time.
 An issue names the file, the line and the key *as the operator wrote them*
 (``map_library_opt`` for a Perdition file, ``listener.bind`` for TOML).
 Line 0 means the file as a whole, e.g. a Perdition default that no line sets.
+
+A warning also says which commands use what it is about (:data:`COMMANDS`):
+a listener's certificate matters to ``authsvc proxy`` and to the nginx that
+``render-nginx`` writes, never to ``authsvc serve``.  Each command shows only
+its own (``check-config --for``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+#: What ``check-config --for`` can name: the commands that read a configuration.
+COMMANDS = ("serve", "proxy", "nginx", "haproxy")
+EVERY = frozenset(COMMANDS)
+#: A listener's certificate and key: the proxy serves TLS itself; nginx is given them.
+TLS_TERMINATORS = frozenset({"proxy", "nginx"})
+PROXY_ONLY = frozenset({"proxy"})
+#: The commands that route logins: maps, login rules, throttle, holds, control.
+ROUTERS = frozenset({"serve", "proxy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +34,12 @@ class Issue:
     line: int
     key: str
     message: str
+    #: The commands that use what this is about (:data:`COMMANDS`).
+    used_by: frozenset[str] = EVERY
+
+    def concerns(self, command: str | None) -> bool:
+        """Whether ``command`` (None: all of them) uses what this is about."""
+        return command is None or command in self.used_by
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.key}: {self.message}"
@@ -53,8 +73,9 @@ class Report:
         if issue not in self.errors:
             self.errors.append(issue)
 
-    def warn(self, file: str, line: int, key: str, message: str) -> None:
-        issue = Issue(file, line, key, message)
+    def warn(self, file: str, line: int, key: str, message: str,
+             used_by: frozenset[str] = EVERY) -> None:
+        issue = Issue(file, line, key, message, used_by)
         if issue not in self.warnings:
             self.warnings.append(issue)
 

@@ -18,7 +18,7 @@ import secrets
 
 from authsvc.address import parse_host, parse_hostport, well_known_port
 from authsvc.config.fields import IDENTIFIER, Section, where
-from authsvc.config.issues import Report
+from authsvc.config.issues import PROXY_ONLY, ROUTERS, TLS_TERMINATORS, Report
 from authsvc.config.raw import Pos, RawTable, RawValue, overlay
 from authsvc.privacy import MODES
 from authsvc.redact import Secret
@@ -94,7 +94,8 @@ def _login(s: Section) -> LoginPolicy:
         max_login_length=s.integer("max_login_length", 255, 1, 4096),
     )
     if policy.explicit_domain is not None and not policy.add_domain:
-        s.warn("explicit_domain", "does nothing without add_domain, as in Perdition")
+        s.warn("explicit_domain", "does nothing without add_domain, as in Perdition",
+               used_by=ROUTERS)
     if policy.explicit_domain and policy.domain_delimiter in policy.explicit_domain:
         s.error("explicit_domain", f"contains the domain delimiter "
                 f"{policy.domain_delimiter!r}", s.table.items.get("explicit_domain"))
@@ -147,7 +148,7 @@ def _mysql(s: Section) -> MySqlMapSettings:
         table=_identifier(s, "table", "tblPerdition"),
         user=s.string("user", "perdition", nonempty=True),
         password=s.secret("password"),
-        password_file=s.path("password_file", check="password file"),
+        password_file=s.path("password_file", check="password file", used_by=ROUTERS),
         server_column=_identifier(s, "server_column", "servername"),
         user_column=_identifier(s, "user_column", "user"),
         port_column=column,
@@ -159,7 +160,8 @@ def _mysql(s: Section) -> MySqlMapSettings:
         default_server_on_error=s.boolean("default_server_on_error", False),
     )
     if settings.password is None and settings.password_file is None:
-        s.warn("password_file", "no password_file: connecting without a password")
+        s.warn("password_file", "no password_file: connecting without a password",
+               used_by=ROUTERS)
     return settings
 
 
@@ -176,14 +178,14 @@ def _map(s: Section) -> MapSettings:
     kind = s.choice("type", "none", _MAP_KEYS)
     result: MapSettings
     if kind == "file":
-        path = s.path("path", check="map file")
+        path = s.path("path", check="map file", used_by=ROUTERS)
         if path is None:
             s.required_string("path")
         result = FileMapSettings(path or "", name=_map_name(s),
                                  default_server_on_error=s.boolean("default_server_on_error",
                                                                    False))
     elif kind == "regex":
-        path = s.path("path", check="regex map file")
+        path = s.path("path", check="regex map file", used_by=ROUTERS)
         if path is None:
             s.required_string("path")
         result = RegexMapSettings(path or "", s.boolean("perdition_prefix_quirk", False),
@@ -256,8 +258,8 @@ class _Validator:
         outgoing_port = s.integer(
             "outgoing_port", well_known_port(mail, backend_tls == "implicit"), 1, 65535)
         servers = tuple(h for h, _ in s.hostports("outgoing_server", []))
-        cert = s.path("cert", check="certificate")
-        key = s.path("key", check="private key")
+        cert = s.path("cert", check="certificate", used_by=TLS_TERMINATORS)
+        key = s.path("key", check="private key", used_by=TLS_TERMINATORS)
         if tls != "none":
             for what, value in (("cert", cert), ("key", key)):
                 if value is None and what not in table.items:
@@ -291,7 +293,7 @@ class _Validator:
         )
         if isinstance(map_settings, NoMapSettings) and not servers:
             s.warn("outgoing_server", f"listener {name!r} has no map and no outgoing_server: "
-                   "every login will be refused", table.items.get("map"))
+                   "every login will be refused", table.items.get("map"), used_by=ROUTERS)
         s.finish()
         return settings, binds
 
@@ -396,7 +398,8 @@ class _Validator:
         c = self.section(top.table_of("control"), "control", pos)
         listen = c.hostport("listen", need_port=True)
         secret = self.secret_file(c)
-        cert, key = c.path("cert", check="certificate"), c.path("key", check="key")
+        cert = c.path("cert", check="certificate", used_by=ROUTERS)
+        key = c.path("key", check="key", used_by=ROUTERS)
         settings = ControlSettings(listen=listen, secret=secret,
                                    allow=_networks(c, "allow"), cert=cert, key=key)
         items = c.table.items
@@ -409,7 +412,8 @@ class _Validator:
         if listen is None:
             for name in ("secret_file", "allow", "cert", "key"):
                 if name in items:
-                    c.warn(name, "has no effect without [control] listen", items[name])
+                    c.warn(name, "has no effect without [control] listen", items[name],
+                           used_by=ROUTERS)
         if (secret is not None and http.secret is not None
                 and secret.matches(http.secret.reveal())):
             c.error("secret_file", "must differ from [http] secret_file: nginx's secret "
@@ -516,11 +520,12 @@ class _Validator:
             max_literal_length=p.integer("max_literal_length", d.max_literal_length, 256,
                                          1_048_576),
             backend_timeout=p.seconds("backend_timeout", d.backend_timeout, positive=True),
-            backend_ca_file=p.path("backend_ca_file", check="CA file"),
+            backend_ca_file=p.path("backend_ca_file", check="CA file", used_by=PROXY_ONLY),
             backend_verify=p.boolean("backend_verify", d.backend_verify),
             splice_buffer=p.integer("splice_buffer", d.splice_buffer, 4096, 64 * 1_048_576),
             drain_timeout=p.seconds("drain_timeout", d.drain_timeout),
-            backend_ca_path=p.path("backend_ca_path", check="CA directory"),
+            backend_ca_path=p.path("backend_ca_path", check="CA directory",
+                                   used_by=PROXY_ONLY),
             backend_verify_name=p.boolean("backend_verify_name", d.backend_verify_name),
             backend_tls_name=_tls_name(p, "backend_tls_name"),
             forward_client=ForwardClient(p.choice("forward_client", d.forward_client.value,
@@ -603,7 +608,8 @@ class _Validator:
             key = Secret(secrets.token_hex(32))
             if store == "redis":
                 t.warn("key", "no key or key_file: each node makes its own random key, so "
-                       "one device's repeated wrong password counts once per node")
+                       "one device's repeated wrong password counts once per node",
+                       used_by=ROUTERS)
         settings = ThrottleSettings(
             enabled=enabled,
             key=key,
@@ -642,10 +648,10 @@ class _Validator:
             h.required_string("redis_url")
         if store == "file" and "redis_url" in h.table.items:
             h.warn("redis_url", 'has no effect unless store = "redis"',
-                   h.table.items["redis_url"])
+                   h.table.items["redis_url"], used_by=ROUTERS)
         if store == "redis" and "state_file" in h.table.items:
             h.warn("state_file", 'has no effect with store = "redis"',
-                   h.table.items["state_file"])
+                   h.table.items["state_file"], used_by=ROUTERS)
         settings = HoldsSettings(
             store=store,
             state_file=state_file if state_file is not None else d.state_file,

@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
         print("authsvc serve: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log)
-    for issue in loaded.warnings:
+    for issue in loaded.warnings_for("serve"):
         logger.warning("config: %s", issue)
 
     unix = settings.http.unix
@@ -82,7 +82,8 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     # SIGHUP reads the same files again, with the same command-line overrides.
     reload_from = ReloadSource.of(
-        args.config, lambda new: apply_overrides(new, listen=args.listen, unix=args.unix))
+        args.config, lambda new: apply_overrides(new, listen=args.listen, unix=args.unix),
+        command="serve")
     try:
         if workers == 1:  # no fork: this process serves
             return asyncio.run(run_server(settings, sockets[0], reload_from=reload_from,

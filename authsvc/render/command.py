@@ -83,7 +83,7 @@ def render_command(args: argparse.Namespace) -> int:
 
     command: Literal["render-nginx", "render-haproxy"] = args.command
     loaded = load_settings(list(args.config))
-    for issue in loaded.warnings:
+    for issue in loaded.warnings_for("nginx" if command == "render-nginx" else "haproxy"):
         print(f"authsvc: warning: {issue}", file=sys.stderr)
     try:
         if command == "render-nginx":

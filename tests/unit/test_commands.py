@@ -35,6 +35,25 @@ def test_check_config_deploy_example(in_repo: None, capsys: pytest.CaptureFixtur
     assert out[-1].startswith("ok: 4 listeners, ")
 
 
+def test_check_config_for_shows_what_that_command_uses(
+    in_repo: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example's certificates do not exist here: nginx's and the proxy's concern."""
+    def warned(*extra: str) -> list[str]:
+        assert main(["check-config", *extra, "deploy/authsvc.toml"]) == 0
+        return [line.split(": ")[1] for line in capsys.readouterr().out.splitlines()
+                if line.startswith("deploy/authsvc.toml:")]
+
+    assert warned("--for", "serve") == []
+    assert warned("--for", "haproxy") == []
+    nginx = warned("--for", "nginx")
+    assert set(nginx) == {"listener.cert", "listener.key"} and len(nginx) == 8
+    assert warned("--for", "proxy") == [*nginx, "proxy.forward_client"]
+    assert warned() == warned("--for", "all") == [*nginx, "proxy.forward_client"]
+    assert main(["check-config", "--for", "serve", "--strict", "deploy/authsvc.toml"]) == 0
+    assert main(["check-config", "--for", "proxy", "--strict", "deploy/authsvc.toml"]) == 2
+
+
 def test_check_config_prints_warnings_as_file_line_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

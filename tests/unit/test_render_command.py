@@ -6,12 +6,11 @@ tests); the integration tests run the real command on real files.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 import authsvc.config
 from authsvc.cli import main
+from authsvc.config import Issue, Loaded
 from authsvc.settings import HostPort, HttpSettings, Settings
 from tests.golden.cases import nest
 
@@ -21,10 +20,10 @@ def loaded(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Make load_settings return the nest settings; records the sources it was given."""
     calls: list[list[str]] = []
 
-    def load_settings(sources: list[str]) -> SimpleNamespace:
+    def load_settings(sources: list[str]) -> Loaded:
         calls.append(list(sources))
         settings: Settings = nest(http=HttpSettings(listen=HostPort("127.0.0.1", 9999)))
-        return SimpleNamespace(settings=settings, warnings=["a.conf:3: something odd"])
+        return Loaded(settings, [Issue("a.conf", 3, "key", "something odd")])
 
     monkeypatch.setattr(authsvc.config, "load_settings", load_settings, raising=False)
     return calls
@@ -41,7 +40,7 @@ def test_render_nginx_prints_the_config(
     assert "listen 127.0.0.1:20143 proxy_protocol;" in out
     assert "set_real_ip_from 127.0.0.1;" in out
     assert "auth_http http://127.0.0.1:9999/auth;" in out
-    assert err == "authsvc: warning: a.conf:3: something odd\n"
+    assert err == "authsvc: warning: a.conf:3: key: something odd\n"
 
 
 def test_render_nginx_error_exits_2_and_prints_nothing(
