@@ -28,7 +28,7 @@ from authsvc.holds.state import HOLD_FAMILIES, HoldKeeper
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import Router, open_router_switch
-from authsvc.runtime.signals import handle_signals, release_signals
+from authsvc.runtime.signals import SighupReload, handle_signals, release_signals
 from authsvc.settings import Settings
 from authsvc.throttle.service import Throttle
 
@@ -58,13 +58,7 @@ async def serve(
     stop = stop or asyncio.Event()
     reloader: Reloader | None = None
 
-    def on_sighup() -> None:
-        if reloader is None:
-            log.info("SIGHUP received: nothing to reload (no configuration files)")
-            return
-        log.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
-        reloader.request()
-
+    on_sighup = SighupReload(log, configured=reload_from is not None)
     handle_signals(stop, on_sighup)
     metrics = Metrics(run_dir, families=[*families(ls.name for ls in settings.listeners),
                                          *RELOAD_FAMILIES, *HOLD_FAMILIES])
@@ -106,6 +100,7 @@ async def serve(
             if reload_from is not None:
                 reloader = Reloader(reload_from, switch, apply, metrics=metrics,
                                     check=check_tls)
+                on_sighup.ready(reloader)
             try:
                 if control is not None:
                     await control.start(control_socket)

@@ -29,7 +29,7 @@ from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import MapBuilder, open_map
 from authsvc.runtime.binding import describe_socket
-from authsvc.runtime.signals import handle_signals, release_signals
+from authsvc.runtime.signals import SighupReload, handle_signals, release_signals
 from authsvc.settings import Settings
 
 logger = logging.getLogger("authsvc.serve")
@@ -78,13 +78,7 @@ async def run_server(
     site = NginxSite(runner, sock, app[AUTH], path=settings.http.path, drain_timeout=drain,
                      head_timeout=settings.http.head_timeout, backlog=1024)
 
-    def on_sighup() -> None:
-        if reloader is None:
-            logger.info("SIGHUP received: nothing to reload (no configuration files)")
-            return
-        logger.info("", extra={"fields": {"event": "reload", "signal": "SIGHUP"}})
-        reloader.request()
-
+    on_sighup = SighupReload(logger, configured=reload_from is not None)
     control = ControlListener(settings.control, operator_routes(app), peers)
 
     handle_signals(stop, on_sighup)
@@ -95,6 +89,7 @@ async def run_server(
             reloader = Reloader(reload_from, switch,
                                 lambda _settings, router: bind_router(app, router),
                                 metrics=metrics)
+            on_sighup.ready(reloader)
         await site.start()
         await control.start(control_socket)
         # Everything made so far (modules, settings, pools) lives as long as the

@@ -7,6 +7,7 @@ them is enough to see which instances a reload keeps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from authsvc.http.server import run_server
 from authsvc.metrics import Metrics
 from authsvc.reload import RELOAD_FAMILIES, Reloader, ReloadSource
 from authsvc.routing import LoginRequest, Route, Router, RouterSwitch
+from authsvc.runtime.signals import SighupReload
 from authsvc.settings import (
     FileMapSettings,
     HostPort,
@@ -205,3 +207,37 @@ async def test_serve_reloads_in_process_with_warnings_as_errors(tmp_path: Path) 
         stop.set()
         assert await asyncio.wait_for(server, 5) == 0
         sock.close()
+
+
+# -- SIGHUP while a worker starts ---------------------------------------------------------
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def request(self) -> None:
+        self.requests += 1
+
+
+def test_a_sighup_during_start_is_carried_out_once_started() -> None:
+
+
+    handler = SighupReload(logging.getLogger("test.sighup"), configured=True)
+    handler()  # the supervisor forwarded it before this worker could reload
+    handler()  # two before start: one reload reads the files as they are then
+    reloader = Counting()
+    handler.ready(reloader)
+    assert reloader.requests == 1
+    handler()
+    assert reloader.requests == 2
+
+
+def test_a_sighup_without_configuration_files_only_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+
+
+    handler = SighupReload(logging.getLogger("test.sighup"), configured=False)
+    with caplog.at_level(logging.INFO):
+        handler()
+    assert "nothing to reload" in caplog.text
