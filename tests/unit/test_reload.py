@@ -221,8 +221,6 @@ class Counting:
 
 
 def test_a_sighup_during_start_is_carried_out_once_started() -> None:
-
-
     handler = SighupReload(logging.getLogger("test.sighup"), configured=True)
     handler()  # the supervisor forwarded it before this worker could reload
     handler()  # two before start: one reload reads the files as they are then
@@ -235,8 +233,6 @@ def test_a_sighup_during_start_is_carried_out_once_started() -> None:
 
 def test_a_sighup_without_configuration_files_only_logs(
         caplog: pytest.LogCaptureFixture) -> None:
-
-
     handler = SighupReload(logging.getLogger("test.sighup"), configured=False)
     with caplog.at_level(logging.INFO):
         handler()
