@@ -12,7 +12,8 @@ answered may take the last write with it.  So with ``redis_replicas`` = N > 0
 (1 by default with Sentinel) each change is followed, on the same connection,
 by ``WAIT N <ms>`` (redis.io, "WAIT"), and the command reports success only
 when N replicas have the change; otherwise it fails and says so, and the
-operator runs it again (docs/operations.md, "Holds on Redis Sentinel").
+operator runs it again (docs/operations.md, "Redis Sentinel for the throttle and
+holds").
 """
 
 from __future__ import annotations

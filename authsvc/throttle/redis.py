@@ -16,7 +16,7 @@ Every command is bounded by ``redis_timeout``; any failure raises
 the local store.  That covers a Sentinel failover too: until the sentinels
 name the new primary, commands fail and the local counts answer; counts are
 not written with ``WAIT``, so the last few before a primary dies may be lost
-with it (docs/security.md, "Redis Sentinel").
+with it (docs/security.md, "Where the counts live").
 """
 
 from __future__ import annotations
