@@ -45,7 +45,10 @@ class RedisConnection:
         if sentinel is not None:
             from redis.asyncio.sentinel import Sentinel  # optional extra
 
-            watchers: dict[str, Any] = dict(common)
+            # The sentinels' clients keep redis-py's own retry rule (the
+            # Sentinel client moves on to the next sentinel itself).
+            watchers: dict[str, Any] = {"socket_timeout": timeout,
+                                        "socket_connect_timeout": timeout}
             if sentinel.sentinel_password is not None:
                 watchers["password"] = sentinel.sentinel_password.reveal()
             self._sentinel = Sentinel(
