@@ -408,6 +408,23 @@ class ProxySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisSentinel:
+    """The Sentinel form of a Redis store: the sentinels ask, the service they watch.
+
+    Redis Sentinel (redis.io, "High availability with Redis Sentinel") names the
+    primary of ``service``; the client asks a sentinel for it on every new
+    connection, so after a failover the next connection reaches the new primary.
+    """
+
+    sentinels: tuple[HostPort, ...]
+    service: str
+    #: Redis's own password (``requirepass``), for the primary and its replicas.
+    password: Secret | None = None
+    #: The sentinels' password (their ``requirepass``), when they have one.
+    sentinel_password: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ThrottleSettings:
     """``[throttle]``: brute-force throttling in serve and proxy (docs/security.md)."""
 
@@ -432,6 +449,8 @@ class ThrottleSettings:
     trusted: tuple[str, ...] = ()
     store: str = "memory"  # memory | redis
     redis_url: Secret | None = None
+    #: Instead of ``redis_url``: the Sentinel form (docs/configuration.md, "[throttle]").
+    redis_sentinel: RedisSentinel | None = None
     #: Each Redis command must answer within this, else the local counts are used.
     redis_timeout: float = 0.25
     #: After a Redis failure, seconds before Redis is tried again.
@@ -446,8 +465,13 @@ class HoldsSettings:
     #: The JSON file every worker of the node reads at start (store = "file").
     state_file: str = "/var/lib/authsvc/holds.json"
     redis_url: Secret | None = None
+    #: Instead of ``redis_url``: the Sentinel form (docs/configuration.md, "[holds]").
+    redis_sentinel: RedisSentinel | None = None
     #: Each Redis command must answer within this.
     redis_timeout: float = 2.0
+    #: Replicas that must acknowledge a hold (Redis ``WAIT``) before the command
+    #: reports success; 1 with the Sentinel form, 0 with ``redis_url``.
+    redis_replicas: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from authsvc.settings import (
     NoMapSettings,
     PoolNode,
     ProxySettings,
+    RedisSentinel,
     RegexMapSettings,
     Settings,
     Stage,
@@ -71,6 +72,9 @@ _MAP_KEYS = {
     "none": {"name"},
 }
 _MAP_NAME_MAX = 128
+#: The keys of a Redis store's address (``Validator.redis_store``).
+_REDIS_KEYS = frozenset({"redis_url", "redis_sentinels", "redis_service", "redis_password_file",
+                         "redis_sentinel_password_file"})
 
 
 def _login(s: Section) -> LoginPolicy:
@@ -375,22 +379,71 @@ class _Validator:
         top.finish()
         return settings
 
-    def secret_file(self, h: Section) -> Secret | None:
-        path = h.path("secret_file")
+    def secret_file(self, h: Section, key: str = "secret_file") -> Secret | None:
+        path = h.path(key)
         if path is None:
             return None
-        raw = h.table.items["secret_file"]
+        raw = h.table.items[key]
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            h.error("secret_file", f"cannot read {path}: {reason}", raw)
+            h.error(key, f"cannot read {path}: {reason}", raw)
             return None
         if not text or any(ord(ch) < 0x20 for ch in text):
-            h.error("secret_file", f"{path} must hold one line of text", raw)
+            h.error(key, f"{path} must hold one line of text", raw)
             return None
         return Secret(text)
+
+    def redis_store(self, s: Section, used: bool) -> tuple[Secret | None, RedisSentinel | None]:
+        """A Redis store's address, ``[throttle]``'s or ``[holds]``': a URL or Sentinel.
+
+        Exactly one form when ``used`` (the section's store is Redis);
+        docs/configuration.md, "Redis: a URL or Sentinel".
+        """
+        url = s.optional_string("redis_url")
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            s.error("redis_url", "must start with redis://, rediss:// or unix://",
+                    s.table.items.get("redis_url"))
+            url = None
+        given = s.table.items
+        sentinels = [host for host, _ in s.hostports("redis_sentinels", [])]
+        service = s.optional_string("redis_service", nonempty=True)
+        password = self.secret_file(s, "redis_password_file")
+        sentinel_password = self.secret_file(s, "redis_sentinel_password_file")
+        sentinel: RedisSentinel | None = None
+        if "redis_sentinels" in given:
+            if "redis_url" in given:
+                s.error("redis_sentinels", "give redis_url or redis_sentinels, not both",
+                        given["redis_sentinels"])
+            elif not sentinels and given["redis_sentinels"].value == []:
+                s.error("redis_sentinels", "no sentinel given", given["redis_sentinels"])
+            elif service is None and "redis_service" not in given:
+                s.required_string("redis_service")
+            elif sentinels and service is not None:
+                sentinel = RedisSentinel(sentinels=tuple(sentinels), service=service,
+                                         password=password,
+                                         sentinel_password=sentinel_password)
+                if used and len(sentinels) < 3:
+                    # A majority of sentinels must agree to fail over; with
+                    # fewer than three, losing one box can stop that (redis.io,
+                    # "High availability with Redis Sentinel", "Fundamental
+                    # things to know about Sentinel before deploying").
+                    s.warn("redis_sentinels", f"{len(sentinels)} sentinel(s): deploy at "
+                           "least three, on separate machines, so that a majority can "
+                           "still agree on a failover", given["redis_sentinels"],
+                           used_by=ROUTERS)
+        else:
+            for key in ("redis_service", "redis_password_file", "redis_sentinel_password_file"):
+                if key in given:
+                    s.error(key, "belongs to the Sentinel form: give redis_sentinels too"
+                            + (" (with redis_url, the password goes in the URL)"
+                               if key == "redis_password_file" else ""), given[key])
+            if used and url is None and "redis_url" not in given:
+                s.error("redis_url", "missing (required): or the Sentinel form, "
+                        "redis_sentinels and redis_service")
+        return (Secret(url) if url is not None else None), sentinel
 
     def control(self, top: Section, pos: Pos, http: HttpSettings,
                 health: HostPort | None) -> ControlSettings:
@@ -587,13 +640,7 @@ class _Validator:
             else:
                 key = Secret(key_text)
         store = t.choice("store", d.store, ("memory", "redis"))
-        url = t.optional_string("redis_url")
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            t.error("redis_url", "must start with redis://, rediss:// or unix://",
-                    t.table.items.get("redis_url"))
-            url = None
-        if store == "redis" and url is None and "redis_url" not in t.table.items:
-            t.required_string("redis_url")
+        url, sentinel = self.redis_store(t, store == "redis")
         delay = t.seconds("delay", d.delay)
         max_delay = t.seconds("max_delay", d.max_delay)
         if max_delay < delay:
@@ -623,7 +670,8 @@ class _Validator:
             ipv6_prefix=t.integer("ipv6_prefix", d.ipv6_prefix, 32, 128),
             trusted=_networks(t, "trusted"),
             store=store,
-            redis_url=Secret(url) if url is not None else None,
+            redis_url=url,
+            redis_sentinel=sentinel,
             redis_timeout=t.seconds("redis_timeout", d.redis_timeout, positive=True),
             redis_retry=t.seconds("redis_retry", d.redis_retry, positive=True),
         )
@@ -639,24 +687,26 @@ class _Validator:
         if state_file is not None and not state_file.strip():
             h.error("state_file", "must name a file", h.table.items.get("state_file"))
             state_file = None
-        url = h.optional_string("redis_url")
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            h.error("redis_url", "must start with redis://, rediss:// or unix://",
-                    h.table.items.get("redis_url"))
-            url = None
-        if store == "redis" and url is None and "redis_url" not in h.table.items:
-            h.required_string("redis_url")
-        if store == "file" and "redis_url" in h.table.items:
-            h.warn("redis_url", 'has no effect unless store = "redis"',
-                   h.table.items["redis_url"], used_by=ROUTERS)
+        url, sentinel = self.redis_store(h, store == "redis")
+        if store == "file":
+            for key in sorted(_REDIS_KEYS | {"redis_replicas"}):
+                if key in h.table.items:
+                    h.warn(key, 'has no effect unless store = "redis"', h.table.items[key],
+                           used_by=ROUTERS)
+        # WAIT needs replicas: a lone server (redis_url) has none, so it
+        # requires none unless told; a Sentinel service has at least one.
+        replicas = h.integer("redis_replicas", 1 if sentinel is not None else d.redis_replicas,
+                             0, 100)
         if store == "redis" and "state_file" in h.table.items:
             h.warn("state_file", 'has no effect with store = "redis"',
                    h.table.items["state_file"], used_by=ROUTERS)
         settings = HoldsSettings(
             store=store,
             state_file=state_file if state_file is not None else d.state_file,
-            redis_url=Secret(url) if url is not None else None,
+            redis_url=url,
+            redis_sentinel=sentinel,
             redis_timeout=h.seconds("redis_timeout", d.redis_timeout, positive=True),
+            redis_replicas=replicas,
         )
         h.finish()
         return settings

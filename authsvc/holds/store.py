@@ -52,10 +52,13 @@ class HoldStore(Protocol):
 
 def open_store(settings: HoldsSettings) -> HoldStore:
     """The store ``[holds]`` names (Redis is imported only when configured)."""
-    if settings.store == "redis" and settings.redis_url is not None:
+    if settings.store == "redis" and (settings.redis_url is not None
+                                      or settings.redis_sentinel is not None):
         from authsvc.holds.redis import RedisHoldStore
 
-        return RedisHoldStore(settings.redis_url, timeout=settings.redis_timeout)
+        return RedisHoldStore(settings.redis_url, timeout=settings.redis_timeout,
+                              sentinel=settings.redis_sentinel,
+                              replicas=settings.redis_replicas)
     return FileHoldStore(settings.state_file)
 
 

@@ -2,9 +2,9 @@
 
 Why Redis: it is the shared engine a cluster of mail front ends already runs,
 its ``HINCRBY``/``SET NX EX`` do exactly what a counter and a "seen once"
-mark need, atomically, and keys expire on their own.  ``redis`` (redis-py,
-asyncio client) is an optional extra (``pip install authsvc[redis]``),
-imported only here and only when ``[throttle] store = "redis"``.
+mark need, atomically, and keys expire on their own.  The connection, one
+server or a primary found through Sentinel, is ``authsvc/redisconn.py``'s;
+it is made only when ``[throttle] store = "redis"``.
 
 Layout, under ``authsvc:throttle:``: one hash per counter (``a:<address>``,
 ``l:<login>``, ``p:<address>|<login>``) whose fields are bucket numbers
@@ -13,18 +13,21 @@ the store's refusal times (``refusals.py``) in ``refusals`` (a sorted set of
 addresses by expiry) and ``refusals:s`` (their seconds).
 Every command is bounded by ``redis_timeout``; any failure raises
 :class:`~authsvc.throttle.store.StoreError` and ``service.py`` falls back to
-the local store.
+the local store.  That covers a Sentinel failover too: until the sentinels
+name the new primary, commands fail and the local counts answer; counts are
+not written with ``WAIT``, so the last few before a primary dies may be lost
+with it (docs/security.md, "Where the counts live").
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from authsvc.redact import Secret
+from authsvc.redisconn import RedisConnection
+from authsvc.settings import RedisSentinel
 from authsvc.throttle.policy import (
     ADDRESS,
     BUCKETS,
@@ -75,31 +78,19 @@ def _total(fields: Mapping[Any, Any], now: float, window: float) -> int:
 
 
 class RedisStore:
-    """Counters in Redis (redis-py's asyncio client)."""
+    """Counters in Redis (redis-py's asyncio client, through ``redisconn.py``)."""
 
-    def __init__(self, url: Secret, *, timeout: float, address_window: float,
-                 login_window: float) -> None:
-        import redis.asyncio as aioredis  # optional extra: only when configured
-
-        self._timeout = timeout
+    def __init__(self, url: Secret | None, *, timeout: float, address_window: float,
+                 login_window: float, sentinel: RedisSentinel | None = None) -> None:
+        self._connection = RedisConnection(url=url, sentinel=sentinel, timeout=timeout)
         self._windows = {ADDRESS: address_window, LOGIN: login_window}
-        self._client: Any = aioredis.Redis.from_url(
-            url.reveal(), socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry_on_timeout=False, decode_responses=True)
+        self._client: Any = self._connection.client
 
     def window_of(self, key: str) -> float:
         return self._windows[LOGIN if key.startswith(LOGIN + ":") else ADDRESS]
 
     async def _run(self, call: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # redis.exceptions.RedisError and friends
-            if type(exc).__module__.startswith("redis"):
-                raise StoreError(f"redis: {type(exc).__name__}: {exc}") from None
-            raise
+        return await self._connection.run(call, StoreError)
 
     async def record(self, keys: Keys, now: float, fingerprint: str | None) -> tuple[int, int]:
         return await self._run(self._record(keys, now, fingerprint))
@@ -214,9 +205,7 @@ class RedisStore:
         await self._run(pipe.execute())
 
     async def close(self) -> None:
-        # Closing a dead connection must not fail the shutdown.
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
+        await self._connection.close()
 
 
 def _glob(text: str) -> str:

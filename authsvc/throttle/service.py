@@ -83,12 +83,14 @@ class Throttle:
                                 login_window=settings.login_window)
         self._redis: CountStore | None = None
         shared: SharedRefusals | None = None
-        if settings.enabled and settings.store == "redis" and settings.redis_url is not None:
+        if settings.enabled and settings.store == "redis" and (
+                settings.redis_url is not None or settings.redis_sentinel is not None):
             from authsvc.throttle.redis import RedisStore
 
             self._redis = shared = RedisStore(
                 settings.redis_url, timeout=settings.redis_timeout,
-                address_window=settings.address_window, login_window=settings.login_window)
+                address_window=settings.address_window, login_window=settings.login_window,
+                sentinel=settings.redis_sentinel)
         #: The store's refusal time per address (the proxy's); None for serve.
         self.refusals = (RefusalRecord(self.local, ipv6_prefix=min(settings.ipv6_prefix,
                                                                    IPV6_PREFIX),

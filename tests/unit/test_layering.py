@@ -15,6 +15,7 @@ else (reload, routing, maps, throttle, metrics, log, config, settings...).
 * only ``authsvc.routing`` and the maps themselves import ``authsvc.maps``
   (one place reads maps);
 * only ``authsvc/maps/mysql.py`` imports aiomysql;
+* only ``authsvc/redisconn.py`` imports redis (one home for Redis connections);
 * the pure modules and the configuration readers import no event loop,
   network, HTTP or database library;
 * nothing imports a top-level ``proxy`` (it installs as ``authsvc.proxy``).
@@ -238,6 +239,11 @@ def mysql_client_elsewhere(sources: Sources) -> list[str]:
             for m in sorted(importers_of(lib, sources)) if m != "authsvc.maps.mysql"]
 
 
+def redis_client_elsewhere(sources: Sources) -> list[str]:
+    return [f"{m} imports redis" for m in sorted(importers_of("redis", sources))
+            if m != "authsvc.redisconn"]
+
+
 def top_level_proxy_imported(sources: Sources) -> list[str]:
     return [f"{m} imports proxy" for m in sorted(importers_of("proxy", sources))]
 
@@ -253,6 +259,7 @@ RULES: dict[str, Rule] = {
     "only routing normalises names": login_normalised_elsewhere,
     "only routing reads maps": maps_read_elsewhere,
     "only the MySQL map imports aiomysql": mysql_client_elsewhere,
+    "only redisconn imports redis": redis_client_elsewhere,
     "nothing imports a top-level proxy": top_level_proxy_imported,
 }
 
@@ -333,6 +340,9 @@ BROKEN: list[tuple[str, dict[str, str], str]] = [
     ("only the MySQL map imports aiomysql",
      {"authsvc__maps__file": "import aiomysql\n"},
      "authsvc.maps.file imports aiomysql"),
+    ("only redisconn imports redis",
+     {"authsvc__holds__redis": "def f():\n    import redis.asyncio\n"},
+     "authsvc.holds.redis imports redis"),
     ("nothing imports a top-level proxy",
      {"authsvc__cli": "def f():\n    from proxy.server import main\n"},
      "authsvc.cli imports proxy"),

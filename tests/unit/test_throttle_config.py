@@ -30,6 +30,9 @@ FULL = {
     "redis_timeout": ("1", 1.0),
     "redis_retry": ("2", 2.0),
 }
+#: The Sentinel form's keys, instead of redis_url (test_redis_sentinel_config.py).
+SENTINEL_KEYS = ("redis_sentinels", "redis_service", "redis_password_file",
+                 "redis_sentinel_password_file")
 
 
 def load(tmp_path: Path, text: str) -> ThrottleSettings:
@@ -54,7 +57,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     text = "[throttle]\n" + "".join(f"{key} = {raw}\n" for key, (raw, _) in FULL.items())
     settings = load(tmp_path, text)
     assert {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)} == {
-        key: value for key, (_, value) in FULL.items()}
+        key: value for key, (_, value) in FULL.items()} | {"redis_sentinel": None}
     assert "pw@" not in repr(settings)
 
 
@@ -63,7 +66,7 @@ def test_key_file(tmp_path: Path) -> None:
     assert load(tmp_path, '[throttle]\nkey_file = "key"\n').key == Secret("a-key-from-a-file-0123")
 
 
-@pytest.mark.parametrize("key", [*FULL, "key_file"])
+@pytest.mark.parametrize("key", [*FULL, "key_file", *SENTINEL_KEYS])
 def test_every_key_is_documented(key: str) -> None:
     start = DOC.index("### `[throttle]`")
     assert f"| `{key}` |" in DOC[start:DOC.find("\n### ", start + 1)]
