@@ -42,7 +42,6 @@ relay at once.  Bytes are never parsed or logged here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import socket

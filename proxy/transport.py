@@ -272,7 +272,8 @@ class Channel(asyncio.Protocol):
         ``close``/``abort`` from now on call ``on_close`` (a kick ends the relay).
         """
         transport = self._transport
-        assert transport is not None and self._tls is None and not self.tls
+        assert transport is not None, "not connected"
+        assert not self.tls, "TLS bytes must pass through the Channel"
         self._addresses = (self.peer(), self.local())
         original = transport.get_extra_info("socket")
         sock = socket.socket(fileno=os.dup(original.fileno()))
