@@ -15,13 +15,15 @@ One of the few modules that touch the event loop.  Two ways, one contract:
   non-blocking), so they never enter user space.  A direction reads only
   while its pipe has room and waits for writability only while its pipe
   holds bytes, so neither a slow reader nor a full pipe spins the CPU, and
-  the pipe (the kernel's default 64 KiB, pipe(7)) bounds what a direction
-  holds besides the sockets' own buffers.  Pipes are made when a direction
-  first has bytes and closed after ``PIPE_LINGER`` seconds empty, so an idle
-  session holds its two sockets and nothing else (docs/proxy.md, "Limits":
-  two descriptors per logged-in session).  Where ``splice`` refuses the
-  descriptors (``EINVAL``) or no pipe can be had (``EMFILE``), that direction
-  copies through a user-space buffer over the same sockets instead.
+  the pipe (pipe(7)) bounds what a direction holds besides the sockets' own
+  buffers: ``[proxy] splice_buffer`` bytes when the kernel allows that size
+  (``F_SETPIPE_SZ``), else its default 64 KiB.  Pipes are made when a
+  direction first has bytes and closed after ``PIPE_LINGER`` seconds empty,
+  so an idle session holds its two sockets and nothing else (docs/proxy.md,
+  "Limits": two descriptors per logged-in session).  Where ``splice``
+  refuses the descriptors (``EINVAL``) or no pipe can be had (``EMFILE``),
+  that direction copies through a user-space buffer over the same sockets
+  instead.
 * **User space** everywhere else (TLS on either side, no ``os.splice``, or
   ``[proxy] zero_copy = false``): each direction reads what its source
   Channel has buffered, writes it and waits for the destination to drain, so
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import socket
 from collections.abc import Callable
@@ -52,7 +55,10 @@ from authsvc.proxy.transport import Channel
 #: ``os.splice`` and its flags exist on Linux with Python 3.10 and later.
 _SPLICE: Callable[..., int] | None = getattr(os, "splice", None)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-#: What a pipe holds unless resized: 16 pages (pipe(7), "Pipe capacity").
+_SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
+_GET_PIPE_SIZE: int | None = getattr(fcntl, "F_GETPIPE_SZ", None)
+#: What a pipe holds unless resized: 16 pages (pipe(7), "Pipe capacity"); also
+#: the copying fallback's buffer.
 PIPE_CAPACITY = 65_536
 #: Seconds an empty pipe is kept for the next burst before it is closed.
 PIPE_LINGER = 1.0
@@ -66,13 +72,17 @@ def splice_available() -> bool:
 
 
 async def relay(client: Channel, backend: Channel, idle_timeout: float, *,
-                zero_copy: bool = True) -> str:
-    """Relay until done; returns why it ended (for the session log)."""
+                zero_copy: bool = True, buffer: int = PIPE_CAPACITY) -> str:
+    """Relay until done; returns why it ended (for the session log).
+
+    ``buffer``: the size of each zero-copy pipe (``[proxy] splice_buffer``);
+    the user-space relay's Channels were made with it as their high-water mark.
+    """
     if zero_copy and _SPLICE is not None and not client.tls and not backend.tls:
         gone = await _hand_over(client, backend)
         if gone is not None:
             return gone
-        spliced = _Spliced(client, backend, idle_timeout)
+        spliced = _Spliced(client, backend, idle_timeout, buffer)
         return await spliced.run()
     return await _relay_in_user_space(client, backend, idle_timeout)
 
@@ -106,9 +116,9 @@ async def _hand_over(client: Channel, backend: Channel) -> str | None:
 class _Direction:
     """One way through a pipe: ``source`` socket → pipe → ``sink`` socket."""
 
-    __slots__ = ("copied", "copying", "done", "eof", "in_pipe", "last_moved", "linger",
-                 "name", "pipe", "reading", "relay", "sink", "sink_channel", "sink_fd",
-                 "source", "source_channel", "source_fd", "writing")
+    __slots__ = ("capacity", "copied", "copying", "done", "eof", "in_pipe", "last_moved",
+                 "linger", "name", "pipe", "reading", "relay", "sink", "sink_channel",
+                 "sink_fd", "source", "source_channel", "source_fd", "writing")
 
     def __init__(self, relay: _Spliced, name: str, source: socket.socket, sink: socket.socket,
                  source_channel: Channel, sink_channel: Channel) -> None:
@@ -118,6 +128,7 @@ class _Direction:
         self.source_fd, self.sink_fd = source.fileno(), sink.fileno()
         self.source_channel, self.sink_channel = source_channel, sink_channel
         self.pipe: tuple[int, int] | None = None
+        self.capacity = PIPE_CAPACITY
         self.in_pipe = 0
         #: splice refused these descriptors, or no pipe could be had: copy in user space.
         self.copying = False
@@ -174,11 +185,26 @@ class _Direction:
             # Out of descriptors (EMFILE/ENFILE): the bytes still go, by copy.
             self.copying = True
             return False
+        self.capacity = self.relay.pipe_size(self.pipe[1])
         return True
 
     # --- moving bytes -----------------------------------------------------------------
 
     def readable(self) -> None:
+        try:
+            self.move()
+        except Exception as exc:
+            # A bug must end this session (its line says so), not leave it hanging.
+            self.relay.failed(exc)
+
+    def writable(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:
+            self.relay.failed(exc)
+
+    def move(self) -> None:
+        """Read what the source has (while the pipe has room) and pass it on."""
         assert _SPLICE is not None
         for _ in range(_ROUNDS):
             if self.copying:
@@ -196,7 +222,7 @@ class _Direction:
                 if self.pipe is None and not self.open_pipe():
                     continue
                 assert self.pipe is not None
-                want = PIPE_CAPACITY - self.in_pipe
+                want = self.capacity - self.in_pipe
                 try:
                     count = _SPLICE(self.source_fd, self.pipe[1], want, flags=_FLAGS)
                 except BlockingIOError:
@@ -220,9 +246,6 @@ class _Direction:
             if not self.flush() or count < want:
                 # Bytes wait for the sink, or the socket had no more for now.
                 return
-
-    def writable(self) -> None:
-        self.flush()
 
     def flush(self) -> bool:
         """Write what waits; True when nothing is left (and reading goes on)."""
@@ -299,8 +322,10 @@ class _Direction:
 class _Spliced:
     """Both directions over the sockets taken from two Channels, until the relay ends."""
 
-    def __init__(self, client: Channel, backend: Channel, idle_timeout: float) -> None:
+    def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
+                 pipe_size: int) -> None:
         self.loop = asyncio.get_running_loop()
+        self._pipe_size = pipe_size
         self.client, self.backend = client, backend
         self.idle_timeout = idle_timeout
         self.last_moved = self.loop.time()
@@ -324,6 +349,23 @@ class _Spliced:
         finally:
             self.close()
 
+    def pipe_size(self, pipe: int) -> int:
+        """Make a new pipe hold ``pipe_size`` bytes if the kernel lets us; what it holds.
+
+        Fewer, larger splices cost less CPU per byte.  An unprivileged process
+        gets at most ``/proc/sys/fs/pipe-max-size`` (1 MiB by default) and,
+        past ``pipe-user-pages-soft`` for its user, keeps what the kernel gave
+        (pipe(7), "/proc files"); EPERM then, and the pipe still works.
+        """
+        if self._pipe_size == PIPE_CAPACITY or _SET_PIPE_SIZE is None:
+            return PIPE_CAPACITY
+        try:
+            return fcntl.fcntl(pipe, _SET_PIPE_SIZE, self._pipe_size)
+        except OSError:
+            if _GET_PIPE_SIZE is None:
+                return PIPE_CAPACITY
+            return fcntl.fcntl(pipe, _GET_PIPE_SIZE)
+
     def _check_idle(self) -> None:
         quiet = self.loop.time() - self.last_moved
         if quiet >= self.idle_timeout:
@@ -341,6 +383,9 @@ class _Spliced:
         """A socket failed (reset, EPIPE): the relay is over."""
         which = "client_closed" if channel is self.client else "backend_closed"
         self._end(self._ended[0] if self._ended else which)
+
+    def failed(self, exc: Exception) -> None:
+        self._end(f"error:{type(exc).__name__}")
 
     def _end(self, reason: str) -> None:
         if not self._result.done():

@@ -354,8 +354,9 @@ class Session:
         backend.write(command.to_backend + self._client.take_buffered())
         self._relaying = True
         try:
+            proxy = self._ctx.proxy
             end = await relay(self._client, backend, self._ctx.listener.idle_timeout,
-                              zero_copy=self._ctx.proxy.zero_copy)
+                              zero_copy=proxy.zero_copy, buffer=proxy.splice_buffer)
         finally:
             self._relaying = False
         self.record.end = "kicked" if self._kicked else end

@@ -101,7 +101,9 @@ async def test_backpressure_pauses_a_fast_store_for_a_slow_client(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, zero_copy: bool
 ) -> None:
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
-    size = 32 * 1024 * 1024
+    # Larger than the sockets' kernel buffers can hold, even autotuned up to
+    # tcp_rmem's and tcp_wmem's maximum (tcp(7); tens of MB on some hosts).
+    size = 64 * 1024 * 1024
     proxy_settings = replace(FAST, zero_copy=zero_copy)
     async with running(seed_listeners(path, pki), proxy_settings) as proxy:
         sock = await asyncio.to_thread(logged_in, (proxy.host("imap4"), proxy.port("imap4")))
