@@ -333,18 +333,29 @@ class _Spliced:
         self._ended: list[str] = []
         self._idle: asyncio.TimerHandle | None = None
         self._closed = False
-        client_sock = client.detach(self.close)
-        backend_sock = backend.detach(self.close)
-        self._sockets = (client_sock, backend_sock)
-        self._up = _Direction(self, "client_eof", client_sock, backend_sock, client, backend)
-        self._down = _Direction(self, "backend_eof", backend_sock, client_sock, backend, client)
+        self._sockets: list[socket.socket] = []
+        self._directions: tuple[_Direction, ...] = ()
 
     async def run(self) -> str:
+        client, backend = self.client, self.backend
+        try:
+            client_sock = client.detach(self.close)
+            self._sockets.append(client_sock)
+            backend_sock = backend.detach(self.close)
+            self._sockets.append(backend_sock)
+        except OSError as exc:
+            # No descriptor left for a duplicate (EMFILE): the session ends.
+            self.close()
+            backend.abort()
+            return f"error:{type(exc).__name__}"
+        up = _Direction(self, "client_eof", client_sock, backend_sock, client, backend)
+        down = _Direction(self, "backend_eof", backend_sock, client_sock, backend, client)
+        self._directions = (up, down)
         try:
             if self.idle_timeout > 0:
                 self._idle = self.loop.call_later(self.idle_timeout, self._check_idle)
-            self._up.read_when_ready(True)
-            self._down.read_when_ready(True)
+            up.read_when_ready(True)
+            down.read_when_ready(True)
             return await self._result
         finally:
             self.close()
@@ -376,7 +387,7 @@ class _Spliced:
 
     def ended(self, name: str) -> None:
         self._ended.append(name)
-        if self._up.done and self._down.done:
+        if all(direction.done for direction in self._directions):
             self._end(self._ended[0])
 
     def lost(self, channel: Channel) -> None:
@@ -400,8 +411,8 @@ class _Spliced:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self._up.stop()
-        self._down.stop()
+        for direction in self._directions:
+            direction.stop()
         for sock in self._sockets:
             sock.close()
         if not self._result.done():

@@ -270,14 +270,15 @@ class Channel(asyncio.Protocol):
         original, which ends no connection while the duplicate is open
         (close(2)).  The byte counters stay here for the new owner to keep;
         ``close``/``abort`` from now on call ``on_close`` (a kick ends the relay).
+        Raises OSError, with the Channel unchanged, when no descriptor is free.
         """
         transport = self._transport
         assert transport is not None, "not connected"
         assert not self.tls, "TLS bytes must pass through the Channel"
-        self._addresses = (self.peer(), self.local())
         original = transport.get_extra_info("socket")
-        sock = socket.socket(fileno=os.dup(original.fileno()))
+        sock = socket.socket(fileno=os.dup(original.fileno()))  # OSError: nothing changed
         sock.setblocking(False)
+        self._addresses = (self.peer(), self.local())
         self._on_detached_close = on_close
         self._lost_callbacks.clear()
         transport.abort()

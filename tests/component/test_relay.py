@@ -4,8 +4,8 @@ Each behaviour is checked on both paths (``zero_copy`` on and off, real
 loopback sockets, the scripted store): backpressure, half-close, the idle
 timeout, a store that dies mid-session, a 20 MB transfer each way arriving
 byte for byte, a kick, a drain, and the byte counts of the session line and
-``/metrics``.  One test makes ``splice`` refuse the descriptors to check the
-copying fallback of the zero-copy relay.
+``/metrics``.  The zero-copy relay's fallbacks are checked by making
+``splice`` refuse the descriptors and ``pipe2`` or ``dup`` find none free.
 """
 
 from __future__ import annotations
@@ -338,9 +338,10 @@ async def test_metrics_count_the_bytes_of_a_spliced_session(
         sock.close()
 
 
-async def test_a_refused_splice_falls_back_to_copying_on_the_same_sockets(
+@pytest.mark.parametrize("refusal", ["splice_einval", "no_pipe"])
+async def test_a_refused_splice_or_pipe_falls_back_to_copying_on_the_same_sockets(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, refusal: str,
 ) -> None:
     if not relay_module.splice_available():
         pytest.skip("os.splice is Linux-only")
@@ -348,7 +349,13 @@ async def test_a_refused_splice_falls_back_to_copying_on_the_same_sockets(
     def refuse(*args: object, **kwargs: object) -> int:
         raise OSError(errno.EINVAL, "splice refused")
 
-    monkeypatch.setattr(relay_module, "_SPLICE", refuse)
+    def no_pipe(flags: int) -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "out of descriptors")
+
+    if refusal == "splice_einval":
+        monkeypatch.setattr(relay_module, "_SPLICE", refuse)
+    else:
+        monkeypatch.setattr(os, "pipe2", no_pipe)
     caplog.set_level(logging.INFO, "proxy.session")
     imap_store.message = os.urandom(3_000_000)
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
@@ -363,3 +370,25 @@ async def test_a_refused_splice_falls_back_to_copying_on_the_same_sockets(
         sock.close()
         line = await eventually_async(lambda: session_lines(caplog))
     assert line[0]["end"] == "client_eof"
+
+
+async def test_no_descriptor_for_the_handover_ends_the_session_cleanly(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if not relay_module.splice_available():
+        pytest.skip("os.splice is Linux-only")
+    caplog.set_level(logging.INFO, "proxy.session")
+    path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
+    async with running(seed_listeners(path, pki)) as proxy:
+        def no_descriptor(fd: int) -> int:
+            raise OSError(errno.EMFILE, "out of descriptors")
+
+        monkeypatch.setattr(os, "dup", no_descriptor)
+        sock = await asyncio.to_thread(logged_in, (proxy.host("imap4"), proxy.port("imap4")))
+        assert await asyncio.to_thread(to_eof, sock) == b""
+        sock.close()
+        line = await eventually_async(lambda: session_lines(caplog))
+        monkeypatch.undo()
+        await eventually_async(lambda: proxy.server.sessions == 0)
+    assert line[0]["end"] == "error:OSError"
