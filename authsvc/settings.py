@@ -368,6 +368,8 @@ class ProxySettings:
     backend_verify: bool = True
     #: Bytes buffered per direction while splicing before the reader pauses.
     splice_buffer: int = 262_144
+    #: Relay plain-to-plain sessions with ``os.splice`` (Linux), not through user space.
+    zero_copy: bool = True
     #: On SIGTERM, how long logged-in sessions may finish before they are cut.
     drain_timeout: float = 30.0
     #: CA directory (hashed, ``c_rehash``) for stores, besides ``backend_ca_file``.

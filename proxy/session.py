@@ -7,7 +7,7 @@ Channel (on an implicit-TLS listener, with the TLS handshake bounded by
 and carries out its commands: replies, STARTTLS, each login attempt
 (``attempt.py``: throttle, routing core, the store's login in ``store.py``,
 the failure's fixed-deadline reply, the ``event=login_failed`` and ``Auth:``
-lines), and after a login the hand-off of both Channels to ``splice``.  It
+lines), and after a login the hand-off of both Channels to ``relay.py``.  It
 logs one ``event=session`` line when the connection ends.
 
 The client's address everywhere (routing, logs, limits, what the store is
@@ -52,7 +52,7 @@ from authsvc.proxy.events import (
 from authsvc.proxy.imap.front import ImapFront
 from authsvc.proxy.logline import SessionRecord, address
 from authsvc.proxy.pop3.front import Pop3Front
-from authsvc.proxy.splice import splice
+from authsvc.proxy.relay import relay
 from authsvc.proxy.transport import Channel
 
 from authsvc.control.selectors import SessionFacts
@@ -354,7 +354,9 @@ class Session:
         backend.write(command.to_backend + self._client.take_buffered())
         self._relaying = True
         try:
-            end = await splice(self._client, backend, self._ctx.listener.idle_timeout)
+            proxy = self._ctx.proxy
+            end = await relay(self._client, backend, self._ctx.listener.idle_timeout,
+                              zero_copy=proxy.zero_copy, buffer=proxy.splice_buffer)
         finally:
             self._relaying = False
         self.record.end = "kicked" if self._kicked else end

@@ -1,15 +1,16 @@
 """Channel: an asyncio.Protocol that owns every byte it receives.
 
 One of the few modules that touch the event loop.  There is no StreamReader
-hiding a buffer: bytes wait in ``Channel`` until the session or the splice
+hiding a buffer: bytes wait in ``Channel`` until the session or the relay
 reads them, which lets the session (a) leave client bytes unread while it logs
 in at the store, so pipelined commands reach the store in order, and (b) drop
 exactly what was buffered when STARTTLS begins (RFC 2595 §3.1, RFC 3207 §4.2).
 
 Flow control: reading pauses while more than ``high_water`` bytes wait, and
 ``drain()`` waits while the transport's own write buffer is above its mark
-(``pause_writing``/``resume_writing``), so neither direction of a splice can
-grow memory without bound.
+(``pause_writing``/``resume_writing``), so neither direction of a relay can
+grow memory without bound.  A plain Channel can hand its socket over
+(:meth:`Channel.detach`) to the zero-copy relay in ``relay.py``.
 
 TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS
 runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -60,6 +63,11 @@ class Channel(asyncio.Protocol):
         self._tls_context = tls_context
         self._tls: TlsEndpoint | None = None
         self._handshake: asyncio.Future[None] | None = None
+        #: Reading stopped for good: the socket is about to change hands.
+        self._held = False
+        #: After :meth:`detach`: ends whoever took the socket over; and the addresses.
+        self._on_detached_close: Callable[[], None] | None = None
+        self._addresses: tuple[object, object] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         #: Loop time of the last byte read by :meth:`read`, for idle timeouts.
@@ -141,7 +149,8 @@ class Channel(asyncio.Protocol):
         """The bytes received but not yet read, and resume reading if it was paused."""
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._reading_paused and not self._lost and self._transport is not None:
+        if (self._reading_paused and not self._held and not self._lost
+                and self._transport is not None):
             self._reading_paused = False
             self._transport.resume_reading()
         return data
@@ -198,7 +207,10 @@ class Channel(asyncio.Protocol):
             self._transport.write_eof()
 
     def close(self) -> None:
-        """Close after what is queued has been written."""
+        """Close after what is queued has been written (a detached socket: now)."""
+        if self._on_detached_close is not None:
+            self._on_detached_close()
+            return
         if self._transport is not None and not self._transport.is_closing():
             if self._tls is not None and self._tls.handshake_done:
                 with contextlib.suppress(ssl.SSLError):
@@ -206,17 +218,71 @@ class Channel(asyncio.Protocol):
             self._transport.close()
 
     def abort(self) -> None:
-        """Close now, dropping anything queued."""
+        """Close now, dropping anything queued (a detached socket: its new owner's too)."""
+        if self._on_detached_close is not None:
+            self._on_detached_close()
+            return
         if self._transport is not None:
             self._transport.abort()
 
     # --- addresses and TLS -------------------------------------------------------
 
     def peer(self) -> object:
+        if self._addresses is not None:
+            return self._addresses[0]
         return None if self._transport is None else self._transport.get_extra_info("peername")
 
     def local(self) -> object:
+        if self._addresses is not None:
+            return self._addresses[1]
         return None if self._transport is None else self._transport.get_extra_info("sockname")
+
+    # --- handing the socket over (the zero-copy relay) -----------------------------
+
+    @property
+    def detached(self) -> bool:
+        """True once :meth:`detach` handed the socket to someone else."""
+        return self._on_detached_close is not None
+
+    def hold(self) -> None:
+        """Stop reading for good: what is buffered is all user space will see."""
+        self._held = True
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    async def flushed(self) -> None:
+        """Wait until the transport has written every queued byte (or the connection is gone)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        # Marks of 0: pause_writing while anything is queued, resume_writing
+        # once the buffer is empty (asyncio's WriteTransport.set_write_buffer_limits).
+        transport.set_write_buffer_limits(high=0, low=0)
+        await self.drain()
+
+    def detach(self, on_close: Callable[[], None]) -> socket.socket:
+        """The plain TCP socket, for the caller to own; this Channel's transport is closed.
+
+        Call after :meth:`hold` and :meth:`flushed`, on a Channel without TLS.
+        The caller gets a duplicate of the descriptor (the transport has no
+        public way to let go of its own) and the transport closes the
+        original, which ends no connection while the duplicate is open
+        (close(2)).  The byte counters stay here for the new owner to keep;
+        ``close``/``abort`` from now on call ``on_close`` (a kick ends the relay).
+        Raises OSError, with the Channel unchanged, when no descriptor is free.
+        """
+        transport = self._transport
+        assert transport is not None, "not connected"
+        assert not self.tls, "TLS bytes must pass through the Channel"
+        original = transport.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(original.fileno()))  # OSError: nothing changed
+        sock.setblocking(False)
+        self._addresses = (self.peer(), self.local())
+        self._on_detached_close = on_close
+        self._lost_callbacks.clear()
+        transport.abort()
+        return sock
 
     def _begin_tls(
         self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None

@@ -576,6 +576,7 @@ class _Validator:
             backend_ca_file=p.path("backend_ca_file", check="CA file", used_by=PROXY_ONLY),
             backend_verify=p.boolean("backend_verify", d.backend_verify),
             splice_buffer=p.integer("splice_buffer", d.splice_buffer, 4096, 64 * 1_048_576),
+            zero_copy=p.boolean("zero_copy", d.zero_copy),
             drain_timeout=p.seconds("drain_timeout", d.drain_timeout),
             backend_ca_path=p.path("backend_ca_path", check="CA directory",
                                    used_by=PROXY_ONLY),

@@ -24,6 +24,7 @@ FULL = {
     "backend_ca_file": ('"/etc/ssl/stores.pem"', "/etc/ssl/stores.pem"),
     "backend_verify": ("false", False),
     "splice_buffer": ("65536", 65536),
+    "zero_copy": ("false", False),
     "drain_timeout": ("3", 3.0),
     "backend_ca_path": ('"/etc/ssl/stores"', "/etc/ssl/stores"),
     "backend_verify_name": ("false", False),
