@@ -142,7 +142,8 @@ def descriptor_warnings(settings: Settings) -> list[Issue]:
     return [Issue(
         file, 0, "listener.connection_limit" if native else "connection_limit",
         f"{sessions} sessions per proxy process (connection_limit: {names}) need "
-        f"{needed} descriptors (2 per session, plus the headroom of the limit), more than "
+        f"{needed} descriptors ({sizing.CONNECTIONS_PER_SESSION} per session, "
+        f"{sizing.PROXY_OWN_DESCRIPTORS} of its own, and the headroom), more than "
         f"{where}, so the proxy would refuse clients before it holds that many; raise "
         "LimitNOFILE "
         "(systemctl edit authsvc-proxy) and [proxy] nofile with it, or lower connection_limit "

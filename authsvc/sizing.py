@@ -56,6 +56,13 @@ PROXY_UNIT_NOFILE = 262_144
 HEADROOM_MIN = 32
 HEADROOM_SHARE = 16
 
+#: Descriptors a proxy process holds besides its sessions: standard streams,
+#: the event loop, listening sockets, logs, map and Redis connections.  The
+#: kernel gives each new descriptor the lowest free number (POSIX, "File
+#: Descriptor Allocation"), so these sit below the client connections and
+#: count against the room under the headroom too.
+PROXY_OWN_DESCRIPTORS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class NginxSizing:
@@ -127,8 +134,10 @@ def descriptor_headroom(limit: int) -> int:
 
 
 def proxy_sessions_fit(sessions: int, limit: int) -> bool:
-    """Whether ``sessions`` logged-in proxy sessions fit below the headroom of ``limit``."""
-    return CONNECTIONS_PER_SESSION * sessions <= max(limit, 1) - descriptor_headroom(limit)
+    """Whether ``sessions`` logged-in proxy sessions, with the process's own
+    descriptors, fit below the headroom of ``limit``."""
+    needed = CONNECTIONS_PER_SESSION * sessions + PROXY_OWN_DESCRIPTORS
+    return needed <= max(limit, 1) - descriptor_headroom(limit)
 
 
 def proxy_nofile_for(sessions: int) -> int:
@@ -137,7 +146,8 @@ def proxy_nofile_for(sessions: int) -> int:
     ``limit - descriptor_headroom(limit)`` never decreases as the limit grows,
     so the smallest fitting limit is found by bisection.
     """
-    low, high = 1, CONNECTIONS_PER_SESSION * max(sessions, 0) * 2 + 2 * HEADROOM_MIN
+    low = 1
+    high = 2 * (CONNECTIONS_PER_SESSION * max(sessions, 0) + PROXY_OWN_DESCRIPTORS + HEADROOM_MIN)
     while low < high:
         middle = (low + high) // 2
         if proxy_sessions_fit(sessions, middle):

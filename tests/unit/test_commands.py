@@ -153,22 +153,22 @@ def _descriptor_warnings(out: str) -> list[str]:
 def test_check_config_warns_when_the_proxy_sessions_outgrow_the_units_limit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """LimitNOFILE=262144 of the shipped unit holds 122,880 sessions per process."""
+    """LimitNOFILE=262144 of the shipped unit holds 122,848 sessions per process."""
     path = tmp_path / "authsvc.toml"
     forward = '[proxy]\nforward_client = "id"\n'
-    path.write_text(forward + _limited_listeners((100_000, 22_880)))
+    path.write_text(forward + _limited_listeners((100_000, 22_848)))
     assert main(["check-config", "--strict", str(path)]) == 0
     assert _descriptor_warnings(capsys.readouterr().out) == []
-    path.write_text(forward + _limited_listeners((100_000, 22_881)))
+    path.write_text(forward + _limited_listeners((100_000, 22_849)))
     # The shell's own limit plays no part, however large or small it is.
     for soft in (64, 1 << 30):
         monkeypatch.setattr("resource.getrlimit", lambda _which, soft=soft: (soft, soft))
         assert main(["check-config", str(path)]) == 0
         warned = _descriptor_warnings(capsys.readouterr().out)
         assert warned == [
-            f"{path}:0: listener.connection_limit: 122881 sessions per proxy process "
-            "(connection_limit: l0 100000, l1 22881) need 262146 descriptors (2 per "
-            "session, plus the headroom of the limit), more than LimitNOFILE=262144 of the "
+            f"{path}:0: listener.connection_limit: 122849 sessions per proxy process "
+            "(connection_limit: l0 100000, l1 22849) need 262146 descriptors (2 per "
+            "session, 64 of its own, and the headroom), more than LimitNOFILE=262144 of the "
             "shipped authsvc-proxy.service, so the proxy would refuse clients before it "
             "holds that many; raise LimitNOFILE (systemctl edit authsvc-proxy) and [proxy] "
             'nofile with it, or lower connection_limit (docs/proxy.md, "Limits")']
@@ -180,12 +180,12 @@ def test_check_config_compares_with_a_configured_nofile(
 ) -> None:
     path = tmp_path / "authsvc.toml"
     listeners = _limited_listeners((3000,))
-    path.write_text('[proxy]\nforward_client = "id"\nnofile = 6398\n' + listeners)
+    path.write_text('[proxy]\nforward_client = "id"\nnofile = 6467\n' + listeners)
     assert main(["check-config", str(path)]) == 0
     (warned,) = _descriptor_warnings(capsys.readouterr().out)
-    assert "3000 sessions per proxy process (connection_limit: l0 3000) need 6399 " in warned
-    assert "more than [proxy] nofile = 6398, so" in warned
-    path.write_text('[proxy]\nforward_client = "id"\nnofile = 6399\n' + listeners)
+    assert "3000 sessions per proxy process (connection_limit: l0 3000) need 6468 " in warned
+    assert "more than [proxy] nofile = 6467, so" in warned
+    path.write_text('[proxy]\nforward_client = "id"\nnofile = 6468\n' + listeners)
     assert main(["check-config", "--strict", str(path)]) == 0
     path.write_text('[proxy]\nnofile = 0\n' + listeners)
     assert main(["check-config", str(path)]) == 2
@@ -211,7 +211,7 @@ def test_check_config_names_the_perdition_key(
     assert main(["check-config", str(path)]) == 0
     (warned,) = _descriptor_warnings(capsys.readouterr().out)
     assert warned.startswith(f"{path}:0: connection_limit: 200000 sessions per proxy process "
-                             "(connection_limit: imap4 200000) need 426666 descriptors")
+                             "(connection_limit: imap4 200000) need 426734 descriptors")
 
 
 def test_check_config_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:

@@ -99,9 +99,9 @@ def test_shipped_proxy_unit_sets_the_limit_check_config_assumes() -> None:
 
 def test_proxy_doc_states_what_the_shipped_unit_holds() -> None:
     most = max(s for s in range(120_000, 131_073) if proxy_sessions_fit(s, PROXY_UNIT_NOFILE))
-    assert f"{most:,}" == "122,880"
+    assert f"{most:,}" == "122,848"
     assert f"`LimitNOFILE={PROXY_UNIT_NOFILE}`" in PROXY_DOC
-    assert "holds at most\n  122,880 sessions per process" in PROXY_DOC
+    assert "holds at most\n  122,848 sessions per process" in PROXY_DOC
 
 
 @pytest.mark.parametrize("sessions", [0, 1, 10, 100, 1000, 3000, 10_000, 1_000_000])
