@@ -104,10 +104,10 @@ def nginx_sizing(sessions: int, listening: int) -> NginxSizing:
     1.11.3, nginx docs, accept_mutex) the kernel hands each new connection to
     one waiting worker, with no balancing between them, so one worker may end
     up holding nearly all of a node's sessions.  A worker that runs out of
-    connections closes the new client at once ("worker_connections are not
-    enough", ngx_event_accept.c).  ``LimitNOFILE`` equals
-    ``worker_rlimit_nofile`` so the workers' limit holds even where the master
-    may not raise its hard limit.
+    connections logs "worker_connections are not enough" (ngx_get_connection
+    in ngx_connection.c) and closes the new client at once
+    (ngx_event_accept.c).  ``LimitNOFILE`` equals ``worker_rlimit_nofile`` so
+    the limit holds even where nginx may not raise its hard limit.
     """
     if sessions < 1 or listening < 0:
         raise ValueError(f"sessions {sessions}, listening {listening}")
