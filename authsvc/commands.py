@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import sys
 
-from authsvc import routing
+from authsvc import routing, sizing
 from authsvc.config import ConfigError, Issue, load_settings
 from authsvc.config.issues import PROXY_ONLY
 from authsvc.settings import (
@@ -78,7 +78,8 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"{len(exc.issues)} error(s), {len(exc.warnings)} warning(s)", file=sys.stderr)
         return EXIT_CONFIG
     command = None if args.for_ == "all" else args.for_
-    warnings = [issue for issue in [*loaded.warnings, *forwarding_warnings(loaded.settings)]
+    warnings = [issue for issue in [*loaded.warnings, *forwarding_warnings(loaded.settings),
+                                    *descriptor_warnings(loaded.settings)]
                 if issue.concerns(command)]
     if args.strict and warnings:
         _print_issues(warnings, errors=True)
@@ -113,6 +114,43 @@ def forwarding_warnings(settings: Settings) -> list[Issue]:
         "client's wrong passwords holds every user's login; set forward_client = \"id\" "
         "with the proxies in Dovecot's login_trusted_networks, or switch the penalty off at "
         "the stores and turn [throttle] on (docs/proxy.md, \"Dovecot's auth penalty\")")]
+
+
+def descriptor_warnings(settings: Settings) -> list[Issue]:
+    """One warning when the proxy's sessions cannot fit in its descriptor limit, else none.
+
+    The sessions are the sum of the listeners' ``connection_limit`` (each
+    proxy process counts its own, docs/proxy.md, "Limits"), two descriptors
+    each, below the headroom the proxy keeps (:mod:`authsvc.sizing`).  The
+    limit is ``[proxy] nofile`` when set, else ``LimitNOFILE=`` of the shipped
+    deploy/systemd/authsvc-proxy.service: the limit the proxy will run under,
+    never the limit of the shell that runs check-config.  A listener without a
+    ``connection_limit`` leaves the count unbounded, and there is nothing to compare.
+    """
+    listeners = settings.listeners
+    if not listeners or any(listener.connection_limit <= 0 for listener in listeners):
+        return []
+    sessions = sum(listener.connection_limit for listener in listeners)
+    configured = settings.proxy.nofile
+    limit = configured if configured is not None else sizing.PROXY_UNIT_NOFILE
+    if sizing.proxy_sessions_fit(sessions, limit):
+        return []
+    source = listeners[0].source
+    native = ".toml:" in source
+    file = source.rsplit(":", 1)[0] if native else source
+    where = (f"[proxy] nofile = {limit}" if configured is not None else
+             f"LimitNOFILE={limit} of the shipped authsvc-proxy.service")
+    names = ", ".join(f"{listener.name} {listener.connection_limit}" for listener in listeners)
+    needed = sizing.proxy_nofile_for(sessions)
+    return [Issue(
+        file, 0, "listener.connection_limit" if native else "connection_limit",
+        f"{sessions} sessions per proxy process (connection_limit: {names}) need "
+        f"{needed} descriptors ({sizing.CONNECTIONS_PER_SESSION} per session, "
+        f"{sizing.PROXY_OWN_DESCRIPTORS} of its own, and the headroom), more than "
+        f"{where}, so the proxy would refuse clients before it holds that many; raise "
+        "LimitNOFILE "
+        "(systemctl edit authsvc-proxy) and [proxy] nofile with it, or lower connection_limit "
+        '(docs/proxy.md, "Limits")', PROXY_ONLY)]
 
 
 async def _trace(settings: Settings, request: routing.LoginRequest) -> routing.Trace:

@@ -302,6 +302,11 @@ class NginxSettings:
     proxy_protocol_from: tuple[str, ...] = ()
     ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
     auth_http_timeout: float = 5.0
+    #: The sessions one node must hold: ``render-nginx`` sizes worker_connections,
+    #: worker_rlimit_nofile and LimitNOFILE for it (``authsvc/sizing.py``).  The
+    #: default needs 2,132 descriptors, under the 4,096 hard limit Linux gives init
+    #: (INR_OPEN_MAX, include/uapi/linux/fs.h), so it fits any machine as it is.
+    sessions_per_node: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +398,9 @@ class ProxySettings:
     preauth_limit: int | None = None
     #: Sessions not yet logged in from one client address, 0 = no limit.
     client_preauth_limit: int = 20
+    #: The descriptor limit each proxy process runs under (systemd ``LimitNOFILE=``),
+    #: for ``check-config``'s session check only; None = the shipped unit's.
+    nofile: int | None = None
     #: Client networks exempt from ``client_limit`` and ``client_preauth_limit``
     #: (webmail, a balancer that sends no PROXY header), as CIDR text.
     trusted: tuple[str, ...] = ()

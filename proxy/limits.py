@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from authsvc.settings import ProxySettings
+from authsvc.sizing import descriptor_headroom
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -42,15 +43,13 @@ class Refused(enum.Enum):
 
 #: The refusals that concern one client address (their reply says so).
 CLIENT_REFUSALS = frozenset({Refused.CLIENT_LIMIT, Refused.CLIENT_PREAUTH_LIMIT})
-#: Descriptors kept free at least, and as a share of the limit (``1/HEADROOM_SHARE``).
-HEADROOM_MIN = 32
-HEADROOM_SHARE = 16
 
 
 class DescriptorBudget:
     """What the descriptor limit (``RLIMIT_NOFILE``'s soft value at start) allows.
 
-    With ``N`` the limit, ``headroom = max(32, N // 16)`` descriptors are kept
+    With ``N`` the limit, ``headroom = max(32, N // 16)`` descriptors
+    (:func:`authsvc.sizing.descriptor_headroom`, which ``check-config`` uses too) are kept
     for what is not a client connection (listening sockets, logs, maps, the
     store side of logins in progress) and for accepting a connection only to
     refuse it.  The rest is shared so that pre-login connections (one
@@ -64,7 +63,7 @@ class DescriptorBudget:
 
     def __init__(self, limit: int) -> None:
         self.limit = max(limit, 1)
-        self.headroom = min(max(HEADROOM_MIN, self.limit // HEADROOM_SHARE), self.limit - 1)
+        self.headroom = descriptor_headroom(self.limit)
         self.preauth_limit = max(1, (self.limit - self.headroom) // 3)
 
     def near(self, descriptor: int) -> bool:

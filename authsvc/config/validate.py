@@ -75,6 +75,12 @@ _MAP_NAME_MAX = 128
 #: The keys of a Redis store's address (``Validator.redis_store``).
 _REDIS_KEYS = frozenset({"redis_url", "redis_sentinels", "redis_service", "redis_password_file",
                          "redis_sentinel_password_file"})
+#: ``[nginx] sessions_per_node`` at most: ten million sessions need 20 million
+#: descriptors, already far past Linux's default fs.nr_open (authsvc/sizing.py).
+MAX_SESSIONS = 10_000_000
+#: ``[proxy] nofile`` at most: the largest fs.nr_open Linux accepts
+#: (sysctl_nr_open_max in fs/file.c).
+MAX_NOFILE = 1_073_741_816
 
 
 def _login(s: Section) -> LoginPolicy:
@@ -480,6 +486,7 @@ class _Validator:
 
     def nginx(self, top: Section, pos: Pos) -> NginxSettings:
         n = self.section(top.table_of("nginx"), "nginx", pos)
+        d = NginxSettings()
         networks = n.strings("proxy_protocol_from", [])
         for network, item in networks:
             try:
@@ -496,7 +503,10 @@ class _Validator:
                                  proxy_protocol_from=tuple(t for t, _ in networks),
                                  ssl_protocols=tuple(t for t, _ in protocols),
                                  auth_http_timeout=n.seconds("auth_http_timeout", 5.0,
-                                                             positive=True))
+                                                             positive=True),
+                                 sessions_per_node=n.integer("sessions_per_node",
+                                                             d.sessions_per_node, 1,
+                                                             MAX_SESSIONS))
         n.finish()
         return settings
 
@@ -593,6 +603,8 @@ class _Validator:
                            if p.raw("preauth_limit") is not None else d.preauth_limit),
             client_preauth_limit=p.integer("client_preauth_limit", d.client_preauth_limit,
                                            0, 10_000_000),
+            nofile=(p.integer("nofile", 0, 1, MAX_NOFILE)
+                    if p.raw("nofile") is not None else d.nofile),
             trusted=_networks(p, "trusted"),
             login_deadline=p.seconds("login_deadline", d.login_deadline),
             health_listen=p.hostport("health_listen", need_port=True),

@@ -35,6 +35,7 @@ from authsvc.settings import (
     Settings,
     Stage,
 )
+from authsvc.sizing import LINUX_NR_OPEN, NginxSizing, nginx_sizing
 
 #: Where Debian 12's libnginx-mod-mail package installs the module (docs/operations.md).
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
@@ -111,6 +112,9 @@ class NginxView:
     ssl_session_cache: str | None
     set_real_ip_from: tuple[str, ...]
     servers: tuple[NginxServer, ...]
+    #: worker_processes, worker_connections, worker_rlimit_nofile and LimitNOFILE
+    #: for ``[nginx] sessions_per_node``: comments, applied with ``standalone``.
+    sizing: NginxSizing
     warnings: tuple[str, ...]
     #: The output carries the shared secret: the header says to protect the file.
     has_secret: bool
@@ -318,6 +322,13 @@ def nginx_view(settings: Settings, options: NginxOptions | None = None) -> Nginx
     pid = options.pid or (f"{prefix}/nginx.pid" if prefix else "nginx.pid")
     error_log = f"{prefix}/error.log" if prefix else "error.log"
     any_tls = any(s.ssl_certificate for s in servers)
+    sizing = nginx_sizing(settings.nginx.sessions_per_node,
+                          sum(len(s.listens) for s in servers))
+    if sizing.limit_nofile > LINUX_NR_OPEN:
+        warnings.append(
+            f"LimitNOFILE={sizing.limit_nofile} is above Linux's default fs.nr_open "
+            f"({LINUX_NR_OPEN}): raise it first (sysctl fs.nr_open), or nginx cannot "
+            "get that many descriptors")
     return NginxView(
         version=__version__,
         standalone=options.standalone,
@@ -332,6 +343,7 @@ def nginx_view(settings: Settings, options: NginxOptions | None = None) -> Nginx
         ssl_session_cache="shared:AUTHSVC_MAIL:10m" if any_tls else None,
         set_real_ip_from=tuple(nginx_quote(n) for n in real_ip_from),
         servers=servers,
+        sizing=sizing,
         warnings=tuple(warnings),
         has_secret=bool(settings.http.secret),
     )

@@ -153,6 +153,34 @@ def test_include_form_in_conf_d_is_rejected(tmp_path: Path, pki: ServerCert) -> 
     assert '"mail" directive is not allowed here' in result.stderr
 
 
+def _main_context_from_comments(text: str) -> str:
+    """The main-context lines the include form's header says to set, uncommented."""
+    lines = text.splitlines()
+    start = lines.index("# In /etc/nginx/nginx.conf, main context:") + 1
+    end = next(n for n in range(start, len(lines)) if not lines[n].startswith("#     "))
+    return "".join(line.removeprefix("#     ") + "\n" for line in lines[start:end])
+
+
+def test_include_form_with_its_sizing_in_debian_stock_nginx_conf(
+    tmp_path: Path, pki: ServerCert
+) -> None:
+    """An operator copies the header's worker_* lines over Debian's: nginx -t accepts them."""
+    settings = nest(nginx=NginxSettings(sessions_per_node=3000))
+    text = render_nginx(settings, _tls_options(pki)).text
+    main = _main_context_from_comments(text)
+    assert main.startswith("worker_processes auto;\nworker_rlimit_nofile 6256;\nevents {\n")
+    mail_conf = tmp_path / "mail.conf"
+    mail_conf.write_text(text)
+    conf = _debian_copy(tmp_path, mail_conf, in_conf_d=False)
+    stock = conf.read_text()
+    sized = re.sub(r"^worker_processes auto;\n", "", stock, flags=re.M)
+    sized, replaced = re.subn(r"^events \{.*?^\}\n", lambda _m: main, sized, flags=re.S | re.M)
+    assert replaced == 1 and "worker_connections 768;" not in sized
+    conf.write_text(sized)
+    result = check_config(conf, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "authsvc", *args], capture_output=True,
                           text=True, timeout=60, check=False)

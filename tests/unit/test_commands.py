@@ -154,6 +154,85 @@ outgoing_server = ["127.0.0.9"]
         assert capsys.readouterr().out.splitlines()[-1] == "ok: 2 listeners, 0 warning(s)"
 
 
+def _limited_listeners(limits: tuple[int, ...]) -> str:
+    return "".join(f"""
+[[listener]]
+name = "l{n}"
+protocol = "imap"
+bind = ["127.0.0.1:{1143 + n}"]
+outgoing_server = ["127.0.0.9"]
+connection_limit = {limit}
+""" for n, limit in enumerate(limits))
+
+
+def _descriptor_warnings(out: str) -> list[str]:
+    return [line for line in out.splitlines() if "connection_limit" in line]
+
+
+def test_check_config_warns_when_the_proxy_sessions_outgrow_the_units_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LimitNOFILE=262144 of the shipped unit holds 122,848 sessions per process."""
+    path = tmp_path / "authsvc.toml"
+    forward = '[proxy]\nforward_client = "id"\n'
+    path.write_text(forward + _limited_listeners((100_000, 22_848)))
+    assert main(["check-config", "--strict", str(path)]) == 0
+    assert _descriptor_warnings(capsys.readouterr().out) == []
+    path.write_text(forward + _limited_listeners((100_000, 22_849)))
+    # The shell's own limit plays no part, however large or small it is.
+    for soft in (64, 1 << 30):
+        monkeypatch.setattr("resource.getrlimit", lambda _which, soft=soft: (soft, soft))
+        assert main(["check-config", str(path)]) == 0
+        warned = _descriptor_warnings(capsys.readouterr().out)
+        assert warned == [
+            f"{path}:0: listener.connection_limit: 122849 sessions per proxy process "
+            "(connection_limit: l0 100000, l1 22849) need 262146 descriptors (2 per "
+            "session, 64 of its own, and the headroom), more than LimitNOFILE=262144 of the "
+            "shipped authsvc-proxy.service, so the proxy would refuse clients before it "
+            "holds that many; raise LimitNOFILE (systemctl edit authsvc-proxy) and [proxy] "
+            'nofile with it, or lower connection_limit (docs/proxy.md, "Limits")']
+    assert main(["check-config", "--strict", str(path)]) == 2
+
+
+def test_check_config_compares_with_a_configured_nofile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "authsvc.toml"
+    listeners = _limited_listeners((3000,))
+    path.write_text('[proxy]\nforward_client = "id"\nnofile = 6467\n' + listeners)
+    assert main(["check-config", str(path)]) == 0
+    (warned,) = _descriptor_warnings(capsys.readouterr().out)
+    assert "3000 sessions per proxy process (connection_limit: l0 3000) need 6468 " in warned
+    assert "more than [proxy] nofile = 6467, so" in warned
+    path.write_text('[proxy]\nforward_client = "id"\nnofile = 6468\n' + listeners)
+    assert main(["check-config", "--strict", str(path)]) == 0
+    path.write_text('[proxy]\nnofile = 0\n' + listeners)
+    assert main(["check-config", str(path)]) == 2
+    assert "proxy.nofile: 0 is out of range 1-1073741816" in capsys.readouterr().err
+
+
+def test_check_config_has_no_session_count_without_every_connection_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listener without connection_limit leaves the proxy's sessions unbounded."""
+    path = tmp_path / "authsvc.toml"
+    path.write_text('[proxy]\nforward_client = "id"\nnofile = 64\n'
+                    + _limited_listeners((3000, 0)))
+    assert main(["check-config", "--strict", str(path)]) == 0
+    assert _descriptor_warnings(capsys.readouterr().out) == []
+
+
+def test_check_config_names_the_perdition_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "perdition.imap4.conf"
+    path.write_text('map_library ""\noutgoing_server 127.0.0.9\nconnection_limit 200000\n')
+    assert main(["check-config", str(path)]) == 0
+    (warned,) = _descriptor_warnings(capsys.readouterr().out)
+    assert warned.startswith(f"{path}:0: connection_limit: 200000 sessions per proxy process "
+                             "(connection_limit: imap4 200000) need 426734 descriptors")
+
+
 def test_check_config_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--strict"]) == 2
     assert capsys.readouterr().err == (

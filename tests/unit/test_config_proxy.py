@@ -35,6 +35,7 @@ FULL = {
     "client_limit": ("20", 20),
     "preauth_limit": ("1000", 1000),
     "client_preauth_limit": ("10", 10),
+    "nofile": ("65536", 65536),
     "trusted": ('["192.0.2.80/28", "2001:db8:1::1"]', ("192.0.2.80/28", "2001:db8:1::1/128")),
     "login_deadline": ("120", 120.0),
     "health_listen": ('"127.0.0.1:9200"', HostPort("127.0.0.1", 9200)),

@@ -49,7 +49,8 @@ FACES = ("authsvc.http", "authsvc.proxy")
 ABOVE_FACES = ("authsvc.cli", "authsvc.__main__")
 PURE = ("authsvc.login", "authsvc.settings", "authsvc.redact", "authsvc.maps.serverspec",
         "authsvc.address", "authsvc.control.trust", "authsvc.failures",
-        "authsvc.control.selectors", "authsvc.control.paths", "authsvc.holds.rules")
+        "authsvc.control.selectors", "authsvc.control.paths", "authsvc.holds.rules",
+        "authsvc.sizing")
 THROTTLE_POLICY = ("authsvc.throttle.policy", "authsvc.throttle.store")
 IO_LIBRARIES = frozenset({"asyncio", "aiohttp", "aiomysql", "pymysql", "socket", "sqlite3",
                           "redis", "ssl", "selectors", "select", "subprocess", "threading",

@@ -28,6 +28,7 @@ from authsvc.settings import (
     Stage,
     TlsSettings,
 )
+from authsvc.sizing import nginx_sizing
 from tests.golden.cases import nest, nest_listener
 
 
@@ -281,16 +282,67 @@ def test_include_form_says_where_it_goes_and_loads_nothing() -> None:
 
 def test_standalone_is_a_whole_nginx_conf() -> None:
     text = render(nest(), standalone=True, prefix="/tmp/t/", pid="/tmp/t/x.pid")
-    head = [line for line in text.splitlines() if line and not line.startswith("#")][:6]
+    head = [line for line in text.splitlines() if line and not line.startswith("#")][:7]
     assert head == [
         "load_module /usr/lib/nginx/modules/ngx_mail_module.so;",
         "pid /tmp/t/x.pid;",
         "error_log /tmp/t/error.log info;",
-        "worker_processes 1;",
+        "worker_processes auto;",
+        "worker_rlimit_nofile 2132;",
         "events {",
-        "    worker_connections 1024;",
+        "    worker_connections 2068;",
     ]
     assert "include /etc/nginx/mail.conf" not in text
+
+
+def _comments(text: str) -> list[str]:
+    return [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+
+
+@pytest.mark.parametrize("sessions", [1, 1000, 3000, 250_000])
+def test_include_form_says_what_to_set_for_the_sessions(sessions: int) -> None:
+    """The numbers are nginx_sizing's, for the render's own listening sockets."""
+    settings = nest(nginx=NginxSettings(sessions_per_node=sessions))
+    view = nginx_view(settings)
+    assert view.sizing == nginx_sizing(sessions, 4)
+    comments = _comments(render_nginx(settings).text)
+    z = view.sizing
+    for line in (f"Sized for {sessions} sessions on this node ([nginx] sessions_per_node;",
+                 "worker_processes auto;",
+                 f"worker_rlimit_nofile {z.worker_rlimit_nofile};",
+                 f"worker_connections {z.worker_connections};",
+                 "[Service]", f"LimitNOFILE={z.limit_nofile}",
+                 *(line.strip() for line in z.arithmetic())):
+        assert line in comments
+    # Nothing is applied: the main context is the operator's nginx.conf.
+    assert not re.search(r"^\s*worker_", render_nginx(settings).text, re.M)
+
+
+def test_standalone_applies_the_sizing_and_names_limit_nofile() -> None:
+    settings = nest(nginx=NginxSettings(sessions_per_node=3000))
+    text = render(settings, standalone=True, prefix="/tmp/t")
+    z = nginx_sizing(3000, 4)
+    assert f"\nworker_processes {z.worker_processes};\n" in text
+    assert f"\nworker_rlimit_nofile {z.worker_rlimit_nofile};\n" in text
+    assert f"\n    worker_connections {z.worker_connections};\n" in text
+    assert f"nginx.service also needs LimitNOFILE={z.limit_nofile}." in text
+
+
+def test_listening_sockets_count_every_listen_line() -> None:
+    two = replace(nest_listener("imap4", MailProtocol.IMAP, ListenTls.STARTTLS),
+                  bind=(HostPort("127.0.0.1", 143), HostPort("127.0.0.2", 143),
+                        HostPort("127.0.0.2", 144)))
+    view = nginx_view(nest(listeners=(two,)))
+    assert sum(len(s.listens) for s in view.servers) == 3
+    assert view.sizing.listening == 3
+
+
+def test_beyond_linux_nr_open_is_a_warning() -> None:
+    fits = render_nginx(nest(nginx=NginxSettings(sessions_per_node=500_000)))
+    assert not any("nr_open" in w for w in fits.warnings)
+    big = render_nginx(nest(nginx=NginxSettings(sessions_per_node=600_000)))
+    assert any("fs.nr_open" in w for w in big.warnings)
+    assert "# WARNING: LimitNOFILE=" in big.text
 
 
 def test_nginx_quote() -> None:
