@@ -60,7 +60,8 @@ def answers(m: MySqlMap) -> dict[str, int]:
     return {host: count for host, count, _ in m.host_answers()}
 
 
-def settings_for(pair: ReplicatedMariaDb, db: TestDatabase, **overrides: object) -> MySqlMapSettings:
+def settings_for(pair: ReplicatedMariaDb, db: TestDatabase,
+                 **overrides: object) -> MySqlMapSettings:
     return db.map_settings(**{"hosts": pair.hosts, "connect_timeout": 1.0, "query_timeout": 1.0,
                               "failback_interval": FAILBACK, **overrides})
 
