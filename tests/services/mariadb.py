@@ -447,9 +447,9 @@ class PrivateMariaDb:
 
 
 @contextlib.contextmanager
-def running_private_mariadb() -> Iterator[PrivateMariaDb]:
+def running_private_mariadb(*, extra: Sequence[str] = ()) -> Iterator[PrivateMariaDb]:
     """A started private server, stopped and removed when the block ends."""
-    server = PrivateMariaDb()
+    server = PrivateMariaDb(extra=extra)
     try:
         server.start()
         yield server
