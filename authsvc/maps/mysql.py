@@ -39,13 +39,22 @@ difference:
 
 Connections: the pool is created on first use, on the first host of
 ``settings.hosts`` that answers (failover in order, like Perdition's comma
-list), and dropped after a connection error so that the next lookup starts
-again from the first host.  A connection error (server restarted, connection
-killed, idle timeout) is retried once on a fresh connection; a query that
-outlives ``query_timeout`` closes its connection.  So a MariaDB restart costs
-no authsvc restart.  ``localhost`` without a port means the Unix socket
-(``/run/mysqld/mysqld.sock``), as libmysqlclient does; a host that starts with
-``/`` is a socket path.
+list), and dropped after a connection error.  A connection error (server
+restarted, connection killed, idle timeout) is retried once on a fresh
+connection; a query that outlives ``query_timeout`` closes its connection.
+So a MariaDB restart costs no authsvc restart.  ``localhost`` without a port
+means the Unix socket (``/run/mysqld/mysqld.sock``), as libmysqlclient does; a
+host that starts with ``/`` is a socket path.
+
+Failover and failback (docs/maps.md, "Failover and failback"): a host that
+refuses, or hangs past ``connect_timeout`` or ``query_timeout``, is marked and
+tried last until it answers again; while the pool is not on the first host,
+the earlier hosts are tried again every ``failback_interval`` in a background
+task, and the first that answers takes over.  With several hosts, a host that
+``SHOW REPLICA STATUS`` says is more than ``max_replica_lag`` behind is skipped
+while another answers (the check needs REPLICA MONITOR and turns itself off,
+said once, without it).  ``tls`` wraps TCP connections in TLS with the
+server's certificate verified.
 
 Every failure is :class:`MapUnavailable` naming the host and MariaDB's error,
 never the password.  An outage is logged once when it starts and once when it

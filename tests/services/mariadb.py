@@ -11,7 +11,14 @@ Two kinds of server, one API:
   temp datadir and ``mariadbd --no-defaults`` in the foreground on a free
   loopback port, ended by its own pid.  Only tests on a private server may
   :meth:`~PrivateMariaDb.stop`, :meth:`~PrivateMariaDb.start` it again (same
-  datadir, port and data) or :meth:`~PrivateMariaDb.kill_connections` of a user.
+  datadir, port and data), :meth:`~PrivateMariaDb.pause` it (SIGSTOP) or
+  :meth:`~PrivateMariaDb.kill_connections` of a user.  ``extra`` options
+  reach its command line (TLS: ``--ssl-cert``, ``--require-secure-transport``).
+* **A primary and a replica** (:class:`ReplicatedMariaDb`): two private
+  servers, 127.0.0.1 and 127.0.0.2 on one port (Perdition's ``dbhost`` list
+  takes one ``dbport``), with MariaDB's GTID replication set up by the
+  fixture; :func:`replicated_test_database` makes a test database on the
+  primary and waits until the replica has it.
 
 On either, :func:`create_test_database` makes ``authsvc_test_<random>`` with
 the seed's schema (``mailboxes``: ``address`` varchar, ``utf8mb4_bin``, primary
@@ -43,7 +50,9 @@ The pytest fixtures at the end wrap these and are registered for every test by
 ``pytest_plugins`` in tests/conftest.py, so a test just names them:
 ``mariadb_db`` (session: a database on the shared server), ``private_mariadb``
 (the session's private server, running when the test starts and restarted
-after it), ``private_mariadb_db`` (a fresh database on it, per test).
+after it), ``private_mariadb_db`` (a fresh database on it, per test),
+``replicated_mariadb`` (the session's primary and replica, replicating when
+the test starts and again after it).
 ``shared_admin()`` skips the test (fails under CI=true) when no MariaDB answers.
 
 Run by hand: ``python -m tests.services.mariadb`` starts a private server,
