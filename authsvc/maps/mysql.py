@@ -644,13 +644,18 @@ class MySqlMap:
             if self._lags(lag):
                 pool.terminate()
                 continue
-            async with self._pool_lock:
-                if self._pool is not current:  # the lookups moved on meanwhile
+            try:
+                async with self._pool_lock:
+                    if self._pool is not current:  # the lookups moved on meanwhile
+                        pool.terminate()
+                        return
+                    self._pool = _Pool(self._settings.hosts[index], pool, index)
+                    self._last_index = index
+                    self._next_recheck = asyncio.get_running_loop().time() + self._failback
+            except asyncio.CancelledError:  # the map is closing
+                if self._pool is None or self._pool.pool is not pool:
                     pool.terminate()
-                    return
-                self._pool = _Pool(self._settings.hosts[index], pool, index)
-                self._last_index = index
-                self._next_recheck = asyncio.get_running_loop().time() + self._failback
+                raise
             why = "lagging" if current.lagging else "failover"
             log.warning("map back on mysql %s (from %s, %s)", self._settings.hosts[index],
                         current.host, why)

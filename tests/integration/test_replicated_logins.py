@@ -80,6 +80,8 @@ class Face:
     """One front end under test: how to log in, and its health port."""
 
     name = ""
+    #: The map's ``map`` label in /metrics.
+    map_name = MAP_NAME
 
     def login(self, user: str) -> str:
         raise NotImplementedError
@@ -324,8 +326,8 @@ def host_metrics(face: Face, host: str) -> tuple[float, float]:
     status, text = face.get("/metrics")
     assert status == 200
     scrape = Scrape(text)
-    return (scrape.value("authsvc_map_host_answers_total", map=MAP_NAME, host=host),
-            scrape.value("authsvc_map_host_in_use", map=MAP_NAME, host=host))
+    return (scrape.value("authsvc_map_host_answers_total", map=face.map_name, host=host),
+            scrape.value("authsvc_map_host_in_use", map=face.map_name, host=host))
 
 
 def assert_failed_back(face: Face, loop: LoginLoop, primary: str, back: float) -> float:
@@ -414,3 +416,34 @@ def test_primary_hangs_then_resumes(
     assert all(a.outcome in ("ok", "temporary") for a in loop.attempts), loop.summary()
     assert all(a.seconds <= bound + TOLERANCE for a in loop.attempts), max(
         loop.attempts, key=lambda a: a.seconds)
+
+
+def test_perdition_files_fail_over(
+    replicated_mariadb: ReplicatedMariaDb, db: TestDatabase, tmp_path: Path
+) -> None:
+    """The seed's form: Perdition's comma-separated dbhost with one dbport (perditiondb(5))."""
+    pair = replicated_mariadb
+    primary, replica = (str(h) for h in pair.hosts)
+    config = tmp_path / "perdition.imap4.conf"
+    opt = db.map_library_opt(hosts=[h.host for h in pair.hosts])
+    config.write_text(
+        "map_library /usr/lib/x86_64-linux-gnu/libperditiondb_mysql.so.0\n"
+        f"map_library_opt {opt}\n"
+        "lower_case all\n"
+        "explicit_domain riseup.net\n"
+        "add_domain servername_lookup\n"
+    )
+    with ServeProcess([config], tmp_path) as serve:
+        face = ServeFace(serve)
+        face.map_name = f"mysql:{primary}/{db.name}.mailboxes"
+        with LoginLoop(face).running() as loop:
+            loop.wait_for_ok(20, after=0)
+            assert host_metrics(face, primary)[1] == 1
+            pair.primary.stop(crash=True)
+            killed = time.monotonic()
+            loop.wait_for_ok(2 * len(USERS), after=killed)
+            assert all(a.outcome == "ok" for a in loop.since(killed)), loop.summary()
+            assert host_metrics(face, replica)[1] == 1
+            assert face.running()
+        assert set(loop.ready) == {200}, loop.ready
+        assert all(a.outcome in ("ok", "temporary") for a in loop.attempts), loop.summary()
