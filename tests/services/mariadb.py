@@ -400,6 +400,11 @@ class PrivateMariaDb:
             f"mariadbd did not answer within {self.start_timeout}s: {self.log_tail()}"
         )
 
+    def move_to(self, port: int) -> None:
+        """Listen on another port from the next start (the chosen one was taken meanwhile)."""
+        self.port = port
+        self.admin = replace(self.admin, port=port)
+
     def pause(self) -> None:
         """SIGSTOP: the server hangs, its sockets stay open (a wedged host)."""
         assert self._process is not None
@@ -516,8 +521,20 @@ class ReplicatedMariaDb:
         return (HostPort("127.0.0.1", self.port), HostPort(REPLICA_ADDRESS, self.port))
 
     def start(self) -> None:
-        self.primary.start()
-        self.replica.start()
+        for attempt in range(3):
+            try:
+                self.primary.start()
+                self.replica.start()
+                break
+            except RuntimeError as exc:
+                # Another program may bind the free port before mariadbd does.
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.primary.stop()
+                self.replica.stop()
+                self.port = _shared_free_port(["127.0.0.1", REPLICA_ADDRESS])
+                self.primary.move_to(self.port)
+                self.replica.move_to(self.port)
         for host in ("127.0.0.1", REPLICA_ADDRESS):
             self.primary.admin.execute(
                 f"CREATE USER '{self.REPL_USER}'@'{host}' IDENTIFIED BY %s",
