@@ -656,9 +656,12 @@ class MySqlMap:
                 if self._pool is None or self._pool.pool is not pool:
                     pool.terminate()
                 raise
-            why = "lagging" if current.lagging else "failover"
-            log.warning("map back on mysql %s (from %s, %s)", self._settings.hosts[index],
-                        current.host, why)
+            if index < current.index:
+                log.warning("map back on mysql %s (from %s)", self._settings.hosts[index],
+                            current.host)
+            else:
+                log.warning("map now on mysql %s (was %s, more than max_replica_lag behind)",
+                            self._settings.hosts[index], current.host)
             self._retire(current)
             return
 
