@@ -287,7 +287,8 @@ class MySqlMap:
         port = ""
         if self._settings.port_constant is not None:
             port = f", port {self._settings.port_constant}"
-        return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}"
+        tls = ", TLS" if self._settings.tls else ""
+        return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}{tls}"
 
     async def close(self) -> None:
         recheck = self._recheck
