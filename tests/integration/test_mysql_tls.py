@@ -74,6 +74,7 @@ async def lookup(settings: MySqlMapSettings, key: str = "bob@riseup.net") -> Map
 
 async def test_tls_with_the_right_ca(world: TlsWorld) -> None:
     assert await lookup(tls_settings(world)) == MapEntry("10.0.0.2", 143)
+    assert MySqlMap(tls_settings(world)).describe().endswith(", port 143, TLS")
 
 
 async def test_plain_text_is_refused_by_the_server(world: TlsWorld) -> None:
