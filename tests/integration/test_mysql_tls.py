@@ -152,3 +152,16 @@ async def test_unreadable_ca_file(world: TlsWorld, tmp_path: Path) -> None:
     missing = tmp_path / "missing-ca.pem"
     with pytest.raises(MapUnavailable, match=rf"cannot load TLS files \({missing}\)"):
         await lookup(tls_settings(world, tls_ca_file=str(missing)))
+
+
+async def test_a_server_without_tls_is_refused_before_any_query(
+    private_mariadb_db: TestDatabase, world: TlsWorld
+) -> None:
+    # The session's private server has no certificate: it offers no TLS, and
+    # aiomysql would carry on in plain text.
+    settings = private_mariadb_db.map_settings(tls=True, tls_ca_file=str(world.pki.ca))
+    with pytest.raises(MapUnavailable) as refused:
+        await lookup(settings)
+    assert str(refused.value) == (
+        f"mysql 127.0.0.1:{private_mariadb_db.port}: (2026) TLS: the server did not offer "
+        "TLS (tls = true); refused before any query")
