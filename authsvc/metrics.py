@@ -119,6 +119,17 @@ CACHE_STALE = Family(
 )
 MAP_ERRORS = Family("authsvc_map_errors_total", "counter", "Map lookups that failed.")
 MAP_UP = Family("authsvc_map_up", "gauge", "1 when the map answered its last lookup or check.")
+MAP_HOST_ANSWERS = Family(
+    "authsvc_map_host_answers_total", "counter",
+    "Statements each host of a map's failover list answered.",
+)
+MAP_HOST_IN_USE = Family(
+    "authsvc_map_host_in_use", "gauge",
+    "Processes whose map uses this host of its failover list now.", combine="sum",
+)
+#: Each host of a map's failover list: its answers and whether it is in use
+#: (``Router.map_hosts()``), by map name.
+MapHosts = Mapping[str, Sequence[tuple[str, int, bool]]]
 WORKERS = Family("authsvc_workers", "gauge", "Worker processes alive.")
 BUILD = Family("authsvc_build_info", "gauge", "authsvc version.")
 
@@ -142,6 +153,8 @@ _FAMILIES = {
         CACHE_STALE,
         MAP_ERRORS,
         MAP_UP,
+        MAP_HOST_ANSWERS,
+        MAP_HOST_IN_USE,
     )
 }
 
@@ -188,6 +201,12 @@ def _map_layout(names: Sequence[str]) -> list[tuple[str, str]]:
     return layout
 
 
+def _host_layout(hosts: MapHosts) -> list[tuple[str, str]]:
+    return [(family.name, _labels(map=name, host=host))
+            for name, entries in hosts.items() for host, _, _ in entries
+            for family in (MAP_HOST_ANSWERS, MAP_HOST_IN_USE)]
+
+
 class Metrics:
     """One process's numbers; see the module docstring for the multi-worker files."""
 
@@ -230,6 +249,7 @@ class Metrics:
         #: The series before the per-map ones: the same for the process's life.
         self._fixed = len(self._layout)
         self._map_index: dict[str, int] = {}
+        self._host_series: list[tuple[str, str]] = []
 
     @property
     def directory(self) -> str | None:
@@ -276,26 +296,40 @@ class Metrics:
         """Set one series of an extra family (a gauge)."""
         self._values[self._index[(family.name, _labels(**labels))]] = value
 
+    def set_map_hosts(self, hosts: MapHosts) -> None:
+        """Copy each map host's answers (absolute numbers) and whether it is in use."""
+        values, index = self._values, self._index
+        for name, entries in hosts.items():
+            for host, answers, in_use in entries:
+                at = index.get((MAP_HOST_ANSWERS.name, _labels(map=name, host=host)))
+                if at is not None:  # a host the layout has (bounded by the configured lists)
+                    values[at] = answers
+                    values[at + 1] = 1.0 if in_use else 0.0
+
     def set_map_up(self, name: str, up: bool) -> None:
         """Record a map's state seen by a readiness check (maps without a cache)."""
         base = self._map_index.get(name)
         if base is not None:
             self._values[base + 5] = 1.0 if up else 0.0
 
-    def attach_maps(self, names: Iterable[str]) -> None:
+    def attach_maps(self, names: Iterable[str], hosts: MapHosts | None = None) -> None:
         """Make the per-map series those of ``names``, the maps in use; opens the worker file.
 
         Called when the router opens and after each reload: a retired map's
         series go, a new map's come (up until a lookup or check says not), and
-        a kept map's keep their numbers.
+        a kept map's keep their numbers.  ``hosts``: the maps with a host list
+        (``Router.map_hosts()``), one pair of series per configured host.
         """
         names = list(dict.fromkeys(names))
-        if names == list(self._map_index) and (self._directory is None or self._mmap is not None):
+        host_series = _host_layout(hosts or {})
+        if (names == list(self._map_index) and host_series == self._host_series
+                and (self._directory is None or self._mmap is not None)):
             return  # the same maps, and the worker file (if any) is open already
         # Copy the numbers out first: a new layout rewrites this worker's file
         # and unmaps the old view.
         saved = self.snapshot()
-        layout = self._layout[: self._fixed] + _map_layout(names)
+        layout = self._layout[: self._fixed] + _map_layout(names) + host_series
+        self._host_series = host_series
         if self._directory is not None:
             values = self._open_file(layout)
         else:
@@ -427,7 +461,8 @@ class Metrics:
         total = sum(v for _, v in by_family.get(DURATION.name + "_sum", []))
         lines.append(f"{DURATION.name}_sum {_format_value(total)}")
         lines.append(f"{DURATION.name}_count {_format_value(count)}")
-        for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, *self._extra):
+        for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, MAP_HOST_ANSWERS, MAP_HOST_IN_USE,
+                       *self._extra):
             series = by_family.get(family.name)
             if not series:
                 continue

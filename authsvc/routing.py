@@ -22,7 +22,7 @@ from typing import Protocol
 from authsvc import login as login_rules
 from authsvc.failures import FailureKind as FailureKind  # what a Refusal says
 from authsvc.holds.rules import Hold, describe, host_key
-from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, RouteCache
+from authsvc.maps import NOT_CACHED, MapBackend, MapEntry, MapUnavailable, ReportsHosts, RouteCache
 from authsvc.maps.cached import CachedMap
 from authsvc.maps.factory import MapBuilder as MapBuilder  # for the front ends' signatures
 from authsvc.maps.factory import MapShelf
@@ -331,6 +331,26 @@ class Router:
                 errors=sum(c.errors for c in counters),
                 map_up=all(c.map_up for c in counters),
             )
+        return out
+
+    def map_hosts(self) -> dict[str, list[tuple[str, int, bool]]]:
+        """For maps with a host list: each host, its answers, whether a map uses it now.
+
+        By label, like :meth:`cache_stats`; the maps that share a label add up
+        (a host is in use when any of them uses it).  Reads attributes only.
+        """
+        out: dict[str, list[tuple[str, int, bool]]] = {}
+        for label, backends in self._labelled.items():
+            hosts: dict[str, tuple[int, bool]] = {}
+            for backend in backends:
+                inner = backend.inner if isinstance(backend, CachedMap) else backend
+                if not isinstance(inner, ReportsHosts):
+                    continue
+                for host, answers, in_use in inner.host_answers():
+                    before, used = hosts.get(host, (0, False))
+                    hosts[host] = (before + answers, used or in_use)
+            if hosts:
+                out[label] = [(host, n, used) for host, (n, used) in hosts.items()]
         return out
 
     async def check_maps(self) -> dict[str, str | None]:

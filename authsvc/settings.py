@@ -156,6 +156,20 @@ class MySqlMapSettings:
     connect_timeout: float = 3.0
     query_timeout: float = 3.0
     pool_size: int = 10
+    #: After a failover, how often an earlier (preferred) host is tried again (docs/maps.md).
+    failback_interval: float = 30.0
+    #: A replica further behind than this (seconds) is skipped while another host
+    #: answers; 0 turns the check off (docs/maps.md, "Failover and failback").
+    max_replica_lag: float = 5.0
+    #: TLS to the database (TCP hosts); the server's certificate is always verified.
+    tls: bool = False
+    #: CA certificates (PEM) the server's certificate must chain to; None = the system's.
+    tls_ca_file: str | None = None
+    #: A client certificate and its key (PEM), for servers that ask for one.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: Check that the certificate names the configured host (its DNS name or IP address).
+    tls_verify_name: bool = True
     #: The map's name in ``/metrics`` and ``/readyz``; None = :attr:`label` derives one.
     name: str | None = None
     #: On MapUnavailable, route to ``outgoing_server`` as Perdition did; off by

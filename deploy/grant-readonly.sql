@@ -9,3 +9,9 @@
 
 CREATE USER IF NOT EXISTS `nest_mail`@`127.0.0.1` IDENTIFIED BY 'CHANGE-ME';
 GRANT SELECT ON `nest`.`mailboxes` TO `nest_mail`@`127.0.0.1`;
+
+-- With a primary and replicas in the map's hosts, the replica lag check asks
+-- each host SHOW REPLICA STATUS, which needs REPLICA MONITOR (a global
+-- privilege, MariaDB 10.5.9 and later; docs/maps.md, "Failover and failback").
+-- Without it the check is off and authsvc says so once in its log:
+-- GRANT REPLICA MONITOR ON *.* TO `nest_mail`@`127.0.0.1`;

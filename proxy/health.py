@@ -67,6 +67,7 @@ class HealthEndpoint:
         """This worker's numbers brought up to date, then everyone's totals."""
         self._server.refresh_metrics()
         self._metrics.set_cache_stats(self._router.cache_stats())
+        self._metrics.set_map_hosts(self._router.map_hosts())
         text = self._metrics.render()
         if self._throttle is not None:
             text += self._throttle.render_metrics()

@@ -70,7 +70,8 @@ async def serve(
         await holds.start()
         async with open_router_switch(settings, holds=holds) as switch:
             router = switch.router
-            metrics.attach_maps(router.cache_stats())  # opens this worker's metrics file
+            # Opens this worker's metrics file.
+            metrics.attach_maps(router.cache_stats(), router.map_hosts())
             # Counts, and the store's refusal times, shared by the workers through
             # the run directory (docs/security.md).
             throttle = Throttle(settings.throttle, directory=run_dir, refusals=True)
@@ -90,7 +91,8 @@ async def serve(
             await server.start(sockets)
 
             def apply(new: Settings, new_router: Router) -> None:
-                metrics.attach_maps(new_router.cache_stats())  # the maps now in use
+                # The maps now in use.
+                metrics.attach_maps(new_router.cache_stats(), new_router.map_hosts())
                 server.reconfigure(new, new_router)
                 if health is not None:
                     health.rebind(new_router)
@@ -116,6 +118,7 @@ async def serve(
                 log.info("", extra={"fields": {"event": "stopping", "sessions": server.sessions}})
                 await server.stop(switch.router.settings.proxy.drain_timeout)
                 metrics.set_cache_stats(switch.router.cache_stats())
+                metrics.set_map_hosts(switch.router.map_hosts())
                 if health is not None:
                     await health.stop()
                 if control is not None:

@@ -68,7 +68,9 @@ _MAP_KEYS = {
     "regex": {"path", "perdition_prefix_quirk", *_MAP_COMMON},
     "mysql": {"hosts", "port", "database", "table", "user", "password", "password_file",
               "server_column", "user_column", "port_column", "port_constant",
-              "connect_timeout", "query_timeout", "pool_size", *_MAP_COMMON},
+              "connect_timeout", "query_timeout", "pool_size", "failback_interval",
+              "max_replica_lag", "tls", "tls_ca_file", "tls_cert_file", "tls_key_file",
+              "tls_verify_name", *_MAP_COMMON},
     "none": {"name"},
 }
 _MAP_NAME_MAX = 128
@@ -166,13 +168,34 @@ def _mysql(s: Section) -> MySqlMapSettings:
         connect_timeout=s.seconds("connect_timeout", 3.0, positive=True),
         query_timeout=s.seconds("query_timeout", 3.0, positive=True),
         pool_size=s.integer("pool_size", 10, 1, 1000),
+        failback_interval=s.seconds("failback_interval", 30.0, positive=True),
+        max_replica_lag=s.seconds("max_replica_lag", 5.0),
+        tls=s.boolean("tls", False),
+        tls_ca_file=s.path("tls_ca_file", check="CA file", used_by=ROUTERS),
+        tls_cert_file=s.path("tls_cert_file", check="client certificate", used_by=ROUTERS),
+        tls_key_file=s.path("tls_key_file", check="client key", used_by=ROUTERS),
+        tls_verify_name=s.boolean("tls_verify_name", True),
         name=_map_name(s),
         default_server_on_error=s.boolean("default_server_on_error", False),
     )
     if settings.password is None and settings.password_file is None:
         s.warn("password_file", "no password_file: connecting without a password",
                used_by=ROUTERS)
+    _mysql_tls(s, settings)
     return settings
+
+
+def _mysql_tls(s: Section, settings: MySqlMapSettings) -> None:
+    """The TLS keys only mean something together with ``tls = true``, and cert with key."""
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        given = "tls_cert_file" if settings.tls_cert_file is not None else "tls_key_file"
+        s.error(given, "give tls_cert_file and tls_key_file together (a client certificate "
+                "and its key)", s.table.items.get(given))
+    if not settings.tls:
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify_name"):
+            if key in s.table.items:
+                s.warn(key, "does nothing without tls = true", s.table.items[key],
+                       used_by=ROUTERS)
 
 
 def _map_name(s: Section) -> str | None:

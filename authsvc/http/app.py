@@ -177,7 +177,7 @@ def bind_router(app: web.Application, router: Router) -> None:
     The metric series become those of the router's maps: a map that a reload
     brings in gets its series at once, and a retired map's series go.
     """
-    app[METRICS].attach_maps(router.cache_stats())
+    app[METRICS].attach_maps(router.cache_stats(), router.map_hosts())
     app[SERVING].router = router
     app[READINESS].check = router.check_maps
     app[AUTH].bind(router)

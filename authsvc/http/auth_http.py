@@ -289,6 +289,7 @@ class AuthService:
         router = self._router
         if router is not None:
             self._metrics.set_cache_stats(router.cache_stats())
+            self._metrics.set_map_hosts(router.map_hosts())
         self._stats_due = time.perf_counter() + CACHE_STATS_INTERVAL
 
     def _refuse(self, text: str, attempt: int) -> dict[str, str]:

@@ -94,3 +94,12 @@ class RouteCache(MapBackend, Protocol):
     def invalidate(self, *, key: str | None = None, domain: str | None = None) -> int:
         """Drop one key, every key of one domain, or (neither given) everything."""
         ...
+
+
+@runtime_checkable
+class ReportsHosts(Protocol):
+    """A map with several hosts to choose from (the MySQL map's failover list)."""
+
+    def host_answers(self) -> list[tuple[str, int, bool]]:
+        """Each configured host, the statements it answered, and whether it is in use now."""
+        ...

@@ -39,13 +39,22 @@ difference:
 
 Connections: the pool is created on first use, on the first host of
 ``settings.hosts`` that answers (failover in order, like Perdition's comma
-list), and dropped after a connection error so that the next lookup starts
-again from the first host.  A connection error (server restarted, connection
-killed, idle timeout) is retried once on a fresh connection; a query that
-outlives ``query_timeout`` closes its connection.  So a MariaDB restart costs
-no authsvc restart.  ``localhost`` without a port means the Unix socket
-(``/run/mysqld/mysqld.sock``), as libmysqlclient does; a host that starts with
-``/`` is a socket path.
+list), and dropped after a connection error.  A connection error (server
+restarted, connection killed, idle timeout) is retried once on a fresh
+connection; a query that outlives ``query_timeout`` closes its connection.
+So a MariaDB restart costs no authsvc restart.  ``localhost`` without a port
+means the Unix socket (``/run/mysqld/mysqld.sock``), as libmysqlclient does; a
+host that starts with ``/`` is a socket path.
+
+Failover and failback (docs/maps.md, "Failover and failback"): a host that
+refuses, or hangs past ``connect_timeout`` or ``query_timeout``, is marked and
+tried last until it answers again; while the pool is not on the first host,
+the earlier hosts are tried again every ``failback_interval`` in a background
+task, and the first that answers takes over.  With several hosts, a host that
+``SHOW REPLICA STATUS`` says is more than ``max_replica_lag`` behind is skipped
+while another answers (the check needs REPLICA MONITOR and turns itself off,
+said once, without it).  ``tls`` wraps TCP connections in TLS with the
+server's certificate verified.
 
 Every failure is :class:`MapUnavailable` naming the host and MariaDB's error,
 never the password.  An outage is logged once when it starts and once when it
@@ -57,7 +66,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +93,12 @@ _CONNECTION_ERRNOS = range(2000, 3000)
 _KILLED_ERRNOS = (1927, 4031)
 #: Most keys in one batched statement (keeps it far below max_allowed_packet).
 BATCH_MAX = 64
+# 2026 CR_SSL_CONNECTION_ERROR (a client error: the connection, not the query).
+_CR_SSL_CONNECTION_ERROR = 2026
+# 1064 ER_PARSE_ERROR: a server before SHOW REPLICA STATUS (MariaDB 10.5.1).
+_ER_PARSE_ERROR = 1064
+# 1227 ER_SPECIFIC_ACCESS_DENIED_ERROR: "you need ... the REPLICA MONITOR privilege".
+_ER_NO_PRIVILEGE = (1227,)
 
 _Row = tuple[object, ...]
 
@@ -151,9 +168,21 @@ def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, aiomysql.InterfaceError | OSError):
         return True
     if isinstance(exc, aiomysql.OperationalError):
-        errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        errno = _errno(exc)
         return errno in _CONNECTION_ERRNOS or errno in _KILLED_ERRNOS
     return False
+
+
+def _errno(exc: BaseException) -> int:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+
+
+class _AcquireTimeout(TimeoutError):
+    """No pooled connection within connect_timeout: the host does not answer."""
+
+
+class _QueryTimeout(TimeoutError):
+    """A query outlived query_timeout: the host hangs or is overloaded."""
 
 
 def _mysql_text(exc: BaseException) -> str:
@@ -164,13 +193,16 @@ def _mysql_text(exc: BaseException) -> str:
 
 
 class _Pool:
-    """One aiomysql pool and the host it talks to."""
+    """One aiomysql pool, the host it talks to, and that host's place in ``hosts``."""
 
-    __slots__ = ("host", "pool")
+    __slots__ = ("host", "index", "lagging", "pool")
 
-    def __init__(self, host: HostPort, pool: Any) -> None:
+    def __init__(self, host: HostPort, pool: Any, index: int, *, lagging: bool = False) -> None:
         self.host = host
         self.pool = pool
+        self.index = index
+        #: The host was further behind than max_replica_lag when last asked.
+        self.lagging = lagging
 
 
 class _Waiting:
@@ -202,6 +234,18 @@ class MySqlMap:
         self._description = self._describe()
         self._pool: _Pool | None = None
         self._pool_lock = asyncio.Lock()
+        # Failover and failback (docs/maps.md): hosts that failed lately (index:
+        # when), tried last; the background recheck every failback_interval.
+        self._failed: dict[int, float] = {}
+        self._failback = settings.failback_interval
+        self._next_recheck = 0.0
+        self._recheck: asyncio.Task[None] | None = None
+        self._last_index: int | None = None
+        # Off when max_replica_lag is 0, with one host (nothing to skip to), or
+        # once the user turns out not to be allowed to read replication status.
+        self._lag_check = settings.max_replica_lag > 0 and len(settings.hosts) > 1
+        self._answers = [0] * len(settings.hosts)
+        self._ssl: ssl.SSLContext | None = None
         self._up: bool | None = None  # None until the first answer
         self._closing: set[asyncio.Task[None]] = set()
         # Micro-batching: keys not yet sent, whether a flush is scheduled, and
@@ -243,9 +287,14 @@ class MySqlMap:
         port = ""
         if self._settings.port_constant is not None:
             port = f", port {self._settings.port_constant}"
-        return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}"
+        tls = ", TLS" if self._settings.tls else ""
+        return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}{tls}"
 
     async def close(self) -> None:
+        recheck = self._recheck
+        if recheck is not None:
+            recheck.cancel()
+            await asyncio.gather(recheck, return_exceptions=True)
         batches = list(self._batches)
         for batch in batches:
             batch.cancel()
@@ -351,6 +400,29 @@ class MySqlMap:
         # MariaDB never echoes the password, but a message must not carry it even then.
         return text.replace(password, "***") if password else text
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """The client TLS context, made once the files can be read (they may come later)."""
+        if self._ssl is not None:
+            return self._ssl
+        settings = self._settings
+        try:
+            context = ssl.create_default_context(cafile=settings.tls_ca_file)
+            if settings.tls_cert_file is not None:
+                context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(
+                f for f in (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+                if f is not None
+            )
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise MapUnavailable(f"mysql: cannot load TLS files ({files}): {reason}") from None
+        # create_default_context verifies the chain (CERT_REQUIRED); the name
+        # check compares the configured host with the certificate's DNS or IP
+        # names (Python's ssl module, SSLContext.check_hostname).
+        context.check_hostname = settings.tls_verify_name
+        self._ssl = context
+        return context
+
     async def _open(self, host: HostPort, password: str) -> Any:
         settings = self._settings
         where: dict[str, Any]
@@ -360,10 +432,14 @@ class MySqlMap:
             where = {"unix_socket": DEFAULT_SOCKET}
         else:
             where = {"host": host.host, "port": host.port or DEFAULT_PORT}
+            if settings.tls:
+                # A Unix socket is local: MariaDB counts it as secure transport
+                # (require_secure_transport, MariaDB server system variables).
+                where["ssl"] = self._tls_context()
         # connect_timeout in aiomysql covers only the TCP connect; the
         # handshake and login are bounded here too.
         async with asyncio.timeout(settings.connect_timeout):
-            return await aiomysql.create_pool(
+            pool = await aiomysql.create_pool(
                 minsize=1,
                 maxsize=max(settings.pool_size, 1),
                 pool_recycle=self._recycle,
@@ -375,48 +451,250 @@ class MySqlMap:
                 connect_timeout=settings.connect_timeout,
                 **where,
             )
+        if "ssl" in where:
+            try:
+                pool.release(await self._acquire(pool))  # the first connection, checked
+            except BaseException:
+                pool.terminate()
+                raise
+        return pool
 
-    async def _get_pool(self) -> _Pool:
-        current = self._pool
-        if current is not None:
-            return current
-        async with self._pool_lock:
-            if self._pool is not None:
-                return self._pool
-            password = self._password()
-            failures: list[str] = []
-            for host in self._settings.hosts:
-                try:
-                    pool = await self._open(host, password)
-                except (aiomysql.Error, OSError, TimeoutError) as exc:
-                    failures.append(f"{host}: {self._scrub(_mysql_text(exc), password)}")
-                    continue
-                self._pool = _Pool(host, pool)
-                return self._pool
-            raise MapUnavailable("mysql " + "; ".join(failures))
-
-    def _discard(self, current: _Pool) -> None:
-        """Stop using a pool; its connections close in the background."""
-        if self._pool is current:
-            self._pool = None
-        current.pool.terminate()
-        closing = asyncio.get_running_loop().create_task(current.pool.wait_closed())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
-
-    async def _query(self, current: _Pool, keys: list[str]) -> list[_Row | None]:
-        """One statement for ``keys``; each key's first row, or None."""
+    async def _acquire(self, pool: Any) -> Any:
+        """A pooled connection within connect_timeout; with ``tls``, only an encrypted one."""
         settings = self._settings
-        pool = current.pool
         try:
             async with asyncio.timeout(settings.connect_timeout):
                 conn = await pool.acquire()
         except RuntimeError as exc:  # the pool was closed under us by another lookup
             raise aiomysql.InterfaceError(0, str(exc)) from None
         except TimeoutError:
-            raise TimeoutError(
+            raise _AcquireTimeout(
                 f"no connection within connect_timeout {settings.connect_timeout:g}s"
             ) from None
+        # aiomysql goes on in plain text when the server does not offer TLS
+        # (aiomysql/connection.py, _request_authentication): refuse such a
+        # connection before any query.  A Unix socket counts as secure.
+        if settings.tls and not getattr(conn, "_secure", False):
+            conn.close()
+            pool.release(conn)
+            raise aiomysql.OperationalError(
+                _CR_SSL_CONNECTION_ERROR,
+                "TLS: the server did not offer TLS (tls = true); refused before any query",
+            )
+        return conn
+
+    async def _get_pool(self) -> _Pool:
+        current = self._pool
+        if current is not None:
+            self._maybe_recheck(current)
+            return current
+        async with self._pool_lock:
+            if self._pool is not None:
+                return self._pool
+            chosen = await self._walk(self._password())
+            previous, self._last_index = self._last_index, chosen.index
+            if previous is not None and previous != chosen.index:
+                log.warning("map now on mysql %s (was %s)", chosen.host,
+                            self._settings.hosts[previous])
+            self._pool = chosen
+            self._next_recheck = asyncio.get_running_loop().time() + self._failback
+            return chosen
+
+    def _order(self) -> list[int]:
+        """Host indexes to try: in configured order, hosts that failed lately last."""
+        count = len(self._settings.hosts)
+        return ([i for i in range(count) if i not in self._failed]
+                + [i for i in range(count) if i in self._failed])
+
+    async def _try_host(self, index: int, password: str) -> tuple[Any, float]:
+        """Open a pool on one host and read its replica lag (0 when not measured)."""
+        host = self._settings.hosts[index]
+        try:
+            pool = await self._open(host, password)
+        except (aiomysql.Error, OSError, TimeoutError):
+            self._failed[index] = asyncio.get_running_loop().time()
+            raise
+        try:
+            lag = await self._replica_lag(pool, host)
+        except BaseException:
+            self._failed[index] = asyncio.get_running_loop().time()
+            pool.terminate()
+            raise
+        self._failed.pop(index, None)
+        return pool, lag
+
+    async def _walk(self, password: str) -> _Pool:
+        """The first host that answers and does not lag; else the first that answers.
+
+        docs/maps.md, "Failover and failback": a replica further behind than
+        ``max_replica_lag`` is used only when no other host answers.
+        """
+        failures: list[str] = []
+        fallback: _Pool | None = None
+        for index in self._order():
+            host = self._settings.hosts[index]
+            try:
+                pool, lag = await self._try_host(index, password)
+            except (aiomysql.Error, OSError, TimeoutError) as exc:
+                failures.append(f"{host}: {self._scrub(self._error_text(exc), password)}")
+                continue
+            if not self._lags(lag):
+                if fallback is not None:
+                    self._retire(fallback)
+                return _Pool(host, pool, index)
+            failures.append(f"{host}: {self._lag_text(lag)}")
+            if fallback is None:
+                fallback = _Pool(host, pool, index, lagging=True)
+            else:
+                pool.terminate()
+        if fallback is not None:
+            log.warning("map uses a lagging replica, no other host answers: %s",
+                        "; ".join(failures))
+            return fallback
+        raise MapUnavailable("mysql " + "; ".join(failures))
+
+    def _lags(self, lag: float) -> bool:
+        return self._lag_check and lag > self._settings.max_replica_lag
+
+    def _lag_text(self, lag: float) -> str:
+        behind = ("replication not running (Seconds_Behind_Master is NULL)"
+                  if math.isinf(lag) else f"replica {lag:g}s behind")
+        return f"{behind}, more than max_replica_lag {self._settings.max_replica_lag:g}s"
+
+    async def _replica_lag(self, pool: Any, host: HostPort) -> float:
+        """How far behind its primary the host is: 0 for a primary, inf when replication stopped.
+
+        ``SHOW REPLICA STATUS`` (MariaDB 10.5.1+; ``SHOW SLAVE STATUS`` before)
+        needs the REPLICA MONITOR privilege (MariaDB's GRANT documentation).
+        Without it the check is off for this map, said once in the log.
+        """
+        if not self._lag_check:
+            return 0.0
+        conn = await self._acquire(pool)
+        try:
+            rows, names = [], []
+            async with asyncio.timeout(self._settings.query_timeout):
+                for statement in ("SHOW REPLICA STATUS", "SHOW SLAVE STATUS"):
+                    try:
+                        async with conn.cursor() as cursor:
+                            await cursor.execute(statement)
+                            rows = list(await cursor.fetchall())
+                            names = [d[0] for d in cursor.description or ()]
+                        break
+                    except aiomysql.ProgrammingError as exc:
+                        if _errno(exc) != _ER_PARSE_ERROR:
+                            raise
+        except aiomysql.OperationalError as exc:
+            if _errno(exc) not in _ER_NO_PRIVILEGE:
+                conn.close()
+                raise
+            self._lag_check = False
+            log.warning(
+                "mysql %s: the map's user may not read replication status (SHOW REPLICA "
+                "STATUS needs the REPLICA MONITOR privilege): the replica lag check is off",
+                host)
+            return 0.0
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            pool.release(conn)
+        lag = 0.0
+        for row in rows:
+            values = dict(zip(names, row, strict=False))
+            behind = values.get("Seconds_Behind_Master", values.get("Seconds_Behind_Source"))
+            lag = max(lag, math.inf if behind is None else float(behind))
+        return lag
+
+    def _maybe_recheck(self, current: _Pool) -> None:
+        """Every ``failback_interval``, in the background: fail back, or leave a lagging host."""
+        if self._recheck is not None or (current.index == 0 and not self._lag_check):
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_recheck:
+            return
+        self._next_recheck = loop.time() + self._failback
+        task = loop.create_task(self._recheck_hosts(current))
+        self._recheck = task
+        task.add_done_callback(self._recheck_done)
+
+    def _recheck_done(self, task: asyncio.Task[None]) -> None:
+        self._recheck = None
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("map recheck failed: %r", task.exception())
+
+    async def _recheck_hosts(self, current: _Pool) -> None:
+        try:
+            password = self._password()
+        except MapUnavailable:
+            return
+        if self._lag_check:
+            try:
+                current.lagging = self._lags(await self._replica_lag(current.pool, current.host))
+            except (aiomysql.Error, OSError, TimeoutError):
+                return  # the lookups see this host fail and move on themselves
+        # Earlier hosts are preferred; a lagging host gives way to any that does not lag.
+        count = len(self._settings.hosts)
+        better = [i for i in range(count) if i < current.index
+                  or (current.lagging and i != current.index)]
+        for index in better:
+            try:
+                pool, lag = await self._try_host(index, password)
+            except (aiomysql.Error, OSError, TimeoutError):
+                continue
+            if self._lags(lag):
+                pool.terminate()
+                continue
+            try:
+                async with self._pool_lock:
+                    if self._pool is not current:  # the lookups moved on meanwhile
+                        pool.terminate()
+                        return
+                    self._pool = _Pool(self._settings.hosts[index], pool, index)
+                    self._last_index = index
+                    self._next_recheck = asyncio.get_running_loop().time() + self._failback
+            except asyncio.CancelledError:  # the map is closing
+                if self._pool is None or self._pool.pool is not pool:
+                    pool.terminate()
+                raise
+            if index < current.index:
+                log.warning("map back on mysql %s (from %s)", self._settings.hosts[index],
+                            current.host)
+            else:
+                log.warning("map now on mysql %s (was %s, more than max_replica_lag behind)",
+                            self._settings.hosts[index], current.host)
+            self._retire(current)
+            return
+
+    def _retire(self, current: _Pool) -> None:
+        """Stop handing out a pool that still works: queries in flight finish first."""
+        if self._pool is current:
+            self._pool = None
+        current.pool.close()
+        self._track_closing(current.pool)
+
+    def _discard(self, current: _Pool) -> None:
+        """Stop using a pool; its connections close in the background."""
+        if self._pool is current:
+            self._pool = None
+        current.pool.terminate()
+        self._track_closing(current.pool)
+
+    def _track_closing(self, pool: Any) -> None:
+        closing = asyncio.get_running_loop().create_task(pool.wait_closed())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def _mark_failed(self, current: _Pool) -> None:
+        """The host hangs or refuses: tried last until it answers again (docs/maps.md)."""
+        self._failed[current.index] = asyncio.get_running_loop().time()
+        self._discard(current)
+
+    async def _query(self, current: _Pool, keys: list[str]) -> list[_Row | None]:
+        """One statement for ``keys``; each key's first row, or None."""
+        settings = self._settings
+        pool = current.pool
+        conn = await self._acquire(pool)
         try:
             try:
                 async with asyncio.timeout(settings.query_timeout):
@@ -424,7 +702,7 @@ class MySqlMap:
                         await cursor.execute(self._sql_for(len(keys)), keys)
                         rows = await cursor.fetchall()
             except TimeoutError:
-                raise TimeoutError(
+                raise _QueryTimeout(
                     f"query took longer than query_timeout {settings.query_timeout:g}s"
                 ) from None
         except BaseException:
@@ -452,12 +730,21 @@ class MySqlMap:
                 try:
                     rows = await self._query(current, keys)
                 except (aiomysql.Error, OSError, TimeoutError) as exc:
-                    if attempt == 1 and _is_connection_error(exc):
-                        # The server may have restarted or cut us: the whole pool is
-                        # suspect.  Start again, from the first host.
+                    if isinstance(exc, TimeoutError):
+                        # The host hangs (or is overloaded): the next lookups go
+                        # to the next host; this one is retried in the background.
+                        self._mark_failed(current)
+                    elif _is_connection_error(exc):
+                        # The server may have restarted or cut us: the whole pool
+                        # is suspect.
                         self._discard(current)
+                    # Once more, from the first host that did not fail lately; a
+                    # slow query is not retried (that would only double the wait).
+                    if attempt == 1 and (_is_connection_error(exc) or (
+                            isinstance(exc, _AcquireTimeout) and len(self._settings.hosts) > 1)):
                         continue
                     raise
+                self._answers[current.index] += 1
                 self._note(True, f"mysql {current.host}")
                 return rows, current.host
         except MapUnavailable as exc:
@@ -465,14 +752,35 @@ class MySqlMap:
             raise
         except (aiomysql.Error, OSError, TimeoutError) as exc:
             assert current is not None
-            if _is_connection_error(exc):
-                self._discard(current)
             message = self._scrub(
-                f"mysql {current.host}: {_mysql_text(exc)}", self._password_or_empty()
+                f"mysql {current.host}: {self._error_text(exc)}", self._password_or_empty()
             )
             self._note(False, message)
             raise MapUnavailable(message) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error_text(self, exc: BaseException) -> str:
+        """MariaDB's words, or what TLS refused and where to look."""
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            ca = self._settings.tls_ca_file or "the system's CAs"
+            return (f"TLS: the server's certificate was refused: {cause.verify_message} "
+                    f"(tls_ca_file {ca}, tls_verify_name "
+                    f"{'on' if self._settings.tls_verify_name else 'off'})")
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {cause.reason or cause}"
+        return _mysql_text(exc)
+
+    def host_answers(self) -> list[tuple[str, int, bool]]:
+        """Each configured host, the statements it answered and whether the map uses it now.
+
+        For ``/metrics`` (``authsvc_map_host_answers_total``, ``authsvc_map_host_in_use``).
+        """
+        current = self._pool
+        return [(str(host), self._answers[i], current is not None and current.index == i)
+                for i, host in enumerate(self._settings.hosts)]
 
     def _password_or_empty(self) -> str:
         try:

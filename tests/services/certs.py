@@ -92,8 +92,12 @@ def make_server_cert(
     ca_key: Path,
     names: tuple[str, ...] = DEFAULT_NAMES,
     stem: str = "server",
+    usage: str = "serverAuth",
 ) -> ServerCert:
-    """Write ``<stem>.pem``/``<stem>.key`` signed by the CA, valid for ``names``."""
+    """Write ``<stem>.pem``/``<stem>.key`` signed by the CA, valid for ``names``.
+
+    ``usage``: the extended key usage, ``clientAuth`` for a client certificate.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     cert, key, csr = directory / f"{stem}.pem", directory / f"{stem}.key", directory / f"{stem}.csr"
     ext = directory / f"{stem}.ext"
@@ -103,7 +107,7 @@ def make_server_cert(
         f"subjectAltName={_san(names)}\n"
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n"
+        f"extendedKeyUsage={usage}\n"
     )
     _openssl(
         "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",

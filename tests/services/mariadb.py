@@ -11,7 +11,14 @@ Two kinds of server, one API:
   temp datadir and ``mariadbd --no-defaults`` in the foreground on a free
   loopback port, ended by its own pid.  Only tests on a private server may
   :meth:`~PrivateMariaDb.stop`, :meth:`~PrivateMariaDb.start` it again (same
-  datadir, port and data) or :meth:`~PrivateMariaDb.kill_connections` of a user.
+  datadir, port and data), :meth:`~PrivateMariaDb.pause` it (SIGSTOP) or
+  :meth:`~PrivateMariaDb.kill_connections` of a user.  ``extra`` options
+  reach its command line (TLS: ``--ssl-cert``, ``--require-secure-transport``).
+* **A primary and a replica** (:class:`ReplicatedMariaDb`): two private
+  servers, 127.0.0.1 and 127.0.0.2 on one port (Perdition's ``dbhost`` list
+  takes one ``dbport``), with MariaDB's GTID replication set up by the
+  fixture; :func:`replicated_test_database` makes a test database on the
+  primary and waits until the replica has it.
 
 On either, :func:`create_test_database` makes ``authsvc_test_<random>`` with
 the seed's schema (``mailboxes``: ``address`` varchar, ``utf8mb4_bin``, primary
@@ -43,7 +50,9 @@ The pytest fixtures at the end wrap these and are registered for every test by
 ``pytest_plugins`` in tests/conftest.py, so a test just names them:
 ``mariadb_db`` (session: a database on the shared server), ``private_mariadb``
 (the session's private server, running when the test starts and restarted
-after it), ``private_mariadb_db`` (a fresh database on it, per test).
+after it), ``private_mariadb_db`` (a fresh database on it, per test),
+``replicated_mariadb`` (the session's primary and replica, replicating when
+the test starts and again after it).
 ``shared_admin()`` skips the test (fails under CI=true) when no MariaDB answers.
 
 Run by hand: ``python -m tests.services.mariadb`` starts a private server,
@@ -220,10 +229,16 @@ class TestDatabase:
         )
         return replace(settings, **overrides)
 
-    def map_library_opt(self, port: int = 143, table: str = "mailboxes") -> str:
-        """Perdition's 9-field ``map_library_opt`` for this database (perditiondb(5))."""
+    def map_library_opt(self, port: int = 143, table: str = "mailboxes",
+                        hosts: Sequence[str] = ()) -> str:
+        """Perdition's 9-field ``map_library_opt`` for this database (perditiondb(5)).
+
+        ``hosts``: Perdition's comma-separated ``dbhost`` failover list, every
+        host on this database's port; else this database's host alone.
+        """
+        dbhost = ",".join(hosts) if hosts else self.host
         return (
-            f"{self.host}:{self.port}:{self.name}:{table}:{self.reader_user}:"
+            f"{dbhost}:{self.port}:{self.name}:{table}:{self.reader_user}:"
             f"{self.reader_password}:storage_ip:address:{port}"
         )
 
@@ -286,18 +301,29 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 class PrivateMariaDb:
-    """One ``mariadbd`` of our own: temp datadir, free port, foreground, our pid."""
+    """One ``mariadbd`` of our own: temp datadir, free port, foreground, our pid.
 
-    def __init__(self, root: Path | None = None, *, start_timeout: float = 60.0) -> None:
+    ``address`` and ``port`` place it (a primary and a replica may share a port
+    on two loopback addresses, as Perdition's ``dbhost`` list with one ``dbport``
+    needs); ``server_id`` turns the binary log on for replication; ``extra``
+    options go last (TLS: ``--ssl-cert=...``).
+    """
+
+    def __init__(self, root: Path | None = None, *, start_timeout: float = 60.0,
+                 address: str = "127.0.0.1", port: int | None = None,
+                 server_id: int | None = None, extra: Sequence[str] = ()) -> None:
         self._own_root = root is None
         # A short path: the socket path must fit in 107 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="authsvc-mdb-")) if root is None else root
         self.datadir = self.root / "data"
         self.socket = str(self.root / "mysqld.sock")
-        self.port = free_port()
+        self.address = address
+        self.port = port if port is not None else free_port(address)
+        self.server_id = server_id
+        self.extra = list(extra)
         self.log_path = self.root / "mariadbd.log"
         self.start_timeout = start_timeout
-        self.admin = AdminAccess(host="127.0.0.1", port=self.port, unix_socket=self.socket)
+        self.admin = AdminAccess(host=address, port=self.port, unix_socket=self.socket)
         self._process: subprocess.Popen[bytes] | None = None
         self._mariadbd = require_binary("mariadbd")
         self._install()
@@ -329,18 +355,27 @@ class PrivateMariaDb:
 
     def command(self) -> list[str]:
         """The server's command line: small, fast to start, loopback only."""
+        if self.server_id is None:
+            binlog = ["--skip-log-bin"]
+        else:
+            # GTID replication (MariaDB's "Global Transaction ID" docs): a binary
+            # log and a server id on both sides; the replica logs what it applies
+            # too, so either server could become the primary.
+            binlog = [f"--server-id={self.server_id}", f"--log-bin={self.root / 'binlog'}",
+                      "--log-slave-updates", "--binlog-format=ROW"]
         return [
             self._mariadbd, "--no-defaults",
             f"--datadir={self.datadir}", f"--socket={self.socket}",
-            f"--port={self.port}", "--bind-address=127.0.0.1",
+            f"--port={self.port}", f"--bind-address={self.address}",
             f"--pid-file={self.root / 'mariadbd.pid'}", f"--log-error={self.log_path}",
-            *self._user_args(),
-            "--skip-log-bin", "--skip-name-resolve", "--performance-schema=OFF",
+            *self._user_args(), *binlog,
+            "--skip-name-resolve", "--performance-schema=OFF",
             "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M",
             "--innodb-doublewrite=0",
             # 2: written to the OS at commit, so data survives stop(crash=True).
             "--innodb-flush-log-at-trx-commit=2",
             "--skip-innodb-adaptive-hash-index", "--max-connections=500",
+            *self.extra,
         ]
 
     def start(self) -> None:
@@ -365,12 +400,28 @@ class PrivateMariaDb:
             f"mariadbd did not answer within {self.start_timeout}s: {self.log_tail()}"
         )
 
+    def move_to(self, port: int) -> None:
+        """Listen on another port from the next start (the chosen one was taken meanwhile)."""
+        self.port = port
+        self.admin = replace(self.admin, port=port)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, its sockets stay open (a wedged host)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self, *, crash: bool = False) -> None:
         """SIGTERM (or SIGKILL with ``crash``) our own pid, and wait for it to end."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)  # a paused server acts on SIGTERM only then
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -410,14 +461,147 @@ class PrivateMariaDb:
 
 
 @contextlib.contextmanager
-def running_private_mariadb() -> Iterator[PrivateMariaDb]:
+def running_private_mariadb(*, extra: Sequence[str] = ()) -> Iterator[PrivateMariaDb]:
     """A started private server, stopped and removed when the block ends."""
-    server = PrivateMariaDb()
+    server = PrivateMariaDb(extra=extra)
     try:
         server.start()
         yield server
     finally:
         server.close()
+
+
+# -- a primary and a replica ----------------------------------------------------------
+
+#: The replica's address; the primary's is 127.0.0.1.  Same port on both.
+REPLICA_ADDRESS = "127.0.0.2"
+
+
+def _shared_free_port(addresses: Sequence[str]) -> int:
+    """A port free on every one of ``addresses`` a moment ago."""
+    import socket
+
+    for _ in range(50):
+        port = free_port(addresses[0])
+        try:
+            for address in addresses[1:]:
+                with socket.socket() as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {addresses}")
+
+
+class ReplicatedMariaDb:
+    """A primary (127.0.0.1) and a replica (127.0.0.2) on one port, GTID replication.
+
+    MariaDB's own replication, set up as its docs say ("Setting Up Replication",
+    "Global Transaction ID"): a binary log and server id on each, a replication
+    user on the primary, and on the replica ``CHANGE MASTER TO ...
+    MASTER_USE_GTID=slave_pos; START SLAVE``.  Everything made on the primary
+    afterwards (a test database, its reader) reaches the replica;
+    :meth:`sync` waits until it has.  Either server can be killed, paused
+    (SIGSTOP) and started again by its own pid.
+    """
+
+    REPL_USER = "authsvc_repl"
+
+    def __init__(self, *, extra: Sequence[str] = ()) -> None:
+        port = _shared_free_port(["127.0.0.1", REPLICA_ADDRESS])
+        self.port = port
+        self.primary = PrivateMariaDb(address="127.0.0.1", port=port, server_id=1, extra=extra)
+        self.replica = PrivateMariaDb(address=REPLICA_ADDRESS, port=port, server_id=2,
+                                      extra=[*extra, "--read-only"])
+        self._repl_password = secrets.token_hex(12)
+
+    @property
+    def hosts(self) -> tuple[HostPort, HostPort]:
+        """The map's failover list: the primary first."""
+        return (HostPort("127.0.0.1", self.port), HostPort(REPLICA_ADDRESS, self.port))
+
+    def start(self) -> None:
+        for attempt in range(3):
+            try:
+                self.primary.start()
+                self.replica.start()
+                break
+            except RuntimeError as exc:
+                # Another program may bind the free port before mariadbd does.
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.primary.stop()
+                self.replica.stop()
+                self.port = _shared_free_port(["127.0.0.1", REPLICA_ADDRESS])
+                self.primary.move_to(self.port)
+                self.replica.move_to(self.port)
+        for host in ("127.0.0.1", REPLICA_ADDRESS):
+            self.primary.admin.execute(
+                f"CREATE USER '{self.REPL_USER}'@'{host}' IDENTIFIED BY %s",
+                (self._repl_password,))
+            self.primary.admin.execute(
+                f"GRANT REPLICATION SLAVE ON *.* TO '{self.REPL_USER}'@'{host}'")
+        # slave_pos: the replica starts from the GTIDs it applied (none yet), so
+        # it replays the primary's whole binary log, users included.
+        self.replica.admin.execute(
+            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = %s, "
+            "MASTER_USER = %s, MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, "
+            "MASTER_CONNECT_RETRY = 1",
+            (self.port, self.REPL_USER, self._repl_password))
+        self.replica.admin.execute("START SLAVE")
+        self.sync()
+
+    def ensure_replicating(self) -> None:
+        """Both running and the replica applying again (after a test killed or paused one)."""
+        for server in (self.primary, self.replica):
+            if server.running:
+                server.resume()  # harmless when it was not paused
+        self.primary.ensure_running()
+        self.replica.ensure_running()
+        self.replica.admin.execute("START SLAVE")  # a no-op (a note) when running
+        self.sync()
+
+    def sync(self, timeout: float = 30.0) -> None:
+        """Wait until the replica has applied everything the primary logged so far."""
+        [(position,)] = self.primary.admin.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        [(result,)] = self.replica.admin.execute(
+            "SELECT MASTER_GTID_WAIT(%s, %s)", (position, timeout))
+        if result != 0:
+            status = self.replica.admin.execute("SHOW SLAVE STATUS")
+            raise RuntimeError(f"replica did not reach {position} in {timeout}s: {status}")
+
+    def grant_replica_monitor(self, user: str) -> None:
+        """Let the map's user read replication status (the lag check), on both."""
+        for host in ("127.0.0.1", "localhost"):
+            self.primary.admin.execute(f"GRANT REPLICA MONITOR ON *.* TO '{user}'@'{host}'")
+        self.sync()
+
+    def close(self) -> None:
+        self.replica.close()
+        self.primary.close()
+
+
+@contextlib.contextmanager
+def running_replicated_mariadb(*, extra: Sequence[str] = ()) -> Iterator[ReplicatedMariaDb]:
+    """A started primary and replica, both stopped and removed when the block ends."""
+    pair = ReplicatedMariaDb(extra=extra)
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.close()
+
+
+@contextlib.contextmanager
+def replicated_test_database(pair: ReplicatedMariaDb) -> Iterator[TestDatabase]:
+    """A test database made on the primary and waited for on the replica."""
+    with create_test_database(pair.primary.admin, host="127.0.0.1", port=pair.port) as db:
+        try:
+            pair.sync()
+            yield db
+        finally:
+            with contextlib.suppress(Exception):
+                pair.primary.ensure_running()  # so that the drop can run
 
 
 # -- pytest fixtures ---------------------------------------------------------------
@@ -444,6 +628,22 @@ def private_mariadb(private_mariadb_server: PrivateMariaDb) -> Iterator[PrivateM
     private_mariadb_server.ensure_running()
     yield private_mariadb_server
     private_mariadb_server.ensure_running()
+
+
+@pytest.fixture(scope="session")
+def replicated_mariadb_pair() -> Iterator[ReplicatedMariaDb]:
+    """The session's primary and replica (started once)."""
+    require_binary("mariadb-install-db")
+    with running_replicated_mariadb() as pair:
+        yield pair
+
+
+@pytest.fixture
+def replicated_mariadb(replicated_mariadb_pair: ReplicatedMariaDb) -> Iterator[ReplicatedMariaDb]:
+    """The pair, replicating at the start and again at the end (a test may kill either)."""
+    replicated_mariadb_pair.ensure_replicating()
+    yield replicated_mariadb_pair
+    replicated_mariadb_pair.ensure_replicating()
 
 
 @pytest.fixture

@@ -591,3 +591,38 @@ def test_config_error_lists_every_issue_one_per_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, "[cache]\nttl = -1\nmax_size = 0\n" + LISTENER)
     assert str(caught.value).count("\n") == 1
+
+
+MYSQL = '[map]\ntype = "mysql"\nhosts = ["db1:3306", "db2:3306"]\n'
+
+
+def test_mysql_failover_and_tls_keys(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("x")
+    loaded = load(tmp_path, MYSQL + 'failback_interval = 2\nmax_replica_lag = 0\ntls = true\n'
+                  'tls_ca_file = "ca.pem"\ntls_cert_file = "client.pem"\n'
+                  'tls_key_file = "client.key"\ntls_verify_name = false\n' + LISTENER)
+    settings = loaded.settings.listeners[0].map
+    assert isinstance(settings, MySqlMapSettings)
+    assert (settings.failback_interval, settings.max_replica_lag) == (2.0, 0.0)
+    assert settings.tls and not settings.tls_verify_name
+    assert (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (
+        str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    defaults = load(tmp_path, MYSQL + LISTENER).settings.listeners[0].map
+    assert isinstance(defaults, MySqlMapSettings)
+    assert (defaults.failback_interval, defaults.max_replica_lag, defaults.tls,
+            defaults.tls_ca_file, defaults.tls_verify_name) == (30.0, 5.0, False, None, True)
+
+
+def test_mysql_tls_key_errors_and_warnings(tmp_path: Path) -> None:
+    (tmp_path / "client.pem").write_text("x")
+    found = errors(tmp_path, MYSQL + 'tls = true\ntls_cert_file = "client.pem"\n'
+                   'failback_interval = 0\nmax_replica_lag = -1\n' + LISTENER)
+    assert any("map.tls_cert_file: give tls_cert_file and tls_key_file together" in e
+               for e in found), found
+    assert any("map.failback_interval: 0 seconds is out of range (more than 0)" in e
+               for e in found), found
+    assert any("map.max_replica_lag: -1 seconds is out of range (0 or more)" in e
+               for e in found), found
+    said = warnings(tmp_path, MYSQL + 'tls_verify_name = false\n' + LISTENER)
+    assert any("map.tls_verify_name: does nothing without tls = true" in w for w in said), said

@@ -219,3 +219,28 @@ def test_nan_and_infinities_are_written_as_prometheus_writes_them(value: float,
     assert f"authsvc_auth_duration_seconds_sum {written}\n" in text
     parsed = Scrape(text).value("authsvc_test_gauge", listener="imap4")
     assert str(parsed) == str(value)
+
+
+def test_map_host_series_are_those_of_the_configured_hosts(tmp_path: Path) -> None:
+    # One pair of series per configured host (docs/maps.md, "Failover and failback").
+    metrics = Metrics(str(tmp_path))
+    hosts = {"db": [("db1:3306", 0, False), ("db2:3306", 0, False)]}
+    metrics.attach_maps(["db"], hosts)
+    got = Scrape(metrics.render())
+    assert got.types["authsvc_map_host_answers"] == "counter"
+    assert got.types["authsvc_map_host_in_use"] == "gauge"
+    assert got.label_values("authsvc_map_host_in_use", "host") == {"db1:3306", "db2:3306"}
+    metrics.set_map_hosts({"db": [("db1:3306", 7, False), ("db2:3306", 3, True),
+                                  ("unlisted:3306", 1, True)]})
+    got = Scrape(metrics.render())
+    assert got.value("authsvc_map_host_answers_total", map="db", host="db1:3306") == 7
+    assert got.value("authsvc_map_host_answers_total", map="db", host="db2:3306") == 3
+    assert got.value("authsvc_map_host_in_use", map="db", host="db1:3306") == 0
+    assert got.value("authsvc_map_host_in_use", map="db", host="db2:3306") == 1
+    assert not got.has("authsvc_map_host_in_use", map="db", host="unlisted:3306")
+    # A reload that lists another host: the counts of the hosts kept stay.
+    metrics.attach_maps(["db"], {"db": [("db2:3306", 3, True), ("db3:3306", 0, False)]})
+    got = Scrape(metrics.render())
+    assert got.label_values("authsvc_map_host_in_use", "host") == {"db2:3306", "db3:3306"}
+    assert got.value("authsvc_map_host_answers_total", map="db", host="db2:3306") == 3
+    metrics.close()

@@ -250,3 +250,30 @@ async def test_maps_reading_one_table_share_one_series() -> None:
     assert stats["mysql:db1/nest.mailboxes"] == CacheStats(
         hits=1, misses=2, negative_hits=0, stale=0, errors=1, map_up=False)
     assert await router.check_maps() == {"mysql:db1/nest.mailboxes": "db1:3306: Can't connect"}
+
+
+class HostListMap(ScriptedMap):
+    """A scripted map with a failover list (``ReportsHosts``)."""
+
+    def __init__(self, hosts: list[tuple[str, int, bool]]) -> None:
+        super().__init__({})
+        self.hosts = hosts
+
+    def host_answers(self) -> list[tuple[str, int, bool]]:
+        return self.hosts
+
+
+def test_map_hosts_add_up_by_label_through_the_cache() -> None:
+    imap_map = MySqlMapSettings(hosts=(HostPort("db1"), HostPort("db2")), database="nest",
+                                table="mailboxes")
+    pop_map = replace(imap_map, port_constant=110)
+    imap = CachedMap(HostListMap([("db1", 5, False), ("db2", 2, True)]), CacheSettings())
+    pop = HostListMap([("db1", 1, True), ("db2", 0, False)])  # no cache in front
+    listeners = (listener("imap4", MailProtocol.IMAP, 143, map=imap_map),
+                 listener("pop3", MailProtocol.POP3, 110, map=pop_map),
+                 listener("other", MailProtocol.IMAP, 143))
+    router = Router(Settings(listeners=listeners),
+                    {"imap4": imap, "pop3": pop, "other": ScriptedMap({})})
+    # Answers add up; a host is in use when any of the label's maps uses it.
+    assert router.map_hosts() == {"mysql:db1/nest.mailboxes": [("db1", 6, True),
+                                                                ("db2", 2, True)]}
