@@ -317,14 +317,21 @@ def sum_by_result(pool: Pool, metric: str, job: str) -> dict[str, float]:
 def test_every_target_is_up_and_the_login_counters_are_the_logins_made(pool: Pool) -> None:
     targets = pool.prometheus.targets()
     assert {t["labels"]["job"] for t in targets} == {"authsvc-serve", "authsvc-proxy"}
-    eventually(lambda: all(t["health"] == "up" for t in pool.prometheus.targets()), 20)
+    def all_up() -> bool:
+        down = [(t["scrapeUrl"], t["health"], t["lastError"])
+                for t in pool.prometheus.targets() if t["health"] != "up"]
+        assert not down, down
+        return True
+
+    eventually(all_up, 20)
     assert [float(s["value"][1]) for s in pool.prometheus.query("up")] == [1.0, 1.0]
 
-    def counted() -> None:
+    def counted() -> bool:
         assert sum_by_result(pool, "authsvc_auth_decisions_total", "authsvc-serve") == dict(
             pool.serve_logins)
         assert sum_by_result(pool, "authsvc_proxy_logins_total", "authsvc-proxy") == dict(
             pool.proxy_logins)
+        return True
 
     eventually(counted, 20)
     # Both workers of each face answered some of them: the totals are over the workers.
@@ -354,9 +361,10 @@ def test_every_dashboard_query_parses_and_has_data(pool: Pool) -> None:
     eventually(lambda: pool.prometheus.query(
         'count_over_time(authsvc_proxy_sessions_kicked_total[1m])'), 10)
 
-    def all_have_data() -> None:
+    def all_have_data() -> bool:
         empty = [(title, expr) for title, expr in queries if not pool.prometheus.query(expr)]
         assert not empty, empty
+        return True
 
     eventually(all_have_data, 20, interval=1)
 
