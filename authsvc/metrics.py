@@ -323,22 +323,18 @@ class Metrics:
         values[index[(family.name + "_sum", _labels(**labels))]] += seconds
         values[index[(family.name + "_count", _labels(**labels))]] += 1.0
 
-    def has_series(self, family: Family, **labels: str) -> bool:
-        """Whether this process records ``family`` with ``labels`` already."""
-        name = family.name + ("_count" if family.kind == "histogram" else "")
-        return (name, _labels(**labels)) in self._index
-
-    def add_series(self, family: Family, *label_sets: Mapping[str, str]) -> None:
+    def add_series(self, series: Iterable[tuple[Family, Mapping[str, str]]]) -> None:
         """Start recording series found while running (a store's), at zero.
 
         The worker file is written again with the longer layout (as after a
-        reload), so call this once per new label value, not per event.
+        reload), a few milliseconds: call this off the login path, with every
+        new series at once.
         """
         new: list[tuple[str, str]] = []
-        for labels in label_sets:
+        for family, labels in series:
             keys = (histogram_series(family, **labels) if family.kind == "histogram"
                     else [(family.name, _labels(**labels))])
-            new += [key for key in keys if key not in self._index]
+            new += [key for key in keys if key not in self._index and key not in new]
         if not new:
             return
         self._dynamic += new

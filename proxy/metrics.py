@@ -10,10 +10,13 @@ only ever increments a float.
 
 Health by store: connect failures, connect and login latency and open
 sessions, labelled ``store="host:port"`` as the map names it.  A store's
-series are added the first time a login goes to it (``Metrics.add_series``);
-past :data:`STORE_LABELS` stores a worker counts the rest under
-``store="other"``, so a map gone wrong cannot make thousands of series
-(docs/proxy.md, "Health, metrics and workers").
+series are added after the first login goes to it: adding them rewrites the
+worker's metrics file (``Metrics.add_series``), so a login only notes the new
+store and its numbers, and the next refresh (every second, and before this
+worker answers a scrape) adds the series and records them.  Past
+:data:`STORE_LABELS` stores a worker counts the rest under ``store="other"``,
+so a map gone wrong cannot make thousands of series (docs/proxy.md, "Health,
+metrics and workers").
 """
 
 from __future__ import annotations
@@ -86,29 +89,52 @@ class ProxyMetrics:
         self.metrics = metrics
         #: Store label values given so far (at most STORE_LABELS, then "other").
         self._stores: set[str] = set()
+        #: Stores seen since the last refresh, and what was recorded for them
+        #: (family, value or None for a count), added at the refresh.
+        self._pending: dict[str, list[tuple[Family, float | None]]] = {}
 
-    def store_label(self, store: str) -> str:
-        """The ``store`` label for ``host:port``, its series added on first sight."""
+    def _label(self, store: str) -> str | None:
+        """The ``store`` label for ``host:port``; None for a store new since the refresh."""
         if store in self._stores:
             return store
-        if len(self._stores) >= STORE_LABELS or store == OTHER_STORE:
+        if store in self._pending:
+            return None
+        if len(self._stores) + len(self._pending) >= STORE_LABELS or store == OTHER_STORE:
             return OTHER_STORE
-        self._stores.add(store)
-        for family in STORE_FAMILIES:
-            self.metrics.add_series(family, {"store": store})
-        return store
+        self._pending[store] = []
+        return None
+
+    def _record(self, family: Family, store: str, value: float | None) -> None:
+        label = self._label(store)
+        if label is None:
+            self._pending[store].append((family, value))
+        elif value is None:
+            self.metrics.add(family, store=label)
+        else:
+            self.metrics.observe(family, value, store=label)
+
+    def _add_pending(self) -> None:
+        """Add the series of the stores seen since the last refresh, and their numbers."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        self.metrics.add_series((family, {"store": store})
+                                for store in pending for family in STORE_FAMILIES)
+        self._stores.update(pending)
+        for store, recorded in pending.items():
+            for family, value in recorded:
+                self._record(family, store, value)
 
     def store_connect(self, store: str, seconds: float | None) -> None:
         """A connect to ``store``: its time, or None when it failed."""
-        label = self.store_label(store)
         if seconds is None:
-            self.metrics.add(STORE_CONNECT_FAILURES, store=label)
+            self._record(STORE_CONNECT_FAILURES, store, None)
         else:
-            self.metrics.observe(STORE_CONNECT, seconds, store=label)
+            self._record(STORE_CONNECT, store, seconds)
 
     def store_login(self, store: str, seconds: float) -> None:
         """A login the store accepted, ``seconds`` after the connect."""
-        self.metrics.observe(STORE_LOGIN, seconds, store=self.store_label(store))
+        self._record(STORE_LOGIN, store, seconds)
 
     def kicked(self, listener: str) -> None:
         self.metrics.add(KICKED, listener=listener)
@@ -135,9 +161,13 @@ class ProxyMetrics:
     ) -> None:
         """Copy the server's live counts (gauges) and byte totals (counters)."""
         if by_store is not None:
+            for store in by_store:
+                self._label(store)  # a store only sessions know of (a reload's) is added too
+        self._add_pending()
+        if by_store is not None:
             counts: dict[str, int] = dict.fromkeys([*self._stores, OTHER_STORE], 0)
             for store, count in by_store.items():
-                label = self.store_label(store)
+                label = self._label(store) or OTHER_STORE
                 counts[label] = counts.get(label, 0) + count
             for label, count in counts.items():
                 self.metrics.set(STORE_SESSIONS, count, store=label)

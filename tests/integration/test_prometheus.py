@@ -37,6 +37,7 @@ import pytest
 
 from tests.helpers.eventually import eventually
 from tests.helpers.metric_docs import documented, exposed
+from tests.helpers.prometheus import Scrape
 from tests.services.dovecot import dovecot_stores
 from tests.services.mailclient import RawLines
 from tests.services.ports import free_port
@@ -174,7 +175,7 @@ def serve_load(pool: Pool) -> None:
     made["map_unavailable"] += 1
 
 
-def proxy_load(pool: Pool, imap: int, pop3: int) -> None:
+def proxy_load(pool: Pool, imap: int, pop3: int, store_port: int) -> None:
     made = pool.proxy_logins
     for i in range(2):
         assert imap_login(imap, "bob", "bob-secret", f"127.0.0.4{i}").startswith(b"a OK")
@@ -205,7 +206,10 @@ def proxy_load(pool: Pool, imap: int, pop3: int) -> None:
         assert lines.command(b"a LOGIN bob bob-secret", b"a")[-1].startswith(b"a OK")
         made["ok"] += 1
         assert lines.command(b"b NOOP", b"b")[-1].startswith(b"b OK")
-        eventually(lambda: 'store_sessions{store="' in pool.proxy_metrics())
+        # Open at the store, under the store's own label.
+        eventually(lambda: [s.labels["store"] for s in
+                            Scrape(pool.proxy_metrics()).find("authsvc_proxy_store_sessions")
+                            if s.value == 1] == [f"{STORE_ADDRESSES['a']}:{store_port}"])
         kicked = cli(pool.proxy_config, "sessions", "kick", "--user", "bob")
         assert kicked.startswith("closed 1 session(s)"), kicked
         eventually(lambda: lines.line() == b"")
@@ -292,7 +296,7 @@ path = "{root / 'map'}"
                     cli(proxy_config, "hold", "user", "carol", "--for", "2h")
                     replace_a_worker(serve)
                     serve_load(pool)
-                    proxy_load(pool, imap, pop3)
+                    proxy_load(pool, imap, pop3, store.ports.imap)
                     yield pool
             finally:
                 proxy.stop()

@@ -79,8 +79,10 @@ def test_histograms_of_extra_families_are_cumulative_and_sum_over_workers(
 def test_series_added_while_running_survive_a_reload_of_the_maps(tmp_path: Path) -> None:
     metrics = Metrics(str(tmp_path), families=[(LATENCY, [])])
     metrics.attach_maps(["db"])
-    assert not metrics.has_series(LATENCY, store="b")
-    metrics.add_series(LATENCY, {"store": "b"})
+    count = ("authsvc_test_latency_seconds_count", '{store="b"}')
+    assert count not in metrics.snapshot()
+    metrics.add_series([(LATENCY, {"store": "b"}), (LATENCY, {"store": "b"})])
+    assert count in metrics.snapshot()
     metrics.observe(LATENCY, 0.2, store="b")
     metrics.attach_maps(["db", "file"])  # a reload adds a map: the added series stay
     metrics.observe(LATENCY, 0.2, store="b")
@@ -98,6 +100,9 @@ def test_store_labels_are_capped_and_the_rest_is_other() -> None:
         proxy.store_connect(store, 0.003)
     proxy.store_connect(stores[0], None)
     proxy.store_login(stores[-1], 0.2)
+    # A login never rewrites the worker file: new stores wait for the refresh.
+    assert not Scrape(metrics.render()).label_values(
+        "authsvc_proxy_store_connect_seconds_count", "store") - {OTHER_STORE}
     proxy.refresh({}, {}, {}, {stores[0]: 2, stores[-1]: 1, stores[-2]: 1})
     got = Scrape(metrics.render())
     labels = got.label_values("authsvc_proxy_store_connect_seconds_count", "store")
