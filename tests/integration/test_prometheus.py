@@ -41,7 +41,7 @@ from tests.helpers.prometheus import Scrape
 from tests.services.dovecot import dovecot_stores
 from tests.services.mailclient import RawLines
 from tests.services.ports import free_port
-from tests.services.prometheus import PrometheusServer, promtool
+from tests.services.prometheus import PrometheusServer, StartPrometheus, promtool
 from tests.services.proxy import ProxyProcess
 from tests.services.require import require_binary
 from tests.services.serve import ServeProcess, parse_fields
@@ -227,7 +227,8 @@ def replace_a_worker(serve: ServeProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+def pool(tmp_path_factory: pytest.TempPathFactory,
+         prometheus: StartPrometheus) -> Iterator[Pool]:
     require_binary("dovecot")
     require_binary("prometheus")
     root = tmp_path_factory.mktemp("prometheus")
@@ -282,22 +283,20 @@ path = "{root / 'map'}"
 
         serve = ServeProcess([serve_config], serve_root, workers=2)
         proxy = ProxyProcess(proxy_config, proxy_root / "proxy.log", workers=2)
-        prometheus = PrometheusServer(root / "prometheus", {
-            "authsvc-serve": [f"{HOST}:{serve.port}"],
-            "authsvc-proxy": [f"{HOST}:{health}"]})
         with serve:
             proxy.start(listening=4)
             try:
-                with prometheus:
-                    pool = Pool(serve, proxy, health, prometheus, serve_config, proxy_config)
-                    # Holds go through the control listener to every worker.
-                    eventually(lambda: serve.log_text().count("what=control") == 2, 20)
-                    cli(serve_config, "hold", "user", "carol", "--for", "2h")
-                    cli(proxy_config, "hold", "user", "carol", "--for", "2h")
-                    replace_a_worker(serve)
-                    serve_load(pool)
-                    proxy_load(pool, imap, pop3, store.ports.imap)
-                    yield pool
+                server = prometheus({"authsvc-serve": [f"{HOST}:{serve.port}"],
+                                     "authsvc-proxy": [f"{HOST}:{health}"]})
+                pool = Pool(serve, proxy, health, server, serve_config, proxy_config)
+                # Holds go through the control listener to every worker.
+                eventually(lambda: serve.log_text().count("what=control") == 2, 20)
+                cli(serve_config, "hold", "user", "carol", "--for", "2h")
+                cli(proxy_config, "hold", "user", "carol", "--for", "2h")
+                replace_a_worker(serve)
+                serve_load(pool)
+                proxy_load(pool, imap, pop3, store.ports.imap)
+                yield pool
             finally:
                 proxy.stop()
 

@@ -10,6 +10,10 @@ result vector; :meth:`PrometheusServer.targets` the scrape targets' health.
 The server is stopped by its own pid.
 
 :func:`promtool` runs Debian's ``promtool`` and returns what it printed.
+
+The ``prometheus`` fixture (registered for every test by ``tests/conftest.py``)
+is a factory: ``prometheus({"authsvc-serve": [address]})`` starts a server
+for the test module and stops it when the module is done.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import pytest
 
 from tests.services.ports import free_port
 from tests.services.require import require_binary
@@ -150,3 +156,26 @@ class PrometheusServer:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+# -- pytest fixtures ---------------------------------------------------------------
+
+StartPrometheus = Callable[[Mapping[str, Sequence[str]]], PrometheusServer]
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartPrometheus]:
+    """Start a private Prometheus scraping these jobs' targets; stopped after the module."""
+    started: list[PrometheusServer] = []
+
+    def start(targets: Mapping[str, Sequence[str]]) -> PrometheusServer:
+        server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), targets)
+        server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
