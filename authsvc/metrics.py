@@ -28,9 +28,16 @@ replaces them after a reload, so a retired map's series disappear.  Values are
 written as Prometheus writes them, ``NaN``, ``+Inf`` and ``-Inf`` included.
 
 Other front ends (``authsvc proxy``) add families of their own with
-``Metrics(..., families=...)`` and record with :meth:`Metrics.add` and
-:meth:`Metrics.set`; a gauge that counts (live sessions) says
-``combine="sum"`` and is added up over the live workers instead.
+``Metrics(..., families=...)`` and record with :meth:`Metrics.add`,
+:meth:`Metrics.set` and, for a histogram family, :meth:`Metrics.observe`; a
+gauge that counts (live sessions) says ``combine="sum"`` and is added up over
+the live workers instead.  Series whose label values are only known while
+running (a store's) are added with :meth:`Metrics.add_series`, which writes
+the worker file again, so not on a hot path.
+
+Every scrape also shows ``authsvc_worker_restarts_total`` and the standard
+``process_*`` figures of each live worker, labelled by its slot, read at the
+scrape (``authsvc/processes.py``).
 """
 
 from __future__ import annotations
