@@ -160,14 +160,12 @@ class ProxyMetrics:
         by_store: Mapping[str, int] | None = None,
     ) -> None:
         """Copy the server's live counts (gauges) and byte totals (counters)."""
-        if by_store is not None:
-            for store in by_store:
-                self._label(store)  # a store only sessions know of (a reload's) is added too
         self._add_pending()
         if by_store is not None:
+            # A session relays to a store it logged in at: its series exist by now.
             counts: dict[str, int] = dict.fromkeys([*self._stores, OTHER_STORE], 0)
             for store, count in by_store.items():
-                label = self._label(store) or OTHER_STORE
+                label = store if store in self._stores else OTHER_STORE
                 counts[label] = counts.get(label, 0) + count
             for label, count in counts.items():
                 self.metrics.set(STORE_SESSIONS, count, store=label)
