@@ -11,7 +11,8 @@ connections, a kicked session and a replaced worker.  Then:
 
 * ``promtool check metrics`` passes on both faces' ``/metrics``;
 * every target is up, and the login counters Prometheus holds equal the
-  logins made, summed over the workers, per result;
+  logins made, summed over the workers (the load goes on until both workers
+  of each face have answered some), per result;
 * every PromQL expression of ``deploy/grafana/authsvc-dashboard.json`` parses
   and returns at least one series (``$node`` as ``.*``, ``$__rate_interval``
   as ``1m``);
@@ -174,6 +175,14 @@ def serve_load(pool: Pool) -> None:
     assert ask(pool, "bob", "192.0.2.5", listener="pop3") != "OK"
     made["map_unavailable"] += 1
 
+    # The kernel spreads connections over the workers; go on until both answered.
+    def both_answered() -> bool:
+        assert ask(pool, "bob", "192.0.2.1") == "OK"
+        made["ok"] += 1
+        return len({d.get("pid") for d in pool.serve.decisions()}) == 2
+
+    eventually(both_answered, 20, interval=0)
+
 
 def proxy_load(pool: Pool, imap: int, pop3: int, store_port: int) -> None:
     made = pool.proxy_logins
@@ -200,6 +209,12 @@ def proxy_load(pool: Pool, imap: int, pop3: int, store_port: int) -> None:
         assert lines.command(b"USER bob")[-1].startswith(b"+OK")
         assert lines.command(b"PASS bob-secret")[-1].startswith(b"-ERR")
     made["map_unavailable"] += 1
+    def both_served() -> bool:
+        assert imap_login(imap, "bob", "bob-secret", "127.0.0.40").startswith(b"a OK")
+        made["ok"] += 1
+        return len({line.get("pid") for line in pool.proxy.lines("session")}) == 2
+
+    eventually(both_served, 20, interval=0)
     # A session that relays bytes, then is kicked by an operator.
     with RawLines(HOST, imap, source="127.0.0.48") as lines:
         assert lines.line().startswith(b"* OK")
