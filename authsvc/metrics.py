@@ -28,9 +28,16 @@ replaces them after a reload, so a retired map's series disappear.  Values are
 written as Prometheus writes them, ``NaN``, ``+Inf`` and ``-Inf`` included.
 
 Other front ends (``authsvc proxy``) add families of their own with
-``Metrics(..., families=...)`` and record with :meth:`Metrics.add` and
-:meth:`Metrics.set`; a gauge that counts (live sessions) says
-``combine="sum"`` and is added up over the live workers instead.
+``Metrics(..., families=...)`` and record with :meth:`Metrics.add`,
+:meth:`Metrics.set` and, for a histogram family, :meth:`Metrics.observe`; a
+gauge that counts (live sessions) says ``combine="sum"`` and is added up over
+the live workers instead.  Series whose label values are only known while
+running (a store's) are added with :meth:`Metrics.add_series`, which writes
+the worker file again, so not on a hot path.
+
+Every scrape also shows ``authsvc_worker_restarts_total`` and the standard
+``process_*`` figures of each live worker, labelled by its slot, read at the
+scrape (``authsvc/processes.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import Protocol
 
 from authsvc import __version__
 from authsvc.failures import MEANINGS
+from authsvc.processes import figures, read_roster
 
 #: ``protocol`` label values; anything else nginx sends is counted as "unknown".
 PROTOCOLS = ("imap", "pop3", "smtp", "unknown")
@@ -97,6 +105,8 @@ class Family:
     #: Gauges over several workers: "min" (map_up: down if any worker sees it
     #: down) or "sum" (a count, such as live sessions).
     combine: str = "min"
+    #: A histogram's upper bounds in seconds (``+Inf`` is added).
+    buckets: tuple[float, ...] = ()
 
 
 #: An extra family and the label sets of its series (``Metrics(families=...)``).
@@ -132,6 +142,22 @@ MAP_HOST_IN_USE = Family(
 MapHosts = Mapping[str, Sequence[tuple[str, int, bool]]]
 WORKERS = Family("authsvc_workers", "gauge", "Worker processes alive.")
 BUILD = Family("authsvc_build_info", "gauge", "authsvc version.")
+RESTARTS = Family("authsvc_worker_restarts_total", "counter",
+                  "Workers the supervisor replaced after they died.")
+#: The standard process figures, per worker (``authsvc/processes.py``).
+OPEN_FDS = Family("process_open_fds", "gauge", "Open file descriptors.")
+MAX_FDS = Family("process_max_fds", "gauge", "Maximum number of open file descriptors.")
+RESIDENT = Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+CPU = Family("process_cpu_seconds_total", "counter", "User and system CPU time in seconds.")
+STARTED = Family("process_start_time_seconds", "gauge",
+                 "Start time of the process since the Unix epoch in seconds.")
+_PROCESS_FIELDS = (
+    (OPEN_FDS, "open_fds"),
+    (MAX_FDS, "max_fds"),
+    (RESIDENT, "resident_bytes"),
+    (CPU, "cpu_seconds"),
+    (STARTED, "start_time_seconds"),
+)
 
 _CACHE_FIELDS = (
     (CACHE_HITS, "hits"),
@@ -178,6 +204,18 @@ def _format_value(value: float) -> str:
     if value == int(value) and abs(value) < 2**53:
         return str(int(value))
     return repr(value)
+
+
+def histogram_series(family: Family, **labels: str) -> list[tuple[str, str]]:
+    """The stored series of one labelled histogram of an extra family, in render order.
+
+    Buckets are stored cumulative (each observation adds to every bucket it
+    fits), then ``_sum`` and ``_count``.
+    """
+    bounds = [repr(b) for b in family.buckets] + ["+Inf"]
+    return ([(family.name + "_bucket", _labels(**labels, le=b)) for b in bounds]
+            + [(family.name + "_sum", _labels(**labels)),
+               (family.name + "_count", _labels(**labels))])
 
 
 def _base_layout() -> list[tuple[str, str]]:
@@ -230,9 +268,13 @@ class Metrics:
         self._started = started if started is not None else start_time(self._pid) or 0
         self._extra = [family for family, _ in families]
         self._families = {**_FAMILIES, **{family.name: family for family in self._extra}}
-        self._layout = _base_layout() + [
-            (family.name, _labels(**labels)) for family, series in families for labels in series
-        ]
+        self._layout = _base_layout()
+        for family, series in families:
+            for labels in series:
+                if family.kind == "histogram":
+                    self._layout += histogram_series(family, **labels)
+                else:
+                    self._layout.append((family.name, _labels(**labels)))
         self._values: memoryview[float] = memoryview(bytearray(8 * len(self._layout))).cast("d")
         self._mmap: mmap.mmap | None = None
         # Every export of the mmap, released before the mmap is closed.
@@ -250,6 +292,8 @@ class Metrics:
         self._fixed = len(self._layout)
         self._map_index: dict[str, int] = {}
         self._host_series: list[tuple[str, str]] = []
+        #: Series added while running (:meth:`add_series`), after the per-map ones.
+        self._dynamic: list[tuple[str, str]] = []
 
     @property
     def directory(self) -> str | None:
@@ -306,6 +350,33 @@ class Metrics:
                     values[at] = answers
                     values[at + 1] = 1.0 if in_use else 0.0
 
+    def observe(self, family: Family, seconds: float, **labels: str) -> None:
+        """Count one observation in a histogram of an extra family."""
+        values, index = self._values, self._index
+        for bound in family.buckets:
+            if seconds <= bound:
+                values[index[(family.name + "_bucket", _labels(**labels, le=repr(bound)))]] += 1.0
+        values[index[(family.name + "_bucket", _labels(**labels, le="+Inf"))]] += 1.0
+        values[index[(family.name + "_sum", _labels(**labels))]] += seconds
+        values[index[(family.name + "_count", _labels(**labels))]] += 1.0
+
+    def add_series(self, series: Iterable[tuple[Family, Mapping[str, str]]]) -> None:
+        """Start recording series found while running (a store's), at zero.
+
+        The worker file is written again with the longer layout (as after a
+        reload), a few milliseconds: call this off the login path, with every
+        new series at once.
+        """
+        new: list[tuple[str, str]] = []
+        for family, labels in series:
+            keys = (histogram_series(family, **labels) if family.kind == "histogram"
+                    else [(family.name, _labels(**labels))])
+            new += [key for key in keys if key not in self._index and key not in new]
+        if not new:
+            return
+        self._dynamic += new
+        self._relayout(self._layout + new)
+
     def set_map_up(self, name: str, up: bool) -> None:
         """Record a map's state seen by a readiness check (maps without a cache)."""
         base = self._map_index.get(name)
@@ -325,24 +396,28 @@ class Metrics:
         if (names == list(self._map_index) and host_series == self._host_series
                 and (self._directory is None or self._mmap is not None)):
             return  # the same maps, and the worker file (if any) is open already
+        old_names = self._map_index
+        self._relayout(self._layout[: self._fixed] + _map_layout(names) + host_series
+                       + self._dynamic)
+        self._host_series = host_series
+        self._map_index = {}
+        for offset, name in enumerate(names):
+            base = self._fixed + offset * (len(_CACHE_FIELDS) + 1)
+            self._map_index[name] = base
+            if name not in old_names:
+                self._values[base + len(_CACHE_FIELDS)] = 1.0  # up until a lookup or check says not
+
+    def _relayout(self, layout: list[tuple[str, str]]) -> None:
+        """Record ``layout`` from now on, keeping the numbers of the series it keeps."""
         # Copy the numbers out first: a new layout rewrites this worker's file
         # and unmaps the old view.
         saved = self.snapshot()
-        layout = self._layout[: self._fixed] + _map_layout(names) + host_series
-        self._host_series = host_series
         if self._directory is not None:
             values = self._open_file(layout)
         else:
             values = memoryview(bytearray(8 * len(layout))).cast("d")
         for i, key in enumerate(layout):
             values[i] = saved.get(key, 0.0)
-        old_names = self._map_index
-        self._map_index = {}
-        for offset, name in enumerate(names):
-            base = self._fixed + offset * (len(_CACHE_FIELDS) + 1)
-            self._map_index[name] = base
-            if name not in old_names:
-                values[base + len(_CACHE_FIELDS)] = 1.0  # up until a lookup or check says not
         old_values = self._values
         self._layout = layout
         self._index = {key: i for i, key in enumerate(layout)}
@@ -463,12 +538,31 @@ class Metrics:
         lines.append(f"{DURATION.name}_count {_format_value(count)}")
         for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, MAP_HOST_ANSWERS, MAP_HOST_IN_USE,
                        *self._extra):
-            series = by_family.get(family.name)
-            if not series:
+            if family.kind == "histogram":
+                # Each label set's buckets, sum and count together, as stored.
+                names = {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+                samples = [(stored, labels, value)
+                           for (stored, labels), value in values.items() if stored in names]
+            else:
+                samples = [(family.name, labels, value)
+                           for labels, value in by_family.get(family.name, [])]
+            if not samples:
                 continue
             head(family)
-            for labels, value in series:
-                lines.append(f"{family.name}{labels} {_format_value(value)}")
+            for stored, labels, value in samples:
+                lines.append(f"{stored}{labels} {_format_value(value)}")
+        roster = read_roster(self._directory)
+        head(RESTARTS)
+        lines.append(f"{RESTARTS.name} {roster.restarts}")
+        found = [(slot, figures(pid)) for pid, slot in sorted(roster.slots.items(),
+                                                               key=lambda item: item[1])]
+        for family, field in _PROCESS_FIELDS:
+            head(family)
+            for slot, figured in found:
+                if figured is not None:
+                    value = float(getattr(figured, field))
+                    lines.append(f"{family.name}{_labels(worker=str(slot))} "
+                                 f"{_format_value(value)}")
         return "\n".join(lines) + "\n"
 
 

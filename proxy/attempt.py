@@ -105,6 +105,9 @@ class LoginAttempt:
             return result
         if self._store is not None:
             self._store.close()
+            if kind is FailureKind.BACKEND_CONNECT and self._ctx.metrics is not None:
+                # Refused, unreachable or timed out: the store's health (docs/proxy.md).
+                self._ctx.metrics.store_connect(self._record.backend or "-", None)
         # What the failure means (authsvc/failures.py) decides the reply, the
         # count, the close and the log level; the front machine words the reply.
         meaning = kind.meaning

@@ -397,14 +397,18 @@ class ProxyServer:
             return
         names = [ls.name for ls in self._settings.listeners]  # the ones started
         totals = Counter(self._bytes)
+        stores: Counter[str] = Counter()
         for session in self._tasks.values():
             if session is not None and session.client is not None:
                 totals[session.record.listener, "in"] += session.client.bytes_in
                 totals[session.record.listener, "out"] += session.client.bytes_out
+            if session is not None and session.store is not None:
+                stores[session.store] += 1
         self._metrics.refresh(
             {n: self._admission.logged_in(n) for n in names},
             {n: self._admission.preauth(n) for n in names},
             {n: (totals[n, "in"], totals[n, "out"]) for n in names},
+            stores,
         )
 
     async def _refresh_periodically(self) -> None:

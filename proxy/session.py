@@ -147,6 +147,14 @@ class Session:
             store_tls=attempt.store_security, started=self._accepted_at,
             bytes_in=client.bytes_in, bytes_out=client.bytes_out)
 
+    @property
+    def store(self) -> str | None:
+        """``host:port`` of the store (as the map names it) while relaying, else None."""
+        attempt = self._attempt
+        if not self._relaying or self._kicked or attempt is None or attempt.route is None:
+            return None
+        return address((attempt.route.host, attempt.route.port))
+
     def kick(self) -> bool:
         """Close both sockets now, with no goodbye (``authsvc sessions kick``).
 
@@ -159,6 +167,8 @@ class Session:
             return False
         self._kicked = True
         self.record.end = "kicked"
+        if self._ctx.metrics is not None:
+            self._ctx.metrics.kicked(self.record.listener)
         if self._client is not None:
             self._client.abort()
         if self._backend is not None:

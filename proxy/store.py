@@ -39,6 +39,7 @@ from authsvc.proxy.events import (
 )
 from authsvc.proxy.forward import backend_options
 from authsvc.proxy.imap.back import ImapBack
+from authsvc.proxy.logline import address
 from authsvc.proxy.pop3.back import Pop3Back
 from authsvc.proxy.transport import Channel
 
@@ -97,6 +98,9 @@ class StoreLogin:
         loop = asyncio.get_running_loop()
         high_water = self._ctx.proxy.splice_buffer
         self.stage = FailureKind.BACKEND_CONNECT
+        metrics = self._ctx.metrics
+        store = address((route.host, route.port))
+        started = loop.time()
         try:
             _, backend = await loop.create_connection(
                 lambda: Channel(high_water=high_water, tls=implicit),
@@ -109,6 +113,9 @@ class StoreLogin:
             raise self._tls_failed(exc) from None
         except OSError as exc:
             raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
+        connected = loop.time()
+        if metrics is not None:
+            metrics.store_connect(store, connected - started)
         self.channel = backend
         if implicit:
             self.secure = "ssl"
@@ -144,6 +151,8 @@ class StoreLogin:
                         self.secure = "starttls"
                         queue.extend(machine.handle(TlsEstablished()))
                     case BackendReady(result=result):
+                        if metrics is not None:
+                            metrics.store_login(store, loop.time() - connected)
                         return result
                     case BackendFailed(kind=kind, reason=reason):
                         raise LoginFailure(kind, reason)

@@ -6,5 +6,5 @@ CI (``CI=true``, which ``.ci/run`` sets) that fails the run instead
 (``tests/services/require.py``).
 """
 
-# Shared service fixtures (mariadb_db, private_mariadb, ...), one instance per session.
-pytest_plugins = ["tests.services.mariadb"]
+# Shared service fixtures (mariadb_db, private_mariadb, ..., prometheus).
+pytest_plugins = ["tests.services.mariadb", "tests.services.prometheus"]

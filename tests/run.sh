@@ -30,6 +30,9 @@ wanted=(
   "/etc/fail2ban/filter.d/perdition.conf:fail2ban"
   # [throttle] store = "redis": the tests start a private redis-server
   "/usr/bin/redis-server:redis-server"
+  # The Prometheus tests: a private server scrapes the faces; promtool checks
+  # the exposition and runs the alert rules' unit tests (deploy/prometheus/)
+  "/usr/bin/prometheus:prometheus"
 )
 missing=()
 for pair in "${wanted[@]}"; do

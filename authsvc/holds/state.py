@@ -32,8 +32,11 @@ from authsvc.settings import HoldsSettings
 logger = logging.getLogger("authsvc.holds")
 
 HOLDS = Family("authsvc_holds", "gauge", "Holds in force, by kind (user, store).")
+OLDEST = Family("authsvc_holds_oldest_timestamp_seconds", "gauge",
+                "When the oldest hold in force was placed (Unix time; 0 when none).")
 #: Pass to ``Metrics(families=...)`` so every worker's file has the series.
-HOLD_FAMILIES: tuple[FamilySeries, ...] = ((HOLDS, tuple({"kind": k} for k in KINDS)),)
+HOLD_FAMILIES: tuple[FamilySeries, ...] = ((HOLDS, tuple({"kind": k} for k in KINDS)),
+                                           (OLDEST, tuple({"kind": k} for k in KINDS)))
 #: Seconds between attempts to read a store that could not be read at start.
 RETRY = 5.0
 
@@ -112,9 +115,12 @@ class HoldKeeper:
     def _refresh(self, now: float) -> None:
         """Set the gauge, and the timer for the next expiry."""
         if self._metrics is not None:
+            active = self.current.active(now)
             for kind, count in self.current.counts(now).items():
+                placed = [hold.since for hold in active if hold.kind == kind]
                 try:
                     self._metrics.set(HOLDS, count, kind=kind)
+                    self._metrics.set(OLDEST, min(placed, default=0.0), kind=kind)
                 except KeyError:  # a Metrics made without HOLD_FAMILIES (tests)
                     break
         if self._timer is not None:

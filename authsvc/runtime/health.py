@@ -12,7 +12,9 @@
   shared secret), never to a load balancer that only reads the status code.
   The map check runs at most once per ``ttl`` seconds however often HAProxy
   asks.
-* ``/metrics`` is the Prometheus text of a :class:`~authsvc.metrics.Metrics`.
+* ``/metrics`` is the Prometheus text of a :class:`~authsvc.metrics.Metrics`,
+  and ``authsvc_ready``: what ``/readyz`` would answer, from the last map
+  check (a scrape never starts one), for the alert on a node not ready.
 
 Nothing here knows about auth_http, the proxy or the router: a front end
 passes a :class:`Health` and a map-check callable, and both faces serve the
@@ -111,6 +113,19 @@ class Readiness:
             self._on_result(result)
         return result
 
+    def ready_now(self) -> bool:
+        """Whether /readyz would answer 200, from the last map check (no new one)."""
+        if self.health.phase is not Phase.READY:
+            return False
+        down = any(error is not None for error in self._result.values())
+        return not (down and self._requires_map)
+
+    def exposition(self) -> str:
+        """``authsvc_ready`` in the Prometheus text format, for ``/metrics``."""
+        return ("# HELP authsvc_ready 1 when /readyz answers 200 on the worker scraped.\n"
+                "# TYPE authsvc_ready gauge\n"
+                f"authsvc_ready {1 if self.ready_now() else 0}\n")
+
     async def report(self, *, details: bool = False) -> tuple[int, dict[str, object]]:
         """(HTTP status, JSON body) for /readyz; ``details`` adds why each map is down."""
         phase = self.health.phase
@@ -154,7 +169,7 @@ def health_routes(
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(
-                body=render_metrics().encode(),
+                body=(render_metrics() + readiness.exposition()).encode(),
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
             )
 

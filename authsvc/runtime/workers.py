@@ -18,7 +18,10 @@ die within seconds of starting mean something is broken, and the parent gives up
 
 Workers share a private run directory (mode 0700) for metrics files and
 control sockets (``authsvc/metrics.py``, ``authsvc/control/flush.py``); the
-parent removes it at exit.
+parent removes it at exit.  The parent keeps ``workers.json`` there, each live
+worker's pid and slot and how many it has replaced, for the scrapes
+(``authsvc/processes.py``: ``authsvc_worker_restarts_total`` and the
+``process_*`` figures).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from authsvc.processes import write_roster
 from authsvc.reload import ReloadSource
 from authsvc.runtime.signals import HANDLED_SIGNALS
 from authsvc.settings import Settings
@@ -75,6 +79,11 @@ def supervise(
     stopping = False
     failed = False
     quick_exits = 0
+    restarts = 0
+
+    def roster() -> None:
+        with contextlib.suppress(OSError):  # a scrape then shows the previous roster
+            write_roster(run_dir, {pid: slot for pid, (slot, _) in children.items()}, restarts)
 
     def spawn(slot: int) -> None:
         sock = sockets[slot] if len(sockets) > 1 else sockets[0]
@@ -97,6 +106,7 @@ def supervise(
                 logging.shutdown()
                 os._exit(code)
         children[pid] = (slot, time.monotonic())
+        roster()
         logger.info("", extra={"fields": {"event": "worker_started", "worker": pid,
                                           "slot": slot}})
 
@@ -112,6 +122,7 @@ def supervise(
                 now = time.monotonic()
                 for item in [r for r in respawn if r[0] <= now]:
                     respawn.remove(item)
+                    restarts += 1
                     spawn(item[1])
             if signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
                 stopping = True
@@ -130,6 +141,7 @@ def supervise(
             # SIGCHLD, or any wake-up: reap whoever has exited.
             for pid, status in _reap():
                 slot, started = children.pop(pid, (-1, 0.0))
+                roster()
                 code = os.waitstatus_to_exitcode(status)
                 if stopping:
                     if code != 0:
