@@ -278,6 +278,13 @@ def checkout(rev: str, tmp: Path) -> Iterator[Path]:
     where = tmp / f"baseline-{rev}"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev],
                    check=True)
+    # Since proxy/ and templates/ install inside the package (pyproject.toml's
+    # package-dir), a source tree on PYTHONPATH finds them only through a link.
+    pyproject = (where / "pyproject.toml").read_text()
+    for folder in ("proxy", "templates"):
+        link = where / "authsvc" / folder
+        if f'"authsvc.{folder}" = "{folder}"' in pyproject and not link.exists():
+            link.symlink_to(where / folder, target_is_directory=True)
     try:
         yield where
     finally:
@@ -286,10 +293,12 @@ def checkout(rev: str, tmp: Path) -> Iterator[Path]:
 
 
 def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str, int],
-                pki: ServerCert, log: Path, root: Path | None) -> subprocess.Popen[bytes]:
-    """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's."""
-    argv = [sys.executable, *(["-c", UVLOOP_MAIN] if name == "uvloop" else ["-m", "authsvc"]),
-            "proxy"]
+                pki: ServerCert, log: Path, root: Path | None,
+                profile: Path | None = None) -> subprocess.Popen[bytes]:
+    """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's;
+    under cProfile, its stats written to ``profile`` at exit, when given."""
+    argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
+            *(["-c", UVLOOP_MAIN] if name == "uvloop" else ["-m", "authsvc"]), "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
     env = dict(os.environ)
@@ -330,7 +339,8 @@ def start_serve(config: Path, address: str, port: int, log: Path) -> subprocess.
 
 @contextlib.contextmanager
 def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
-                   baseline: str | None) -> Iterator[tuple[dict[str, Front], ServerCert]]:
+                   baseline: str | None,
+                   profile: Path | None = None) -> Iterator[tuple[dict[str, Front], ServerCert]]:
     """MariaDB map, one Dovecot store, the scripted backend and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
     from tests.services.mariadb import create_test_database, running_private_mariadb
@@ -380,7 +390,7 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                 root = (stack.enter_context(checkout(baseline, workdir))
                         if name == "baseline" and baseline else None)
                 proxy = start_proxy(name, files, address, ports, pki, workdir / f"{name}.log",
-                                    root)
+                                    root, profile / f"{name}.prof" if profile else None)
                 stack.callback(_end, proxy)
                 fronts[name] = Front(name, address, ports, proxy.pid)
             else:
@@ -758,6 +768,9 @@ def main(argv: list[str]) -> int:
                         help="wait before each run until the 1-minute load average is under this")
     parser.add_argument("--quiet-wait", type=float, default=600.0,
                         help="seconds to wait for it at most, then warn and run")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the authsvc proxies under cProfile, stats to DIR/FRONT.prof "
+                             "(their CPU figures are then cProfile's, not theirs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_nofile()
@@ -776,7 +789,10 @@ def main(argv: list[str]) -> int:
     rows: list[dict[str, object]] = []
     first_base: dict[tuple[str, str], int] = {}
     idle = max(args.sessions or [0]) + 100
-    with running_fronts(args.users, idle, args.fronts, args.baseline) as (fronts, pki):
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    with running_fronts(args.users, idle, args.fronts, args.baseline,
+                        args.profile) as (fronts, pki):
         for run in range(args.runs):
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
