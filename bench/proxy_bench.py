@@ -94,7 +94,7 @@ from tests.services.perdition import (
     common_ports,
     write_seed_files,
 )
-from tests.services.perdition import _wait_listening as wait_listening
+from tests.services.perdition import _greets as greets
 from tests.services.ports import free_port
 
 ADDRESSES = {
@@ -294,10 +294,15 @@ def checkout(rev: str, tmp: Path) -> Iterator[Path]:
 
 def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str, int],
                 pki: ServerCert, log: Path, root: Path | None,
-                profile: Path | None = None) -> subprocess.Popen[bytes]:
+                profile: Path | None = None,
+                callgrind: Path | None = None) -> subprocess.Popen[bytes]:
     """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's;
-    under cProfile, its stats written to ``profile`` at exit, when given."""
-    argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
+    under cProfile, its stats written to ``profile`` at exit, when given; under
+    callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given."""
+    grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={callgrind}/{name}.%p"] if callgrind else []
+    argv = [*grind, sys.executable,
+            *(["-m", "cProfile", "-o", str(profile)] if profile else []),
             *(["-c", UVLOOP_MAIN] if name == "uvloop" else ["-m", "authsvc"]), "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
@@ -308,13 +313,14 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
     with log.open("ab") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, env=env, cwd=root or ROOT)
-    try:
-        for listener, port in ports.items():
-            wait_listening(process, address, port, LISTENER_TLS[listener][1], pki,
-                           f"authsvc proxy ({name})", log)
-    except BaseException:
-        _end(process)
-        raise
+    deadline = time.monotonic() + (600 if callgrind else 30)
+    for listener, port in ports.items():
+        while not greets(address, port, LISTENER_TLS[listener][1], pki):
+            if process.poll() is not None or time.monotonic() > deadline:
+                _end(process)
+                raise RuntimeError(f"authsvc proxy ({name}) did not start: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
     return process
 
 
@@ -339,8 +345,8 @@ def start_serve(config: Path, address: str, port: int, log: Path) -> subprocess.
 
 @contextlib.contextmanager
 def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
-                   baseline: str | None,
-                   profile: Path | None = None) -> Iterator[tuple[dict[str, Front], ServerCert]]:
+                   baseline: str | None, profile: Path | None = None,
+                   callgrind: Path | None = None) -> Iterator[tuple[dict[str, Front], ServerCert]]:
     """MariaDB map, one Dovecot store, the scripted backend and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
     from tests.services.mariadb import create_test_database, running_private_mariadb
@@ -390,7 +396,8 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                 root = (stack.enter_context(checkout(baseline, workdir))
                         if name == "baseline" and baseline else None)
                 proxy = start_proxy(name, files, address, ports, pki, workdir / f"{name}.log",
-                                    root, profile / f"{name}.prof" if profile else None)
+                                    root, profile / f"{name}.prof" if profile else None,
+                                    callgrind)
                 stack.callback(_end, proxy)
                 fronts[name] = Front(name, address, ports, proxy.pid)
             else:
@@ -500,18 +507,23 @@ async def one_login(host: str, port: int, user: str, context: ssl.SSLContext | N
 
 
 async def logins(host: str, port: int, users: int, context: ssl.SSLContext | None,
-                 seconds: float, concurrency: int) -> tuple[int, int, str]:
-    """(logins done, errors, the first error) of ``concurrency`` clients looping."""
+                 seconds: float, concurrency: int,
+                 limit: int | None = None) -> tuple[int, int, str]:
+    """(logins done, errors, the first error) of ``concurrency`` clients looping
+    for ``seconds``, or until ``limit`` logins have begun."""
     deadline = time.monotonic() + seconds
     done = errors = 0
     first = ""
-    counter = iter(range(10**9))
+    counter = iter(range(limit if limit is not None else 10**9))
 
     async def worker(index: int) -> None:
         nonlocal done, errors, first
         source = f"127.0.1.{1 + index % 250}"
         while time.monotonic() < deadline:
-            user = f"user{next(counter) % users:04d}"
+            n = next(counter, None)
+            if n is None:
+                return
+            user = f"user{n % users:04d}"
             try:
                 await asyncio.wait_for(one_login(host, port, user, context, source), 30)
                 done += 1
@@ -636,6 +648,51 @@ def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Name
             load = os.getloadavg()[0]
 
 
+def callgrind_total(directory: Path, front: str, pid: int) -> int:
+    """Instructions (Ir) in the newest callgrind dump of ``front``'s process ``pid``."""
+    dumps = sorted(directory.glob(f"{front}.{pid}*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise BenchError(f"no totals in {dumps[-1]}")
+
+
+def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
+                         rows: list[dict[str, object]], run: int) -> None:
+    """Instructions per login of each authsvc proxy (user space, callgrind): robust
+    on a busy machine, where CPU seconds are not; the kernel's share is not counted."""
+    for mode in ("plain", "starttls"):
+        for name in (f for f in args.fronts if f in PROXIES):
+            front = fronts[name]
+            context = pki.client_context() if mode == "starttls" else None
+
+            def drive(count: int, front: Front = front,
+                      context: ssl.SSLContext | None = context) -> int:
+                done, errors, first = asyncio.run(logins(
+                    front.address, front.ports["imap4"], args.users, context, 3600,
+                    4, limit=count))
+                if errors:
+                    raise BenchError(f"{front.name}: {errors} errors, first {first}")
+                return done
+
+            drive(20)  # warm: the route cache, the code paths, the allocator
+            subprocess.run(["callgrind_control", "--instr=on", str(front.pid)], check=True,
+                           capture_output=True)
+            subprocess.run(["callgrind_control", "--zero", str(front.pid)], check=True,
+                           capture_output=True)
+            done = drive(args.logins)
+            subprocess.run(["callgrind_control", "--dump", str(front.pid)], check=True,
+                           capture_output=True)
+            subprocess.run(["callgrind_control", "--instr=off", str(front.pid)], check=True,
+                           capture_output=True)
+            total = callgrind_total(args.callgrind, name, front.pid)
+            row: dict[str, object] = {"test": "instructions", "mode": mode, "front": name,
+                                      "run": run, "load": os.getloadavg()[0],
+                                      "ir_per_login": total / done}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+
+
 async def memory_scenario(host: str, port: int, context: ssl.SSLContext | None, count: int,
                           pids: list[int]) -> tuple[int, int, int]:
     """(PSS before, PSS with ``count`` idle sessions, sessions opened), in KiB."""
@@ -690,6 +747,7 @@ METRICS = {
     "logins": (("logins_per_s", "logins/s", 0), ("cpu_s_per_1000", "CPU s per 1,000 logins", 2)),
     "fetch": (("mb_per_s", "MB/s", 0), ("cpu_s_per_gb", "CPU s per GB", 2)),
     "memory": (("kib_per_session", "KiB PSS per idle session", 1),),
+    "instructions": (("ir_per_login", "instructions per login (callgrind, user space)", 0),),
 }
 
 
@@ -771,8 +829,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the authsvc proxies under cProfile, stats to DIR/FRONT.prof "
                              "(their CPU figures are then cProfile's, not theirs)")
+    parser.add_argument("--callgrind", type=Path, metavar="DIR",
+                        help="run the authsvc proxies under valgrind's callgrind, dumps in DIR; "
+                             "for --tests instructions")
+    parser.add_argument("--logins", type=int, default=200,
+                        help="logins measured per front and mode by --tests instructions")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    # SIGTERM (timeout(1), an operator) ends the run through the clean-up:
+    # the daemons, the private MariaDB and a baseline worktree go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_nofile()
     if args.backend:
         asyncio.run(_serve_backend(args.backend))
@@ -789,11 +855,16 @@ def main(argv: list[str]) -> int:
     rows: list[dict[str, object]] = []
     first_base: dict[tuple[str, str], int] = {}
     idle = max(args.sessions or [0]) + 100
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    if "instructions" in args.tests and not args.callgrind:
+        parser.error("--tests instructions needs --callgrind DIR")
+    for directory in (args.profile, args.callgrind):
+        if directory:
+            directory.mkdir(parents=True, exist_ok=True)
     with running_fronts(args.users, idle, args.fronts, args.baseline,
-                        args.profile) as (fronts, pki):
+                        args.profile, args.callgrind) as (fronts, pki):
         for run in range(args.runs):
+            if "instructions" in args.tests:
+                measure_instructions(fronts, pki, args, rows, run)
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
             if "fetch" in args.tests:

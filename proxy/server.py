@@ -61,6 +61,7 @@ from authsvc.proxy.proxy_protocol import ProxyProtocolError
 from authsvc.proxy.session import Session
 from authsvc.proxy.syslog import AuthLog
 
+from authsvc.log import BatchedLog
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.runtime.accepting import accept_batch
@@ -135,6 +136,8 @@ class ProxyServer:
         self._bytes: Counter[tuple[str, str]] = Counter()  # from ended sessions
         self._refresher: asyncio.Task[None] | None = None
         self._stopping = False
+        #: The session lines of every listener, written in batches.
+        self._session_log = BatchedLog(logging.getLogger("proxy.session"), "session.py")
 
     async def start(self, sockets: ListenerSockets | None = None) -> None:
         """Listen on every listener (on ``sockets`` when given, for workers).
@@ -157,6 +160,7 @@ class ProxyServer:
                     metrics=self._metrics,
                     throttle=self._throttle,
                     refusal_times=self._refusal_times,
+                    session_log=self._session_log,
                 )
                 self._contexts[listener.name] = context
                 self._set_networks(settings, listener)
@@ -369,7 +373,7 @@ class ProxyServer:
                 listener=listener, proxy=settings.proxy, log=settings.log, router=router,
                 server_tls=server_tls_context(listener), backend_tls=backend_tls,
                 auth_log=self._auth_log, metrics=self._metrics, throttle=self._throttle,
-                refusal_times=self._refusal_times)
+                refusal_times=self._refusal_times, session_log=self._session_log)
         for name in self._listening:
             if name not in contexts:
                 log.warning("", extra={"fields": {"event": "reload_needs_restart",
@@ -440,4 +444,5 @@ class ProxyServer:
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
+        self._session_log.flush()  # the last sessions' lines, before the process ends
         self.refresh_metrics()  # the final numbers stay in the worker's metrics file

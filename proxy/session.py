@@ -198,7 +198,12 @@ class Session:
             if self._backend is not None:
                 self._backend.close()
             self.record.duration = loop.time() - started
-            log.info("", extra={"fields": self.record.fields()})
+            if self._ctx.session_log is not None:
+                # Batched, as serve's decision lines (authsvc/log.py, BatchedLog):
+                # one write per batch, not a LogRecord and a write per session.
+                self._ctx.session_log.log(logging.INFO, self.record.fields())
+            else:
+                log.info("", extra={"fields": self.record.fields()})
 
     def _trace(self, text: str) -> None:
         if self._tracing:
