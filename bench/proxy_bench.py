@@ -14,10 +14,10 @@ MariaDB map; ``--fronts`` picks which (default: all that can run):
   directory and started with that tree first on ``PYTHONPATH`` (it uses this
   venv's dependencies; a tree whose proxy is still the top-level ``proxy``
   package resolves it from there too);
-* **authsvc**: ``authsvc proxy`` from this tree, one process, stdlib asyncio
-  (``AUTHSVC_LOOP=asyncio``);
-* **uvloop** (when uvloop is importable): the same code on uvloop's loop
-  (``AUTHSVC_LOOP=uvloop``, started through ``uvloop.install()``);
+* **authsvc**: ``authsvc proxy`` from this tree, one process, stdlib asyncio;
+* **uvloop** (when uvloop is importable in this venv): the same code on
+  uvloop's loop, started through ``uvloop.install()`` (authsvc itself does not
+  use uvloop: docs/benchmarks.md, "An accelerator");
 * **perdition**: Debian's Perdition 2.2 on the seed deployment's files
   (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``.
 
@@ -307,7 +307,6 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
     for path in files.values():
         argv += ["-c", str(path)]
     env = dict(os.environ)
-    env["AUTHSVC_LOOP"] = "uvloop" if name == "uvloop" else "asyncio"
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     with log.open("ab") as out:
@@ -604,7 +603,7 @@ async def release(writers: list[asyncio.StreamWriter]) -> None:
 
 def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                    rows: list[dict[str, object]], run: int) -> None:
-    for mode in ("plain", "starttls"):
+    for mode in args.modes:
         load = wait_quiet(args, f"logins {mode} run {run + 1}")
         order = args.fronts if run % 2 == 0 else tuple(reversed(args.fronts))
         for name in order:
@@ -661,7 +660,7 @@ def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argpar
                          rows: list[dict[str, object]], run: int) -> None:
     """Instructions per login of each authsvc proxy (user space, callgrind): robust
     on a busy machine, where CPU seconds are not; the kernel's share is not counted."""
-    for mode in ("plain", "starttls"):
+    for mode in args.modes:
         for name in (f for f in args.fronts if f in PROXIES):
             front = fronts[name]
             context = pki.client_context() if mode == "starttls" else None
@@ -817,6 +816,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="runs of the memory test per session count (default --runs)")
     parser.add_argument("--tests", nargs="*", default=["logins", "fetch", "memory"])
+    parser.add_argument("--modes", nargs="*", choices=("plain", "starttls"),
+                        default=["plain", "starttls"], help="login modes of logins, instructions")
     parser.add_argument("--fronts", nargs="*", choices=FRONTS, default=None,
                         help="front ends to run (default: all that can: baseline with "
                              "--baseline, uvloop when importable, perdition when installed)")

@@ -91,6 +91,15 @@ METRICS_EVERY = 1.0
 UNLIMITED_DESCRIPTORS = 1 << 20
 
 
+def _fixed_local(sock: socket.socket) -> tuple[str, int] | None:
+    """The listening socket's address when it is one address, not a wildcard."""
+    try:
+        host, port = inet_address(sock.getsockname())
+    except (OSError, ValueError):
+        return None
+    return None if host in ("0.0.0.0", "::") else (host, port)
+
+
 def descriptor_limit() -> int:
     """The process's descriptor limit now (``RLIMIT_NOFILE``, soft)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -124,6 +133,10 @@ class ProxyServer:
             settings.proxy, {ls.name: ls.connection_limit for ls in settings.listeners},
             self._budget)
         self._listening: dict[str, list[socket.socket]] = {}
+        #: Per listening socket (descriptor): its address when bound to one,
+        #: which every connection it accepts has as its local end; None on a
+        #: wildcard address, where each connection is asked (getsockname).
+        self._local_of: dict[int, tuple[str, int] | None] = {}
         self._contexts: dict[str, ListenerContext] = {}
         #: Per listener: who may send PROXY headers, who skips the per-address limits.
         self._trusted: dict[str, tuple[IPNetwork, ...]] = {}
@@ -167,6 +180,7 @@ class ProxyServer:
                 given = sockets.get(listener.name) if sockets is not None else None
                 for sock in given if given is not None else bind_listener(listener):
                     self._listening.setdefault(listener.name, []).append(sock)
+                    self._local_of[sock.fileno()] = _fixed_local(sock)
                     sock.setblocking(False)
                     loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
                     log.info("", extra={"fields": {
@@ -222,9 +236,11 @@ class ProxyServer:
     # --- accepting ----------------------------------------------------------------
 
     def _accept_ready(self, context: ListenerContext, listening: socket.socket) -> None:
+        local = self._local_of.get(listening.fileno())
+
         def accepted(conn: socket.socket, peer: object) -> None:
             conn.setblocking(False)
-            self._accepted(context, conn, inet_address(peer))
+            self._accepted(context, conn, inet_address(peer), local)
 
         exhausted = accept_batch(listening, ACCEPT_BATCH, accepted)
         if exhausted is not None:
@@ -247,7 +263,7 @@ class ProxyServer:
                 listening.fileno(), self._accept_ready, context, listening)
 
     def _accepted(self, context: ListenerContext, conn: socket.socket,
-                  peer: tuple[str, int]) -> None:
+                  peer: tuple[str, int], local: tuple[str, int] | None = None) -> None:
         listener = context.listener
         if self._metrics is not None:
             self._metrics.connection(listener.name)
@@ -268,7 +284,8 @@ class ProxyServer:
         if isinstance(ticket, Refused):
             self._refuse(context, conn, ticket, peer)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(context, conn, peer, ticket))
+        task = asyncio.get_running_loop().create_task(
+            self._serve(context, conn, peer, ticket, local))
         self._tasks[task] = None
         task.add_done_callback(self._served)
 
@@ -304,13 +321,16 @@ class ProxyServer:
         task.add_done_callback(self._refusals.discard)
 
     async def _serve(self, context: ListenerContext, conn: socket.socket,
-                     peer: tuple[str, int], ticket: Ticket) -> None:
+                     peer: tuple[str, int], ticket: Ticket,
+                     local: tuple[str, int] | None = None) -> None:
         loop = asyncio.get_running_loop()
         accepted = loop.time()
         listener = context.listener
         handed_over = False
         try:
-            client, local = peer, inet_address(conn.getsockname())
+            client = peer
+            if local is None:
+                local = inet_address(conn.getsockname())
             via: tuple[str, int] | None = None
             if listener.proxy_protocol:
                 try:
@@ -428,6 +448,7 @@ class ProxyServer:
                     loop.remove_reader(sock.fileno())
                 sock.close()
         self._listening.clear()
+        self._local_of.clear()
         for task in list(self._refusals):
             task.cancel()
         for task, session in list(self._tasks.items()):

@@ -263,9 +263,11 @@ class Session:
         tls_active = self.record.tls == "implicit"
         front: ImapFront | Pop3Front
         if ctx.listener.protocol is MailProtocol.IMAP:
-            front = ImapFront(ctx.listener, ctx.proxy, tls_active=tls_active)
+            front = ImapFront(ctx.listener, ctx.proxy, tls_active=tls_active,
+                              trace=self._tracing)
         else:
-            front = Pop3Front(ctx.listener, ctx.proxy, tls_active=tls_active)
+            front = Pop3Front(ctx.listener, ctx.proxy, tls_active=tls_active,
+                              trace=self._tracing)
         queue: deque[Command] = deque(front.start())
         while True:
             while queue:
@@ -294,7 +296,8 @@ class Session:
     async def _apply(self, command: Command) -> Event | _Done | None:
         match command:
             case Send(data=data):
-                self._trace(f"S: {data[:120]!r}")
+                if self._tracing:  # no repr of every reply when nobody reads it
+                    self._trace(f"S: {data[:120]!r}")
                 assert self._client is not None
                 self._client.write(data)
                 if self._close_after_reply:
