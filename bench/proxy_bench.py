@@ -110,6 +110,23 @@ PROXIES = ("baseline", "authsvc", "uvloop")
 #: ``authsvc proxy`` on uvloop's event loop (uvloop.install() makes asyncio.run use it).
 UVLOOP_MAIN = ("import sys, uvloop; uvloop.install(); "
                "from authsvc.cli import main; sys.exit(main(sys.argv[1:]))")
+#: ``authsvc proxy`` under cProfile with a CPU clock (the process's CPU time, not the
+#: wall clock, which on a busy machine counts the time others ran); stats to argv[1].
+PROFILE_MAIN = """import cProfile, sys, time
+out = sys.argv.pop(1)
+if sys.argv.pop(1) == "uvloop":
+    import uvloop
+    uvloop.install()
+from authsvc.cli import main
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    code = main(sys.argv[1:])
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+sys.exit(code)
+"""
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-secret"  # noqa: S105 - a throwaway test password
 FETCH_USER = "fetcher"
@@ -301,9 +318,11 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
     callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given."""
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={callgrind}/{name}.%p"] if callgrind else []
-    argv = [*grind, sys.executable,
-            *(["-m", "cProfile", "-o", str(profile)] if profile else []),
-            *(["-c", UVLOOP_MAIN] if name == "uvloop" else ["-m", "authsvc"]), "proxy"]
+    if profile:
+        main = ["-c", PROFILE_MAIN, str(profile), name]
+    else:
+        main = ["-c", UVLOOP_MAIN] if name == "uvloop" else ["-m", "authsvc"]
+    argv = [*grind, sys.executable, *main, "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
     env = dict(os.environ)
@@ -828,8 +847,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quiet-wait", type=float, default=600.0,
                         help="seconds to wait for it at most, then warn and run")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="run the authsvc proxies under cProfile, stats to DIR/FRONT.prof "
-                             "(their CPU figures are then cProfile's, not theirs)")
+                        help="run the authsvc proxies under cProfile (a CPU-time clock), stats "
+                             "to DIR/FRONT.prof (their CPU figures are then cProfile's)")
     parser.add_argument("--callgrind", type=Path, metavar="DIR",
                         help="run the authsvc proxies under valgrind's callgrind, dumps in DIR; "
                              "for --tests instructions")
