@@ -14,10 +14,10 @@ MariaDB map; ``--fronts`` picks which (default: all that can run):
   directory and started with that tree first on ``PYTHONPATH`` (it uses this
   venv's dependencies; a tree whose proxy is still the top-level ``proxy``
   package resolves it from there too);
-* **authsvc**: ``authsvc proxy`` from this tree, one process, stdlib asyncio;
+* **authsvc**: ``authsvc proxy`` from this tree, one process, stdlib asyncio
+  (``AUTHSVC_LOOP=asyncio``, also when the ``authsvc[uvloop]`` extra is installed);
 * **uvloop** (when uvloop is importable in this venv): the same code on
-  uvloop's loop, started through ``uvloop.install()`` (authsvc itself does not
-  use uvloop: docs/benchmarks.md, "An accelerator");
+  uvloop's loop (``AUTHSVC_LOOP=uvloop``, authsvc/runtime/loop.py);
 * **perdition**: Debian's Perdition 2.2 on the seed deployment's files
   (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``.
 
@@ -107,16 +107,10 @@ STORE, BACKEND = "127.0.0.2", "127.0.0.4"
 FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "uvloop", "perdition")
 #: The authsvc proxies, each started as ``python -m authsvc proxy`` on the seed's files.
 PROXIES = ("baseline", "authsvc", "uvloop")
-#: ``authsvc proxy`` on uvloop's event loop (uvloop.install() makes asyncio.run use it).
-UVLOOP_MAIN = ("import sys, uvloop; uvloop.install(); "
-               "from authsvc.cli import main; sys.exit(main(sys.argv[1:]))")
 #: ``authsvc proxy`` under cProfile with a CPU clock (the process's CPU time, not the
 #: wall clock, which on a busy machine counts the time others ran); stats to argv[1].
 PROFILE_MAIN = """import cProfile, sys, time
 out = sys.argv.pop(1)
-if sys.argv.pop(1) == "uvloop":
-    import uvloop
-    uvloop.install()
 from authsvc.cli import main
 profile = cProfile.Profile(time.process_time)
 profile.enable()
@@ -318,14 +312,13 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
     callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given."""
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={callgrind}/{name}.%p"] if callgrind else []
-    if profile:
-        main = ["-c", PROFILE_MAIN, str(profile), name]
-    else:
-        main = ["-c", UVLOOP_MAIN] if name == "uvloop" else ["-m", "authsvc"]
+    main = ["-c", PROFILE_MAIN, str(profile)] if profile else ["-m", "authsvc"]
     argv = [*grind, sys.executable, *main, "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
     env = dict(os.environ)
+    # The loop (authsvc/runtime/loop.py); a revision from before it ignores this.
+    env["AUTHSVC_LOOP"] = "uvloop" if name == "uvloop" else "asyncio"
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     with log.open("ab") as out:

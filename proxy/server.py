@@ -66,6 +66,7 @@ from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.runtime.accepting import accept_batch
 from authsvc.runtime.binding import describe_socket, inet_address
+from authsvc.runtime.loop import loop_name
 from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, Settings
 from authsvc.throttle.service import Throttle
 
@@ -137,6 +138,8 @@ class ProxyServer:
         #: which every connection it accepts has as its local end; None on a
         #: wildcard address, where each connection is asked (getsockname).
         self._local_of: dict[int, tuple[str, int] | None] = {}
+        #: Listening sockets (descriptors) paused after EMFILE, until _resume_accepting.
+        self._paused: set[int] = set()
         self._contexts: dict[str, ListenerContext] = {}
         #: Per listener: who may send PROXY headers, who skips the per-address limits.
         self._trusted: dict[str, tuple[IPNetwork, ...]] = {}
@@ -213,7 +216,9 @@ class ProxyServer:
             "preauth_limit": self._admission.preauth_limit,
             "preauth_limit_from": "descriptors" if proxy.preauth_limit is None else "config",
             "client_preauth_limit": proxy.client_preauth_limit,
-            "client_limit": proxy.client_limit, "login_deadline": proxy.login_deadline}})
+            "client_limit": proxy.client_limit, "login_deadline": proxy.login_deadline,
+            # The event loop (authsvc/runtime/loop.py): uvloop when the extra is installed.
+            "loop": loop_name()}})
 
     def addresses(self, listener: str) -> list[tuple[str, int]]:
         """Where a listener is bound (host, port), for tests and logs."""
@@ -254,9 +259,11 @@ class ProxyServer:
                                                 "error": exhausted.strerror,
                                                 "suppressed": held}})
             loop.remove_reader(listening.fileno())
+            self._paused.add(listening.fileno())
             loop.call_later(ACCEPT_PAUSE, self._resume_accepting, context, listening)
 
     def _resume_accepting(self, context: ListenerContext, listening: socket.socket) -> None:
+        self._paused.discard(listening.fileno())
         if not self._stopping and listening.fileno() >= 0:
             context = self._contexts.get(context.listener.name, context)  # a reload's
             asyncio.get_running_loop().add_reader(
@@ -405,10 +412,13 @@ class ProxyServer:
             self._contexts[name] = context
             self._set_networks(settings, context.listener)
             for sock in self._listening[name]:
-                # Replaces this socket's callback; a paused one (EMFILE) is
-                # resumed with the new context by _resume_accepting.
-                if not self._stopping and sock.fileno() >= 0 and loop.remove_reader(sock.fileno()):
-                    loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
+                # Replaces this socket's callback (add_reader on a watched
+                # descriptor replaces it); a paused one (EMFILE) is resumed with
+                # the new context by _resume_accepting.  Tracked here, not read
+                # from remove_reader's result, which uvloop does not give.
+                fd = sock.fileno()
+                if not self._stopping and fd >= 0 and fd not in self._paused:
+                    loop.add_reader(fd, self._accept_ready, context, sock)
         self._admission.configure(settings.proxy, {name: context.listener.connection_limit
                                                    for name, context in self._contexts.items()})
         self._log_limits(settings)
@@ -449,6 +459,7 @@ class ProxyServer:
                 sock.close()
         self._listening.clear()
         self._local_of.clear()
+        self._paused.clear()
         for task in list(self._refusals):
             task.cancel()
         for task, session in list(self._tasks.items()):
