@@ -152,8 +152,10 @@ class ProxyServer:
         self._bytes: Counter[tuple[str, str]] = Counter()  # from ended sessions
         self._refresher: asyncio.Task[None] | None = None
         self._stopping = False
-        #: The session lines of every listener, written in batches.
-        self._session_log = BatchedLog(logging.getLogger("proxy.session"), "session.py")
+        #: The session lines of every listener, written together per pass of the
+        #: loop (no delay: a watcher sees a session's line as soon as it ended).
+        self._session_log = BatchedLog(logging.getLogger("proxy.session"), "session.py",
+                                       delay=0.0)
 
     async def start(self, sockets: ListenerSockets | None = None) -> None:
         """Listen on every listener (on ``sockets`` when given, for workers).
