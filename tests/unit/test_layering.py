@@ -15,6 +15,8 @@ else (reload, routing, maps, throttle, metrics, log, config, settings...).
 * only ``authsvc.routing`` and the maps themselves import ``authsvc.maps``
   (one place reads maps);
 * only ``authsvc/maps/mysql.py`` imports aiomysql;
+* only ``authsvc/runtime/loop.py`` imports uvloop (an optional extra: one
+  place decides the loop);
 * the pure modules and the configuration readers import no event loop,
   network, HTTP or database library;
 * nothing imports a top-level ``proxy`` (it installs as ``authsvc.proxy``).
@@ -238,6 +240,11 @@ def mysql_client_elsewhere(sources: Sources) -> list[str]:
             for m in sorted(importers_of(lib, sources)) if m != "authsvc.maps.mysql"]
 
 
+def uvloop_elsewhere(sources: Sources) -> list[str]:
+    return [f"{m} imports uvloop" for m in sorted(importers_of("uvloop", sources))
+            if m != "authsvc.runtime.loop"]
+
+
 def top_level_proxy_imported(sources: Sources) -> list[str]:
     return [f"{m} imports proxy" for m in sorted(importers_of("proxy", sources))]
 
@@ -253,6 +260,7 @@ RULES: dict[str, Rule] = {
     "only routing normalises names": login_normalised_elsewhere,
     "only routing reads maps": maps_read_elsewhere,
     "only the MySQL map imports aiomysql": mysql_client_elsewhere,
+    "only the loop module imports uvloop": uvloop_elsewhere,
     "nothing imports a top-level proxy": top_level_proxy_imported,
 }
 
@@ -333,6 +341,9 @@ BROKEN: list[tuple[str, dict[str, str], str]] = [
     ("only the MySQL map imports aiomysql",
      {"authsvc__maps__file": "import aiomysql\n"},
      "authsvc.maps.file imports aiomysql"),
+    ("only the loop module imports uvloop",
+     {"authsvc__proxy__command": "def f():\n    import uvloop\n"},
+     "authsvc.proxy.command imports uvloop"),
     ("nothing imports a top-level proxy",
      {"authsvc__cli": "def f():\n    from proxy.server import main\n"},
      "authsvc.cli imports proxy"),
