@@ -845,7 +845,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--callgrind", type=Path, metavar="DIR",
                         help="run the authsvc proxies under valgrind's callgrind, dumps in DIR; "
                              "for --tests instructions")
-    parser.add_argument("--logins", type=int, default=200,
+    parser.add_argument("--logins", type=int, default=500,
                         help="logins measured per front and mode by --tests instructions")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
