@@ -263,7 +263,7 @@ FLUSH_LINES = 512
 
 
 class BatchedLog:
-    """One logger's records, handed to logging together at most FLUSH_DELAY seconds late.
+    """One logger's records, handed to logging together at most FLUSH_DELAY (or ``delay``) s late.
 
     The decision line is written for every login.  Written one by one, each
     costs a ``write`` and, at nginx's pace of one request per wake-up, the
@@ -275,9 +275,13 @@ class BatchedLog:
     line is written at once.
     """
 
-    def __init__(self, logger: logging.Logger, source: str = "") -> None:
+    def __init__(self, logger: logging.Logger, source: str = "",
+                 delay: float = FLUSH_DELAY) -> None:
+        """``delay``: the longest a line waits; 0 writes at the end of the loop's
+        pass, together with the lines of that pass only."""
         self._logger = logger
         self._source = source
+        self._delay = delay
         self._pending: list[tuple[int, Mapping[str, object], float]] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -299,7 +303,7 @@ class BatchedLog:
         except RuntimeError:
             self.flush()
             return
-        self._timer = loop.call_later(FLUSH_DELAY, self.flush)
+        self._timer = loop.call_later(self._delay, self.flush)
 
     def flush(self) -> None:
         """Hand every queued record to logging now."""

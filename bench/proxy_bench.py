@@ -1,23 +1,36 @@
-"""authsvc proxy against Perdition and nginx mail (static auth), side by side, one run.
+"""authsvc proxy against nginx mail, Perdition and an earlier revision, side by side, one run.
 
-All three front ends run at once against the same Dovecot store and the
-same MariaDB map:
+The front ends run at once against the same Dovecot store and the same
+MariaDB map; ``--fronts`` picks which (default: all that can run):
 
-* **perdition**: Debian's Perdition 2.2 on the seed deployment's files
-  (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``;
-* **authsvc**: ``authsvc proxy`` on the same two files (one process);
 * **nginx**: nginx mail with ``auth_http`` answered by a fixed ``http {}``
   location of the same nginx (as ``bench/login_bench.py``'s "static"),
-  ``worker_processes auto``.
+  ``worker_processes auto``: the cheapest nginx can be;
+* **nginx-serve**: the same nginx mail, its ``auth_http`` answered by
+  ``authsvc serve`` (one process, the MySQL map behind the route cache, as a
+  site deploys nginx with authsvc; docs/serve.md);
+* **baseline** (with ``--baseline REV``): ``authsvc proxy`` from the code of
+  git revision REV, checked out with ``git worktree`` into a temporary
+  directory and started with that tree first on ``PYTHONPATH`` (it uses this
+  venv's dependencies; a tree whose proxy is still the top-level ``proxy``
+  package resolves it from there too);
+* **authsvc**: ``authsvc proxy`` from this tree, one process, stdlib asyncio
+  (``AUTHSVC_LOOP=asyncio``, also when the ``authsvc[uvloop]`` extra is installed);
+* **uvloop** (when uvloop is importable in this venv): the same code on
+  uvloop's loop (``AUTHSVC_LOOP=uvloop``, authsvc/runtime/loop.py);
+* **perdition**: Debian's Perdition 2.2 on the seed deployment's files
+  (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``.
 
-The seed files are written by the rig; only ``timeout`` is raised from the
-rig's 60 s to an hour, so idle sessions stay for the memory figure.
+The authsvc proxies run on the seed's files, written by the rig; only
+``timeout`` is raised from the rig's 60 s to an hour, so idle sessions stay
+for the memory figure.
 
-Measured, each ``--runs`` times, front ends interleaved:
+Measured, each ``--runs`` times, front ends interleaved (the order reversed
+every other run):
 
 * ``logins``: logins/s with ``--concurrency`` clients (connect, greeting,
   [STARTTLS], LOGIN, SELECT INBOX, LOGOUT), plain and STARTTLS; front-end CPU
-  seconds per 1,000 logins;
+  seconds per 1,000 logins (nginx-serve: nginx's and serve's together);
 * ``fetch``: MB/s of ``FETCH * BODY.PEEK[]`` of one 20 MB message over 4
   connections, plain (143) and implicit TLS (993); front-end CPU s per GB;
 * ``memory``: PSS (``/proc/PID/smaps_rollup``, summed over the front end's
@@ -32,10 +45,20 @@ Measured, each ``--runs`` times, front ends interleaved:
   holds at most ~9,990 sessions (two descriptors each): use ``--sessions 9900``.
   A fill that fails is a row with ``error``, and the run goes on.
 
+Quiet machine: before each run of each test the script waits until the
+1-minute load average is under ``--quiet-load`` (0.5), for at most
+``--quiet-wait`` seconds (600); past that it warns and runs anyway.  Every row
+records the load average at its start, and each table says the load at the
+start of its first run and the highest at the start of any run.  The report
+gives the median and the range (min-max) of the runs.
+
 Run (as root, from the repository root)::
 
-    .venv/bin/python -m bench.proxy_bench --json /tmp/proxy-bench.json
+    .venv/bin/python -m bench.proxy_bench --baseline b3aa733 --json /tmp/proxy-bench.json
     # defaults: --runs 3 --seconds 10 --concurrency 32 --sessions 1000 10000
+    # a quick check of one change (CPU per 1,000 logins):
+    .venv/bin/python -m bench.proxy_bench --tests logins --fronts nginx authsvc \\
+        --runs 1 --seconds 5 --quiet-wait 0
 """
 
 from __future__ import annotations
@@ -49,6 +72,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -61,19 +85,43 @@ from pathlib import Path
 
 from bench.login_bench import group_cpu
 from tests.services.certs import ServerCert, make_test_pki
+from tests.services.mariadb import TestDatabase
 from tests.services.nginx import NginxProcess, start_nginx
 from tests.services.perdition import (
+    LISTENER_TLS,
     SEED_DOMAIN,
-    AuthsvcProxy,
     PerditionDaemon,
     common_ports,
     write_seed_files,
 )
+from tests.services.perdition import _greets as greets
 from tests.services.ports import free_port
 
-PERDITION, AUTHSVC, NGINX = "127.0.0.30", "127.0.0.31", "127.0.0.32"
+ADDRESSES = {
+    "perdition": "127.0.0.30", "authsvc": "127.0.0.31", "nginx": "127.0.0.32",
+    "nginx-serve": "127.0.0.33", "baseline": "127.0.0.34", "uvloop": "127.0.0.35",
+}
+NGINX = ADDRESSES["nginx"]
 STORE, BACKEND = "127.0.0.2", "127.0.0.4"
-FRONTS = ("perdition", "authsvc", "nginx")
+#: Every front end, in the order the tables show them.
+FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "uvloop", "perdition")
+#: The authsvc proxies, each started as ``python -m authsvc proxy`` on the seed's files.
+PROXIES = ("baseline", "authsvc", "uvloop")
+#: ``authsvc proxy`` under cProfile with a CPU clock (the process's CPU time, not the
+#: wall clock, which on a busy machine counts the time others ran); stats to argv[1].
+PROFILE_MAIN = """import cProfile, sys, time
+out = sys.argv.pop(1)
+from authsvc.cli import main
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    code = main(sys.argv[1:])
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+sys.exit(code)
+"""
+ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-secret"  # noqa: S105 - a throwaway test password
 FETCH_USER = "fetcher"
 FETCH_SIZE = 20 * 1024 * 1024
@@ -153,31 +201,25 @@ class Front:
     address: str
     ports: dict[str, int]
     pid: int
+    #: Further process trees whose CPU and memory belong to this front end (nginx-serve's serve).
+    extra: tuple[int, ...] = ()
 
 
 def nginx_text(prefix: Path, pki: ServerCert, ports: dict[str, int], auth_port: int,
-               store_port: int) -> str:
-    """nginx mail on NGINX with a fixed auth answer: ``idle*`` users to the scripted backend."""
-    return f"""load_module /usr/lib/nginx/modules/ngx_mail_module.so;
-worker_processes auto;
-worker_rlimit_nofile {NOFILE};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log error;
-events {{ worker_connections 30000; }}
-mail {{
-    auth_http {NGINX}:{auth_port}/auth;
-    proxy on;
-    imap_capabilities IMAP4rev1;
-    ssl_certificate {pki.cert};
-    ssl_certificate_key {pki.key};
-    server {{ listen {NGINX}:{ports['imap4']}; protocol imap; starttls on; }}
-    server {{ listen {NGINX}:{ports['imaps']} ssl; protocol imap; }}
-}}
-http {{
+               store_port: int, *, address: str = NGINX, serve: bool = False) -> str:
+    """nginx mail on ``address``: a fixed auth answer (``idle*`` users to the scripted
+    backend), or with ``serve`` the auth_http of ``authsvc serve`` on ``auth_port``."""
+    if serve:
+        auth = f"""    auth_http {address}:{auth_port}/auth;
+    auth_http_header X-Authsvc-Listener imap4;"""
+        http = ""
+    else:
+        auth = f"    auth_http {address}:{auth_port}/auth;"
+        http = f"""http {{
     access_log off;
     map $http_auth_user $bench_store {{ ~^idle {BACKEND}; default {STORE}; }}
     server {{
-        listen {NGINX}:{auth_port};
+        listen {address}:{auth_port};
         location = /auth {{
             add_header Auth-Status OK;
             add_header Auth-Server $bench_store;
@@ -187,11 +229,136 @@ http {{
     }}
 }}
 """
+    return f"""load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+worker_processes auto;
+worker_rlimit_nofile {NOFILE};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log error;
+events {{ worker_connections 30000; }}
+mail {{
+{auth}
+    proxy on;
+    imap_capabilities IMAP4rev1;
+    ssl_certificate {pki.cert};
+    ssl_certificate_key {pki.key};
+    server {{ listen {address}:{ports['imap4']}; protocol imap; starttls on; }}
+    server {{ listen {address}:{ports['imaps']} ssl; protocol imap; }}
+}}
+{http}"""
+
+
+def serve_config(path: Path, db: TestDatabase, address: str, port: int, store_port: int) -> Path:
+    """``authsvc serve``'s file for nginx-serve: the seed's login rules, the MySQL map
+    behind the route cache, one decision line per request (as a site runs it)."""
+    password = db.write_password_file(path.parent / "serve-db-password")
+    path.write_text(f"""
+[login]
+lower_case = ["lookup", "backend_login"]
+add_domain = ["lookup"]
+explicit_domain = "{SEED_DOMAIN}"
+
+[map]
+type = "mysql"
+hosts = ["{db.host}:{db.port}"]
+database = "{db.name}"
+table = "mailboxes"
+user = "{db.reader_user}"
+password_file = "{password}"
+server_column = "storage_ip"
+user_column = "address"
+port_constant = {store_port}
+
+[cache]
+ttl = 3600
+
+[log]
+level = "info"
+
+[[listener]]
+name = "imap4"
+protocol = "imap"
+bind = ["{address}"]
+port = {port}
+""")
+    return path
 
 
 @contextlib.contextmanager
-def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Front], ServerCert]]:
-    """MariaDB map, one Dovecot store, the scripted backend and the three front ends."""
+def checkout(rev: str, tmp: Path) -> Iterator[Path]:
+    """A git worktree of ``rev`` under ``tmp``, removed afterwards."""
+    where = tmp / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev],
+                   check=True)
+    # Since proxy/ and templates/ install inside the package (pyproject.toml's
+    # package-dir), a source tree on PYTHONPATH finds them only through a link.
+    pyproject = (where / "pyproject.toml").read_text()
+    for folder in ("proxy", "templates"):
+        link = where / "authsvc" / folder
+        if f'"authsvc.{folder}" = "{folder}"' in pyproject and not link.exists():
+            link.symlink_to(where / folder, target_is_directory=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+                       check=False)
+
+
+def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str, int],
+                pki: ServerCert, log: Path, root: Path | None,
+                profile: Path | None = None,
+                callgrind: Path | None = None) -> subprocess.Popen[bytes]:
+    """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's;
+    under cProfile, its stats written to ``profile`` at exit, when given; under
+    callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given."""
+    grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={callgrind}/{name}.%p"] if callgrind else []
+    main = ["-c", PROFILE_MAIN, str(profile)] if profile else ["-m", "authsvc"]
+    argv = [*grind, sys.executable, *main, "proxy"]
+    for path in files.values():
+        argv += ["-c", str(path)]
+    env = dict(os.environ)
+    # The loop (authsvc/runtime/loop.py); a revision from before it ignores this.
+    env["AUTHSVC_LOOP"] = "uvloop" if name == "uvloop" else "asyncio"
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, env=env, cwd=root or ROOT)
+    deadline = time.monotonic() + (600 if callgrind else 30)
+    for listener, port in ports.items():
+        while not greets(address, port, LISTENER_TLS[listener][1], pki):
+            if process.poll() is not None or time.monotonic() > deadline:
+                _end(process)
+                raise RuntimeError(f"authsvc proxy ({name}) did not start: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+    return process
+
+
+def start_serve(config: Path, address: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "authsvc", "serve", "-c", str(config),
+             "--listen", f"{address}:{port}"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                _end(process)
+                raise RuntimeError(f"authsvc serve did not start: {log.read_text()[-2000:]}"
+                                   ) from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
+                   baseline: str | None, profile: Path | None = None,
+                   callgrind: Path | None = None) -> Iterator[tuple[dict[str, Front], ServerCert]]:
+    """MariaDB map, one Dovecot store, the scripted backend and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
     from tests.services.mariadb import create_test_database, running_private_mariadb
 
@@ -199,14 +366,15 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
     os.chmod(workdir, 0o755)  # noqa: S103 - dovecot and nobody traverse it
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        pki = make_test_pki(workdir / "pki", names=("localhost", PERDITION, AUTHSVC, NGINX))
+        addresses = tuple(ADDRESSES[n] for n in names)
+        pki = make_test_pki(workdir / "pki", names=("localhost", *addresses))
         server = stack.enter_context(running_private_mariadb())
         db = stack.enter_context(create_test_database(server.admin, port=server.port))
-        names = [f"user{i:04d}" for i in range(users)] + [FETCH_USER]
-        db.add_mailboxes([(f"{n}@{SEED_DOMAIN}", STORE) for n in names])
+        accounts = [f"user{i:04d}" for i in range(users)] + [FETCH_USER]
+        db.add_mailboxes([(f"{n}@{SEED_DOMAIN}", STORE) for n in accounts])
         db.add_mailboxes([(f"idle{i:05d}@{SEED_DOMAIN}", BACKEND) for i in range(idle_users)])
         stores = stack.enter_context(dovecot_stores(
-            {"a": dict.fromkeys(names, PASSWORD)}, {"a": STORE}, pki=pki))
+            {"a": dict.fromkeys(accounts, PASSWORD)}, {"a": STORE}, pki=pki))
         store = stores["a"]
         body = b"x" * 76 + b"\r\n"
         store.deliver(FETCH_USER, b"Subject: big\r\n\r\n" + body * (FETCH_SIZE // len(body)))
@@ -214,15 +382,18 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
             [sys.executable, "-m", "bench.proxy_bench", "--backend", str(store.ports.imap)],
             stdin=subprocess.DEVNULL)
         stack.callback(_end, backend)
-        ports = common_ports((PERDITION, AUTHSVC, NGINX))
+        ports = common_ports(addresses)
         ports = {k: v for k, v in ports.items() if k in ("imap4", "imaps")}
         fronts: dict[str, Front] = {}
-        for address, name in ((PERDITION, "perdition"), (AUTHSVC, "authsvc")):
-            files = write_seed_files(workdir / name, bind=address, ports=ports | {
-                "pop3": 1, "pop3s": 2}, pki=pki, db=db, store_ports=store.ports)
-            files = {k: v for k, v in files.items() if k in ports}
-            for path in files.values():  # idle sessions must outlive the rig's 60 s
-                path.write_text(re.sub(r"(?m)^timeout 60$", "timeout 3600", path.read_text()))
+        for name in names:
+            address = ADDRESSES[name]
+            if name in ("perdition", *PROXIES):
+                files = write_seed_files(workdir / name, bind=address, ports=ports | {
+                    "pop3": 1, "pop3s": 2}, pki=pki, db=db, store_ports=store.ports)
+                files = {k: v for k, v in files.items() if k in ports}
+                for path in files.values():  # idle sessions must outlive the rig's 60 s
+                    path.write_text(re.sub(r"(?m)^timeout 60$", "timeout 3600",
+                                           path.read_text()))
             if name == "perdition":
                 for listener, path in files.items():
                     daemon = PerditionDaemon(listener, path, address, ports[listener], pki,
@@ -231,19 +402,32 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
                     stack.callback(daemon.stop)
                     assert daemon.pid is not None
                     fronts[f"perdition.{listener}"] = Front(name, address, ports, daemon.pid)
-            else:
-                proxy = AuthsvcProxy(files, address, ports, pki, workdir / "authsvc.log")
-                proxy.start()
-                stack.callback(proxy.stop)
-                assert proxy.pid is not None
+                fronts[name] = fronts["perdition.imap4"]
+            elif name in PROXIES:
+                root = (stack.enter_context(checkout(baseline, workdir))
+                        if name == "baseline" and baseline else None)
+                proxy = start_proxy(name, files, address, ports, pki, workdir / f"{name}.log",
+                                    root, profile / f"{name}.prof" if profile else None,
+                                    callgrind)
+                stack.callback(_end, proxy)
                 fronts[name] = Front(name, address, ports, proxy.pid)
-        prefix = workdir / "nginx"
-        auth_port = free_port(NGINX)
-        nginx: NginxProcess = start_nginx(
-            nginx_text(prefix, pki, ports, auth_port, store.ports.imap), prefix,
-            [(NGINX, ports["imap4"]), (NGINX, ports["imaps"])])
-        stack.callback(nginx.stop)
-        fronts["nginx"] = Front("nginx", NGINX, ports, nginx.pid)
+            else:
+                prefix = workdir / name
+                prefix.mkdir()
+                auth_port = free_port(address)
+                extra: tuple[int, ...] = ()
+                if name == "nginx-serve":
+                    config = serve_config(prefix / "serve.toml", db, address, auth_port,
+                                          store.ports.imap)
+                    serve = start_serve(config, address, auth_port, prefix / "serve.log")
+                    stack.callback(_end, serve)
+                    extra = (serve.pid,)
+                nginx: NginxProcess = start_nginx(
+                    nginx_text(prefix, pki, ports, auth_port, store.ports.imap,
+                               address=address, serve=name == "nginx-serve"),
+                    prefix, [(address, ports["imap4"]), (address, ports["imaps"])])
+                stack.callback(nginx.stop)
+                fronts[name] = Front(name, address, ports, nginx.pid, extra)
         time.sleep(1.0)  # the scripted backend is listening by now
         yield fronts, pki
 
@@ -258,13 +442,27 @@ def roots(fronts: dict[str, Front], front: str, listener: str) -> list[int]:
     """The process trees that make up ``front`` for ``listener`` (Perdition: one per port)."""
     if front == "perdition":
         return [fronts[f"perdition.{listener}"].pid]
-    return [fronts[front].pid]
+    return [fronts[front].pid, *fronts[front].extra]
 
 
 def cpu_of(fronts: dict[str, Front], front: str) -> float:
     pids = ([fronts["perdition.imap4"].pid, fronts["perdition.imaps"].pid]
-            if front == "perdition" else [fronts[front].pid])
+            if front == "perdition" else [fronts[front].pid, *fronts[front].extra])
     return sum(group_cpu(pid) for pid in pids)
+
+
+def wait_quiet(args: argparse.Namespace, what: str) -> float:
+    """Wait until the 1-minute load average is under ``--quiet-load`` (at most
+    ``--quiet-wait`` s); returns the load average at the start."""
+    deadline = time.monotonic() + args.quiet_wait
+    load = os.getloadavg()[0]
+    while load >= args.quiet_load and time.monotonic() < deadline:
+        time.sleep(5.0)
+        load = os.getloadavg()[0]
+    if load >= args.quiet_load:
+        print(f"warning: {what} starts at load average {load:.2f} "
+              f"(not under {args.quiet_load})", file=sys.stderr, flush=True)
+    return load
 
 
 # -- the IMAP client --------------------------------------------------------------------
@@ -320,18 +518,23 @@ async def one_login(host: str, port: int, user: str, context: ssl.SSLContext | N
 
 
 async def logins(host: str, port: int, users: int, context: ssl.SSLContext | None,
-                 seconds: float, concurrency: int) -> tuple[int, int, str]:
-    """(logins done, errors, the first error) of ``concurrency`` clients looping."""
+                 seconds: float, concurrency: int,
+                 limit: int | None = None) -> tuple[int, int, str]:
+    """(logins done, errors, the first error) of ``concurrency`` clients looping
+    for ``seconds``, or until ``limit`` logins have begun."""
     deadline = time.monotonic() + seconds
     done = errors = 0
     first = ""
-    counter = iter(range(10**9))
+    counter = iter(range(limit if limit is not None else 10**9))
 
     async def worker(index: int) -> None:
         nonlocal done, errors, first
         source = f"127.0.1.{1 + index % 250}"
         while time.monotonic() < deadline:
-            user = f"user{next(counter) % users:04d}"
+            n = next(counter, None)
+            if n is None:
+                return
+            user = f"user{n % users:04d}"
             try:
                 await asyncio.wait_for(one_login(host, port, user, context, source), 30)
                 done += 1
@@ -412,10 +615,11 @@ async def release(writers: list[asyncio.StreamWriter]) -> None:
 
 def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                    rows: list[dict[str, object]], run: int) -> None:
-    for mode in ("plain", "starttls"):
-        order = FRONTS if run % 2 == 0 else tuple(reversed(FRONTS))
+    for mode in args.modes:
+        load = wait_quiet(args, f"logins {mode} run {run + 1}")
+        order = args.fronts if run % 2 == 0 else tuple(reversed(args.fronts))
         for name in order:
-            front = fronts["perdition.imap4" if name == "perdition" else name]
+            front = fronts[name]
             context = pki.client_context() if mode == "starttls" else None
             before = cpu_of(fronts, name)
             started = time.monotonic()
@@ -424,19 +628,22 @@ def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
                 args.concurrency))
             elapsed = time.monotonic() - started
             cpu = cpu_of(fronts, name) - before
-            row: dict[str, object] = {"test": "logins", "mode": mode, "front": name, "run": run,
-                   "logins_per_s": done / elapsed, "errors": errors, "first_error": first,
-                   "cpu_s_per_1000": 1000 * cpu / max(done, 1)}
+            row: dict[str, object] = {
+                "test": "logins", "mode": mode, "front": name, "run": run, "load": load,
+                "logins_per_s": done / elapsed, "errors": errors, "first_error": first,
+                "cpu_s_per_1000": 1000 * cpu / max(done, 1)}
             print(json.dumps(row), flush=True)
             rows.append(row)
             time.sleep(2.0)
+            load = os.getloadavg()[0]
 
 
 def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                   rows: list[dict[str, object]], run: int) -> None:
     for mode in ("plain", "imaps"):
-        for name in FRONTS:
-            front = fronts["perdition.imap4" if name == "perdition" else name]
+        load = wait_quiet(args, f"fetch {mode} run {run + 1}")
+        for name in args.fronts:
+            front = fronts[name]
             context = pki.client_context() if mode == "imaps" else None
             port = front.ports["imaps" if mode == "imaps" else "imap4"]
             before = cpu_of(fronts, name)
@@ -444,8 +651,55 @@ def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Name
             total = asyncio.run(fetch(front.address, port, context, args.seconds, 4))
             elapsed = time.monotonic() - started
             cpu = cpu_of(fronts, name) - before
-            row: dict[str, object] = {"test": "fetch", "mode": mode, "front": name, "run": run,
-                   "mb_per_s": total / elapsed / 1e6, "cpu_s_per_gb": cpu / (total / 1e9)}
+            row: dict[str, object] = {
+                "test": "fetch", "mode": mode, "front": name, "run": run, "load": load,
+                "mb_per_s": total / elapsed / 1e6, "cpu_s_per_gb": cpu / (total / 1e9)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            load = os.getloadavg()[0]
+
+
+def callgrind_total(directory: Path, front: str, pid: int) -> int:
+    """Instructions (Ir) in the newest callgrind dump of ``front``'s process ``pid``."""
+    dumps = sorted(directory.glob(f"{front}.{pid}*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise BenchError(f"no totals in {dumps[-1]}")
+
+
+def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
+                         rows: list[dict[str, object]], run: int) -> None:
+    """Instructions per login of each authsvc proxy (user space, callgrind): robust
+    on a busy machine, where CPU seconds are not; the kernel's share is not counted."""
+    for mode in args.modes:
+        for name in (f for f in args.fronts if f in PROXIES):
+            front = fronts[name]
+            context = pki.client_context() if mode == "starttls" else None
+
+            def drive(count: int, front: Front = front,
+                      context: ssl.SSLContext | None = context) -> int:
+                done, errors, first = asyncio.run(logins(
+                    front.address, front.ports["imap4"], args.users, context, 3600,
+                    4, limit=count))
+                if errors:
+                    raise BenchError(f"{front.name}: {errors} errors, first {first}")
+                return done
+
+            drive(20)  # warm: the route cache, the code paths, the allocator
+            subprocess.run(["callgrind_control", "--instr=on", str(front.pid)], check=True,
+                           capture_output=True)
+            subprocess.run(["callgrind_control", "--zero", str(front.pid)], check=True,
+                           capture_output=True)
+            done = drive(args.logins)
+            subprocess.run(["callgrind_control", "--dump", str(front.pid)], check=True,
+                           capture_output=True)
+            subprocess.run(["callgrind_control", "--instr=off", str(front.pid)], check=True,
+                           capture_output=True)
+            total = callgrind_total(args.callgrind, name, front.pid)
+            row: dict[str, object] = {"test": "instructions", "mode": mode, "front": name,
+                                      "run": run, "load": os.getloadavg()[0],
+                                      "ir_per_login": total / done}
             print(json.dumps(row), flush=True)
             rows.append(row)
 
@@ -474,7 +728,8 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
     so its figure is the same either way.
     """
     for mode in ("plain", "tls"):
-        for name in FRONTS:
+        load = wait_quiet(args, f"memory {mode} {count} run {run + 1}")
+        for name in args.fronts:
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
             context = pki.client_context() if mode == "tls" else None
@@ -486,47 +741,80 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
                     front.address, port, context, count, roots(fronts, name, listener)))
             except (OSError, BenchError, ssl.SSLError, TimeoutError) as exc:
                 row = {"test": "memory", "mode": mode, "front": name, "run": run,
-                       "sessions": count, "error": repr(exc)}
+                       "load": load, "sessions": count, "error": repr(exc)}
             else:
                 row = {"test": "memory", "mode": mode, "front": name, "run": run,
-                       "sessions": opened, "base_kib": base, "held_kib": held}
+                       "load": load, "sessions": opened, "base_kib": base, "held_kib": held}
                 first = first_base.setdefault((name, mode), base)
                 row["first_base_kib"] = first
                 row["kib_per_session"] = (held - first) / max(opened, 1)
             print(json.dumps(row), flush=True)
             rows.append(row)
             time.sleep(3.0)
+            load = os.getloadavg()[0]
 
 
-def summary(rows: list[dict[str, object]]) -> str:
-    """Median [min-max] per test, mode and front end, and the ratios to Perdition."""
-    metrics = {"logins": ("logins_per_s", "cpu_s_per_1000"), "fetch": ("mb_per_s", "cpu_s_per_gb"),
-               "memory": ("kib_per_session",)}
-    lines = []
-    keys = sorted({(str(r["test"]), str(r["mode"]), int(str(r.get("sessions", 0))), str(r["front"]))
-                   for r in rows if "error" not in r})
-    medians: dict[tuple[str, str, int, str, str], float] = {}
-    for test, mode, sessions, front in keys:
-        for metric in metrics[test]:
-            values = [float(str(r[metric])) for r in rows
-                      if (r["test"], r["mode"], int(str(r.get("sessions", 0))), r["front"])
-                      == (test, mode, sessions, front) and "error" not in r]
-            median = statistics.median(values)
-            medians[test, mode, sessions, front, metric] = median
-            lines.append(f"{test} {mode}{f' {sessions}' if sessions else ''} {front} {metric}: "
-                         f"{median:.2f} [{min(values):.2f}-{max(values):.2f}] n={len(values)}")
-    for (test, mode, sessions, front, metric), value in sorted(medians.items()):
-        ref = medians.get((test, mode, sessions, "perdition", metric))
-        if front != "perdition" and ref:
-            lines.append(f"ratio {test} {mode} {sessions or ''} {front}/perdition {metric}: "
-                         f"{value / ref:.3f}")
-    return "\n".join(lines)
+METRICS = {
+    "logins": (("logins_per_s", "logins/s", 0), ("cpu_s_per_1000", "CPU s per 1,000 logins", 2)),
+    "fetch": (("mb_per_s", "MB/s", 0), ("cpu_s_per_gb", "CPU s per GB", 2)),
+    "memory": (("kib_per_session", "KiB PSS per idle session", 1),),
+    "instructions": (("ir_per_login", "instructions per login (callgrind, user space)", 0),),
+}
+
+
+def summary(rows: list[dict[str, object]], fronts: tuple[str, ...]) -> str:
+    """One markdown table per test: median (min-max) per front end, and each to nginx."""
+    out: list[str] = []
+    for test, metrics in METRICS.items():
+        mine = [r for r in rows if r["test"] == test]
+        if not mine:
+            continue
+        loads = [float(str(r["load"])) for r in mine if "load" in r]
+        shown = [f for f in fronts if any(r["front"] == f for r in mine)]
+        ratios = [f for f in shown if f != "nginx"] if "nginx" in shown else []
+        out += ["", f"{test}: 1-minute load average {loads[0]:.2f} at the start, "
+                f"{min(loads):.2f}-{max(loads):.2f} at the start of each measurement; median "
+                f"(min-max) of "
+                f"{len({r['run'] for r in mine})} runs", "",
+                "| figure | " + " | ".join(shown) + " | "
+                + " | ".join(f"{f} / nginx" for f in ratios) + " |",
+                "|---" * (1 + len(shown) + len(ratios)) + "|"]
+        cases = sorted({(str(r["mode"]), int(str(r.get("sessions", 0)))) for r in mine},
+                       key=lambda c: (c[1], c[0] != "plain", c[0]))
+        for mode, sessions in cases:
+            for metric, label, digits in metrics:
+                cells, medians = [], {}
+                for front in shown:
+                    values = [float(str(r[metric])) for r in mine
+                              if r["front"] == front and r["mode"] == mode and metric in r
+                              and int(str(r.get("sessions", 0))) == sessions]
+                    if not values:
+                        cells.append("-")
+                        continue
+                    medians[front] = median = statistics.median(values)
+                    cells.append(f"{median:,.{digits}f} ({min(values):,.{digits}f}-"
+                                 f"{max(values):,.{digits}f})")
+                cells += [f"{medians[f] / medians['nginx']:.2f}"
+                          if f in medians and medians.get("nginx") else "-" for f in ratios]
+                what = f"{label}, {mode}" + (f", {sessions:,}" if sessions else "")
+                out.append(f"| {what} | " + " | ".join(cells) + " |")
+        errors = sum(int(str(r.get("errors", 0))) for r in mine) + sum("error" in r for r in mine)
+        out.append(f"\nerrors: {errors}")
+    return "\n".join(out)
 
 
 def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, NOFILE), max(hard, NOFILE)))
+
+
+def uvloop_importable() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -540,17 +828,56 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="runs of the memory test per session count (default --runs)")
     parser.add_argument("--tests", nargs="*", default=["logins", "fetch", "memory"])
+    parser.add_argument("--modes", nargs="*", choices=("plain", "starttls"),
+                        default=["plain", "starttls"], help="login modes of logins, instructions")
+    parser.add_argument("--fronts", nargs="*", choices=FRONTS, default=None,
+                        help="front ends to run (default: all that can: baseline with "
+                             "--baseline, uvloop when importable, perdition when installed)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run authsvc proxy from git revision REV (front 'baseline')")
+    parser.add_argument("--quiet-load", type=float, default=0.5,
+                        help="wait before each run until the 1-minute load average is under this")
+    parser.add_argument("--quiet-wait", type=float, default=600.0,
+                        help="seconds to wait for it at most, then warn and run")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the authsvc proxies under cProfile (a CPU-time clock), stats "
+                             "to DIR/FRONT.prof (their CPU figures are then cProfile's)")
+    parser.add_argument("--callgrind", type=Path, metavar="DIR",
+                        help="run the authsvc proxies under valgrind's callgrind, dumps in DIR; "
+                             "for --tests instructions")
+    parser.add_argument("--logins", type=int, default=500,
+                        help="logins measured per front and mode by --tests instructions")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    # SIGTERM (timeout(1), an operator) ends the run through the clean-up:
+    # the daemons, the private MariaDB and a baseline worktree go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_nofile()
     if args.backend:
         asyncio.run(_serve_backend(args.backend))
         return 0
+    if args.fronts is None:
+        args.fronts = tuple(f for f in FRONTS if (f != "baseline" or args.baseline)
+                            and (f != "uvloop" or uvloop_importable())
+                            and (f != "perdition" or shutil.which("perdition.imap4")
+                                 or Path("/usr/sbin/perdition.imap4").exists()))
+    else:
+        args.fronts = tuple(f for f in FRONTS if f in args.fronts)  # the tables' order
+    if "baseline" in args.fronts and not args.baseline:
+        parser.error("front 'baseline' needs --baseline REV")
     rows: list[dict[str, object]] = []
     first_base: dict[tuple[str, str], int] = {}
     idle = max(args.sessions or [0]) + 100
-    with running_fronts(args.users, idle) as (fronts, pki):
+    if "instructions" in args.tests and not args.callgrind:
+        parser.error("--tests instructions needs --callgrind DIR")
+    for directory in (args.profile, args.callgrind):
+        if directory:
+            directory.mkdir(parents=True, exist_ok=True)
+    with running_fronts(args.users, idle, args.fronts, args.baseline,
+                        args.profile, args.callgrind) as (fronts, pki):
         for run in range(args.runs):
+            if "instructions" in args.tests:
+                measure_instructions(fronts, pki, args, rows, run)
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
             if "fetch" in args.tests:
@@ -559,10 +886,11 @@ def main(argv: list[str]) -> int:
             for count in args.sessions:
                 for run in range(args.memory_runs or args.runs):
                     measure_memory(fronts, pki, args, rows, run, count, first_base)
-    text = summary(rows)
+    text = summary(rows, args.fronts)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": text}, indent=1))
+        args.json.write_text(json.dumps({"fronts": args.fronts, "baseline": args.baseline,
+                                         "rows": rows, "summary": text}, indent=1))
     return 0
 
 

@@ -1,5 +1,7 @@
 """``authsvc proxy``: load the configuration, bind every listener, run one process or N workers.
 
+Each process runs on the event loop ``authsvc/runtime/loop.py`` picks (uvloop
+when the ``authsvc[uvloop]`` extra is installed).
 Certificates are loaded and every socket is bound here, in the first process,
 so a bad certificate or a busy port is an error at once (exit 1).  Then
 ``--workers 1`` (the default) serves in this process (``run.py``); more
@@ -15,7 +17,6 @@ SIGHUP reads the same files again.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import socket
 import sys
@@ -28,6 +29,7 @@ from authsvc.proxy.run import serve
 from authsvc.log import configure_logging
 from authsvc.reload import ReloadSource
 from authsvc.runtime.binding import ListenError, bind_tcp
+from authsvc.runtime.loop import LoopError, loop_factory, run
 from authsvc.runtime.workers import make_run_dir, supervise
 from authsvc.settings import Settings
 
@@ -54,6 +56,7 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     health: list[socket.socket] = []
     control: list[socket.socket] = []
     try:
+        loop_factory()  # AUTHSVC_LOOP=uvloop without uvloop: an error before binding
         check_tls(settings)
         slots = bind_all(settings, workers)
         try:
@@ -62,12 +65,12 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
         except ListenError:
             close_all(slots, health)
             raise
-    except (ProxyConfigError, ListenError, OSError) as exc:
+    except (ProxyConfigError, ListenError, LoopError, OSError) as exc:
         print(f"authsvc proxy: {exc}", file=sys.stderr)
         return 1
     try:
         if workers == 1:
-            asyncio.run(serve(settings, sockets=slots[0], reload_from=reload_from,
+            run(serve(settings, sockets=slots[0], reload_from=reload_from,
                               health_socket=health[0] if health else None,
                               control_socket=control[0] if control else None))
             return 0
@@ -83,7 +86,7 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
             # reload keeps the [control] it was bound with (docs/configuration.md).
             settings = dataclasses.replace(settings, control=started_with)
             close_all(slots, health, keep=index)
-            asyncio.run(serve(settings, sockets=slots[index], run_dir=run_dir,
+            run(serve(settings, sockets=slots[index], run_dir=run_dir,
                               reload_from=reload_from,
                               health_socket=health[index] if health else None,
                               control_socket=control[0] if control else None))

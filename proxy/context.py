@@ -4,7 +4,7 @@ The server builds one per listener when it starts and again on each reload
 (``server.py``); a session keeps the one it started with.  It holds the
 listener's settings, the routing core, the TLS contexts for clients and
 stores, and the process's Auth: writer, metrics, throttle and record of the
-store's refusal times.  Nothing here
+store's refusal times, and the batched writer of the session lines.  Nothing here
 does anything by itself.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from authsvc.proxy.metrics import ProxyMetrics
 from authsvc.proxy.syslog import AuthLog
 
+from authsvc.log import BatchedLog
 from authsvc.routing import Router
 from authsvc.settings import ListenerSettings, LogSettings, ProxySettings
 from authsvc.throttle.refusals import RefusalRecord
@@ -42,3 +43,6 @@ class ListenerContext:
     #: How long the store took to refuse each client address (docs/security.md,
     #: "User enumeration"); None = failures wait ``auth_failure_delay`` only.
     refusal_times: RefusalRecord | None = None
+    #: Where the ``event=session`` lines go, written in batches (``authsvc/log.py``);
+    #: None = one ``log.info`` per session.
+    session_log: BatchedLog | None = None

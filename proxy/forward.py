@@ -54,6 +54,8 @@ def backend_options(
 ) -> tuple[ForwardClient, str | None]:
     """(forward_client, certificate name) for a route: the first matching
     ``[[proxy.backends]]`` entry, else the ``[proxy]`` defaults."""
+    if not proxy.backends:
+        return proxy.forward_client, proxy.backend_tls_name
     wanted = _canonical(host)
     for backend in proxy.backends:
         if _canonical(backend.host) == wanted and backend.port in (None, port):

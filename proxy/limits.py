@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from authsvc.settings import ProxySettings
 from authsvc.sizing import descriptor_headroom
@@ -78,6 +78,10 @@ class DescriptorBudget:
 
 def client_key(address: str) -> str:
     """One client, one key: an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    if ":" not in address:
+        # An IPv4 address parses only in its one textual form (ipaddress
+        # rejects leading zeros), so the key is the text itself; no parse per login.
+        return address
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
@@ -207,8 +211,10 @@ def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
-def in_networks(address: str, networks: Iterable[IPNetwork]) -> bool:
+def in_networks(address: str, networks: Sequence[IPNetwork]) -> bool:
     """Whether ``address`` (IPv4-mapped IPv6 counts as IPv4) is in any of ``networks``."""
+    if not networks:
+        return False
     try:
         parsed = ipaddress.ip_address(client_key(address))
     except ValueError:

@@ -14,6 +14,7 @@ aiohttp serves only the health port and the control listener: without
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -89,6 +90,10 @@ async def serve(
 
                 control = ProxyControl(settings, router, throttle, run_dir, server, holds)
             await server.start(sockets)
+            # As serve does (authsvc/http/server.py): what start-up made lives as
+            # long as the process; the collector's full passes need not walk it.
+            gc.collect()
+            gc.freeze()
 
             def apply(new: Settings, new_router: Router) -> None:
                 # The maps now in use.

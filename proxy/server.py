@@ -61,10 +61,12 @@ from authsvc.proxy.proxy_protocol import ProxyProtocolError
 from authsvc.proxy.session import Session
 from authsvc.proxy.syslog import AuthLog
 
+from authsvc.log import BatchedLog
 from authsvc.metrics import Metrics
 from authsvc.routing import Router
 from authsvc.runtime.accepting import accept_batch
 from authsvc.runtime.binding import describe_socket, inet_address
+from authsvc.runtime.loop import loop_name
 from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, Settings
 from authsvc.throttle.service import Throttle
 
@@ -88,6 +90,15 @@ ACCEPT_PAUSE = 0.1
 METRICS_EVERY = 1.0
 #: Taken as the descriptor limit when the soft limit is "unlimited".
 UNLIMITED_DESCRIPTORS = 1 << 20
+
+
+def _fixed_local(sock: socket.socket) -> tuple[str, int] | None:
+    """The listening socket's address when it is one address, not a wildcard."""
+    try:
+        host, port = inet_address(sock.getsockname())
+    except (OSError, ValueError):
+        return None
+    return None if host in ("0.0.0.0", "::") else (host, port)
 
 
 def descriptor_limit() -> int:
@@ -123,6 +134,12 @@ class ProxyServer:
             settings.proxy, {ls.name: ls.connection_limit for ls in settings.listeners},
             self._budget)
         self._listening: dict[str, list[socket.socket]] = {}
+        #: Per listening socket (descriptor): its address when bound to one,
+        #: which every connection it accepts has as its local end; None on a
+        #: wildcard address, where each connection is asked (getsockname).
+        self._local_of: dict[int, tuple[str, int] | None] = {}
+        #: Listening sockets (descriptors) paused after EMFILE, until _resume_accepting.
+        self._paused: set[int] = set()
         self._contexts: dict[str, ListenerContext] = {}
         #: Per listener: who may send PROXY headers, who skips the per-address limits.
         self._trusted: dict[str, tuple[IPNetwork, ...]] = {}
@@ -135,6 +152,10 @@ class ProxyServer:
         self._bytes: Counter[tuple[str, str]] = Counter()  # from ended sessions
         self._refresher: asyncio.Task[None] | None = None
         self._stopping = False
+        #: The session lines of every listener, written together per pass of the
+        #: loop (no delay: a watcher sees a session's line as soon as it ended).
+        self._session_log = BatchedLog(logging.getLogger("proxy.session"), "session.py",
+                                       delay=0.0)
 
     async def start(self, sockets: ListenerSockets | None = None) -> None:
         """Listen on every listener (on ``sockets`` when given, for workers).
@@ -157,12 +178,14 @@ class ProxyServer:
                     metrics=self._metrics,
                     throttle=self._throttle,
                     refusal_times=self._refusal_times,
+                    session_log=self._session_log,
                 )
                 self._contexts[listener.name] = context
                 self._set_networks(settings, listener)
                 given = sockets.get(listener.name) if sockets is not None else None
                 for sock in given if given is not None else bind_listener(listener):
                     self._listening.setdefault(listener.name, []).append(sock)
+                    self._local_of[sock.fileno()] = _fixed_local(sock)
                     sock.setblocking(False)
                     loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
                     log.info("", extra={"fields": {
@@ -195,7 +218,9 @@ class ProxyServer:
             "preauth_limit": self._admission.preauth_limit,
             "preauth_limit_from": "descriptors" if proxy.preauth_limit is None else "config",
             "client_preauth_limit": proxy.client_preauth_limit,
-            "client_limit": proxy.client_limit, "login_deadline": proxy.login_deadline}})
+            "client_limit": proxy.client_limit, "login_deadline": proxy.login_deadline,
+            # The event loop (authsvc/runtime/loop.py): uvloop when the extra is installed.
+            "loop": loop_name()}})
 
     def addresses(self, listener: str) -> list[tuple[str, int]]:
         """Where a listener is bound (host, port), for tests and logs."""
@@ -218,9 +243,11 @@ class ProxyServer:
     # --- accepting ----------------------------------------------------------------
 
     def _accept_ready(self, context: ListenerContext, listening: socket.socket) -> None:
+        local = self._local_of.get(listening.fileno())
+
         def accepted(conn: socket.socket, peer: object) -> None:
             conn.setblocking(False)
-            self._accepted(context, conn, inet_address(peer))
+            self._accepted(context, conn, inet_address(peer), local)
 
         exhausted = accept_batch(listening, ACCEPT_BATCH, accepted)
         if exhausted is not None:
@@ -234,16 +261,18 @@ class ProxyServer:
                                                 "error": exhausted.strerror,
                                                 "suppressed": held}})
             loop.remove_reader(listening.fileno())
+            self._paused.add(listening.fileno())
             loop.call_later(ACCEPT_PAUSE, self._resume_accepting, context, listening)
 
     def _resume_accepting(self, context: ListenerContext, listening: socket.socket) -> None:
+        self._paused.discard(listening.fileno())
         if not self._stopping and listening.fileno() >= 0:
             context = self._contexts.get(context.listener.name, context)  # a reload's
             asyncio.get_running_loop().add_reader(
                 listening.fileno(), self._accept_ready, context, listening)
 
     def _accepted(self, context: ListenerContext, conn: socket.socket,
-                  peer: tuple[str, int]) -> None:
+                  peer: tuple[str, int], local: tuple[str, int] | None = None) -> None:
         listener = context.listener
         if self._metrics is not None:
             self._metrics.connection(listener.name)
@@ -264,7 +293,8 @@ class ProxyServer:
         if isinstance(ticket, Refused):
             self._refuse(context, conn, ticket, peer)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(context, conn, peer, ticket))
+        task = asyncio.get_running_loop().create_task(
+            self._serve(context, conn, peer, ticket, local))
         self._tasks[task] = None
         task.add_done_callback(self._served)
 
@@ -300,13 +330,16 @@ class ProxyServer:
         task.add_done_callback(self._refusals.discard)
 
     async def _serve(self, context: ListenerContext, conn: socket.socket,
-                     peer: tuple[str, int], ticket: Ticket) -> None:
+                     peer: tuple[str, int], ticket: Ticket,
+                     local: tuple[str, int] | None = None) -> None:
         loop = asyncio.get_running_loop()
         accepted = loop.time()
         listener = context.listener
         handed_over = False
         try:
-            client, local = peer, inet_address(conn.getsockname())
+            client = peer
+            if local is None:
+                local = inet_address(conn.getsockname())
             via: tuple[str, int] | None = None
             if listener.proxy_protocol:
                 try:
@@ -369,7 +402,7 @@ class ProxyServer:
                 listener=listener, proxy=settings.proxy, log=settings.log, router=router,
                 server_tls=server_tls_context(listener), backend_tls=backend_tls,
                 auth_log=self._auth_log, metrics=self._metrics, throttle=self._throttle,
-                refusal_times=self._refusal_times)
+                refusal_times=self._refusal_times, session_log=self._session_log)
         for name in self._listening:
             if name not in contexts:
                 log.warning("", extra={"fields": {"event": "reload_needs_restart",
@@ -381,10 +414,13 @@ class ProxyServer:
             self._contexts[name] = context
             self._set_networks(settings, context.listener)
             for sock in self._listening[name]:
-                # Replaces this socket's callback; a paused one (EMFILE) is
-                # resumed with the new context by _resume_accepting.
-                if not self._stopping and sock.fileno() >= 0 and loop.remove_reader(sock.fileno()):
-                    loop.add_reader(sock.fileno(), self._accept_ready, context, sock)
+                # Replaces this socket's callback (add_reader on a watched
+                # descriptor replaces it); a paused one (EMFILE) is resumed with
+                # the new context by _resume_accepting.  Tracked here, not read
+                # from remove_reader's result, which uvloop does not give.
+                fd = sock.fileno()
+                if not self._stopping and fd >= 0 and fd not in self._paused:
+                    loop.add_reader(fd, self._accept_ready, context, sock)
         self._admission.configure(settings.proxy, {name: context.listener.connection_limit
                                                    for name, context in self._contexts.items()})
         self._log_limits(settings)
@@ -428,6 +464,8 @@ class ProxyServer:
                     loop.remove_reader(sock.fileno())
                 sock.close()
         self._listening.clear()
+        self._local_of.clear()
+        self._paused.clear()
         for task in list(self._refusals):
             task.cancel()
         for task, session in list(self._tasks.items()):
@@ -444,4 +482,5 @@ class ProxyServer:
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
+        self._session_log.flush()  # the last sessions' lines, before the process ends
         self.refresh_metrics()  # the final numbers stay in the worker's metrics file

@@ -208,7 +208,12 @@ class Session:
             if self._backend is not None:
                 self._backend.close()
             self.record.duration = loop.time() - started
-            log.info("", extra={"fields": self.record.fields()})
+            if self._ctx.session_log is not None:
+                # Batched, as serve's decision lines (authsvc/log.py, BatchedLog):
+                # one write per batch, not a LogRecord and a write per session.
+                self._ctx.session_log.log(logging.INFO, self.record.fields())
+            else:
+                log.info("", extra={"fields": self.record.fields()})
 
     def _trace(self, text: str) -> None:
         if self._tracing:
@@ -268,9 +273,11 @@ class Session:
         tls_active = self.record.tls == "implicit"
         front: ImapFront | Pop3Front
         if ctx.listener.protocol is MailProtocol.IMAP:
-            front = ImapFront(ctx.listener, ctx.proxy, tls_active=tls_active)
+            front = ImapFront(ctx.listener, ctx.proxy, tls_active=tls_active,
+                              trace=self._tracing)
         else:
-            front = Pop3Front(ctx.listener, ctx.proxy, tls_active=tls_active)
+            front = Pop3Front(ctx.listener, ctx.proxy, tls_active=tls_active,
+                              trace=self._tracing)
         queue: deque[Command] = deque(front.start())
         while True:
             while queue:
@@ -299,7 +306,8 @@ class Session:
     async def _apply(self, command: Command) -> Event | _Done | None:
         match command:
             case Send(data=data):
-                self._trace(f"S: {data[:120]!r}")
+                if self._tracing:  # no repr of every reply when nobody reads it
+                    self._trace(f"S: {data[:120]!r}")
                 assert self._client is not None
                 self._client.write(data)
                 if self._close_after_reply:

@@ -5,7 +5,9 @@ test binds itself) or ``host:port`` for UDP.  The socket is non-blocking: a
 syslog daemon that is slow, stopped or missing costs a dropped line and a
 rate-limited warning in our own log, never a stalled event loop (glibc's
 ``syslog(3)`` would block).  The socket is reopened on the next line after an
-error, so a restarted syslog daemon is picked up.
+error, so a restarted syslog daemon is picked up; when reopening fails too, the
+lines of the next second are dropped without trying, so a missing daemon costs
+no socket and no ``connect`` per login.
 
 A UDP host name is resolved once, when the writer is made at start, because
 a lookup can take seconds and would stall every session.  If it fails then,
@@ -35,6 +37,8 @@ log = logging.getLogger("proxy.syslog")
 WARN_EVERY = 60.0
 #: A host name that did not resolve is looked up again at most this often.
 RESOLVE_EVERY = 60.0
+#: After the socket could not be opened, lines are dropped this long before the next try.
+REOPEN_AFTER = 1.0
 
 #: ``socket.getaddrinfo``'s signature, replaceable in tests.
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
@@ -43,8 +47,10 @@ Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 class SyslogSender:
     """One datagram socket to the target, opened on first use."""
 
-    def __init__(self, target: str, *, resolve: Resolver = socket.getaddrinfo) -> None:
+    def __init__(self, target: str, *, resolve: Resolver = socket.getaddrinfo,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.target = target
+        self._clock = clock
         self._sock: socket.socket | None = None
         #: Where datagrams go: the unix socket's path, or a numeric (host, port, ...)
         #: for UDP; None while a host name has not resolved.
@@ -66,6 +72,7 @@ class SyslogSender:
         self.sent = 0
         self.dropped = 0
         self._warned_at = float("-inf")
+        self._reopen_at = float("-inf")
 
     def _use(self, found: Sequence[tuple[Any, ...]]) -> None:
         family, _type, _proto, _canonical, address = found[0]
@@ -103,6 +110,9 @@ class SyslogSender:
             self._resolve_later()
             self._drop(f"{self._name[0]} does not resolve")
             return False
+        if self._sock is None and self._clock() < self._reopen_at:
+            self._drop("syslog is unreachable")
+            return False
         for attempt in range(2):  # a stale socket (syslog restarted) gets one retry
             try:
                 if self._sock is None:
@@ -116,6 +126,7 @@ class SyslogSender:
             except OSError as exc:
                 self._close_socket()
                 if attempt == 1:
+                    self._reopen_at = self._clock() + REOPEN_AFTER
                     self._drop(exc.strerror or str(exc))
                     return False
                 continue

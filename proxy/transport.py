@@ -31,6 +31,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from authsvc.proxy.tls import TlsEndpoint
 
@@ -76,8 +77,9 @@ class Channel(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's TCPTransport has the Transport
+        # methods without being a subclass of asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         if self._tls_context is not None:
             # Implicit TLS: the endpoint exists before the first byte is read.
             self._begin_tls(self._tls_context, server_side=True, server_hostname=None)

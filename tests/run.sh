@@ -80,7 +80,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=strict
+.venv/bin/python -m pip install -q -e '.[test,dev,uvloop]' --config-settings editable_mode=strict
 
 # --- Lint, types, tests ----------------------------------------------------
 say "ruff"
@@ -96,4 +96,11 @@ if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure, not a pass" >&2
   exit 1
 fi
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+# The proxy's component tests once more on uvloop's event loop, which the
+# authsvc[uvloop] extra makes the proxy's (docs/testing-deps.md); skipped when
+# pytest was given its own arguments (one file, one test).
+if [ "$#" -eq 0 ]; then
+  say "pytest tests/component on uvloop"
+  AUTHSVC_LOOP=uvloop CI="${CI:-}" .venv/bin/pytest -p no:cacheprovider -q -ra tests/component
+fi

@@ -82,11 +82,15 @@ class ImapFront:
     HANDLERS: ClassVar[dict[str, _Handler]] = {}
 
     def __init__(
-        self, listener: ListenerSettings, proxy: ProxySettings, *, tls_active: bool = False
+        self, listener: ListenerSettings, proxy: ProxySettings, *, tls_active: bool = False,
+        trace: bool = True,
     ) -> None:
+        """``trace``: emit a :class:`Trace` per command (the session's connection
+        logging); off, no trace text is made at all."""
         self._listener = listener
         self._proxy = proxy
         self._tls_active = tls_active
+        self._tracing = trace
         self._frag = Fragmentizer(proxy.max_line_length)
         self.state = State.NOT_AUTHENTICATED
         self._parts: list[bytes | LiteralFragment] = []
@@ -252,8 +256,12 @@ class ImapFront:
             return self._bad(exc.tag, exc.text)
         handler = self.HANDLERS.get(command.name)
         if handler is None:
+            if not self._tracing:
+                return self._bad(command.tag, wire.BAD_UNKNOWN)
             trace = Trace(f"C: {command.tag} {command.name}")
             return [trace, *self._bad(command.tag, wire.BAD_UNKNOWN)]
+        if not self._tracing:
+            return handler(self, command)
         return [Trace(_redacted(command)), *handler(self, command)]
 
     def _bad(self, tag: str | None, text: str) -> list[Command]:

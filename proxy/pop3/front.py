@@ -68,11 +68,15 @@ class Pop3Front:
     HANDLERS: ClassVar[dict[str, _Handler]] = {}
 
     def __init__(
-        self, listener: ListenerSettings, proxy: ProxySettings, *, tls_active: bool = False
+        self, listener: ListenerSettings, proxy: ProxySettings, *, tls_active: bool = False,
+        trace: bool = True,
     ) -> None:
+        """``trace``: emit a :class:`Trace` per command (the session's connection
+        logging); off, no trace text is made at all."""
         self._listener = listener
         self._proxy = proxy
         self._tls_active = tls_active
+        self._tracing = trace
         self._lines = LineBuffer(proxy.max_line_length)
         self.state = State.AUTHORIZATION
         self._user: bytes | None = None
@@ -160,7 +164,11 @@ class Pop3Front:
         name = keyword.decode("ascii", "replace").upper()
         handler = self.HANDLERS.get(name)
         if handler is None:
+            if not self._tracing:
+                return self._bad(wire.ERR_UNKNOWN)
             return [Trace("C: (unknown command)"), *self._bad(wire.ERR_UNKNOWN)]
+        if not self._tracing:
+            return handler(self, argument)
         trace = f"C: {name}"
         if name == "USER":
             trace += f" {from_wire(argument)!r}"

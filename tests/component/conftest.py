@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,23 @@ SEED_POLICY = LoginPolicy(
 SEED_IMAP_CAPABILITY = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
                         "THREAD=REFERENCES SORT QUOTA IDLE STARTTLS",)
 FAST = ProxySettings(auth_failure_delay=0.2, backend_timeout=1.0, max_bad_commands=5)
+
+
+if os.environ.get("AUTHSVC_LOOP", "").strip().lower() == "uvloop":
+    # tests/run.sh runs this directory once more with AUTHSVC_LOOP=uvloop, for
+    # the authsvc[uvloop] extra (docs/testing-deps.md); asked for and missing
+    # is an error, here as in authsvc/runtime/loop.py.
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise pytest.UsageError("AUTHSVC_LOOP=uvloop: uvloop is not installed "
+                                "(pip install 'authsvc[uvloop]')") from exc
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """Every asyncio test here on uvloop's loop (pytest-asyncio's hook)."""
+        return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
-"""Stopping the proxy: pre-login sessions end at once, logged-in ones may finish."""
+"""Stopping the proxy: pre-login sessions end at once, logged-in ones may finish; the loop."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
 from pathlib import Path
 
@@ -11,8 +13,16 @@ from authsvc.proxy.certificates import ProxyConfigError
 from authsvc.proxy.server import ProxyServer
 
 from authsvc.routing import open_router
-from authsvc.settings import CacheSettings, ProxySettings, Settings
-from tests.component.conftest import seed_listeners, write_map
+from authsvc.runtime.loop import loop_name
+from authsvc.settings import (
+    CacheSettings,
+    FileMapSettings,
+    ListenTls,
+    MailProtocol,
+    ProxySettings,
+    Settings,
+)
+from tests.component.conftest import make_listener, running, seed_listeners, write_map
 from tests.component.fakestore import FakeStore
 from tests.services.certs import ServerCert
 
@@ -69,3 +79,20 @@ async def test_tls_listener_without_certificate_is_refused_at_start(
     async with open_router(settings) as router:
         with pytest.raises(ProxyConfigError, match="certificate"):
             await ProxyServer(settings, router).start()
+
+
+async def test_the_limits_line_names_the_loop_the_tests_asked_for(
+    tmp_path: Path, pki: ServerCert, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tests/run.sh runs this directory on uvloop too (AUTHSVC_LOOP=uvloop)."""
+    caplog.set_level(logging.INFO)
+    asked = os.environ.get("AUTHSVC_LOOP", "").strip().lower()
+    expected = "uvloop" if asked == "uvloop" else "asyncio"
+    path = write_map(tmp_path / "map", {})
+    listener = make_listener("front", MailProtocol.IMAP, ListenTls.NONE,
+                             FileMapSettings(str(path)), pki)
+    async with running([listener]):
+        assert loop_name() == expected
+    [limits] = [getattr(r, "fields", {}) for r in caplog.records
+                if getattr(r, "fields", {}).get("event") == "limits"]
+    assert limits["loop"] == expected

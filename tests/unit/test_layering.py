@@ -16,6 +16,8 @@ else (reload, routing, maps, throttle, metrics, log, config, settings...).
   (one place reads maps);
 * only ``authsvc/maps/mysql.py`` imports aiomysql;
 * only ``authsvc/redisconn.py`` imports redis (one home for Redis connections);
+* only ``authsvc/runtime/loop.py`` imports uvloop (an optional extra: one
+  place decides the loop);
 * the pure modules and the configuration readers import no event loop,
   network, HTTP or database library;
 * nothing imports a top-level ``proxy`` (it installs as ``authsvc.proxy``).
@@ -245,6 +247,11 @@ def redis_client_elsewhere(sources: Sources) -> list[str]:
             if m != "authsvc.redisconn"]
 
 
+def uvloop_elsewhere(sources: Sources) -> list[str]:
+    return [f"{m} imports uvloop" for m in sorted(importers_of("uvloop", sources))
+            if m != "authsvc.runtime.loop"]
+
+
 def top_level_proxy_imported(sources: Sources) -> list[str]:
     return [f"{m} imports proxy" for m in sorted(importers_of("proxy", sources))]
 
@@ -261,6 +268,7 @@ RULES: dict[str, Rule] = {
     "only routing reads maps": maps_read_elsewhere,
     "only the MySQL map imports aiomysql": mysql_client_elsewhere,
     "only redisconn imports redis": redis_client_elsewhere,
+    "only the loop module imports uvloop": uvloop_elsewhere,
     "nothing imports a top-level proxy": top_level_proxy_imported,
 }
 
@@ -344,6 +352,9 @@ BROKEN: list[tuple[str, dict[str, str], str]] = [
     ("only redisconn imports redis",
      {"authsvc__holds__redis": "def f():\n    import redis.asyncio\n"},
      "authsvc.holds.redis imports redis"),
+    ("only the loop module imports uvloop",
+     {"authsvc__proxy__command": "def f():\n    import uvloop\n"},
+     "authsvc.proxy.command imports uvloop"),
     ("nothing imports a top-level proxy",
      {"authsvc__cli": "def f():\n    from proxy.server import main\n"},
      "authsvc.cli imports proxy"),

@@ -16,7 +16,7 @@ from authsvc.proxy.authline import (
     secure_name,
     syslog_datagram,
 )
-from authsvc.proxy.syslog import AuthLog, SyslogSender
+from authsvc.proxy.syslog import REOPEN_AFTER, AuthLog, SyslogSender
 
 from authsvc.routing import FailureKind
 from authsvc.settings import ListenerSettings, ListenTls, MailProtocol, ProxySettings
@@ -111,10 +111,14 @@ def test_fail2ban_perdition_filter_ignores(status: str, ident: str) -> None:
 
 def test_sender_to_a_unix_datagram_socket_and_back_after_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "log")
-    sender = SyslogSender(path)
+    now = [100.0]
+    sender = SyslogSender(path, clock=lambda: now[0])
     assert not sender.send(b"nobody listens")  # dropped, never raised
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(path)
+    # Within REOPEN_AFTER of the failure no socket is tried: dropped at once.
+    assert not sender.send(b"too soon")
+    now[0] += REOPEN_AFTER
     listener.settimeout(2)
     listener_settings = ListenerSettings("pop3s", MailProtocol.POP3, ListenTls.IMPLICIT)
     auth_log = AuthLog(ProxySettings(auth_log_target=path, auth_log_facility="auth"), sender)
@@ -129,5 +133,5 @@ def test_sender_to_a_unix_datagram_socket_and_back_after_a_restart(tmp_path: Pat
     listener.close()
     os.unlink(path)
     assert not sender.send(b"gone again")
-    assert (sender.sent, sender.dropped) == (1, 2)
+    assert (sender.sent, sender.dropped) == (1, 3)
     auth_log.close()
