@@ -46,7 +46,10 @@ class Channel(asyncio.Protocol):
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        # What was received and not yet read, as the transport delivered it:
+        # one chunk is handed on as it is (no copy), several are joined once.
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._high_water = high_water
         self._on_connected = on_connected
         self._eof = False
@@ -81,10 +84,11 @@ class Channel(asyncio.Protocol):
             data = self._tls_received(data)
             if not data:
                 return
-        self._buffer += data
+        self._chunks.append(data)
+        self._buffered += len(data)
         self.bytes_in += len(data)
         self._wake_reader()
-        if len(self._buffer) >= self._high_water and not self._reading_paused:
+        if self._buffered >= self._high_water and not self._reading_paused:
             self._reading_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
@@ -126,7 +130,7 @@ class Channel(asyncio.Protocol):
 
     async def read(self) -> bytes:
         """Everything buffered, waiting for at least one byte; b"" at EOF."""
-        while not self._buffer and not self._eof:
+        while not self._chunks and not self._eof:
             self._data_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._data_waiter
@@ -139,8 +143,13 @@ class Channel(asyncio.Protocol):
 
     def take_buffered(self) -> bytes:
         """The bytes received but not yet read, and resume reading if it was paused."""
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        chunks = self._chunks
+        if not chunks:
+            data = b""
+        else:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._chunks = []
+            self._buffered = 0
         if self._reading_paused and not self._lost and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()
@@ -148,7 +157,7 @@ class Channel(asyncio.Protocol):
 
     @property
     def at_eof(self) -> bool:
-        return self._eof and not self._buffer
+        return self._eof and not self._chunks
 
     @property
     def lost(self) -> bool:
@@ -286,7 +295,8 @@ class Channel(asyncio.Protocol):
         dropped (RFC 2595 §3.1, RFC 3207 §4.2): it is never read as a command.
         """
         assert self._transport is not None
-        self._buffer.clear()
+        self._chunks = []
+        self._buffered = 0
         if self._reading_paused:
             self._reading_paused = False
             self._transport.resume_reading()
