@@ -22,9 +22,15 @@ Measured, each ``--runs`` times, front ends interleaved:
   connections, plain (143) and implicit TLS (993); front-end CPU s per GB;
 * ``memory``: PSS (``/proc/PID/smaps_rollup``, summed over the front end's
   process and all its descendants) per idle logged-in session, at each
-  ``--sessions`` count, plain and implicit TLS.  The sessions log in to a
+  ``--sessions`` count, plain and implicit TLS (``--memory-modes plain tls``),
+  and ``tls_both``: implicit TLS from the client and implicit TLS to the
+  store (``ssl_mode ssl_listen,ssl_outgoing``, the store's certificate
+  checked against the bench CA), authsvc only (nginx mail cannot talk TLS to
+  a store), each point in a fresh ``authsvc proxy`` process whose own PSS
+  after a 32-session warm-up is the base.  The sessions log in to a
   minimal scripted IMAP backend (``--backend`` mode of this file, its own
-  process on 127.0.0.4), not Dovecot, so 10,000 sessions need no Dovecot
+  process on 127.0.0.4, plain and implicit TLS ports), not Dovecot, so 10,000
+  sessions need no Dovecot
   process per login; the front ends cannot tell (the map sends ``idle*``
   users there).  RLIMIT_NOFILE is raised to 65,536 in this process, which the
   front ends and the backend inherit; where the hard limit cannot be raised
@@ -32,10 +38,14 @@ Measured, each ``--runs`` times, front ends interleaved:
   holds at most ~9,990 sessions (two descriptors each): use ``--sessions 9900``.
   A fill that fails is a row with ``error``, and the run goes on.
 
+``--fronts`` limits which front ends are started and measured.
+
 Run (as root, from the repository root)::
 
     .venv/bin/python -m bench.proxy_bench --json /tmp/proxy-bench.json
     # defaults: --runs 3 --seconds 10 --concurrency 32 --sessions 1000 10000
+    .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes tls_both \
+        --fronts authsvc --sessions 1000 3000 --runs 1
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.login_bench import group_cpu
 from tests.services.certs import ServerCert, make_test_pki
@@ -67,9 +78,13 @@ from tests.services.perdition import (
     AuthsvcProxy,
     PerditionDaemon,
     common_ports,
+    seed_file_text,
     write_seed_files,
 )
 from tests.services.ports import free_port
+
+if TYPE_CHECKING:
+    from tests.services.mariadb import TestDatabase
 
 PERDITION, AUTHSVC, NGINX = "127.0.0.30", "127.0.0.31", "127.0.0.32"
 STORE, BACKEND = "127.0.0.2", "127.0.0.4"
@@ -106,10 +121,16 @@ async def _backend_session(reader: asyncio.StreamReader, writer: asyncio.StreamW
     writer.close()
 
 
-async def _serve_backend(port: int) -> None:
-    server = await asyncio.start_server(_backend_session, BACKEND, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+async def _serve_backend(port: int, tls_port: int | None = None, cert: str | None = None,
+                         key: str | None = None) -> None:
+    """The scripted backend on ``port``, and behind implicit TLS on ``tls_port``."""
+    servers = [await asyncio.start_server(_backend_session, BACKEND, port, backlog=4096)]
+    if tls_port and cert and key:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        servers.append(await asyncio.start_server(
+            _backend_session, BACKEND, tls_port, backlog=4096, ssl=context))
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 # -- processes and accounting -----------------------------------------------------------
@@ -189,9 +210,43 @@ http {{
 """
 
 
+@dataclass
+class Rig:
+    """The running front ends, and what a fresh ``authsvc proxy`` needs to start."""
+
+    fronts: dict[str, Front]
+    pki: ServerCert
+    workdir: Path
+    db: TestDatabase
+    backend_tls_port: int
+
+    @contextlib.contextmanager
+    def fresh_tls_both(self, name: str) -> Iterator[Front]:
+        """A new ``authsvc proxy`` process: implicit TLS from clients and to the store."""
+        port = free_port(AUTHSVC)
+        path = self.workdir / f"tls_both.{name}" / "perdition.imaps.conf"
+        path.parent.mkdir()
+        text = seed_file_text("imaps", bind=AUTHSVC, port=port, pki=self.pki,
+                              map_library_opt=self.db.map_library_opt(
+                                  port=self.backend_tls_port), timeout=3600)
+        # ssl_mode directives add up (perdition(8), --ssl_mode): ssl_listen
+        # from the seed, ssl_outgoing here; the store is checked against our CA.
+        path.write_text(text + f"ssl_mode ssl_outgoing\nssl_ca_file {self.pki.ca}\n")
+        path.chmod(0o600)
+        proxy = AuthsvcProxy({"imaps": path}, AUTHSVC, {"imaps": port}, self.pki,
+                             self.workdir / f"tls_both.{name}.log")
+        proxy.start()
+        try:
+            assert proxy.pid is not None
+            yield Front("authsvc", AUTHSVC, {"imaps": port}, proxy.pid)
+        finally:
+            proxy.stop()
+
+
 @contextlib.contextmanager
-def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Front], ServerCert]]:
-    """MariaDB map, one Dovecot store, the scripted backend and the three front ends."""
+def running_fronts(users: int, idle_users: int,
+                   chosen: tuple[str, ...] = FRONTS) -> Iterator[Rig]:
+    """MariaDB map, one Dovecot store, the scripted backend and the ``chosen`` front ends."""
     from tests.services.dovecot import dovecot_stores
     from tests.services.mariadb import create_test_database, running_private_mariadb
 
@@ -199,7 +254,8 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
     os.chmod(workdir, 0o755)  # noqa: S103 - dovecot and nobody traverse it
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        pki = make_test_pki(workdir / "pki", names=("localhost", PERDITION, AUTHSVC, NGINX))
+        pki = make_test_pki(workdir / "pki",
+                            names=("localhost", PERDITION, AUTHSVC, NGINX, BACKEND))
         server = stack.enter_context(running_private_mariadb())
         db = stack.enter_context(create_test_database(server.admin, port=server.port))
         names = [f"user{i:04d}" for i in range(users)] + [FETCH_USER]
@@ -210,14 +266,19 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
         store = stores["a"]
         body = b"x" * 76 + b"\r\n"
         store.deliver(FETCH_USER, b"Subject: big\r\n\r\n" + body * (FETCH_SIZE // len(body)))
+        # The TLS port: Dovecot's imaps port number, free on BACKEND's address.
+        assert store.ports.imaps is not None
         backend = subprocess.Popen(
-            [sys.executable, "-m", "bench.proxy_bench", "--backend", str(store.ports.imap)],
+            [sys.executable, "-m", "bench.proxy_bench", "--backend", str(store.ports.imap),
+             "--backend-tls", str(store.ports.imaps), str(pki.cert), str(pki.key)],
             stdin=subprocess.DEVNULL)
         stack.callback(_end, backend)
         ports = common_ports((PERDITION, AUTHSVC, NGINX))
         ports = {k: v for k, v in ports.items() if k in ("imap4", "imaps")}
         fronts: dict[str, Front] = {}
         for address, name in ((PERDITION, "perdition"), (AUTHSVC, "authsvc")):
+            if name not in chosen:
+                continue
             files = write_seed_files(workdir / name, bind=address, ports=ports | {
                 "pop3": 1, "pop3s": 2}, pki=pki, db=db, store_ports=store.ports)
             files = {k: v for k, v in files.items() if k in ports}
@@ -237,15 +298,16 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
                 stack.callback(proxy.stop)
                 assert proxy.pid is not None
                 fronts[name] = Front(name, address, ports, proxy.pid)
-        prefix = workdir / "nginx"
-        auth_port = free_port(NGINX)
-        nginx: NginxProcess = start_nginx(
-            nginx_text(prefix, pki, ports, auth_port, store.ports.imap), prefix,
-            [(NGINX, ports["imap4"]), (NGINX, ports["imaps"])])
-        stack.callback(nginx.stop)
-        fronts["nginx"] = Front("nginx", NGINX, ports, nginx.pid)
+        if "nginx" in chosen:
+            prefix = workdir / "nginx"
+            auth_port = free_port(NGINX)
+            nginx: NginxProcess = start_nginx(
+                nginx_text(prefix, pki, ports, auth_port, store.ports.imap), prefix,
+                [(NGINX, ports["imap4"]), (NGINX, ports["imaps"])])
+            stack.callback(nginx.stop)
+            fronts["nginx"] = Front("nginx", NGINX, ports, nginx.pid)
         time.sleep(1.0)  # the scripted backend is listening by now
-        yield fronts, pki
+        yield Rig(fronts, pki, workdir, db, store.ports.imaps)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -413,7 +475,7 @@ async def release(writers: list[asyncio.StreamWriter]) -> None:
 def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                    rows: list[dict[str, object]], run: int) -> None:
     for mode in ("plain", "starttls"):
-        order = FRONTS if run % 2 == 0 else tuple(reversed(FRONTS))
+        order = args.fronts if run % 2 == 0 else tuple(reversed(args.fronts))
         for name in order:
             front = fronts["perdition.imap4" if name == "perdition" else name]
             context = pki.client_context() if mode == "starttls" else None
@@ -435,7 +497,7 @@ def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
 def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                   rows: list[dict[str, object]], run: int) -> None:
     for mode in ("plain", "imaps"):
-        for name in FRONTS:
+        for name in args.fronts:
             front = fronts["perdition.imap4" if name == "perdition" else name]
             context = pki.client_context() if mode == "imaps" else None
             port = front.ports["imaps" if mode == "imaps" else "imap4"]
@@ -473,8 +535,8 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
     mode, the PSS before its first fill.  Perdition's session processes exit,
     so its figure is the same either way.
     """
-    for mode in ("plain", "tls"):
-        for name in FRONTS:
+    for mode in [m for m in args.memory_modes if m != "tls_both"]:
+        for name in args.fronts:
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
             context = pki.client_context() if mode == "tls" else None
@@ -496,6 +558,30 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
             print(json.dumps(row), flush=True)
             rows.append(row)
             time.sleep(3.0)
+
+
+def measure_memory_tls_both(rig: Rig, args: argparse.Namespace,
+                            rows: list[dict[str, object]], run: int, count: int) -> None:
+    """PSS per idle session with TLS on both sides, in a fresh ``authsvc proxy``.
+
+    A fresh process per point, so no earlier fill's freed memory is reused;
+    its base is its own PSS after the warm-up (``memory_scenario``).
+    """
+    context = rig.pki.client_context()
+    row: dict[str, object]
+    with rig.fresh_tls_both(f"{count}.{run}") as front:
+        try:
+            base, held, opened = asyncio.run(memory_scenario(
+                front.address, front.ports["imaps"], context, count, [front.pid]))
+        except (OSError, BenchError, ssl.SSLError, TimeoutError) as exc:
+            row = {"test": "memory", "mode": "tls_both", "front": "authsvc", "run": run,
+                   "sessions": count, "error": repr(exc)}
+        else:
+            row = {"test": "memory", "mode": "tls_both", "front": "authsvc", "run": run,
+                   "sessions": opened, "base_kib": base, "held_kib": held,
+                   "kib_per_session": (held - base) / max(opened, 1)}
+    print(json.dumps(row), flush=True)
+    rows.append(row)
 
 
 def summary(rows: list[dict[str, object]]) -> str:
@@ -532,6 +618,7 @@ def raise_nofile() -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backend-tls", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -540,16 +627,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="runs of the memory test per session count (default --runs)")
     parser.add_argument("--tests", nargs="*", default=["logins", "fetch", "memory"])
+    parser.add_argument("--fronts", nargs="*", choices=FRONTS, default=list(FRONTS),
+                        help="the front ends to start and measure (default all)")
+    parser.add_argument("--memory-modes", nargs="*", choices=("plain", "tls", "tls_both"),
+                        default=["plain", "tls", "tls_both"],
+                        help="tls_both: TLS to the client and to the store, authsvc only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_nofile()
+    args.fronts = tuple(name for name in FRONTS if name in args.fronts)
     if args.backend:
-        asyncio.run(_serve_backend(args.backend))
+        tls_port, cert, key = args.backend_tls or (0, None, None)
+        asyncio.run(_serve_backend(args.backend, int(tls_port), cert, key))
         return 0
     rows: list[dict[str, object]] = []
     first_base: dict[tuple[str, str], int] = {}
     idle = max(args.sessions or [0]) + 100
-    with running_fronts(args.users, idle) as (fronts, pki):
+    with running_fronts(args.users, idle, args.fronts) as rig:
+        fronts, pki = rig.fronts, rig.pki
         for run in range(args.runs):
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
@@ -559,6 +654,8 @@ def main(argv: list[str]) -> int:
             for count in args.sessions:
                 for run in range(args.memory_runs or args.runs):
                     measure_memory(fronts, pki, args, rows, run, count, first_base)
+                    if "tls_both" in args.memory_modes and "authsvc" in args.fronts:
+                        measure_memory_tls_both(rig, args, rows, run, count)
     text = summary(rows)
     print(text)
     if args.json:

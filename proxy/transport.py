@@ -14,12 +14,12 @@ grow memory without bound.
 TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS
 runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
 on memory BIOs) on asyncio's plain transport, not in asyncio's ``SSLProtocol``
-with its 256 KiB buffer per connection.  Implicit TLS from clients passes
+with its 256 KiB buffer per connection, on both sides.  Implicit TLS passes
 ``tls_context`` so the handshake starts in ``connection_made``, before the
-transport reads a byte (the server read any PROXY header first; the ClientHello
-behind it is still in the kernel); STARTTLS/STLS, either side, is
-:meth:`Channel.start_tls`.  Implicit TLS to stores stays asyncio's
-``create_connection(ssl=...)`` (one per logged-in session, see the doc).
+transport reads a byte: from a client (the server read any PROXY header first;
+the ClientHello behind it is still in the kernel), and to a store
+(``server_side=False`` with the name its certificate must carry); STARTTLS/STLS,
+either side, is :meth:`Channel.start_tls`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class Channel(asyncio.Protocol):
         *,
         high_water: int = DEFAULT_HIGH_WATER,
         on_connected: Callable[[Channel], None] | None = None,
-        tls: bool = False,
         tls_context: ssl.SSLContext | None = None,
+        server_side: bool = True,
+        server_hostname: str | None = None,
     ) -> None:
         self._transport: asyncio.Transport | None = None
         # What was received and not yet read, as the transport delivered it:
@@ -59,8 +60,10 @@ class Channel(asyncio.Protocol):
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_callbacks: list[Callable[[], None]] = []
-        self.tls = tls or tls_context is not None
+        self.tls = tls_context is not None
         self._tls_context = tls_context
+        self._server_side = server_side
+        self._server_hostname = server_hostname
         self._tls: TlsEndpoint | None = None
         self._handshake: asyncio.Future[None] | None = None
         self.bytes_in = 0
@@ -74,8 +77,10 @@ class Channel(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if self._tls_context is not None:
-            # Implicit TLS: the endpoint exists before the first byte is read.
-            self._begin_tls(self._tls_context, server_side=True, server_hostname=None)
+            # Implicit TLS: the endpoint exists before the first byte is read
+            # (a client's ClientHello is written here).
+            self._begin_tls(self._tls_context, server_side=self._server_side,
+                            server_hostname=self._server_hostname)
         if self._on_connected is not None:
             self._on_connected(self)
 
