@@ -187,7 +187,16 @@ class Channel(asyncio.Protocol):
             except ssl.SSLError:
                 self._transport.abort()
                 return
-            self._transport.write(self._tls.outgoing())
+            transport = self._transport
+            pieces = self._tls.outgoing_pieces()
+            if len(pieces) > 1 and transport.get_write_buffer_size():
+                # Bytes wait already, so each record joins them there: no
+                # joined copy of the whole burst first.
+                for piece in pieces:
+                    transport.write(piece)
+            else:
+                # One send() for the burst while the socket takes it.
+                transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         else:
             self._transport.write(data)
         self.bytes_out += len(data)
