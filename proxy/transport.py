@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import Callable
 
@@ -187,19 +188,39 @@ class Channel(asyncio.Protocol):
             except ssl.SSLError:
                 self._transport.abort()
                 return
-            transport = self._transport
             pieces = self._tls.outgoing_pieces()
-            if len(pieces) > 1 and transport.get_write_buffer_size():
-                # Bytes wait already, so each record joins them there: no
-                # joined copy of the whole burst first.
-                for piece in pieces:
-                    transport.write(piece)
+            if len(pieces) == 1:
+                self._transport.write(pieces[0])
             else:
-                # One send() for the burst while the socket takes it.
-                transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                self._write_pieces(pieces)
         else:
             self._transport.write(data)
         self.bytes_out += len(data)
+
+    def _write_pieces(self, pieces: list[bytes]) -> None:
+        """Write a burst of TLS records without joining them into one copy first.
+
+        While the transport holds nothing, its socket is ours to write: one
+        ``writev`` for the whole burst (what asyncio's own write would try
+        first, with ``send``); the rest, or everything once bytes wait, goes
+        to the transport record by record, in order.
+        """
+        transport = self._transport
+        assert transport is not None
+        sent = 0
+        if not transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Errors other than a full socket are left to the transport's
+                # own write, which closes the connection the usual way.
+                with contextlib.suppress(OSError):
+                    sent = os.writev(sock.fileno(), pieces)
+        for piece in pieces:
+            if sent >= len(piece):
+                sent -= len(piece)
+                continue
+            transport.write(piece[sent:] if sent else piece)
+            sent = 0
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""
