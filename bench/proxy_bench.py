@@ -23,11 +23,12 @@ Measured, each ``--runs`` times, front ends interleaved:
 * ``memory``: PSS (``/proc/PID/smaps_rollup``, summed over the front end's
   process and all its descendants) per idle logged-in session, at each
   ``--sessions`` count, plain and implicit TLS (``--memory-modes plain tls``),
-  and ``tls_both``: implicit TLS from the client and implicit TLS to the
-  store (``ssl_mode ssl_listen,ssl_outgoing``, the store's certificate
-  checked against the bench CA), authsvc only (nginx mail cannot talk TLS to
-  a store), each point in a fresh ``authsvc proxy`` process whose own PSS
-  after a 32-session warm-up is the base.  The sessions log in to a
+  and, authsvc only, each point in a fresh ``authsvc proxy`` process whose
+  own PSS after a 32-session warm-up is the base: ``tls_both``, implicit TLS
+  from the client and implicit TLS to the store (``ssl_mode
+  ssl_listen,ssl_outgoing``, the store's certificate checked against the
+  bench CA; nginx mail cannot talk TLS to a store), and ``tls_fresh``, the
+  same with a plaintext store, to compare it with.  The sessions log in to a
   minimal scripted IMAP backend (``--backend`` mode of this file, its own
   process on 127.0.0.4, plain and implicit TLS ports), not Dovecot, so 10,000
   sessions need no Dovecot
@@ -44,7 +45,7 @@ Run (as root, from the repository root)::
 
     .venv/bin/python -m bench.proxy_bench --json /tmp/proxy-bench.json
     # defaults: --runs 3 --seconds 10 --concurrency 32 --sessions 1000 10000
-    .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes tls_both \
+    .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes tls_fresh tls_both \
         --fronts authsvc --sessions 1000 3000 --runs 1
 """
 
@@ -218,23 +219,27 @@ class Rig:
     pki: ServerCert
     workdir: Path
     db: TestDatabase
+    backend_port: int
     backend_tls_port: int
 
     @contextlib.contextmanager
-    def fresh_tls_both(self, name: str) -> Iterator[Front]:
-        """A new ``authsvc proxy`` process: implicit TLS from clients and to the store."""
+    def fresh_imaps(self, name: str, *, store_tls: bool) -> Iterator[Front]:
+        """A new ``authsvc proxy`` process for IMAPS clients, implicit TLS to the store or not."""
         port = free_port(AUTHSVC)
-        path = self.workdir / f"tls_both.{name}" / "perdition.imaps.conf"
+        path = self.workdir / name / "perdition.imaps.conf"
         path.parent.mkdir()
         text = seed_file_text("imaps", bind=AUTHSVC, port=port, pki=self.pki,
                               map_library_opt=self.db.map_library_opt(
-                                  port=self.backend_tls_port), timeout=3600)
-        # ssl_mode directives add up (perdition(8), --ssl_mode): ssl_listen
-        # from the seed, ssl_outgoing here; the store is checked against our CA.
-        path.write_text(text + f"ssl_mode ssl_outgoing\nssl_ca_file {self.pki.ca}\n")
+                                  port=self.backend_tls_port if store_tls
+                                  else self.backend_port), timeout=3600)
+        if store_tls:
+            # ssl_mode directives add up (perdition(8), --ssl_mode): ssl_listen
+            # from the seed, ssl_outgoing here; the store is checked against our CA.
+            text += f"ssl_mode ssl_outgoing\nssl_ca_file {self.pki.ca}\n"
+        path.write_text(text)
         path.chmod(0o600)
         proxy = AuthsvcProxy({"imaps": path}, AUTHSVC, {"imaps": port}, self.pki,
-                             self.workdir / f"tls_both.{name}.log")
+                             self.workdir / f"{name}.log")
         proxy.start()
         try:
             assert proxy.pid is not None
@@ -307,7 +312,7 @@ def running_fronts(users: int, idle_users: int,
             stack.callback(nginx.stop)
             fronts["nginx"] = Front("nginx", NGINX, ports, nginx.pid)
         time.sleep(1.0)  # the scripted backend is listening by now
-        yield Rig(fronts, pki, workdir, db, store.ports.imaps)
+        yield Rig(fronts, pki, workdir, db, store.ports.imap, store.ports.imaps)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -535,7 +540,7 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
     mode, the PSS before its first fill.  Perdition's session processes exit,
     so its figure is the same either way.
     """
-    for mode in [m for m in args.memory_modes if m != "tls_both"]:
+    for mode in [m for m in args.memory_modes if m in ("plain", "tls")]:
         for name in args.fronts:
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
@@ -560,26 +565,24 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
             time.sleep(3.0)
 
 
-def measure_memory_tls_both(rig: Rig, args: argparse.Namespace,
-                            rows: list[dict[str, object]], run: int, count: int) -> None:
-    """PSS per idle session with TLS on both sides, in a fresh ``authsvc proxy``.
+def measure_memory_fresh(rig: Rig, rows: list[dict[str, object]], run: int, count: int,
+                         mode: str) -> None:
+    """PSS per idle IMAPS session in a fresh ``authsvc proxy`` (``tls_both``, ``tls_fresh``).
 
     A fresh process per point, so no earlier fill's freed memory is reused;
     its base is its own PSS after the warm-up (``memory_scenario``).
     """
     context = rig.pki.client_context()
-    row: dict[str, object]
-    with rig.fresh_tls_both(f"{count}.{run}") as front:
+    row: dict[str, object] = {"test": "memory", "mode": mode, "front": "authsvc", "run": run}
+    with rig.fresh_imaps(f"{mode}.{count}.{run}", store_tls=mode == "tls_both") as front:
         try:
             base, held, opened = asyncio.run(memory_scenario(
                 front.address, front.ports["imaps"], context, count, [front.pid]))
         except (OSError, BenchError, ssl.SSLError, TimeoutError) as exc:
-            row = {"test": "memory", "mode": "tls_both", "front": "authsvc", "run": run,
-                   "sessions": count, "error": repr(exc)}
+            row |= {"sessions": count, "error": repr(exc)}
         else:
-            row = {"test": "memory", "mode": "tls_both", "front": "authsvc", "run": run,
-                   "sessions": opened, "base_kib": base, "held_kib": held,
-                   "kib_per_session": (held - base) / max(opened, 1)}
+            row |= {"sessions": opened, "base_kib": base, "held_kib": held,
+                    "kib_per_session": (held - base) / max(opened, 1)}
     print(json.dumps(row), flush=True)
     rows.append(row)
 
@@ -629,9 +632,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tests", nargs="*", default=["logins", "fetch", "memory"])
     parser.add_argument("--fronts", nargs="*", choices=FRONTS, default=list(FRONTS),
                         help="the front ends to start and measure (default all)")
-    parser.add_argument("--memory-modes", nargs="*", choices=("plain", "tls", "tls_both"),
-                        default=["plain", "tls", "tls_both"],
-                        help="tls_both: TLS to the client and to the store, authsvc only")
+    parser.add_argument("--memory-modes", nargs="*",
+                        choices=("plain", "tls", "tls_fresh", "tls_both"),
+                        default=["plain", "tls", "tls_fresh", "tls_both"],
+                        help="tls_fresh, tls_both: IMAPS clients to a plaintext or TLS "
+                             "store, authsvc only, a fresh process per point")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_nofile()
@@ -654,8 +659,9 @@ def main(argv: list[str]) -> int:
             for count in args.sessions:
                 for run in range(args.memory_runs or args.runs):
                     measure_memory(fronts, pki, args, rows, run, count, first_base)
-                    if "tls_both" in args.memory_modes and "authsvc" in args.fronts:
-                        measure_memory_tls_both(rig, args, rows, run, count)
+                    for mode in ("tls_fresh", "tls_both"):
+                        if mode in args.memory_modes and "authsvc" in args.fronts:
+                            measure_memory_fresh(rig, rows, run, count, mode)
     text = summary(rows)
     print(text)
     if args.json:

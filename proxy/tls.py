@@ -1,11 +1,13 @@
 """TlsEndpoint: one side of a TLS connection over memory buffers (sans-IO).
 
-The proxy's client-side TLS (implicit TLS and STARTTLS/STLS) runs here rather
-than in asyncio's ``SSLProtocol``, for memory (docs/architecture.md, "Proxy
-TLS path"): ``SSLProtocol`` allocates a 256 KiB receive buffer per
-connection up front, about 276 KiB per idle TLS session on CPython 3.11.
-Here the only buffers are OpenSSL's own (released while idle) and two
-``ssl.MemoryBIO`` objects that hold bytes only while they are in flight.
+The proxy's TLS, towards clients and stores (implicit TLS and STARTTLS/STLS),
+runs here rather than in asyncio's ``SSLProtocol``, for memory
+(docs/architecture.md, "Proxy TLS path"): ``SSLProtocol`` allocates a
+256 KiB receive buffer per connection up front, about 276 KiB per idle TLS
+session on CPython 3.11.  Here the only buffers are OpenSSL's own (released
+while idle) and two ``ssl.MemoryBIO`` objects that hold bytes only while
+they are in flight, fed a record at a time so that neither keeps a burst's
+size afterwards.
 
 No I/O and no event loop: the caller feeds what the socket delivered to
 :meth:`receive` (which returns the plaintext it decrypted), encrypts with
