@@ -128,11 +128,9 @@ class TlsEndpoint:
 
     def outgoing_pieces(self) -> list[bytes]:
         """:meth:`outgoing` as the records were taken out, not joined (maybe [])."""
-        sent = self._sent
+        sent, self._sent = self._sent, []
         if self._outgoing.pending:
             sent.append(self._outgoing.read())
-        if sent:
-            self._sent = []
         return sent
 
     def close(self) -> bytes:
