@@ -101,16 +101,16 @@ class StoreLogin:
         metrics = self._ctx.metrics
         store = address((route.host, route.port))
         started = loop.time()
+        # Implicit TLS runs in the Channel (proxy/tls.py), as the client side
+        # does: the same context and name checks as a STARTTLS upgrade.
+        tls_context = context if implicit else None
         try:
             _, backend = await loop.create_connection(
-                lambda: Channel(high_water=high_water, tls=implicit),
+                lambda: Channel(high_water=high_water, tls_context=tls_context,
+                                server_side=False, server_hostname=server_hostname),
                 route.host,
                 route.port,
-                ssl=context if implicit else None,
-                server_hostname=server_hostname if implicit else None,
             )
-        except ssl.SSLError as exc:
-            raise self._tls_failed(exc) from None
         except OSError as exc:
             raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
         connected = loop.time()
@@ -118,6 +118,13 @@ class StoreLogin:
             metrics.store_connect(store, connected - started)
         self.channel = backend
         if implicit:
+            try:
+                await backend.handshake()
+            except ssl.SSLError as exc:
+                raise self._tls_failed(exc) from None
+            except OSError as exc:
+                # Closed before the handshake ended: the connect failed.
+                raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
             self.secure = "ssl"
         self.stage = FailureKind.BACKEND_PROTOCOL
         machine: ImapBack | Pop3Back

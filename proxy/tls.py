@@ -1,11 +1,13 @@
 """TlsEndpoint: one side of a TLS connection over memory buffers (sans-IO).
 
-The proxy's client-side TLS (implicit TLS and STARTTLS/STLS) runs here rather
-than in asyncio's ``SSLProtocol``, for memory (docs/architecture.md, "Proxy
-TLS path"): ``SSLProtocol`` allocates a 256 KiB receive buffer per
-connection up front, about 276 KiB per idle TLS session on CPython 3.11.
-Here the only buffers are OpenSSL's own (released while idle) and two
-``ssl.MemoryBIO`` objects that hold bytes only while they are in flight.
+The proxy's TLS, towards clients and stores (implicit TLS and STARTTLS/STLS),
+runs here rather than in asyncio's ``SSLProtocol``, for memory
+(docs/architecture.md, "Proxy TLS path"): ``SSLProtocol`` allocates a
+256 KiB receive buffer per connection up front, about 276 KiB per idle TLS
+session on CPython 3.11.  Here the only buffers are OpenSSL's own (released
+while idle) and two ``ssl.MemoryBIO`` objects that hold bytes only while
+they are in flight, fed a record at a time so that neither keeps a burst's
+size afterwards.
 
 No I/O and no event loop: the caller feeds what the socket delivered to
 :meth:`receive` (which returns the plaintext it decrypted), encrypts with
@@ -20,6 +22,16 @@ import ssl
 
 #: Largest plaintext read from OpenSSL at once: one TLS record (RFC 8446 §5.1).
 RECORD = 16_384
+#: Largest piece put into a memory BIO at once, after the handshake: ciphertext
+#: into the incoming BIO, plaintext into ``SSL_write`` (one record out).  A
+#: memory BIO keeps its largest size until it is freed (OpenSSL's ``BUF_MEM``
+#: grows and never shrinks), so pieces bound what an idle session keeps after
+#: a burst to about a record per BIO, instead of the largest socket read.
+PIECE = RECORD
+#: The same during the handshake, whose flights are a few KiB: what the
+#: BIOs keep after it is most of what an idle session's TLS costs beyond
+#: OpenSSL's own state (docs/architecture.md, "Proxy TLS path").
+HANDSHAKE_PIECE = 512
 
 
 class TlsEndpoint:
@@ -41,6 +53,8 @@ class TlsEndpoint:
         self.handshake_done = False
         #: The peer sent close_notify (RFC 8446 §6.1): no more plaintext will come.
         self.peer_closed = False
+        #: Records taken out of the outgoing BIO by :meth:`send`, not yet sent.
+        self._sent: list[bytes] = []
 
     def start(self) -> bytes:
         """Begin the handshake; returns the bytes to send (a client's ClientHello)."""
@@ -59,38 +73,65 @@ class TlsEndpoint:
 
         After a call, :meth:`outgoing` may have handshake or alert bytes to send.
         """
-        if data:
-            self._incoming.write(data)
-        if not self.handshake_done:
-            self._step_handshake()
-            if not self.handshake_done:
-                return b""
         chunks: list[bytes] = []
+        view = memoryview(data)
+        start, end = 0, len(data)
+        while True:
+            # OpenSSL keeps a partial record in its own buffer, so each piece
+            # leaves the incoming BIO empty.
+            piece = PIECE if self.handshake_done else HANDSHAKE_PIECE
+            if start < end:
+                self._incoming.write(view[start:start + piece])
+                start += piece
+            if not self.handshake_done:
+                self._step_handshake()
+            if self.handshake_done:
+                self._read_into(chunks)
+            if start >= end or self.peer_closed:
+                break
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _read_into(self, chunks: list[bytes]) -> None:
         while not self.peer_closed:
             try:
                 chunk = self._object.read(RECORD)
             except ssl.SSLWantReadError:
-                break
+                return
             except ssl.SSLZeroReturnError:
                 self.peer_closed = True
-                break
+                return
             if not chunk:  # CPython's read says close_notify this way too
                 self.peer_closed = True
-                break
+                return
             chunks.append(chunk)
-        return b"".join(chunks)
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` (after the handshake); the records wait in :meth:`outgoing`."""
-        view = memoryview(data)
-        while view:
+        if len(data) <= PIECE:
             # With memory BIOs a write never blocks: OpenSSL takes it all.
-            written = self._object.write(view)
-            view = view[written:]
+            self._object.write(data)
+            return
+        view = memoryview(data)
+        sent, outgoing = self._sent, self._outgoing
+        for start in range(0, len(data), PIECE):
+            self._object.write(view[start:start + PIECE])
+            sent.append(outgoing.read())
 
     def outgoing(self) -> bytes:
         """The bytes waiting for the peer (handshake, records, alerts)."""
-        return self._outgoing.read() if self._outgoing.pending else b""
+        pieces = self.outgoing_pieces()
+        if not pieces:
+            return b""
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def outgoing_pieces(self) -> list[bytes]:
+        """:meth:`outgoing` as the records were taken out, not joined (maybe [])."""
+        sent, self._sent = self._sent, []
+        if self._outgoing.pending:
+            sent.append(self._outgoing.read())
+        return sent
 
     def close(self) -> bytes:
         """Say close_notify (RFC 8446 §6.1); returns the bytes to send last."""

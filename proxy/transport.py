@@ -15,12 +15,12 @@ grow memory without bound.  A plain Channel can hand its socket over
 TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS
 runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
 on memory BIOs) on asyncio's plain transport, not in asyncio's ``SSLProtocol``
-with its 256 KiB buffer per connection.  Implicit TLS from clients passes
+with its 256 KiB buffer per connection, on both sides.  Implicit TLS passes
 ``tls_context`` so the handshake starts in ``connection_made``, before the
-transport reads a byte (the server read any PROXY header first; the ClientHello
-behind it is still in the kernel); STARTTLS/STLS, either side, is
-:meth:`Channel.start_tls`.  Implicit TLS to stores stays asyncio's
-``create_connection(ssl=...)`` (one per logged-in session, see the doc).
+transport reads a byte: from a client (the server read any PROXY header first;
+the ClientHello behind it is still in the kernel), and to a store
+(``server_side=False`` with the name its certificate must carry); STARTTLS/STLS,
+either side, is :meth:`Channel.start_tls`.
 """
 
 from __future__ import annotations
@@ -46,11 +46,15 @@ class Channel(asyncio.Protocol):
         *,
         high_water: int = DEFAULT_HIGH_WATER,
         on_connected: Callable[[Channel], None] | None = None,
-        tls: bool = False,
         tls_context: ssl.SSLContext | None = None,
+        server_side: bool = True,
+        server_hostname: str | None = None,
     ) -> None:
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        # What was received and not yet read, as the transport delivered it:
+        # one chunk is handed on as it is (no copy), several are joined once.
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._high_water = high_water
         self._on_connected = on_connected
         self._eof = False
@@ -60,8 +64,10 @@ class Channel(asyncio.Protocol):
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_callbacks: list[Callable[[], None]] = []
-        self.tls = tls or tls_context is not None
+        self.tls = tls_context is not None
         self._tls_context = tls_context
+        self._server_side = server_side
+        self._server_hostname = server_hostname
         self._tls: TlsEndpoint | None = None
         self._handshake: asyncio.Future[None] | None = None
         #: Reading stopped for good: the socket is about to change hands.
@@ -81,8 +87,10 @@ class Channel(asyncio.Protocol):
         # methods without being a subclass of asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
         if self._tls_context is not None:
-            # Implicit TLS: the endpoint exists before the first byte is read.
-            self._begin_tls(self._tls_context, server_side=True, server_hostname=None)
+            # Implicit TLS: the endpoint exists before the first byte is read
+            # (a client's ClientHello is written here).
+            self._begin_tls(self._tls_context, server_side=self._server_side,
+                            server_hostname=self._server_hostname)
         if self._on_connected is not None:
             self._on_connected(self)
 
@@ -91,10 +99,11 @@ class Channel(asyncio.Protocol):
             data = self._tls_received(data)
             if not data:
                 return
-        self._buffer += data
+        self._chunks.append(data)
+        self._buffered += len(data)
         self.bytes_in += len(data)
         self._wake_reader()
-        if len(self._buffer) >= self._high_water and not self._reading_paused:
+        if self._buffered >= self._high_water and not self._reading_paused:
             self._reading_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
@@ -136,7 +145,7 @@ class Channel(asyncio.Protocol):
 
     async def read(self) -> bytes:
         """Everything buffered, waiting for at least one byte; b"" at EOF."""
-        while not self._buffer and not self._eof:
+        while not self._chunks and not self._eof:
             self._data_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._data_waiter
@@ -149,8 +158,13 @@ class Channel(asyncio.Protocol):
 
     def take_buffered(self) -> bytes:
         """The bytes received but not yet read, and resume reading if it was paused."""
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        chunks = self._chunks
+        if not chunks:
+            data = b""
+        else:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._chunks = []
+            self._buffered = 0
         if (self._reading_paused and not self._held and not self._lost
                 and self._transport is not None):
             self._reading_paused = False
@@ -159,7 +173,7 @@ class Channel(asyncio.Protocol):
 
     @property
     def at_eof(self) -> bool:
-        return self._eof and not self._buffer
+        return self._eof and not self._chunks
 
     @property
     def lost(self) -> bool:
@@ -184,10 +198,39 @@ class Channel(asyncio.Protocol):
             except ssl.SSLError:
                 self._transport.abort()
                 return
-            self._transport.write(self._tls.outgoing())
+            pieces = self._tls.outgoing_pieces()
+            if len(pieces) == 1:
+                self._transport.write(pieces[0])
+            else:
+                self._write_pieces(pieces)
         else:
             self._transport.write(data)
         self.bytes_out += len(data)
+
+    def _write_pieces(self, pieces: list[bytes]) -> None:
+        """Write a burst of TLS records without joining them into one copy first.
+
+        While the transport holds nothing, its socket is ours to write: one
+        ``writev`` for the whole burst (what asyncio's own write would try
+        first, with ``send``); the rest, or everything once bytes wait, goes
+        to the transport record by record, in order.
+        """
+        transport = self._transport
+        assert transport is not None
+        sent = 0
+        if not transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Errors other than a full socket are left to the transport's
+                # own write, which closes the connection the usual way.
+                with contextlib.suppress(OSError):
+                    sent = os.writev(sock.fileno(), pieces)
+        for piece in pieces:
+            if sent >= len(piece):
+                sent -= len(piece)
+                continue
+            transport.write(piece[sent:] if sent else piece)
+            sent = 0
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""
@@ -354,7 +397,8 @@ class Channel(asyncio.Protocol):
         dropped (RFC 2595 §3.1, RFC 3207 §4.2): it is never read as a command.
         """
         assert self._transport is not None
-        self._buffer.clear()
+        self._chunks = []
+        self._buffered = 0
         if self._reading_paused:
             self._reading_paused = False
             self._transport.resume_reading()

@@ -7,7 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from authsvc.proxy.tls import TlsEndpoint
+from authsvc.proxy.tls import PIECE, TlsEndpoint
 
 from tests.services.certs import make_test_pki
 
@@ -70,6 +70,25 @@ def test_bytes_one_at_a_time(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) ->
     wire = client.outgoing()
     got = b"".join(server.receive(wire[i:i + 1000]) for i in range(0, len(wire), 1000))
     assert got == big
+
+
+def test_a_burst_goes_a_record_at_a_time(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server = TlsEndpoint(contexts[0], server_side=True)
+    client = TlsEndpoint(contexts[1], server_side=False, server_hostname="localhost")
+    server.receive(client.start())
+    shuttle(server, client)
+    big = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: many pieces
+    server.send(big)
+    pieces = server.outgoing_pieces()
+    # One record per piece: TLSCiphertext is at most 2^14 + 256 bytes (RFC 8446 §5.2).
+    assert len(pieces) == -(-len(big) // PIECE)
+    assert max(len(piece) for piece in pieces) <= PIECE + 256 + 5
+    assert server.outgoing_pieces() == []
+    assert client.receive(b"".join(pieces)) == big  # all of it in one call
+    client.send(big)
+    assert server.receive(client.outgoing()) == big
 
 
 def test_close_notify_is_end_of_data(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
