@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.record import finish, run_info
 from tests.services.nginx import NginxProcess, start_nginx
 from tests.services.ports import free_port
 from tests.services.stack import MailUser, Stack, StackOptions, render_node_nginx, running_stack
@@ -87,6 +88,28 @@ def group_cpu(root: int) -> float:
         pid = todo.pop()
         total += stats[pid][1]
         todo.extend(children.get(pid, []))
+    return total
+
+
+def group_pss_kib(root: int) -> int:
+    """PSS in KiB summed over ``root`` and its live descendants (``smaps_rollup``).
+
+    PSS is the figure that adds up across forked processes: pages they share
+    are split between them.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (found := _stat(int(entry))) is not None:
+            children.setdefault(found[0], []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
     return total
 
 
@@ -148,6 +171,8 @@ class Result:
     errors: int = 0
     first_error: str = ""
     cpu: dict[str, float] = field(default_factory=dict)
+    #: PSS (KiB) of the process groups right after the round.
+    pss_kib: dict[str, int] = field(default_factory=dict)
 
 
 async def load(host: str, port: int, users: list[MailUser], context: ssl.SSLContext | None,
@@ -245,6 +270,8 @@ def summarise(results: list[Result]) -> list[dict[str, object]]:
             "cpu_s": cpu,
             "cpu_ms_per_login": {g: v * 1000 / logins for g, v in cpu.items()} if logins else {},
             "first_error": next((r.first_error for r in mine if r.first_error), ""),
+            # The largest seen after a round: serve's baseline for docs/capacity.md.
+            "pss_kib": {g: max(r.pss_kib.get(g, 0) for r in mine) for g in ("authsvc", "nginx")},
         })
     return rows
 
@@ -318,6 +345,8 @@ def run(args: argparse.Namespace) -> list[Result]:
                     after = {g: f() for g, f in groups.items()}
                     after["nginx"] = group_cpu(nginx_pid)
                     result.cpu = {g: after[g] - before[g] for g in after}
+                    result.pss_kib = {"authsvc": group_pss_kib(node.serve.pid or 0),
+                                      "nginx": group_pss_kib(nginx_pid)}
                     if front == "static":
                         result.cpu.pop("authsvc")  # idle; not part of this front end
                         result.cpu.pop("mariadb")
@@ -352,13 +381,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=3000, help="generated users in the map")
-    parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--json", type=Path,
+                        help="also write the summary here, with the run's time, commit and load")
     args = parser.parse_args(argv)
+    info = run_info()
     results = run(args)
     rows = summarise(results)
     print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"run": finish(info), "rows": rows}, indent=2) + "\n")
     return 0
 
 

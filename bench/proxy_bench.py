@@ -18,6 +18,9 @@ Measured, each ``--runs`` times, front ends interleaved:
 * ``logins``: logins/s with ``--concurrency`` clients (connect, greeting,
   [STARTTLS], LOGIN, SELECT INBOX, LOGOUT), plain and STARTTLS; front-end CPU
   seconds per 1,000 logins;
+* ``paced``: front-end CPU seconds per 1,000 logins when one login starts
+  every 1/``--paced-rate`` s (authsvc and nginx), the way a site's logins
+  arrive (docs/capacity.md reads this figure);
 * ``fetch``: MB/s of ``FETCH * BODY.PEEK[]`` of one 20 MB message over 4
   connections, plain (143) and implicit TLS (993); front-end CPU s per GB;
 * ``memory``: PSS (``/proc/PID/smaps_rollup``, summed over the front end's
@@ -60,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.login_bench import group_cpu
+from bench.record import finish, run_info
 from tests.services.certs import ServerCert, make_test_pki
 from tests.services.nginx import NginxProcess, start_nginx
 from tests.services.perdition import (
@@ -343,6 +347,40 @@ async def logins(host: str, port: int, users: int, context: ssl.SSLContext | Non
     return done, errors, first
 
 
+async def paced_logins(host: str, port: int, users: int, context: ssl.SSLContext | None,
+                       seconds: float, rate: float) -> tuple[int, int, str]:
+    """(logins done, errors, the first error) with one login started every 1/``rate`` s.
+
+    The clock sets the pace, not the previous login's end: logins arrive the
+    way a site's do, spread out, each waking the front end on its own, and
+    not in the back-to-back batches of :func:`logins`.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    done = errors = 0
+    first = ""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        nonlocal done, errors, first
+        try:
+            await asyncio.wait_for(one_login(host, port, f"user{n % users:04d}", context,
+                                             f"127.0.1.{1 + n % 250}"), 30)
+            done += 1
+        except (TimeoutError, OSError, BenchError, ssl.SSLError) as exc:
+            errors += 1
+            first = first or repr(exc)
+
+    for n in range(int(seconds * rate)):
+        await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+        task = asyncio.create_task(one(n))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    return done, errors, first
+
+
 async def fetch(host: str, port: int, context: ssl.SSLContext | None, seconds: float,
                 connections: int) -> int:
     """Bytes of message body received by ``connections`` clients fetching for ``seconds``."""
@@ -432,6 +470,29 @@ def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
             time.sleep(2.0)
 
 
+def measure_paced(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
+                  rows: list[dict[str, object]], run: int) -> None:
+    """Front-end CPU per login at ``--paced-rate`` logins/s (authsvc and nginx)."""
+    for mode in ("plain", "starttls"):
+        for name in ("authsvc", "nginx"):
+            front = fronts[name]
+            context = pki.client_context() if mode == "starttls" else None
+            before = cpu_of(fronts, name)
+            started = time.monotonic()
+            done, errors, first = asyncio.run(paced_logins(
+                front.address, front.ports["imap4"], args.users, context, args.seconds,
+                args.paced_rate))
+            elapsed = time.monotonic() - started
+            cpu = cpu_of(fronts, name) - before
+            row: dict[str, object] = {
+                "test": "paced", "mode": mode, "front": name, "run": run,
+                "rate": args.paced_rate, "logins_per_s": done / elapsed, "errors": errors,
+                "first_error": first, "cpu_s_per_1000": 1000 * cpu / max(done, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            time.sleep(1.0)
+
+
 def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                   rows: list[dict[str, object]], run: int) -> None:
     for mode in ("plain", "imaps"):
@@ -500,7 +561,8 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
 
 def summary(rows: list[dict[str, object]]) -> str:
     """Median [min-max] per test, mode and front end, and the ratios to Perdition."""
-    metrics = {"logins": ("logins_per_s", "cpu_s_per_1000"), "fetch": ("mb_per_s", "cpu_s_per_gb"),
+    metrics = {"logins": ("logins_per_s", "cpu_s_per_1000"),
+               "paced": ("logins_per_s", "cpu_s_per_1000"), "fetch": ("mb_per_s", "cpu_s_per_gb"),
                "memory": ("kib_per_session",)}
     lines = []
     keys = sorted({(str(r["test"]), str(r["mode"]), int(str(r.get("sessions", 0))), str(r["front"]))
@@ -539,13 +601,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="runs of the memory test per session count (default --runs)")
-    parser.add_argument("--tests", nargs="*", default=["logins", "fetch", "memory"])
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--tests", nargs="*", default=["logins", "paced", "fetch", "memory"])
+    parser.add_argument("--paced-rate", type=float, default=50.0,
+                        help="logins/s of the paced test (one started every 1/rate s)")
+    parser.add_argument("--json", type=Path,
+                        help="also write the rows here, with the run's time, commit and load")
     args = parser.parse_args(argv)
     raise_nofile()
     if args.backend:
         asyncio.run(_serve_backend(args.backend))
         return 0
+    info = run_info()
     rows: list[dict[str, object]] = []
     first_base: dict[tuple[str, str], int] = {}
     idle = max(args.sessions or [0]) + 100
@@ -553,6 +619,8 @@ def main(argv: list[str]) -> int:
         for run in range(args.runs):
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
+            if "paced" in args.tests:
+                measure_paced(fronts, pki, args, rows, run)
             if "fetch" in args.tests:
                 measure_fetch(fronts, pki, args, rows, run)
         if "memory" in args.tests:
@@ -562,7 +630,8 @@ def main(argv: list[str]) -> int:
     text = summary(rows)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": text}, indent=1))
+        args.json.write_text(json.dumps({"run": finish(info), "rows": rows, "summary": text},
+                                        indent=1) + "\n")
     return 0
 
 
