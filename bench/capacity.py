@@ -34,6 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RESULT_FILES = {
     "proxy": "proxy_bench.json",  # bench/proxy_bench.py: proxy and nginx figures
     "login": "login_bench.json",  # bench/login_bench.py: authsvc serve per login
+    "redis": "redis_cost.json",  # bench/redis_cost.py: the throttle's Redis work per login
     "pool": "pool_check.json",  # bench/pool_check.py: the measured two-node pool
 }
 
@@ -45,6 +46,11 @@ DEFAULT_PORT_RANGE = 60999 - 32768 + 1
 MARIADB_MAX_CONNECTIONS = 151
 #: ``SCAN ... COUNT 500``: the batch ``authsvc/throttle/redis.py`` asks for.
 SCAN_COUNT = 500
+#: ``LimitNOFILE`` in deploy/systemd/authsvc-proxy.service.
+PROXY_LIMIT_NOFILE = 262_144
+#: Linux's default ``fs.nr_open``: no process may have more descriptors
+#: (Documentation/admin-guide/sysctl/fs.rst).
+NR_OPEN = 1_048_576
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -174,11 +180,12 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
         return _median(prows, key, test="memory", front=front, mode=mode)
 
     serve = {str(r["mode"]): r for r in lrows if r.get("front") == "authsvc"}
-    serve_ms = [float(str(r["cpu_ms_per_login"]["authsvc"]))  # type: ignore[index]
+    serve_ms = [float(str(r["cpu_ms_per_login"]["authsvc"]))
                 for r in serve.values()]
-    serve_pss = [float(str(r["pss_kib"]["authsvc"]))  # type: ignore[index]
+    serve_pss = [float(str(r["pss_kib"]["authsvc"]))
                  for r in serve.values() if "pss_kib" in r]
-    nginx_workers = _median(prows, "workers", test="memory", front="nginx", mode="plain")
+    # nginx runs ``worker_processes auto``: a master and one worker per CPU.
+    nginx_workers = _median(prows, "processes", test="memory", front="nginx", mode="plain") - 1
     return Figures(
         proxy_cpu_login_plain=paced("authsvc", "plain"),
         proxy_cpu_login_tls=paced("authsvc", "starttls"),
@@ -251,26 +258,94 @@ def next_power_of_two(n: float) -> int:
     return max(1024, 1 << math.ceil(math.log2(max(n, 1.0))))
 
 
-def redis_commands_per_login(deployment: str, scans: int) -> tuple[float, float]:
-    """Redis commands for one successful login and for one counted failure.
+@dataclass(frozen=True)
+class RedisCost:
+    """The throttle's Redis work per login, from bench/redis_cost.py.
 
-    Counted from authsvc/throttle (``service.py`` calls, ``redis.py`` commands;
-    a pipeline's MULTI and EXEC count, as ``INFO commandstats`` counts them):
+    What the code sends (authsvc/throttle: ``service.py`` calls, ``redis.py``
+    commands; a pipeline's MULTI and EXEC and the commands a script runs
+    count, as ``INFO commandstats`` counts them), and what the bench counted:
 
     * serve, success: ``check`` = HGETALL x 2 (one pipeline).  nginx does not
       tell serve whether the store took the password, so nothing after.
-    * serve, its own refusal: ``check`` 2 + ``record`` (MULTI, HINCRBY and
-      EXPIRE x 3, HGETALL x 2, EXEC = 10) = 12.
-    * proxy, success: ``check`` 2 + ``reset_pair`` (HGETALL; MULTI, DEL, EXEC;
-      SCAN over the whole keyspace, ``scans`` calls) + the refusal record's
-      ``forget`` (ZSCORE, HGET) = 8 + scans.
-    * proxy, a password the store refused: ``check`` 2 + ``add_refusal`` (EVAL)
-      1 + ``floor`` (ZSCORE, HGET) 2 + ``record`` (SET NX; EXPIRE when the
-      password was seen; the 10 above) = 16 to 17.
+    * proxy, success: ``check`` (HGETALL x 2) + ``reset_pair`` (HGETALL; MULTI,
+      DEL, EXEC; then SCAN ... COUNT 500 until the cursor comes back: the
+      whole keyspace, ``keys / 500`` calls) + the refusal record's ``forget``
+      (ZSCORE, HGET) = 8 + keys / 500.
+    * proxy, a password the store refused: ``check``, ``refused`` (an EVAL whose
+      script runs ZSCORE, ZADD, HSET, ZRANGEBYSCORE, ZCARD), ``floor`` (ZSCORE,
+      HGET), ``failed`` (SET NX, a MULTI of HINCRBY and EXPIRE x 3 and HGETALL
+      x 2): about 21.
+
+    Redis CPU per proxy success grows with the keyspace (the SCAN visits every
+    key): ``ok_cpu_us + ok_cpu_us_per_key * keys``, the line through the
+    smallest keyspace's figure that fits the larger ones best (least squares).
     """
-    if deployment == "serve":
-        return 2.0, 12.0
-    return 8.0 + scans, 16.5
+
+    ok_commands: float  # proxy success, without its SCAN calls
+    serve_commands: float
+    failed_commands: float
+    ok_cpu_us: float
+    ok_cpu_us_per_key: float
+    serve_cpu_us: float
+    failed_cpu_us: float
+    run: Mapping[str, object] = field(default_factory=dict)
+
+    def per_login(self, deployment: str, keys: float) -> tuple[float, float, float, float]:
+        """(commands, Redis CPU s) for a success, then for a failure."""
+        if deployment == "serve":
+            # serve counts only its own refusals (rare next to mail clients'
+            # wrong passwords, which nginx never reports): a failure costs a
+            # success's check here.
+            return (self.serve_commands, self.serve_cpu_us / 1e6,
+                    self.serve_commands, self.serve_cpu_us / 1e6)
+        scans = max(1, math.ceil(keys / SCAN_COUNT))
+        return (self.ok_commands + scans, (self.ok_cpu_us + self.ok_cpu_us_per_key * keys) / 1e6,
+                self.failed_commands, self.failed_cpu_us / 1e6)
+
+
+def redis_cost_from(data: Mapping[str, object]) -> RedisCost:
+    """The Redis figures from bench/redis_cost.py's JSON."""
+    rows = data["rows"]
+    assert isinstance(rows, list)
+
+    def of(path: str) -> list[tuple[float, float, float]]:
+        return [(float(r["keys"]), float(r["commands"]), float(r["redis_cpu_us"]))
+                for r in rows if r["path"] == path]
+
+    ok = sorted(of("proxy_ok"))
+    k0, commands0, cpu0 = ok[0]
+    slope = _slope_through([k - k0 for k, _, _ in ok], [c - cpu0 for _, _, c in ok])
+    return RedisCost(
+        ok_commands=commands0 - max(1, math.ceil(k0 / SCAN_COUNT)),
+        serve_commands=statistics.fmean(c for _, c, _ in of("serve_ok")),
+        failed_commands=statistics.fmean(c for _, c, _ in of("proxy_failed")),
+        ok_cpu_us=cpu0 - slope * k0, ok_cpu_us_per_key=slope,
+        serve_cpu_us=statistics.fmean(u for _, _, u in of("serve_ok")),
+        failed_cpu_us=statistics.fmean(u for _, _, u in of("proxy_failed")),
+        run=dict(data.get("run", {})),  # type: ignore[call-overload]
+    )
+
+
+def _slope_through(xs: list[float], ys: list[float]) -> float:
+    """The least-squares slope of a line through the origin and the points."""
+    var = sum(x * x for x in xs)
+    return sum(x * y for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+#: What to do when a limit is reached (docs/capacity.md, "When a limit binds").
+FIXES = {
+    "CPU": "more nodes (or larger ones)",
+    "memory": "more nodes, or more memory per node",
+    "ports, node to one store address": "several store addresses (or source addresses "
+                                        "per node), or a wider ip_local_port_range",
+    "ports, HAProxy to one node port": "several HAProxy source addresses (`source` per "
+                                       "server), or more nodes",
+    "MariaDB connections": "a smaller [map] pool_size, or a higher max_connections",
+    "descriptors per process": "LimitNOFILE (worker_rlimit_nofile for nginx) as in the table",
+    "HAProxy descriptors": "fs.nr_open above HAProxy's need, or several balancers",
+    "Redis": "the throttle's pair reset without a keyspace SCAN (a code change)",
+}
 
 
 @dataclass(frozen=True)
@@ -280,33 +355,40 @@ class Plan:
     site: str
     deployment: str
     nodes: int  # N + 1
-    binding: str  # the limit that set N
+    set_by: str  # CPU or memory: the limit that set N
     cores_per_node: float  # busy cores on the busiest node, one node down
     memory_mib_per_node: float
-    workers_per_node: int  # cache-holding processes per node
+    workers_per_node: int  # cache-holding processes per node (proxy or serve workers)
     sessions_per_node: float
     logins_per_node: float
     miss_ratio: float
     mariadb_queries_per_s: float
     mariadb_connections: int
     redis_commands_per_s: float
-    redis_scan_keys_per_s: float
+    redis_keys: float  # throttle keys alive in Redis
+    redis_cores: float  # Redis CPU seconds per second
     descriptors_per_node: float
     descriptors_per_process: float
     limit_nofile: int
     haproxy_maxconn: int
     haproxy_descriptors: int
-    ports_node_to_store: float  # connections per (node source, store address) pair
-    ports_haproxy_to_node: float  # per (HAProxy source, node, port) pair
-    #: Each limit's use at N (one node down), as a share of what the node may use.
-    headroom: Mapping[str, float] = field(default_factory=dict)
+    #: Each limit's use at N (one node down), 1.0 = the limit.
+    uses: Mapping[str, float] = field(default_factory=dict)
+
+    def first_to_bind(self) -> tuple[str, float]:
+        """The limit closest to (or furthest past) its bound."""
+        name = max(self.uses, key=lambda k: self.uses[k])
+        return name, self.uses[name]
 
 
-def plan(site: Site, deployment: str, fig: Figures, node: Node = Node()) -> Plan:
+def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
+         node: Node = Node()) -> Plan:
     """Size ``deployment`` ("serve": nginx + authsvc serve; "proxy") for ``site``.
 
-    Demand first (cores, memory, sessions), then the smallest N that keeps the
-    busiest node within every per-node limit with one node down, then N + 1.
+    N is the fewest nodes whose busiest node stays within ``cpu_target`` of its
+    cores and ``memory_target`` of its memory with all the load on N nodes;
+    the pool runs N + 1.  Every other limit is then checked at N (one node
+    down), as a share of its bound; the largest share is the first to bind.
     """
     if site.active_mailboxes > site.mailboxes:
         raise ValueError(f"{site.name}: {site.active_mailboxes:.0f} active mailboxes "
@@ -317,92 +399,88 @@ def plan(site: Site, deployment: str, fig: Figures, node: Node = Node()) -> Plan
         login_cpu = plain * fig.proxy_cpu_login_plain + tls * fig.proxy_cpu_login_tls
         gb_cpu = plain * fig.proxy_cpu_gb_plain + tls * fig.proxy_cpu_gb_tls
         kib_session = plain * fig.proxy_kib_session_plain + tls * fig.proxy_kib_session_tls
+        cached_cpu = login_cpu  # every cycle of the proxy is a cache-holding process's
     else:
         login_cpu = (plain * fig.nginx_cpu_login_plain + tls * fig.nginx_cpu_login_tls
                      + fig.serve_cpu_login)
         gb_cpu = plain * fig.nginx_cpu_gb_plain + tls * fig.nginx_cpu_gb_tls
         kib_session = plain * fig.nginx_kib_session_plain + tls * fig.nginx_kib_session_tls
+        cached_cpu = fig.serve_cpu_login
     cores_total = site.logins_per_s * login_cpu + relay_gb_s * gb_cpu
     usable_cores = node.cores * node.cpu_target
     usable_mib = node.memory_gib * 1024 * node.memory_target
     pair_ports = node.port_range * node.port_target
 
-    def node_memory_mib(sessions: float, serve_workers: int) -> float:
+    def workers(n: int) -> int:
+        # The cache-holding processes: as many as their CPU needs (each
+        # worker has its own route cache and its own map pool), at most a core each.
+        busy = site.logins_per_s / n * cached_cpu
         if deployment == "proxy":
-            base = node.cores * fig.proxy_base_kib
+            busy += relay_gb_s / n * gb_cpu
+        return min(node.cores, max(1, math.ceil(busy / node.cpu_target)))
+
+    def memory_mib(sessions: float, w: int) -> float:
+        if deployment == "proxy":
+            base = w * fig.proxy_base_kib
         else:
-            per_worker = fig.nginx_base_kib / (1 + fig.nginx_workers)
-            base = per_worker * (1 + node.cores) + serve_workers * fig.serve_base_kib
+            # nginx ``worker_processes auto``: a master and one worker per core.
+            per_process = fig.nginx_base_kib / (1 + fig.nginx_workers)
+            base = per_process * (1 + node.cores) + w * fig.serve_base_kib
         return (base + sessions * kib_session) / 1024
 
-    def serve_workers(n: int) -> int:
-        if deployment == "proxy":
-            return node.cores  # the proxy runs one worker per core
-        busy = site.logins_per_s / n * fig.serve_cpu_login
-        return max(1, math.ceil(busy / node.cpu_target))
-
-    def uses(n: int) -> dict[str, float]:
-        sessions = site.sessions / n
-        return {
-            "cpu": cores_total / n / usable_cores,
-            "memory": node_memory_mib(sessions, serve_workers(n)) / usable_mib,
-            "ports to one store address": sessions / node.store_addresses
-            / node.source_addresses / pair_ports,
-        }
-
     n = 1
-    while max(uses(n).values()) > 1.0:
+    while (cores_total / n > usable_cores
+           or memory_mib(site.sessions / n, workers(n)) > usable_mib):
         n += 1
-    use = uses(n)
-    binding = max(use, key=lambda k: use[k])
     sessions_node = site.sessions / n
-    workers = serve_workers(n)
-    processes = (n + 1) * workers  # every node's caches, the spare's included
+    w = workers(n)
+    processes = (n + 1) * w  # every node's caches, the spare's included
     misses = miss_ratio(site.relogins_per_hour, site.cache_ttl, processes)
-    queries = site.logins_per_s * misses
     connections = node.pool_size * processes
     failures = site.logins_per_s * node.failure_share
     keys = failures * node.throttle_window * node.keys_per_failure
-    scans = max(1, math.ceil(keys / SCAN_COUNT))
-    per_ok, per_failure = redis_commands_per_login(deployment, scans)
     successes = site.logins_per_s - failures
-    redis = successes * per_ok + failures * per_failure
-    scan_keys = successes * keys if deployment == "proxy" else 0.0
+    ok_commands, ok_cpu, failed_commands, failed_cpu = redis.per_login(deployment, keys)
+    redis_commands = successes * ok_commands + failures * failed_commands
+    redis_busy = successes * ok_cpu + failures * failed_cpu
     if deployment == "proxy":
-        per_process = 2 * sessions_node / node.cores + node.base_descriptors
-        per_node = 2 * sessions_node + node.base_descriptors * node.cores
+        per_process = 2 * sessions_node / w + node.base_descriptors
+        per_node = 2 * sessions_node + node.base_descriptors * w
+        shipped = PROXY_LIMIT_NOFILE
     else:
-        # nginx: two per session in its workers, unevenly spread; serve's are few.
+        # nginx: two per session, spread unevenly over its workers; serve: few.
         per_process = (2 * sessions_node / node.cores * node.nginx_worker_skew
                        + node.base_descriptors)
-        per_node = 2 * sessions_node + node.base_descriptors * (1 + node.cores + workers)
-    limit_nofile = next_power_of_two(per_process * node.descriptor_headroom)
+        per_node = 2 * sessions_node + node.base_descriptors * (1 + node.cores + w)
+        shipped = 0
     maxconn = next_power_of_two(site.sessions * node.descriptor_headroom)
-    headroom = dict(use)
-    headroom["MariaDB connections"] = connections / node.max_connections
-    headroom["HAProxy ports to one node"] = (
-        sessions_node / node.source_addresses / pair_ports)
+    haproxy_fds = 2 * maxconn + 1024
+    uses = {
+        "CPU": cores_total / n / usable_cores,
+        "memory": memory_mib(sessions_node, w) / usable_mib,
+        "ports, node to one store address": sessions_node / node.store_addresses
+        / node.source_addresses / pair_ports,
+        "ports, HAProxy to one node port": sessions_node / node.source_addresses / pair_ports,
+        "MariaDB connections": connections / node.max_connections,
+        "HAProxy descriptors": haproxy_fds / NR_OPEN,
+    }
+    if shipped:
+        uses["descriptors per process"] = per_process / shipped
+    # Redis runs commands on one thread: one core is its bound.
+    uses["Redis"] = redis_busy
     return Plan(
-        site=site.name, deployment=deployment, nodes=n + 1, binding=binding,
-        cores_per_node=cores_total / n,
-        memory_mib_per_node=node_memory_mib(sessions_node, workers),
-        workers_per_node=workers, sessions_per_node=sessions_node,
+        site=site.name, deployment=deployment, nodes=n + 1,
+        set_by=("the minimum, 1" if n == 1
+                else "CPU" if uses["CPU"] >= uses["memory"] else "memory"),
+        cores_per_node=cores_total / n, memory_mib_per_node=memory_mib(sessions_node, w),
+        workers_per_node=w, sessions_per_node=sessions_node,
         logins_per_node=site.logins_per_s / n, miss_ratio=misses,
-        mariadb_queries_per_s=queries, mariadb_connections=connections,
-        redis_commands_per_s=redis, redis_scan_keys_per_s=scan_keys,
+        mariadb_queries_per_s=site.logins_per_s * misses, mariadb_connections=connections,
+        redis_commands_per_s=redis_commands, redis_keys=keys, redis_cores=redis_busy,
         descriptors_per_node=per_node, descriptors_per_process=per_process,
-        limit_nofile=limit_nofile, haproxy_maxconn=maxconn,
-        haproxy_descriptors=2 * maxconn + 100,
-        ports_node_to_store=sessions_node / node.store_addresses / node.source_addresses,
-        ports_haproxy_to_node=sessions_node / node.source_addresses,
-        headroom=headroom,
+        limit_nofile=next_power_of_two(per_process * node.descriptor_headroom),
+        haproxy_maxconn=maxconn, haproxy_descriptors=haproxy_fds, uses=uses,
     )
-
-
-def first_to_bind(p: Plan) -> tuple[str, float]:
-    """The limit with the least headroom at the plan's N (one node down)."""
-    name = max(p.headroom, key=lambda k: p.headroom[k])
-    return name, p.headroom[name]
 
 
 # -- the check against the measured pool --------------------------------------------------
@@ -455,96 +533,119 @@ DEPLOYMENTS = (("serve", "nginx + authsvc serve"), ("proxy", "authsvc proxy"))
 
 
 def _n(x: float) -> str:
+    """A count for a table: thousands separated, small values to two figures."""
     return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"
 
 
-def figures_table(fig: Figures) -> str:
+def _run_line(name: str, run: Mapping[str, object]) -> str:
+    return (f"| {RESULT_FILES[name]} | {run.get('started_utc', '?')} | {run.get('commit', '?')} "
+            f"| {run.get('load_average_start', '?')} | {run.get('load_average_end', '?')} |")
+
+
+def figures_table(fig: Figures, redis: RedisCost) -> str:
+    """The per-unit figures the model read, and the runs they came from."""
     rows = [
-        ("proxy CPU ms per login, plain / TLS",
+        ("proxy CPU ms per login, plain / STARTTLS",
          f"{fig.proxy_cpu_login_plain * 1e3:.2f} / {fig.proxy_cpu_login_tls * 1e3:.2f}"),
-        ("nginx CPU ms per login, plain / TLS",
+        ("nginx CPU ms per login, plain / STARTTLS",
          f"{fig.nginx_cpu_login_plain * 1e3:.2f} / {fig.nginx_cpu_login_tls * 1e3:.2f}"),
-        ("serve CPU ms per login", f"{fig.serve_cpu_login * 1e3:.2f}"),
+        ("serve CPU ms per login (auth_http request)", f"{fig.serve_cpu_login * 1e3:.2f}"),
         ("proxy CPU s per GB relayed, plain / TLS",
          f"{fig.proxy_cpu_gb_plain:.2f} / {fig.proxy_cpu_gb_tls:.2f}"),
         ("nginx CPU s per GB relayed, plain / TLS",
          f"{fig.nginx_cpu_gb_plain:.2f} / {fig.nginx_cpu_gb_tls:.2f}"),
-        ("proxy KiB per idle session, plain / TLS",
+        ("proxy KiB PSS per idle session, plain / TLS",
          f"{fig.proxy_kib_session_plain:.1f} / {fig.proxy_kib_session_tls:.1f}"),
-        ("nginx KiB per idle session, plain / TLS",
+        ("nginx KiB PSS per idle session, plain / TLS",
          f"{fig.nginx_kib_session_plain:.1f} / {fig.nginx_kib_session_tls:.1f}"),
-        ("proxy process baseline PSS, MiB", f"{fig.proxy_base_kib / 1024:.1f}"),
-        (f"nginx baseline PSS (master + {fig.nginx_workers} workers), MiB",
+        ("proxy process PSS with no session, MiB", f"{fig.proxy_base_kib / 1024:.1f}"),
+        (f"nginx PSS with no session (master + {fig.nginx_workers} workers), MiB",
          f"{fig.nginx_base_kib / 1024:.1f}"),
-        ("serve process baseline PSS, MiB", f"{fig.serve_base_kib / 1024:.1f}"),
+        ("serve process PSS, MiB", f"{fig.serve_base_kib / 1024:.1f}"),
+        ("Redis commands per login: serve / proxy success / proxy failure",
+         f"{redis.serve_commands:.0f} / {redis.ok_commands:.0f} + keys/{SCAN_COUNT} / "
+         f"{redis.failed_commands:.1f}"),
+        ("Redis CPU µs per login: serve / proxy success / proxy failure",
+         f"{redis.serve_cpu_us:.0f} / {redis.ok_cpu_us:.0f} + {redis.ok_cpu_us_per_key:.2f} "
+         f"x keys / {redis.failed_cpu_us:.0f}"),
     ]
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
-    for name, run in fig.runs.items():
-        lines.append(f"| {RESULT_FILES[name]}: run | {run.get('started_utc', '?')}, commit "
-                     f"{run.get('commit', '?')}, load average {run.get('load_average_start')}"
-                     f" -> {run.get('load_average_end')} |")
+    lines += ["", "| file | run started (UTC) | commit | load average at start | at end |",
+              "|---|---|---|---|---|"]
+    lines += [_run_line(name, run) for name, run in (*fig.runs.items(), ("redis", redis.run))]
     return "\n".join(lines)
 
 
-def site_table(site: Site, fig: Figures, node: Node = Node()) -> str:
-    plans = [plan(site, d, fig, node) for d, _ in DEPLOYMENTS]
+def site_table(site: Site, fig: Figures, redis: RedisCost, node: Node = Node()) -> str:
+    """One site's outputs for both deployments."""
+    plans = [plan(site, d, fig, redis, node) for d, _ in DEPLOYMENTS]
     head = (f"**{site.name}**: {site.mailboxes:,} mailboxes, {site.logins_per_s:,.0f} "
             f"logins/s, {site.sessions:,} sessions, {site.relogins_per_hour:g} re-logins per "
             f"active mailbox per hour ({site.active_mailboxes:,.0f} active), TLS share "
-            f"{site.tls_share:.0%}, cache TTL {site.cache_ttl:g} s")
+            f"{site.tls_share:.0%}, cache TTL {site.cache_ttl:g} s.")
     rows: list[tuple[str, list[str]]] = [
-        ("nodes (N+1)", [str(p.nodes) for p in plans]),
-        ("set by", [p.binding for p in plans]),
-        ("busy cores per node (one node down)", [f"{p.cores_per_node:.2f}" for p in plans]),
+        ("nodes (N+1), N set by", [f"{p.nodes} ({p.set_by})" for p in plans]),
+        (f"busy cores per node, one node down (of {node.cores})",
+         [f"{p.cores_per_node:.2f}" for p in plans]),
         ("memory per node, MiB", [_n(p.memory_mib_per_node) for p in plans]),
         ("sessions / logins/s per node", [f"{_n(p.sessions_per_node)} / "
                                           f"{_n(p.logins_per_node)}" for p in plans]),
         ("cache-holding processes per node", [str(p.workers_per_node) for p in plans]),
         ("route cache miss ratio", [f"{p.miss_ratio:.2f}" for p in plans]),
         ("MariaDB lookups/s after the cache", [_n(p.mariadb_queries_per_s) for p in plans]),
-        ("MariaDB connections (pool x processes x nodes) / max_connections",
-         [f"{p.mariadb_connections} / {Node().max_connections}" for p in plans]),
+        (f"MariaDB connections, at most (of {node.max_connections})",
+         [str(p.mariadb_connections) for p in plans]),
         ("Redis commands/s (throttle)", [_n(p.redis_commands_per_s) for p in plans]),
-        ("Redis keys visited by SCAN/s", [_n(p.redis_scan_keys_per_s) for p in plans]),
+        ("Redis: throttle keys / busy cores", [f"{_n(p.redis_keys)} / {p.redis_cores:.2f}"
+                                               for p in plans]),
         ("descriptors per node / busiest process", [f"{_n(p.descriptors_per_node)} / "
                                                     f"{_n(p.descriptors_per_process)}"
                                                     for p in plans]),
-        ("LimitNOFILE (per process)", [str(p.limit_nofile) for p in plans]),
-        ("HAProxy maxconn / descriptors", [f"{p.haproxy_maxconn} / {p.haproxy_descriptors}"
+        ("LimitNOFILE per process (nginx: worker_rlimit_nofile)",
+         [str(p.limit_nofile) for p in plans]),
+        ("HAProxy maxconn / descriptors", [f"{p.haproxy_maxconn:,} / {p.haproxy_descriptors:,}"
                                            for p in plans]),
-        ("connections per node-to-store port pair", [_n(p.ports_node_to_store) for p in plans]),
-        ("first to bind (use at N)", [f"{n} ({u:.0%})" for n, u in map(first_to_bind, plans)]),
     ]
+    limits = sorted(plans[0].uses, key=lambda k: -max(p.uses.get(k, 0.0) for p in plans))
+    for name in limits:
+        rows.append((f"use: {name}", [f"{p.uses[name]:.0%}" if name in p.uses else "-"
+                                      for p in plans]))
+    binds = [p.first_to_bind() for p in plans]
+    rows.append(("**binds first**", [f"**{n}** ({u:.0%})" for n, u in binds]))
     lines = [head, "", "| | " + " | ".join(label for _, label in DEPLOYMENTS) + " |",
              "|---|" + "---|" * len(plans)]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    fixes = sorted({n for n, u in binds} | {n for p in plans for n, u in p.uses.items()
+                                            if u > 1.0})
+    lines += ["", "Fixes: " + "; ".join(f"{n}: {FIXES[n]}" for n in fixes) + "."]
     return "\n".join(lines)
 
 
 def check_table(pool: Mapping[str, object], fig: Figures) -> str:
+    """The model's prediction for bench/pool_check.py's load, against what it measured."""
     run = pool.get("run", {})
     assert isinstance(run, dict)
     raw = pool["load"]
     assert isinstance(raw, dict)
-    lines = [f"Load per run: {raw['nodes']} proxy nodes behind HAProxy, "
+    lines = [f"Load: {raw['nodes']} proxy nodes behind HAProxy, "
              f"{raw['logins_plain'] + raw['logins_tls']:,} logins in {raw['seconds']:g} s "
              f"({raw['logins_tls']:,} with STARTTLS), {raw['sessions_plain']:,} plain and "
-             f"{raw['sessions_tls']:,} TLS idle sessions held; {run.get('started_utc', '?')}, "
-             f"commit {run.get('commit', '?')}, load average {run.get('load_average_start')} -> "
-             f"{run.get('load_average_end')}.", "",
+             f"{raw['sessions_tls']:,} TLS idle sessions held.", "",
              "| | predicted | measured | error |", "|---|---|---|---|"]
     for what, predicted, measured, error in pool_check(pool, fig):
         lines.append(f"| {what} | {predicted:.1f} | {measured:.1f} | {error:+.0%} |")
+    lines += ["", "| file | run started (UTC) | commit | load average at start | at end |",
+              "|---|---|---|---|---|", _run_line("pool", run)]
     return "\n".join(lines)
 
 
-def markdown(fig: Figures, pool: Mapping[str, object] | None,
-             sites: Iterable[Site] = SITES) -> str:
+def markdown(fig: Figures, redis: RedisCost, pool: Mapping[str, object] | None,
+             sites: Iterable[Site] = SITES, node: Node = Node()) -> str:
     """The generated part of docs/capacity.md."""
-    parts = ["### Figures read from the bench JSON", "", figures_table(fig), ""]
+    parts = ["### Figures read from the bench JSON", "", figures_table(fig, redis), ""]
     for site in sites:
-        parts += [f"### Site: {site.name}", "", site_table(site, fig), ""]
+        parts += [f"### Site: {site.name}", "", site_table(site, fig, redis, node), ""]
     if pool is not None:
         parts += ["### The model against the measured pool", "", check_table(pool, fig), ""]
     return "\n".join(parts).rstrip() + "\n"
@@ -555,15 +656,17 @@ def main(argv: list[str]) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="directory of the bench JSON (default bench/results)")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print only the generated part of docs/capacity.md")
     parser.add_argument("--site", nargs=4, metavar=("NAME", "MAILBOXES", "LOGINS_S", "SESSIONS"),
                         help="a site of your own instead of the three")
     parser.add_argument("--relogins-per-hour", type=float)
     parser.add_argument("--tls-share", type=float)
     parser.add_argument("--cache-ttl", type=float)
+    for name, default in vars(Node()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                            help=f"(default {default})")
     args = parser.parse_args(argv)
     fig = load_figures(args.results)
+    redis = redis_cost_from(load_json("redis", args.results))
     pool_path = args.results / RESULT_FILES["pool"]
     pool = json.loads(pool_path.read_text()) if pool_path.exists() else None
     sites = list(SITES)
@@ -573,11 +676,9 @@ def main(argv: list[str]) -> int:
     changes = {k: v for k, v in (("relogins_per_hour", args.relogins_per_hour),
                                  ("tls_share", args.tls_share), ("cache_ttl", args.cache_ttl))
                if v is not None}
-    sites = [replace(s, **changes) for s in sites]  # type: ignore[arg-type]
-    text = markdown(fig, pool, sites)
-    if not args.markdown:
-        text = f"Capacity model from {args.results}\n\n{text}"
-    sys.stdout.write(text)
+    sites = [replace(s, **changes) for s in sites]
+    node = Node(**{name: getattr(args, name) for name in vars(Node())})
+    sys.stdout.write(markdown(fig, redis, pool, sites, node))
     return 0
 
 

@@ -130,8 +130,10 @@ timeout = 3600
 
 def haproxy_config(nodes: list[str], ports: dict[str, int]) -> str:
     """TCP mode, leastconn, PROXY v2 to the nodes; timeouts longer than any session here."""
-    lines = ["global", "    maxconn 30000", "defaults", "    mode tcp", "    timeout connect 5s",
-             "    timeout client 1h", "    timeout server 1h"]
+    # ``source``: connect to the nodes from HAProxy's own address, the one
+    # the nodes trust for PROXY headers (HAProxy configuration manual, "source").
+    lines = ["global", "    maxconn 9000", "defaults", "    mode tcp", "    timeout connect 5s",
+             "    timeout client 1h", "    timeout server 1h", f"    source {HAPROXY}"]
     for listener, port in ports.items():
         lines += [f"frontend {listener}", f"    bind {HAPROXY}:{port}",
                   f"    default_backend {listener}_nodes",

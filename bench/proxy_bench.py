@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -58,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,8 @@ class Front:
     address: str
     ports: dict[str, int]
     pid: int
+    #: Stops the front end and starts it again, for a fresh process (authsvc only).
+    restart: Callable[[], int] | None = None
 
 
 def nginx_text(prefix: Path, pki: ServerCert, ports: dict[str, int], auth_port: int,
@@ -240,7 +243,8 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
                 proxy.start()
                 stack.callback(proxy.stop)
                 assert proxy.pid is not None
-                fronts[name] = Front(name, address, ports, proxy.pid)
+                fronts[name] = Front(name, address, ports, proxy.pid,
+                                     restart=functools.partial(_restart, proxy))
         prefix = workdir / "nginx"
         auth_port = free_port(NGINX)
         nginx: NginxProcess = start_nginx(
@@ -250,6 +254,13 @@ def running_fronts(users: int, idle_users: int) -> Iterator[tuple[dict[str, Fron
         fronts["nginx"] = Front("nginx", NGINX, ports, nginx.pid)
         time.sleep(1.0)  # the scripted backend is listening by now
         yield fronts, pki
+
+
+def _restart(proxy: AuthsvcProxy) -> int:
+    proxy.stop()
+    proxy.start()
+    assert proxy.pid is not None
+    return proxy.pid
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -532,12 +543,17 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
     arenas, glibc's heap) and reuses it for the next, so "before this run"
     would hide the sessions' cost; ``first_base`` keeps, per front end and
     mode, the PSS before its first fill.  Perdition's session processes exit,
-    so its figure is the same either way.
+    so its figure is the same either way.  With ``--fresh``, authsvc is
+    restarted before each fill instead, so each figure is a fresh process's
+    (the TLS fill then owes nothing to the plain one).
     """
     for mode in ("plain", "tls"):
-        for name in FRONTS:
+        for name in args.fronts:
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
+            if args.fresh and front.restart is not None:
+                front.pid = front.restart()
+                first_base.pop((name, mode), None)
             context = pki.client_context() if mode == "tls" else None
             port = front.ports[listener]
 
@@ -550,7 +566,10 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
                        "sessions": count, "error": repr(exc)}
             else:
                 row = {"test": "memory", "mode": mode, "front": name, "run": run,
-                       "sessions": opened, "base_kib": base, "held_kib": held}
+                       "sessions": opened, "base_kib": base, "held_kib": held,
+                       "processes": sum(len(descendants(p))
+                                        for p in roots(fronts, name, listener)),
+                       "fresh": bool(args.fresh and front.restart is not None)}
                 first = first_base.setdefault((name, mode), base)
                 row["first_base_kib"] = first
                 row["kib_per_session"] = (held - first) / max(opened, 1)
@@ -604,6 +623,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tests", nargs="*", default=["logins", "paced", "fetch", "memory"])
     parser.add_argument("--paced-rate", type=float, default=50.0,
                         help="logins/s of the paced test (one started every 1/rate s)")
+    parser.add_argument("--fronts", nargs="*", default=list(FRONTS), choices=FRONTS,
+                        help="memory: the front ends to fill (default all three)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="memory: a fresh authsvc proxy process for each fill")
     parser.add_argument("--json", type=Path,
                         help="also write the rows here, with the run's time, commit and load")
     args = parser.parse_args(argv)
