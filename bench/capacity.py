@@ -453,7 +453,9 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
                        + node.base_descriptors)
         per_node = 2 * sessions_node + node.base_descriptors * (1 + node.cores + w)
         shipped = 0
-    maxconn = next_power_of_two(site.sessions * node.descriptor_headroom)
+    # HAProxy: one maxconn per proxied session, two descriptors each (client
+    # and server side; configuration manual, "maxconn" and "ulimit-n").
+    maxconn = math.ceil(site.sessions * node.descriptor_headroom / 1024) * 1024
     haproxy_fds = 2 * maxconn + 1024
     uses = {
         "CPU": cores_total / n / usable_cores,
@@ -640,10 +642,26 @@ def check_table(pool: Mapping[str, object], fig: Figures) -> str:
     return "\n".join(lines)
 
 
+def miss_table(relogins_per_hour: float = 12.0, ttls: Iterable[float] = (60, 300, 900, 3600),
+               processes: Iterable[int] = (1, 4, 16, 64)) -> str:
+    """:func:`miss_ratio` for a few TTLs and numbers of cache-holding processes."""
+    counts = list(processes)
+    lines = [f"Route cache miss ratio at {relogins_per_hour:g} re-logins per active mailbox "
+             "per hour:", "",
+             "| TTL (s) | " + " | ".join(f"{p} process{'es' if p > 1 else ''}"
+                                        for p in counts) + " |",
+             "|---|" + "---|" * len(counts)]
+    for ttl in ttls:
+        lines.append(f"| {ttl:g} | " + " | ".join(
+            f"{miss_ratio(relogins_per_hour, ttl, p):.2f}" for p in counts) + " |")
+    return "\n".join(lines)
+
+
 def markdown(fig: Figures, redis: RedisCost, pool: Mapping[str, object] | None,
              sites: Iterable[Site] = SITES, node: Node = Node()) -> str:
     """The generated part of docs/capacity.md."""
-    parts = ["### Figures read from the bench JSON", "", figures_table(fig, redis), ""]
+    parts = ["### Figures read from the bench JSON", "", figures_table(fig, redis), "",
+             "### The route cache", "", miss_table(), ""]
     for site in sites:
         parts += [f"### Site: {site.name}", "", site_table(site, fig, redis, node), ""]
     if pool is not None:

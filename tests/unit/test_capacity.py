@@ -85,7 +85,7 @@ def test_proxy_plan_arithmetic() -> None:
     assert p.redis_cores == pytest.approx(1000 * 100e-6)
     assert p.descriptors_per_process == pytest.approx(2 * 50_000 / workers + 256)
     assert p.limit_nofile == next_power_of_two(p.descriptors_per_process * 1.25)
-    assert p.haproxy_maxconn == next_power_of_two(100_000 * 1.25)
+    assert p.haproxy_maxconn == 125_952  # 125,000 rounded up to a multiple of 1,024
     assert p.uses["ports, node to one store address"] == pytest.approx(
         50_000 / (Node().port_range * 0.8))
     assert p.first_to_bind()[0] == "ports, node to one store address"
