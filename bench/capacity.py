@@ -147,9 +147,11 @@ class Figures:
     proxy_kib_session_tls: float
     nginx_kib_session_plain: float
     nginx_kib_session_tls: float
-    #: PSS of a process with no session, KiB: one proxy process; nginx's master
+    #: PSS of a process with no session, KiB: one proxy process that has served
+    #: logins and fetches (the model's baseline) and a fresh one; nginx's master
     #: and ``nginx_workers`` workers; one authsvc serve process.
     proxy_base_kib: float
+    proxy_fresh_base_kib: float
     nginx_base_kib: float
     nginx_workers: int
     serve_base_kib: float
@@ -204,7 +206,8 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
         proxy_kib_session_tls=memory("authsvc", "tls", "kib_per_session"),
         nginx_kib_session_plain=memory("nginx", "plain", "kib_per_session"),
         nginx_kib_session_tls=memory("nginx", "tls", "kib_per_session"),
-        proxy_base_kib=memory("authsvc", "plain", "first_base_kib"),
+        proxy_base_kib=_warm_base(prows),
+        proxy_fresh_base_kib=memory("authsvc", "plain", "first_base_kib"),
         nginx_base_kib=memory("nginx", "plain", "first_base_kib"),
         nginx_workers=int(nginx_workers),
         serve_base_kib=max(serve_pss) if serve_pss else 0.0,
@@ -218,6 +221,18 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
         runs={"proxy": dict(proxy.get("run", {})),  # type: ignore[call-overload]
               "login": dict(login.get("run", {}))},  # type: ignore[call-overload]
     )
+
+
+def _warm_base(rows: list[Mapping[str, object]]) -> float:
+    """The proxy's PSS with no session after the bench's logins and fetches.
+
+    ``warm_base_kib`` of the first memory fill (``--fresh`` measures it before
+    restarting the process); without it, the PSS before the first fill.
+    """
+    try:
+        return _median(rows, "warm_base_kib", test="memory", front="authsvc", mode="plain")
+    except KeyError:
+        return _median(rows, "first_base_kib", test="memory", front="authsvc", mode="plain")
 
 
 def load_json(name: str, directory: Path = RESULTS) -> dict[str, object]:
@@ -490,42 +505,51 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
 
 @dataclass(frozen=True)
 class PoolLoad:
-    """What bench/pool_check.py ran: per node, over its measured window."""
+    """What one window of bench/pool_check.py ran, all nodes together."""
 
-    nodes: int
+    nodes: int  # one proxy process each
     seconds: float
     logins_plain: int
     logins_tls: int
     sessions_plain: int
     sessions_tls: int
+    users: int  # mailboxes the logins picked from at random
+    cache_ttl: float
 
 
-def predict_pool(load: PoolLoad, fig: Figures) -> tuple[float, float]:
-    """(CPU seconds, PSS MiB) the model predicts for all the pool's proxy nodes together.
+def predict_pool(load: PoolLoad, fig: Figures) -> tuple[float, float, float]:
+    """(CPU seconds, PSS MiB, map lookups) the model predicts for the pool's nodes together.
 
     CPU: logins x CPU per login (idle sessions cost no measurable CPU).
     Memory: per node, one process's baseline + sessions x KiB per session.
+    Lookups: logins x :func:`miss_ratio`, each mailbox logging in
+    ``logins / seconds / users`` times a second, over ``nodes`` caches.
     """
+    logins = load.logins_plain + load.logins_tls
     cpu = (load.logins_plain * fig.proxy_cpu_login_plain
            + load.logins_tls * fig.proxy_cpu_login_tls)
     kib = (load.nodes * fig.proxy_base_kib
            + load.sessions_plain * fig.proxy_kib_session_plain
            + load.sessions_tls * fig.proxy_kib_session_tls)
-    return cpu, kib / 1024
+    per_hour = logins / load.seconds / load.users * 3600
+    return cpu, kib / 1024, logins * miss_ratio(per_hour, load.cache_ttl, load.nodes)
 
 
-def pool_check(pool: Mapping[str, object], fig: Figures) -> list[tuple[str, float, float, float]]:
-    """(what, predicted, measured, error) for CPU and memory of bench/pool_check.py's run."""
-    raw = pool["load"]
-    assert isinstance(raw, dict)
-    load = PoolLoad(**{k: raw[k] for k in PoolLoad.__dataclass_fields__})
-    measured = pool["measured"]
-    assert isinstance(measured, dict)
-    cpu, mib = predict_pool(load, fig)
+def pool_check(pool: Mapping[str, object], fig: Figures
+               ) -> list[tuple[int, str, float, float, float]]:
+    """(window, what, predicted, measured, error) for each window of bench/pool_check.py."""
+    runs = pool["runs"]
+    assert isinstance(runs, list)
     rows = []
-    for what, predicted, got in (("CPU seconds, all nodes", cpu, float(measured["cpu_s"])),
-                                 ("PSS MiB, all nodes", mib, float(measured["pss_mib"]))):
-        rows.append((what, predicted, got, (predicted - got) / got))
+    for window in runs:
+        load = PoolLoad(**{k: window["load"][k] for k in PoolLoad.__dataclass_fields__})
+        measured = window["measured"]
+        cpu, mib, lookups = predict_pool(load, fig)
+        for what, predicted, got in (
+                ("CPU seconds", cpu, float(measured["cpu_s"])),
+                ("PSS MiB", mib, float(measured["pss_mib"])),
+                ("map lookups (MariaDB SELECTs)", lookups, float(measured["map_lookups"]))):
+            rows.append((int(window["run"]) + 1, what, predicted, got, (predicted - got) / got))
     return rows
 
 
@@ -560,7 +584,8 @@ def figures_table(fig: Figures, redis: RedisCost) -> str:
          f"{fig.proxy_kib_session_plain:.1f} / {fig.proxy_kib_session_tls:.1f}"),
         ("nginx KiB PSS per idle session, plain / TLS",
          f"{fig.nginx_kib_session_plain:.1f} / {fig.nginx_kib_session_tls:.1f}"),
-        ("proxy process PSS with no session, MiB", f"{fig.proxy_base_kib / 1024:.1f}"),
+        ("proxy process PSS with no session, MiB: after logins and fetches (used) / fresh",
+         f"{fig.proxy_base_kib / 1024:.1f} / {fig.proxy_fresh_base_kib / 1024:.1f}"),
         (f"nginx PSS with no session (master + {fig.nginx_workers} workers), MiB",
          f"{fig.nginx_base_kib / 1024:.1f}"),
         ("serve process PSS, MiB", f"{fig.serve_base_kib / 1024:.1f}"),
@@ -628,15 +653,18 @@ def check_table(pool: Mapping[str, object], fig: Figures) -> str:
     """The model's prediction for bench/pool_check.py's load, against what it measured."""
     run = pool.get("run", {})
     assert isinstance(run, dict)
-    raw = pool["load"]
-    assert isinstance(raw, dict)
-    lines = [f"Load: {raw['nodes']} proxy nodes behind HAProxy, "
+    runs = pool["runs"]
+    assert isinstance(runs, list)
+    raw = runs[0]["load"]
+    lines = [f"Load per window: {raw['nodes']} proxy nodes behind HAProxy, "
              f"{raw['logins_plain'] + raw['logins_tls']:,} logins in {raw['seconds']:g} s "
-             f"({raw['logins_tls']:,} with STARTTLS), {raw['sessions_plain']:,} plain and "
-             f"{raw['sessions_tls']:,} TLS idle sessions held.", "",
-             "| | predicted | measured | error |", "|---|---|---|---|"]
-    for what, predicted, measured, error in pool_check(pool, fig):
-        lines.append(f"| {what} | {predicted:.1f} | {measured:.1f} | {error:+.0%} |")
+             f"({raw['logins_tls']:,} with STARTTLS) over {raw['users']:,} mailboxes picked at "
+             f"random, route cache TTL {raw['cache_ttl']:g} s, {raw['sessions_plain']:,} plain "
+             f"and {raw['sessions_tls']:,} TLS idle sessions held.", "",
+             "| window | | predicted | measured | error |", "|---|---|---|---|---|"]
+    for window, what, predicted, measured, error in pool_check(pool, fig):
+        lines.append(f"| {window} | {what} | {predicted:,.1f} | {measured:,.1f} "
+                     f"| {error:+.0%} |")
     lines += ["", "| file | run started (UTC) | commit | load average at start | at end |",
               "|---|---|---|---|---|", _run_line("pool", run)]
     return "\n".join(lines)

@@ -359,12 +359,14 @@ async def logins(host: str, port: int, users: int, context: ssl.SSLContext | Non
 
 
 async def paced_logins(host: str, port: int, users: int, context: ssl.SSLContext | None,
-                       seconds: float, rate: float) -> tuple[int, int, str]:
+                       seconds: float, rate: float,
+                       pick: Callable[[int], str] | None = None) -> tuple[int, int, str]:
     """(logins done, errors, the first error) with one login started every 1/``rate`` s.
 
     The clock sets the pace, not the previous login's end: logins arrive the
     way a site's do, spread out, each waking the front end on its own, and
-    not in the back-to-back batches of :func:`logins`.
+    not in the back-to-back batches of :func:`logins`.  ``pick`` names the
+    user of the n-th login (default: the ``users`` in turn).
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -375,7 +377,8 @@ async def paced_logins(host: str, port: int, users: int, context: ssl.SSLContext
     async def one(n: int) -> None:
         nonlocal done, errors, first
         try:
-            await asyncio.wait_for(one_login(host, port, f"user{n % users:04d}", context,
+            user = pick(n) if pick is not None else f"user{n % users:04d}"
+            await asyncio.wait_for(one_login(host, port, user, context,
                                              f"127.0.1.{1 + n % 250}"), 30)
             done += 1
         except (TimeoutError, OSError, BenchError, ssl.SSLError) as exc:
@@ -551,7 +554,12 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
         for name in args.fronts:
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
+            warm: int | None = None
             if args.fresh and front.restart is not None:
+                # What the process holds with no session after what it did
+                # before (logins, fetches, an earlier fill): a long-running
+                # node's baseline, which docs/capacity.md uses.
+                warm = sum(group_pss_kib(p) for p in roots(fronts, name, listener))
                 front.pid = front.restart()
                 first_base.pop((name, mode), None)
             context = pki.client_context() if mode == "tls" else None
@@ -570,6 +578,8 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
                        "processes": sum(len(descendants(p))
                                         for p in roots(fronts, name, listener)),
                        "fresh": bool(args.fresh and front.restart is not None)}
+                if warm is not None:
+                    row["warm_base_kib"] = warm
                 first = first_base.setdefault((name, mode), base)
                 row["first_base_kib"] = first
                 row["kib_per_session"] = (held - first) / max(opened, 1)

@@ -34,7 +34,8 @@ FIG = Figures(
     proxy_cpu_gb_plain=1.0, proxy_cpu_gb_tls=2.0, nginx_cpu_gb_plain=1.0, nginx_cpu_gb_tls=2.0,
     proxy_kib_session_plain=16.0, proxy_kib_session_tls=32.0,
     nginx_kib_session_plain=8.0, nginx_kib_session_tls=16.0,
-    proxy_base_kib=20 * 1024.0, nginx_base_kib=30 * 1024.0, nginx_workers=2,
+    proxy_base_kib=20 * 1024.0, proxy_fresh_base_kib=18 * 1024.0, nginx_base_kib=30 * 1024.0,
+    nginx_workers=2,
     serve_base_kib=32 * 1024.0,
 )
 REDIS = RedisCost(ok_commands=8, serve_commands=2, failed_commands=21, ok_cpu_us=100,
@@ -112,11 +113,14 @@ def test_redis_keyspace_scan_grows_with_failures() -> None:
 
 
 def test_predict_pool() -> None:
-    load = PoolLoad(nodes=2, seconds=60, logins_plain=1000, logins_tls=1000,
-                    sessions_plain=2000, sessions_tls=2000)
-    cpu, mib = predict_pool(load, FIG)
-    assert cpu == pytest.approx(1000 * 0.002 + 1000 * 0.003)
+    load = PoolLoad(nodes=2, seconds=60, logins_plain=1200, logins_tls=1200,
+                    sessions_plain=2000, sessions_tls=2000, users=2400, cache_ttl=60)
+    cpu, mib, lookups = predict_pool(load, FIG)
+    assert cpu == pytest.approx(1200 * 0.002 + 1200 * 0.003)
     assert mib == pytest.approx((2 * 20 * 1024 + 2000 * 16 + 2000 * 32) / 1024)
+    # 40 logins/s over 2,400 mailboxes: each one every 60 s; a 60 s entry in
+    # one of two caches sees half a hit on average: 2 misses in 3 logins.
+    assert lookups == pytest.approx(2400 * 2 / 3)
 
 
 def test_figures_and_redis_cost_read_the_bench_rows() -> None:
@@ -130,6 +134,8 @@ def test_figures_and_redis_cost_read_the_bench_rows() -> None:
         *({"test": "memory", "front": f, "mode": m, "kib_per_session": 10.0,
            "first_base_kib": 2048, "processes": 3 if f == "nginx" else 1}
           for f in ("authsvc", "nginx") for m in ("plain", "tls")),
+        {"test": "memory", "front": "authsvc", "mode": "plain", "kib_per_session": 10.0,
+         "first_base_kib": 2048, "warm_base_kib": 4096, "processes": 1},
         {"test": "memory", "front": "authsvc", "mode": "tls", "error": "EMFILE"},
     ]}
     login = {"rows": [
@@ -145,6 +151,8 @@ def test_figures_and_redis_cost_read_the_bench_rows() -> None:
     assert fig.serve_cpu_login == pytest.approx(0.0002)
     assert fig.nginx_workers == 2
     assert fig.serve_base_kib == 31000
+    assert fig.proxy_base_kib == 4096  # the warm figure, where the bench wrote one
+    assert fig.proxy_fresh_base_kib == 2048
     redis = redis_cost_from({"rows": [
         {"keys": 0, "path": "proxy_ok", "commands": 9, "redis_cpu_us": 100},
         {"keys": 1000, "path": "proxy_ok", "commands": 10, "redis_cpu_us": 600},
