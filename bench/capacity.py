@@ -453,7 +453,10 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
     misses = miss_ratio(site.relogins_per_hour, site.cache_ttl, processes)
     connections = node.pool_size * processes
     failures = site.logins_per_s * node.failure_share
-    keys = failures * node.throttle_window * node.keys_per_failure
+    # serve counts only its own refusals (nginx never says what the store
+    # answered, docs/security.md): mail clients' wrong passwords leave no keys.
+    keys = (failures * node.throttle_window * node.keys_per_failure
+            if deployment == "proxy" else 0.0)
     successes = site.logins_per_s - failures
     ok_commands, ok_cpu, failed_commands, failed_cpu = redis.per_login(deployment, keys)
     redis_commands = successes * ok_commands + failures * failed_commands
@@ -545,10 +548,12 @@ def pool_check(pool: Mapping[str, object], fig: Figures
         load = PoolLoad(**{k: window["load"][k] for k in PoolLoad.__dataclass_fields__})
         measured = window["measured"]
         cpu, mib, lookups = predict_pool(load, fig)
+        fresh = mib - load.nodes * (fig.proxy_base_kib - fig.proxy_fresh_base_kib) / 1024
         for what, predicted, got in (
                 ("CPU seconds", cpu, float(measured["cpu_s"])),
                 ("PSS MiB", mib, float(measured["pss_mib"])),
-                ("map lookups (MariaDB SELECTs)", lookups, float(measured["map_lookups"]))):
+                ("PSS MiB, with a fresh process's baseline", fresh, float(measured["pss_mib"])),
+                ("mailboxes looked up in MariaDB", lookups, float(measured["map_lookups"]))):
             rows.append((int(window["run"]) + 1, what, predicted, got, (predicted - got) / got))
     return rows
 
