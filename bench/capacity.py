@@ -636,6 +636,8 @@ def site_table(site: Site, fig: Figures, redis: RedisCost, node: Node = Node()) 
                                                     for p in plans]),
         ("LimitNOFILE per process (nginx: worker_rlimit_nofile)",
          [str(p.limit_nofile) for p in plans]),
+        ("HAProxy connections (client and server side)",
+         [f"{2 * site.sessions:,}" for _ in plans]),
         ("HAProxy maxconn / descriptors", [f"{p.haproxy_maxconn:,} / {p.haproxy_descriptors:,}"
                                            for p in plans]),
     ]
