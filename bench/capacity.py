@@ -35,7 +35,8 @@ RESULT_FILES = {
     "proxy": "proxy_bench.json",  # bench/proxy_bench.py: proxy and nginx figures
     "login": "login_bench.json",  # bench/login_bench.py: authsvc serve per login
     "redis": "redis_cost.json",  # bench/redis_cost.py: the throttle's Redis work per login
-    "pool": "pool_check.json",  # bench/pool_check.py: the measured two-node pool
+    "pool": "pool_check.json",  # bench/pool_check.py: the measured pool, proxy nodes
+    "pool_nginx": "pool_check_nginx.json",  # the same, nginx + serve nodes
 }
 
 #: Ephemeral ports per (source address, destination address, destination
@@ -181,11 +182,14 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
     def memory(front: str, mode: str, key: str) -> float:
         return _median(prows, key, test="memory", front=front, mode=mode)
 
-    serve = {str(r["mode"]): r for r in lrows if r.get("front") == "authsvc"}
-    serve_ms = [float(str(r["cpu_ms_per_login"]["authsvc"]))
-                for r in serve.values()]
-    serve_pss = [float(str(r["pss_kib"]["authsvc"]))
-                 for r in serve.values() if "pss_kib" in r]
+    # serve's CPU per login when logins arrive one at a time (login_bench's
+    # paced rows), as for the proxy and nginx; the concurrent rows otherwise.
+    front = ("authsvc-paced" if any(r.get("front") == "authsvc-paced" for r in lrows)
+             else "authsvc")
+    serve = [r for r in lrows if r.get("front") == front]
+    serve_ms = [float(str(r["cpu_ms_per_login"]["authsvc"])) for r in serve]
+    serve_pss = [float(str(r["pss_kib"]["authsvc"])) for r in lrows
+                 if str(r.get("front", "")).startswith("authsvc") and "pss_kib" in r]
     # nginx runs ``worker_processes auto``: a master and one worker per CPU.
     nginx_workers = _median(prows, "processes", test="memory", front="nginx", mode="plain") - 1
     return Figures(
@@ -213,7 +217,7 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
         serve_base_kib=max(serve_pss) if serve_pss else 0.0,
         sources={
             "CPU per login (proxy, nginx)": f"{RESULT_FILES['proxy']}: test=paced",
-            "CPU per login (serve)": f"{RESULT_FILES['login']}: front=authsvc, authsvc group",
+            "CPU per login (serve)": f"{RESULT_FILES['login']}: front={front}, authsvc group",
             "CPU per GB": f"{RESULT_FILES['proxy']}: test=fetch",
             "KiB per session, base PSS": f"{RESULT_FILES['proxy']}: test=memory",
             "serve base PSS": f"{RESULT_FILES['login']}: pss_kib",
@@ -510,7 +514,8 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
 class PoolLoad:
     """What one window of bench/pool_check.py ran, all nodes together."""
 
-    nodes: int  # one proxy process each
+    deployment: str  # "proxy", or "nginx" (nginx + serve)
+    nodes: int  # one proxy process, or one nginx and one serve, each
     seconds: float
     logins_plain: int
     logins_tls: int
@@ -520,20 +525,29 @@ class PoolLoad:
     cache_ttl: float
 
 
-def predict_pool(load: PoolLoad, fig: Figures) -> tuple[float, float, float]:
+def predict_pool(load: PoolLoad, fig: Figures, *, fresh: bool = False
+                 ) -> tuple[float, float, float]:
     """(CPU seconds, PSS MiB, map lookups) the model predicts for the pool's nodes together.
 
     CPU: logins x CPU per login (idle sessions cost no measurable CPU).
-    Memory: per node, one process's baseline + sessions x KiB per session.
+    Memory: per node, the processes' baseline + sessions x KiB per session;
+    ``fresh``: a fresh proxy process's baseline instead of a warm one's.
     Lookups: logins x :func:`miss_ratio`, each mailbox logging in
     ``logins / seconds / users`` times a second, over ``nodes`` caches.
     """
     logins = load.logins_plain + load.logins_tls
-    cpu = (load.logins_plain * fig.proxy_cpu_login_plain
-           + load.logins_tls * fig.proxy_cpu_login_tls)
-    kib = (load.nodes * fig.proxy_base_kib
-           + load.sessions_plain * fig.proxy_kib_session_plain
-           + load.sessions_tls * fig.proxy_kib_session_tls)
+    if load.deployment == "proxy":
+        cpu = (load.logins_plain * fig.proxy_cpu_login_plain
+               + load.logins_tls * fig.proxy_cpu_login_tls)
+        base = fig.proxy_fresh_base_kib if fresh else fig.proxy_base_kib
+        kib = (load.nodes * base + load.sessions_plain * fig.proxy_kib_session_plain
+               + load.sessions_tls * fig.proxy_kib_session_tls)
+    else:
+        cpu = (load.logins_plain * fig.nginx_cpu_login_plain
+               + load.logins_tls * fig.nginx_cpu_login_tls + logins * fig.serve_cpu_login)
+        kib = (load.nodes * (fig.nginx_base_kib + fig.serve_base_kib)
+               + load.sessions_plain * fig.nginx_kib_session_plain
+               + load.sessions_tls * fig.nginx_kib_session_tls)
     per_hour = logins / load.seconds / load.users * 3600
     return cpu, kib / 1024, logins * miss_ratio(per_hour, load.cache_ttl, load.nodes)
 
@@ -545,15 +559,18 @@ def pool_check(pool: Mapping[str, object], fig: Figures
     assert isinstance(runs, list)
     rows = []
     for window in runs:
-        load = PoolLoad(**{k: window["load"][k] for k in PoolLoad.__dataclass_fields__})
+        raw: dict[str, object] = {"deployment": "proxy", **window["load"]}
+        load = PoolLoad(**{k: raw[k] for k in PoolLoad.__dataclass_fields__})  # type: ignore[arg-type]
         measured = window["measured"]
         cpu, mib, lookups = predict_pool(load, fig)
-        fresh = mib - load.nodes * (fig.proxy_base_kib - fig.proxy_fresh_base_kib) / 1024
-        for what, predicted, got in (
-                ("CPU seconds", cpu, float(measured["cpu_s"])),
-                ("PSS MiB", mib, float(measured["pss_mib"])),
-                ("PSS MiB, with a fresh process's baseline", fresh, float(measured["pss_mib"])),
-                ("mailboxes looked up in MariaDB", lookups, float(measured["map_lookups"]))):
+        checks = [("CPU seconds", cpu, float(measured["cpu_s"])),
+                  ("PSS MiB", mib, float(measured["pss_mib"]))]
+        if load.deployment == "proxy":
+            checks.append(("PSS MiB, with a fresh process's baseline",
+                           predict_pool(load, fig, fresh=True)[1], float(measured["pss_mib"])))
+        checks.append(("mailboxes looked up in MariaDB", lookups,
+                       float(measured["map_lookups"])))
+        for what, predicted, got in checks:
             rows.append((int(window["run"]) + 1, what, predicted, got, (predicted - got) / got))
     return rows
 
@@ -656,14 +673,16 @@ def site_table(site: Site, fig: Figures, redis: RedisCost, node: Node = Node()) 
     return "\n".join(lines)
 
 
-def check_table(pool: Mapping[str, object], fig: Figures) -> str:
+def check_table(pool: Mapping[str, object], fig: Figures, name: str = "pool") -> str:
     """The model's prediction for bench/pool_check.py's load, against what it measured."""
     run = pool.get("run", {})
     assert isinstance(run, dict)
     runs = pool["runs"]
     assert isinstance(runs, list)
     raw = runs[0]["load"]
-    lines = [f"Load per window: {raw['nodes']} proxy nodes behind HAProxy, "
+    kind = ("nginx + authsvc serve" if raw.get("deployment") == "nginx"
+            else "authsvc proxy")
+    lines = [f"Load per window: {raw['nodes']} {kind} nodes behind HAProxy, "
              f"{raw['logins_plain'] + raw['logins_tls']:,} logins in {raw['seconds']:g} s "
              f"({raw['logins_tls']:,} with STARTTLS) over {raw['users']:,} mailboxes picked at "
              f"random, route cache TTL {raw['cache_ttl']:g} s, {raw['sessions_plain']:,} plain "
@@ -673,7 +692,7 @@ def check_table(pool: Mapping[str, object], fig: Figures) -> str:
         lines.append(f"| {window} | {what} | {predicted:,.1f} | {measured:,.1f} "
                      f"| {error:+.0%} |")
     lines += ["", "| file | run started (UTC) | commit | load average at start | at end |",
-              "|---|---|---|---|---|", _run_line("pool", run)]
+              "|---|---|---|---|---|", _run_line(name, run)]
     return "\n".join(lines)
 
 
@@ -692,15 +711,17 @@ def miss_table(relogins_per_hour: float = 12.0, ttls: Iterable[float] = (60, 300
     return "\n".join(lines)
 
 
-def markdown(fig: Figures, redis: RedisCost, pool: Mapping[str, object] | None,
+def markdown(fig: Figures, redis: RedisCost, pools: Mapping[str, Mapping[str, object]],
              sites: Iterable[Site] = SITES, node: Node = Node()) -> str:
     """The generated part of docs/capacity.md."""
     parts = ["### Figures read from the bench JSON", "", figures_table(fig, redis), "",
              "### The route cache", "", miss_table(), ""]
     for site in sites:
         parts += [f"### Site: {site.name}", "", site_table(site, fig, redis, node), ""]
-    if pool is not None:
-        parts += ["### The model against the measured pool", "", check_table(pool, fig), ""]
+    titles = {"pool": "authsvc proxy", "pool_nginx": "nginx + authsvc serve"}
+    for name, pool in pools.items():
+        parts += [f"### The model against the measured pool: {titles[name]}", "",
+                  check_table(pool, fig, name), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -720,8 +741,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     fig = load_figures(args.results)
     redis = redis_cost_from(load_json("redis", args.results))
-    pool_path = args.results / RESULT_FILES["pool"]
-    pool = json.loads(pool_path.read_text()) if pool_path.exists() else None
+    pools = {name: json.loads((args.results / RESULT_FILES[name]).read_text())
+             for name in ("pool", "pool_nginx") if (args.results / RESULT_FILES[name]).exists()}
     sites = list(SITES)
     if args.site:
         name, mailboxes, rate, sessions = args.site
@@ -731,7 +752,7 @@ def main(argv: list[str]) -> int:
                if v is not None}
     sites = [replace(s, **changes) for s in sites]
     node = Node(**{name: getattr(args, name) for name in vars(Node())})
-    sys.stdout.write(markdown(fig, redis, pool, sites, node))
+    sys.stdout.write(markdown(fig, redis, pools, sites, node))
     return 0
 
 

@@ -198,6 +198,33 @@ async def load(host: str, port: int, users: list[MailUser], context: ssl.SSLCont
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
 
 
+async def paced(host: str, port: int, users: list[MailUser], context: ssl.SSLContext | None,
+                seconds: float, rate: float, result: Result) -> None:
+    """One login started every 1/``rate`` s by the clock, as a site's logins arrive."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(one_login(host, port, users[n % len(users)], context,
+                                             f"127.0.1.{1 + n % 250}"), 30)
+        except (TimeoutError, OSError, LoginError, ssl.SSLError) as exc:
+            result.errors += 1
+            result.first_error = result.first_error or repr(exc)
+            return
+        result.latencies.append(time.perf_counter() - started)
+
+    for n in range(int(seconds * rate)):
+        await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+        task = asyncio.create_task(one(n))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
 # -- the two front ends ----------------------------------------------------------------
 
 
@@ -354,6 +381,24 @@ def run(args: argparse.Namespace) -> list[Result]:
                     rate = len(result.latencies) / args.seconds
                     print(f"round {round_no + 1} {mode:8} {front:7} {rate:7.0f} logins/s "
                           f"errors={result.errors} {result.first_error}", file=sys.stderr)
+        if args.paced_rate > 0:
+            # serve's CPU per login when logins arrive one at a time
+            # (docs/capacity.md reads this figure): the authsvc front only.
+            for mode, context in (("plain", None), ("starttls", tls)):
+                address, nginx_pid = fronts["authsvc"]
+                result = Result("authsvc-paced", mode, args.seconds)
+                before = {g: f() for g, f in groups.items()}
+                before["nginx"] = group_cpu(nginx_pid)
+                asyncio.run(paced(address, port, users, context, args.seconds,
+                                  args.paced_rate, result))
+                after = {g: f() for g, f in groups.items()}
+                after["nginx"] = group_cpu(nginx_pid)
+                result.cpu = {g: after[g] - before[g] for g in after}
+                result.pss_kib = {"authsvc": group_pss_kib(node.serve.pid or 0),
+                                  "nginx": group_pss_kib(nginx_pid)}
+                results.append(result)
+                print(f"paced {mode:8} {len(result.latencies) / args.seconds:7.0f} logins/s "
+                      f"errors={result.errors} {result.first_error}", file=sys.stderr)
     return results
 
 
@@ -381,6 +426,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=3000, help="generated users in the map")
+    parser.add_argument("--paced-rate", type=float, default=40.0,
+                        help="then logins/s started by the clock through authsvc (0: none)")
     parser.add_argument("--json", type=Path,
                         help="also write the summary here, with the run's time, commit and load")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""A scaled-down pool, measured: HAProxy in front of ``--nodes`` ``authsvc proxy`` nodes.
+"""A scaled-down pool, measured: HAProxy in front of two proxy (or nginx + serve) nodes.
 
 What runs (all on loopback, every daemon ended by its pid):
 
@@ -8,10 +8,13 @@ What runs (all on loopback, every daemon ended by its pid):
   own process on 127.0.0.4): it greets, says OK to every command and costs
   next to nothing per idle session, so the measured processes are the
   proxies, not a store;
-* ``--nodes`` ``authsvc proxy`` processes (one worker each), 127.0.0.41,
-  .42, ..., each with a STARTTLS listener (imap4) and an implicit TLS one
-  (imaps), a PROXY v2 header required from HAProxy, the MySQL map behind the
-  route cache, log level info;
+* ``--nodes`` nodes, 127.0.0.41, .42, ..., each with a STARTTLS listener
+  (imap4) and an implicit TLS one (imaps), a PROXY v2 header required from
+  HAProxy, the MySQL map behind the route cache, log level info.
+  ``--deployment proxy``: one ``authsvc proxy`` process (one worker) per
+  node.  ``--deployment nginx``: nginx (``authsvc render-nginx``'s ``mail {}``
+  in the main context of bench/proxy_bench.py's nginx) and one ``authsvc
+  serve`` per node;
 * HAProxy 2.6 (``tests/services/haproxy.py``) on 127.0.0.40: TCP mode,
   ``balance leastconn``, ``send-proxy-v2``, the two listeners.
 
@@ -31,6 +34,8 @@ that load (docs/capacity.md).
 Run (as root, from the repository root; about five minutes)::
 
     .venv/bin/python -m bench.pool_check --json bench/results/pool_check.json
+    .venv/bin/python -m bench.pool_check --deployment nginx \\
+        --json bench/results/pool_check_nginx.json
     # defaults: --nodes 2 --rate 40 --seconds 60 --runs 3 --sessions 4000 --tls-share 0.5
     #           --users 2400 --ttl 60
 """
@@ -56,13 +61,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.login_bench import group_cpu, group_pss_kib
-from bench.proxy_bench import BACKEND, hold_sessions, paced_logins, release
+from bench.proxy_bench import BACKEND, descendants, hold_sessions, paced_logins, release
 from bench.record import finish, run_info
 from tests.services.certs import ServerCert, make_test_pki
 from tests.services.haproxy import running_haproxy
 from tests.services.mariadb import AdminAccess
+from tests.services.nginx import start_nginx
 from tests.services.ports import free_port
 from tests.services.proxy import ProxyProcess
+from tests.services.serve import ServeProcess
 
 HAPROXY = "127.0.0.40"
 DOMAIN = "riseup.net"
@@ -70,15 +77,21 @@ DOMAIN = "riseup.net"
 
 @dataclass
 class Node:
-    """One proxy node: its address and process."""
+    """One node: its address and the roots of its process trees (proxy; or nginx and serve)."""
 
     address: str
-    process: ProxyProcess
+    roots: dict[str, int]
 
-    @property
-    def pid(self) -> int:
-        assert self.process.process is not None
-        return self.process.process.pid
+    def cpu(self) -> float:
+        """CPU seconds of every process of the node (live children and reaped ones)."""
+        return sum(group_cpu(pid) for pid in self.roots.values())
+
+    def pss_kib(self) -> int:
+        return sum(group_pss_kib(pid) for pid in self.roots.values())
+
+    def descriptors(self) -> int:
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for root in self.roots.values()
+                   for pid in descendants(root))
 
 
 def node_config(directory: Path, address: str, ports: dict[str, int], store_port: int,
@@ -176,10 +189,22 @@ def running_pool(args: argparse.Namespace, workdir: Path
         for address in addresses:
             config = node_config(workdir, address, ports, store_port, pki, db.host, db.port,
                                  db.name, db.reader_user, password_file, args.ttl)
-            process = ProxyProcess(config, workdir / f"node-{address}.log")
-            process.start(listening=2)
-            stack.callback(process.stop)
-            nodes.append(Node(address, process))
+            if args.deployment == "proxy":
+                process = ProxyProcess(config, workdir / f"node-{address}.log")
+                process.start(listening=2)
+                stack.callback(process.stop)
+                assert process.process is not None
+                nodes.append(Node(address, {"proxy": process.process.pid}))
+                continue
+            serve = ServeProcess([config], workdir / f"serve-{address}", host=address)
+            serve.start()
+            stack.callback(serve.stop)
+            prefix = workdir / f"nginx-{address}"
+            nginx = start_nginx(nginx_text(config, prefix, f"{serve.url}/auth"), prefix,
+                                [(address, port) for port in ports.values()])
+            stack.callback(nginx.stop)
+            assert serve.pid is not None
+            nodes.append(Node(address, {"nginx": nginx.pid, "serve": serve.pid}))
         stack.enter_context(running_haproxy(
             haproxy_config(addresses, ports), workdir / "haproxy", None,
             [(HAPROXY, port) for port in ports.values()]))
@@ -187,6 +212,27 @@ def running_pool(args: argparse.Namespace, workdir: Path
         server.admin.execute("SET GLOBAL log_output = 'TABLE'")
         server.admin.execute("SET GLOBAL general_log = 'ON'")
         yield nodes, ports, pki, server.admin
+
+
+def nginx_text(config: Path, prefix: Path, auth_http: str) -> str:
+    """nginx's main context around ``authsvc render-nginx``'s ``mail {}`` for ``config``.
+
+    The main context is the one bench/proxy_bench.py's nginx runs with
+    (``worker_processes auto``, ``worker_connections 30000``): nginx allocates
+    its connection array up front, so its memory baseline depends on it, and
+    the model's nginx figures come from that nginx.
+    """
+    mail = subprocess.run(
+        [sys.executable, "-m", "authsvc", "render-nginx", "-c", str(config), "--auth-http",
+         auth_http, "--proxy-protocol-from", f"{HAPROXY}/32"],
+        capture_output=True, text=True, check=True, timeout=60).stdout
+    return f"""load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+worker_processes auto;
+worker_rlimit_nofile 19000;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log error;
+events {{ worker_connections 30000; }}
+{mail}"""
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -239,7 +285,7 @@ async def measure(args: argparse.Namespace, nodes: list[Node], ports: dict[str, 
     # does before its baseline; then the fresh baseline.
     await release(await hold_sessions(HAPROXY, ports["imaps"], context, 16 * len(nodes)))
     await release(await hold_sessions(HAPROXY, ports["imap4"], None, 16 * len(nodes)))
-    base = {n.address: group_pss_kib(n.pid) for n in nodes}
+    base = {n.address: n.pss_kib() for n in nodes}
     tls_sessions = round(args.sessions * args.tls_share)
     held = await hold_sessions(HAPROXY, ports["imaps"], context, tls_sessions)
     held += await hold_sessions(HAPROXY, ports["imap4"], None, args.sessions - tls_sessions)
@@ -249,23 +295,27 @@ async def measure(args: argparse.Namespace, nodes: list[Node], ports: dict[str, 
     runs: list[dict[str, object]] = []
     for run in range(args.runs):
         start_counting(admin)
-        cpu_before = {n.address: group_cpu(n.pid) for n in nodes}
+        cpu_before = {n.address: n.cpu() for n in nodes}
         started = time.monotonic()
         plain, tls, errors, first = await paced_mix(
             ports, args.users, context, args.seconds, args.rate, args.tls_share, 2 + 2 * run)
         elapsed = time.monotonic() - started
-        cpu = {n.address: group_cpu(n.pid) - cpu_before[n.address] for n in nodes}
+        cpu = {n.address: n.cpu() - cpu_before[n.address] for n in nodes}
         misses, statements = map_queries(admin)
-        pss = {n.address: group_pss_kib(n.pid) for n in nodes}
-        fds = {n.address: len(os.listdir(f"/proc/{n.pid}/fd")) for n in nodes}
+        pss = {n.address: n.pss_kib() for n in nodes}
+        fds = {n.address: n.descriptors() for n in nodes}
+        parts = {n.address: {name: {"cpu_s": group_cpu(pid), "pss_kib": group_pss_kib(pid)}
+                             for name, pid in n.roots.items()} for n in nodes}
         row: dict[str, object] = {
             "run": run,
-            "load": {"nodes": len(nodes), "seconds": round(elapsed, 1), "logins_plain": plain,
+            "load": {"deployment": args.deployment, "nodes": len(nodes),
+                     "seconds": round(elapsed, 1), "logins_plain": plain,
                      "logins_tls": tls, "sessions_plain": len(held) - tls_sessions,
                      "sessions_tls": tls_sessions, "users": args.users, "cache_ttl": args.ttl},
             "errors": errors, "first_error": first,
             "per_node": {n.address: {"cpu_s": cpu[n.address], "pss_kib": pss[n.address],
-                                     "base_pss_kib": base[n.address], "fds": fds[n.address]}
+                                     "base_pss_kib": base[n.address], "fds": fds[n.address],
+                                     "processes_now": parts[n.address]}
                          for n in nodes},
             "measured": {"cpu_s": sum(cpu.values()), "pss_mib": sum(pss.values()) / 1024,
                          "map_lookups": misses, "map_statements": statements},
@@ -279,6 +329,8 @@ async def measure(args: argparse.Namespace, nodes: list[Node], ports: dict[str, 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pool_check",
                                      description=__doc__.splitlines()[0])
+    parser.add_argument("--deployment", choices=("proxy", "nginx"), default="proxy",
+                        help="authsvc proxy nodes, or nginx + authsvc serve nodes")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--rate", type=float, default=40.0, help="logins/s, all nodes")
     parser.add_argument("--seconds", type=float, default=60.0)

@@ -6,6 +6,7 @@ import io
 import math
 import re
 from contextlib import redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,14 +114,20 @@ def test_redis_keyspace_scan_grows_with_failures() -> None:
 
 
 def test_predict_pool() -> None:
-    load = PoolLoad(nodes=2, seconds=60, logins_plain=1200, logins_tls=1200,
-                    sessions_plain=2000, sessions_tls=2000, users=2400, cache_ttl=60)
+    load = PoolLoad(deployment="proxy", nodes=2, seconds=60, logins_plain=1200,
+                    logins_tls=1200, sessions_plain=2000, sessions_tls=2000, users=2400,
+                    cache_ttl=60)
     cpu, mib, lookups = predict_pool(load, FIG)
     assert cpu == pytest.approx(1200 * 0.002 + 1200 * 0.003)
     assert mib == pytest.approx((2 * 20 * 1024 + 2000 * 16 + 2000 * 32) / 1024)
+    assert predict_pool(load, FIG, fresh=True)[1] == pytest.approx(mib - 2 * 2)
     # 40 logins/s over 2,400 mailboxes: each one every 60 s; a 60 s entry in
     # one of two caches sees half a hit on average: 2 misses in 3 logins.
     assert lookups == pytest.approx(2400 * 2 / 3)
+    nginx = replace(load, deployment="nginx")
+    cpu, mib, _ = predict_pool(nginx, FIG)
+    assert cpu == pytest.approx(1200 * 0.0005 + 1200 * 0.001 + 2400 * 0.0002)
+    assert mib == pytest.approx((2 * (30 + 32) * 1024 + 2000 * 8 + 2000 * 16) / 1024)
 
 
 def test_figures_and_redis_cost_read_the_bench_rows() -> None:
@@ -145,6 +152,9 @@ def test_figures_and_redis_cost_read_the_bench_rows() -> None:
          "pss_kib": {"authsvc": 31000}},
         {"front": "static", "mode": "plain", "cpu_ms_per_login": {"nginx": 9.0}},
     ]}
+    paced = {"rows": [*login["rows"], {"front": "authsvc-paced", "mode": "plain",
+                                       "cpu_ms_per_login": {"authsvc": 0.5}}]}
+    assert figures_from(proxy, paced).serve_cpu_login == pytest.approx(0.0005)
     fig = figures_from(proxy, login)
     assert fig.proxy_cpu_login_plain == pytest.approx(0.002)
     assert fig.nginx_cpu_login_tls == pytest.approx(0.001)
