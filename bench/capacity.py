@@ -138,6 +138,9 @@ class Figures:
     nginx_cpu_login_plain: float
     nginx_cpu_login_tls: float
     serve_cpu_login: float
+    #: What a route-cache miss adds to a login's CPU (serve's, measured; the
+    #: proxy runs the same map code, docs/capacity.md).
+    cpu_per_miss: float
     #: CPU seconds per GB relayed, plain and TLS.
     proxy_cpu_gb_plain: float
     proxy_cpu_gb_tls: float
@@ -188,6 +191,13 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
              else "authsvc")
     serve = [r for r in lrows if r.get("front") == front]
     serve_ms = [float(str(r["cpu_ms_per_login"]["authsvc"])) for r in serve]
+    # A miss: paced logins of users the cache has not seen, against paced hits.
+    missed = [float(str(r["cpu_ms_per_login"]["authsvc"])) for r in lrows
+              if r.get("front") == "authsvc-paced-miss"]
+    hits = [float(str(r["cpu_ms_per_login"]["authsvc"])) for r in serve
+            if r.get("mode") == "plain"]
+    per_miss = max(0.0, statistics.fmean(missed) - statistics.fmean(hits)) / 1000 \
+        if missed and hits and front == "authsvc-paced" else 0.0
     serve_pss = [float(str(r["pss_kib"]["authsvc"])) for r in lrows
                  if str(r.get("front", "")).startswith("authsvc") and "pss_kib" in r]
     # nginx runs ``worker_processes auto``: a master and one worker per CPU.
@@ -198,6 +208,7 @@ def figures_from(proxy: Mapping[str, object], login: Mapping[str, object]) -> Fi
         nginx_cpu_login_plain=paced("nginx", "plain"),
         nginx_cpu_login_tls=paced("nginx", "starttls"),
         serve_cpu_login=statistics.fmean(serve_ms) / 1000,
+        cpu_per_miss=per_miss,
         proxy_cpu_gb_plain=_median(prows, "cpu_s_per_gb", test="fetch", front="authsvc",
                                    mode="plain"),
         proxy_cpu_gb_tls=_median(prows, "cpu_s_per_gb", test="fetch", front="authsvc",
@@ -425,15 +436,22 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
         gb_cpu = plain * fig.nginx_cpu_gb_plain + tls * fig.nginx_cpu_gb_tls
         kib_session = plain * fig.nginx_kib_session_plain + tls * fig.nginx_kib_session_tls
         cached_cpu = fig.serve_cpu_login
-    cores_total = site.logins_per_s * login_cpu + relay_gb_s * gb_cpu
     usable_cores = node.cores * node.cpu_target
     usable_mib = node.memory_gib * 1024 * node.memory_target
     pair_ports = node.port_range * node.port_target
+    # A route-cache miss adds fig.cpu_per_miss to its login; how many logins
+    # miss depends on the processes, which depend on the CPU: size with every
+    # login a miss first, then again with the miss ratio of that pool.
+    misses = 1.0
+
+    def cores_total() -> float:
+        return (site.logins_per_s * (login_cpu + misses * fig.cpu_per_miss)
+                + relay_gb_s * gb_cpu)
 
     def workers(n: int) -> int:
         # The cache-holding processes: as many as their CPU needs (each
         # worker has its own route cache and its own map pool), at most a core each.
-        busy = site.logins_per_s / n * cached_cpu
+        busy = site.logins_per_s / n * (cached_cpu + misses * fig.cpu_per_miss)
         if deployment == "proxy":
             busy += relay_gb_s / n * gb_cpu
         return min(node.cores, max(1, math.ceil(busy / node.cpu_target)))
@@ -447,14 +465,20 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
             base = per_process * (1 + node.cores) + w * fig.serve_base_kib
         return (base + sessions * kib_session) / 1024
 
-    n = 1
-    while (cores_total / n > usable_cores
-           or memory_mib(site.sessions / n, workers(n)) > usable_mib):
-        n += 1
+    def nodes_needed() -> int:
+        n = 1
+        while (cores_total() / n > usable_cores
+               or memory_mib(site.sessions / n, workers(n)) > usable_mib):
+            n += 1
+        return n
+
+    for _ in range(2):
+        n = nodes_needed()
+        w = workers(n)
+        processes = (n + 1) * w  # every node's caches, the spare's included
+        misses = miss_ratio(site.relogins_per_hour, site.cache_ttl, processes)
+    cores = cores_total()
     sessions_node = site.sessions / n
-    w = workers(n)
-    processes = (n + 1) * w  # every node's caches, the spare's included
-    misses = miss_ratio(site.relogins_per_hour, site.cache_ttl, processes)
     connections = node.pool_size * processes
     failures = site.logins_per_s * node.failure_share
     # serve counts only its own refusals (nginx never says what the store
@@ -480,7 +504,7 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
     maxconn = math.ceil(site.sessions * node.descriptor_headroom / 1024) * 1024
     haproxy_fds = 2 * maxconn + 1024
     uses = {
-        "CPU": cores_total / n / usable_cores,
+        "CPU": cores / n / usable_cores,
         "memory": memory_mib(sessions_node, w) / usable_mib,
         "ports, node to one store address": sessions_node / node.store_addresses
         / node.source_addresses / pair_ports,
@@ -496,7 +520,7 @@ def plan(site: Site, deployment: str, fig: Figures, redis: RedisCost,
         site=site.name, deployment=deployment, nodes=n + 1,
         set_by=("the minimum, 1" if n == 1
                 else "CPU" if uses["CPU"] >= uses["memory"] else "memory"),
-        cores_per_node=cores_total / n, memory_mib_per_node=memory_mib(sessions_node, w),
+        cores_per_node=cores / n, memory_mib_per_node=memory_mib(sessions_node, w),
         workers_per_node=w, sessions_per_node=sessions_node,
         logins_per_node=site.logins_per_s / n, miss_ratio=misses,
         mariadb_queries_per_s=site.logins_per_s * misses, mariadb_connections=connections,
@@ -529,13 +553,16 @@ def predict_pool(load: PoolLoad, fig: Figures, *, fresh: bool = False
                  ) -> tuple[float, float, float]:
     """(CPU seconds, PSS MiB, map lookups) the model predicts for the pool's nodes together.
 
-    CPU: logins x CPU per login (idle sessions cost no measurable CPU).
+    CPU: logins x CPU per login + lookups x CPU per miss (idle sessions cost
+    no measurable CPU).
     Memory: per node, the processes' baseline + sessions x KiB per session;
     ``fresh``: a fresh proxy process's baseline instead of a warm one's.
     Lookups: logins x :func:`miss_ratio`, each mailbox logging in
     ``logins / seconds / users`` times a second, over ``nodes`` caches.
     """
     logins = load.logins_plain + load.logins_tls
+    per_hour = logins / load.seconds / load.users * 3600
+    lookups = logins * miss_ratio(per_hour, load.cache_ttl, load.nodes)
     if load.deployment == "proxy":
         cpu = (load.logins_plain * fig.proxy_cpu_login_plain
                + load.logins_tls * fig.proxy_cpu_login_tls)
@@ -548,8 +575,7 @@ def predict_pool(load: PoolLoad, fig: Figures, *, fresh: bool = False
         kib = (load.nodes * (fig.nginx_base_kib + fig.serve_base_kib)
                + load.sessions_plain * fig.nginx_kib_session_plain
                + load.sessions_tls * fig.nginx_kib_session_tls)
-    per_hour = logins / load.seconds / load.users * 3600
-    return cpu, kib / 1024, logins * miss_ratio(per_hour, load.cache_ttl, load.nodes)
+    return cpu + lookups * fig.cpu_per_miss, kib / 1024, lookups
 
 
 def pool_check(pool: Mapping[str, object], fig: Figures
@@ -598,6 +624,7 @@ def figures_table(fig: Figures, redis: RedisCost) -> str:
         ("nginx CPU ms per login, plain / STARTTLS",
          f"{fig.nginx_cpu_login_plain * 1e3:.2f} / {fig.nginx_cpu_login_tls * 1e3:.2f}"),
         ("serve CPU ms per login (auth_http request)", f"{fig.serve_cpu_login * 1e3:.2f}"),
+        ("CPU ms a route-cache miss adds to a login", f"{fig.cpu_per_miss * 1e3:.2f}"),
         ("proxy CPU s per GB relayed, plain / TLS",
          f"{fig.proxy_cpu_gb_plain:.2f} / {fig.proxy_cpu_gb_tls:.2f}"),
         ("nginx CPU s per GB relayed, plain / TLS",

@@ -352,6 +352,23 @@ def run(args: argparse.Namespace) -> list[Result]:
             "client": self_cpu,
         }
         tls = ssl.create_default_context(cafile=str(stack.pki.ca))
+        if args.paced_rate > 0:
+            # Before the warm-up, every user is new to the route cache: paced
+            # logins of distinct users are all misses, and against the paced
+            # hits below they give what a miss adds (docs/capacity.md).
+            address, nginx_pid = fronts["authsvc"]
+            count = min(len(users), int(args.seconds * args.paced_rate))
+            result = Result("authsvc-paced-miss", "plain", count / args.paced_rate)
+            before = {g: f() for g, f in groups.items()}
+            before["nginx"] = group_cpu(nginx_pid)
+            asyncio.run(paced(address, port, users[:count], None, count / args.paced_rate,
+                              args.paced_rate, result))
+            after = {g: f() for g, f in groups.items()}
+            after["nginx"] = group_cpu(nginx_pid)
+            result.cpu = {g: after[g] - before[g] for g in after}
+            results.append(result)
+            print(f"paced misses {len(result.latencies)} errors={result.errors} "
+                  f"{result.first_error}", file=sys.stderr)
         # Warm authsvc's route cache with every user once (not measured), so
         # the rounds measure the steady state: cache hits.
         warm = Result("warm", "plain", 0)

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIG = Figures(
     proxy_cpu_login_plain=0.002, proxy_cpu_login_tls=0.003,
     nginx_cpu_login_plain=0.0005, nginx_cpu_login_tls=0.001, serve_cpu_login=0.0002,
+    cpu_per_miss=0.0,
     proxy_cpu_gb_plain=1.0, proxy_cpu_gb_tls=2.0, nginx_cpu_gb_plain=1.0, nginx_cpu_gb_tls=2.0,
     proxy_kib_session_plain=16.0, proxy_kib_session_tls=32.0,
     nginx_kib_session_plain=8.0, nginx_kib_session_tls=16.0,
@@ -93,6 +94,15 @@ def test_proxy_plan_arithmetic() -> None:
     assert p.first_to_bind()[0] == "ports, node to one store address"
 
 
+def test_a_miss_adds_its_cpu_at_the_pool_s_miss_ratio() -> None:
+    site = Site("t", mailboxes=1_000_000, logins_per_s=1000, sessions=1000)
+    node = Node(relay_mb_per_session_hour=0.0)
+    without = plan(site, "serve", FIG, REDIS, node)
+    with_misses = plan(site, "serve", replace(FIG, cpu_per_miss=0.001), REDIS, node)
+    assert with_misses.cores_per_node - without.cores_per_node == pytest.approx(
+        1000 * with_misses.miss_ratio * 0.001 / (with_misses.nodes - 1))
+
+
 def test_more_store_addresses_relieve_the_ports() -> None:
     site = Site("t", mailboxes=1_000_000, logins_per_s=100, sessions=100_000)
     one = plan(site, "serve", FIG, REDIS, Node())
@@ -124,6 +134,8 @@ def test_predict_pool() -> None:
     # 40 logins/s over 2,400 mailboxes: each one every 60 s; a 60 s entry in
     # one of two caches sees half a hit on average: 2 misses in 3 logins.
     assert lookups == pytest.approx(2400 * 2 / 3)
+    missing = replace(FIG, cpu_per_miss=0.0003)
+    assert predict_pool(load, missing)[0] == pytest.approx(cpu + 1600 * 0.0003)
     nginx = replace(load, deployment="nginx")
     cpu, mib, _ = predict_pool(nginx, FIG)
     assert cpu == pytest.approx(1200 * 0.0005 + 1200 * 0.001 + 2400 * 0.0002)
@@ -153,9 +165,13 @@ def test_figures_and_redis_cost_read_the_bench_rows() -> None:
         {"front": "static", "mode": "plain", "cpu_ms_per_login": {"nginx": 9.0}},
     ]}
     paced = {"rows": [*login["rows"], {"front": "authsvc-paced", "mode": "plain",
-                                       "cpu_ms_per_login": {"authsvc": 0.5}}]}
+                                       "cpu_ms_per_login": {"authsvc": 0.5}},
+                      {"front": "authsvc-paced-miss", "mode": "plain",
+                       "cpu_ms_per_login": {"authsvc": 0.8}}]}
     assert figures_from(proxy, paced).serve_cpu_login == pytest.approx(0.0005)
+    assert figures_from(proxy, paced).cpu_per_miss == pytest.approx(0.0003)
     fig = figures_from(proxy, login)
+    assert fig.cpu_per_miss == 0.0  # no paced rows: no miss figure
     assert fig.proxy_cpu_login_plain == pytest.approx(0.002)
     assert fig.nginx_cpu_login_tls == pytest.approx(0.001)
     assert fig.serve_cpu_login == pytest.approx(0.0002)
