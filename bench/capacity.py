@@ -4,10 +4,10 @@
 ``bench/results/`` (:data:`RESULT_FILES`), and prints, for three sites
 (:data:`SITES`) and both deployments (nginx + ``authsvc serve``, and
 ``authsvc proxy``), the nodes, cores, memory, database, Redis, descriptor,
-port and HAProxy figures, and which limit binds first.  ``--markdown`` prints
-the same as the tables of docs/capacity.md (a unit test checks that the doc
-holds exactly this output), and the check of the model against the measured
-two-node pool (``bench/pool_check.py``).
+port and HAProxy figures, and which limit binds first, then the check of the
+model against the measured two-node pools (``bench/pool_check.py``), as the
+Markdown of docs/capacity.md's generated part (a unit test checks that the
+doc holds exactly this output).
 
 Every per-unit figure (CPU per login, KiB per idle session, a process's
 baseline memory, CPU per GB relayed) comes from the JSON; the assumptions
