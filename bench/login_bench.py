@@ -20,9 +20,16 @@ logins/s, p50/p99 latency, errors, and the CPU seconds each process group
 used (nginx master+workers, authsvc serve, Dovecot incl. reaped children,
 MariaDB, the load generator), also per 1000 logins.
 
-Run (as root, from the repository root; takes about two minutes)::
+With ``--paced-rate R`` (default 40; 0 for none) it also starts one login
+every 1/R s by the clock through authsvc, plain and STARTTLS (front
+``authsvc-paced``: serve's CPU per login one at a time), and, before the
+warm-up, the same for mailboxes the route cache has not seen yet (front
+``authsvc-paced-miss``: what a miss adds).  docs/capacity.md reads both.
+
+Run (as root, from the repository root; takes about three minutes)::
 
     .venv/bin/python -m bench.login_bench [--seconds 10] [--rounds 2] [--concurrency 32]
+        [--paced-rate 40] [--json FILE]
 """
 
 from __future__ import annotations
