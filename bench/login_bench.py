@@ -23,7 +23,7 @@ MariaDB, the load generator), also per 1000 logins.
 With ``--paced-rate R`` (default 40; 0 for none) it also starts one login
 every 1/R s by the clock through authsvc, plain and STARTTLS (front
 ``authsvc-paced``: serve's CPU per login one at a time), and, before the
-warm-up, the same for mailboxes the route cache has not seen yet (front
+warm-up, plain logins of mailboxes the route cache has not seen yet (front
 ``authsvc-paced-miss``: what a miss adds).  docs/capacity.md reads both.
 
 Run (as root, from the repository root; takes about three minutes)::
