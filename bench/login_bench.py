@@ -20,9 +20,16 @@ logins/s, p50/p99 latency, errors, and the CPU seconds each process group
 used (nginx master+workers, authsvc serve, Dovecot incl. reaped children,
 MariaDB, the load generator), also per 1000 logins.
 
-Run (as root, from the repository root; takes about two minutes)::
+With ``--paced-rate R`` (default 40; 0 for none) it also starts one login
+every 1/R s by the clock through authsvc, plain and STARTTLS (front
+``authsvc-paced``: serve's CPU per login one at a time), and, before the
+warm-up, plain logins of mailboxes the route cache has not seen yet (front
+``authsvc-paced-miss``: what a miss adds).  docs/capacity.md reads both.
+
+Run (as root, from the repository root; takes about three minutes)::
 
     .venv/bin/python -m bench.login_bench [--seconds 10] [--rounds 2] [--concurrency 32]
+        [--paced-rate 40] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.record import finish, run_info
 from tests.services.nginx import NginxProcess, start_nginx
 from tests.services.ports import free_port
 from tests.services.stack import MailUser, Stack, StackOptions, render_node_nginx, running_stack
@@ -87,6 +95,28 @@ def group_cpu(root: int) -> float:
         pid = todo.pop()
         total += stats[pid][1]
         todo.extend(children.get(pid, []))
+    return total
+
+
+def group_pss_kib(root: int) -> int:
+    """PSS in KiB summed over ``root`` and its live descendants (``smaps_rollup``).
+
+    PSS is the figure that adds up across forked processes: pages they share
+    are split between them.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (found := _stat(int(entry))) is not None:
+            children.setdefault(found[0], []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
     return total
 
 
@@ -148,6 +178,8 @@ class Result:
     errors: int = 0
     first_error: str = ""
     cpu: dict[str, float] = field(default_factory=dict)
+    #: PSS (KiB) of the process groups right after the round.
+    pss_kib: dict[str, int] = field(default_factory=dict)
 
 
 async def load(host: str, port: int, users: list[MailUser], context: ssl.SSLContext | None,
@@ -171,6 +203,33 @@ async def load(host: str, port: int, users: list[MailUser], context: ssl.SSLCont
             result.latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
+
+
+async def paced(host: str, port: int, users: list[MailUser], context: ssl.SSLContext | None,
+                seconds: float, rate: float, result: Result) -> None:
+    """One login started every 1/``rate`` s by the clock, as a site's logins arrive."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(one_login(host, port, users[n % len(users)], context,
+                                             f"127.0.1.{1 + n % 250}"), 30)
+        except (TimeoutError, OSError, LoginError, ssl.SSLError) as exc:
+            result.errors += 1
+            result.first_error = result.first_error or repr(exc)
+            return
+        result.latencies.append(time.perf_counter() - started)
+
+    for n in range(int(seconds * rate)):
+        await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+        task = asyncio.create_task(one(n))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
 
 
 # -- the two front ends ----------------------------------------------------------------
@@ -245,6 +304,8 @@ def summarise(results: list[Result]) -> list[dict[str, object]]:
             "cpu_s": cpu,
             "cpu_ms_per_login": {g: v * 1000 / logins for g, v in cpu.items()} if logins else {},
             "first_error": next((r.first_error for r in mine if r.first_error), ""),
+            # The largest seen after a round: serve's baseline for docs/capacity.md.
+            "pss_kib": {g: max(r.pss_kib.get(g, 0) for r in mine) for g in ("authsvc", "nginx")},
         })
     return rows
 
@@ -298,6 +359,23 @@ def run(args: argparse.Namespace) -> list[Result]:
             "client": self_cpu,
         }
         tls = ssl.create_default_context(cafile=str(stack.pki.ca))
+        if args.paced_rate > 0:
+            # Before the warm-up, every user is new to the route cache: paced
+            # logins of distinct users are all misses, and against the paced
+            # hits below they give what a miss adds (docs/capacity.md).
+            address, nginx_pid = fronts["authsvc"]
+            count = min(len(users), int(args.seconds * args.paced_rate))
+            result = Result("authsvc-paced-miss", "plain", count / args.paced_rate)
+            before = {g: f() for g, f in groups.items()}
+            before["nginx"] = group_cpu(nginx_pid)
+            asyncio.run(paced(address, port, users[:count], None, count / args.paced_rate,
+                              args.paced_rate, result))
+            after = {g: f() for g, f in groups.items()}
+            after["nginx"] = group_cpu(nginx_pid)
+            result.cpu = {g: after[g] - before[g] for g in after}
+            results.append(result)
+            print(f"paced misses {len(result.latencies)} errors={result.errors} "
+                  f"{result.first_error}", file=sys.stderr)
         # Warm authsvc's route cache with every user once (not measured), so
         # the rounds measure the steady state: cache hits.
         warm = Result("warm", "plain", 0)
@@ -318,6 +396,8 @@ def run(args: argparse.Namespace) -> list[Result]:
                     after = {g: f() for g, f in groups.items()}
                     after["nginx"] = group_cpu(nginx_pid)
                     result.cpu = {g: after[g] - before[g] for g in after}
+                    result.pss_kib = {"authsvc": group_pss_kib(node.serve.pid or 0),
+                                      "nginx": group_pss_kib(nginx_pid)}
                     if front == "static":
                         result.cpu.pop("authsvc")  # idle; not part of this front end
                         result.cpu.pop("mariadb")
@@ -325,6 +405,24 @@ def run(args: argparse.Namespace) -> list[Result]:
                     rate = len(result.latencies) / args.seconds
                     print(f"round {round_no + 1} {mode:8} {front:7} {rate:7.0f} logins/s "
                           f"errors={result.errors} {result.first_error}", file=sys.stderr)
+        if args.paced_rate > 0:
+            # serve's CPU per login when logins arrive one at a time
+            # (docs/capacity.md reads this figure): the authsvc front only.
+            for mode, context in (("plain", None), ("starttls", tls)):
+                address, nginx_pid = fronts["authsvc"]
+                result = Result("authsvc-paced", mode, args.seconds)
+                before = {g: f() for g, f in groups.items()}
+                before["nginx"] = group_cpu(nginx_pid)
+                asyncio.run(paced(address, port, users, context, args.seconds,
+                                  args.paced_rate, result))
+                after = {g: f() for g, f in groups.items()}
+                after["nginx"] = group_cpu(nginx_pid)
+                result.cpu = {g: after[g] - before[g] for g in after}
+                result.pss_kib = {"authsvc": group_pss_kib(node.serve.pid or 0),
+                                  "nginx": group_pss_kib(nginx_pid)}
+                results.append(result)
+                print(f"paced {mode:8} {len(result.latencies) / args.seconds:7.0f} logins/s "
+                      f"errors={result.errors} {result.first_error}", file=sys.stderr)
     return results
 
 
@@ -352,13 +450,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=3000, help="generated users in the map")
-    parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--paced-rate", type=float, default=40.0,
+                        help="then logins/s started by the clock through authsvc (0: none)")
+    parser.add_argument("--json", type=Path,
+                        help="also write the summary here, with the run's time, commit and load")
     args = parser.parse_args(argv)
+    info = run_info()
     results = run(args)
     rows = summarise(results)
     print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"run": finish(info), "rows": rows}, indent=2) + "\n")
     return 0
 
 
