@@ -8,7 +8,9 @@ it is made only when ``[throttle] store = "redis"``.
 
 Layout, under ``authsvc:throttle:``: one hash per counter (``a:<address>``,
 ``l:<login>``, ``p:<address>|<login>``) whose fields are bucket numbers
-(``policy.py``), and one string per seen fingerprint (``s:<pair>|<hmac>``);
+(``policy.py``), and one hash per pair of the fingerprints it has seen
+(``s:<pair>``: field the HMAC, value the mark's expiry), so a successful
+login forgets its pair's marks with one ``DEL`` and no keyspace scan;
 the store's refusal times (``refusals.py``) in ``refusals`` (a sorted set of
 addresses by expiry) and ``refusals:s`` (their seconds).
 Every command is bounded by ``redis_timeout``; any failure raises
@@ -41,6 +43,28 @@ from authsvc.throttle.store import StoreError
 
 PREFIX = "authsvc:throttle:"
 SEEN = "s"
+#: KEYS: the pair's marks; ARGV: the fingerprint, now, the mark's lifetime.
+#: 1 when this fingerprint was not marked (it counts), else 0; either way
+#: the mark lives ``ttl`` more seconds, and the hash as long as its newest
+#: mark.  Past MAX_MARKS fields the expired ones go, so a device that keeps
+#: trying new passwords does not grow it without end.
+_MARK = """
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local expires = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], tostring(now + ttl))
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1)
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4]) then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) < now then redis.call('HDEL', KEYS[1], all[i]) end
+  end
+end
+if expires and tonumber(expires) >= now then return 0 end
+return 1
+"""
+#: Marks a pair's hash holds before its expired ones are dropped.
+MAX_MARKS = 64
+
 #: The store's refusal times: a sorted set (address -> expiry) and a hash
 #: (address -> seconds), so the oldest can be dropped past the limit.
 REFUSALS = "refusals"
@@ -99,12 +123,11 @@ class RedisStore:
         client = self._client
         counted = True
         if fingerprint is not None:
-            # SET NX: only the first time this device sends this password counts.
-            seen, ttl = f"{PREFIX}{SEEN}:{keys.pair}|{fingerprint}", max(
-                1, math.ceil(keys.address_window))
-            counted = bool(await client.set(seen, "1", nx=True, ex=ttl))
-            if not counted:  # a repeat renews the mark, as the local store does
-                await client.expire(seen, ttl)
+            # Only the first time this device sends this password counts; a
+            # repeat renews the mark, as the local store does.
+            ttl = max(1, math.ceil(keys.address_window))
+            counted = bool(await client.eval(_MARK, 1, f"{PREFIX}{SEEN}:{keys.pair}",
+                                             fingerprint, repr(now), str(ttl), str(MAX_MARKS)))
         pipe = client.pipeline(transaction=True)
         if counted:
             for key, window in ((keys.address, keys.address_window),
@@ -141,12 +164,8 @@ class RedisStore:
             pipe.hincrby(PREFIX + keys.address, str(bucket_of(now, keys.address_window)),
                          -failures)
             pipe.hincrby(PREFIX + keys.login, str(bucket_of(now, keys.login_window)), -failures)
-        pipe.delete(PREFIX + keys.pair)
+        pipe.delete(PREFIX + keys.pair, f"{PREFIX}{SEEN}:{keys.pair}")
         await pipe.execute()
-        seen = [key async for key in client.scan_iter(
-            match=f"{PREFIX}{SEEN}:{_glob(keys.pair)}|*", count=500)]
-        if seen:
-            await client.delete(*seen)
 
     async def entries(self, now: float) -> list[tuple[str, int]]:
         return await self._run(self._entries(now))
@@ -171,7 +190,7 @@ class RedisStore:
         folded = who.casefold()
         names = [PREFIX + f"{ADDRESS}:{who}", PREFIX + f"{LOGIN}:{folded}"]
         for pattern in (f"{PAIR}:{_glob(who)}|*", f"{PAIR}:*|{_glob(folded)}",
-                        f"{SEEN}:{PAIR}:{_glob(who)}|*", f"{SEEN}:{PAIR}:*|{_glob(folded)}|*"):
+                        f"{SEEN}:{PAIR}:{_glob(who)}|*", f"{SEEN}:{PAIR}:*|{_glob(folded)}"):
             names += [name async for name in client.scan_iter(match=PREFIX + pattern,
                                                                  count=500)]
         existing = int(await client.exists(*names)) if names else 0
