@@ -29,36 +29,69 @@ Measured, each ``--runs`` times, front ends interleaved (the order reversed
 every other run):
 
 * ``logins``: logins/s with ``--concurrency`` clients (connect, greeting,
-  [STARTTLS], LOGIN, SELECT INBOX, LOGOUT), plain and STARTTLS; front-end CPU
-  seconds per 1,000 logins (nginx-serve: nginx's and serve's together);
+  [STARTTLS], LOGIN, SELECT INBOX, LOGOUT), ``--modes`` plain and STARTTLS;
+  front-end CPU seconds per 1,000 logins (nginx-serve: nginx's and serve's
+  together);
+* ``paced``: the same logins, one started every 1/``--paced-rate`` s (40) by
+  the clock, as a site's logins arrive, not back to back; front-end CPU
+  seconds per 1,000 logins (docs/capacity.md reads the authsvc and nginx rows);
 * ``fetch``: MB/s of ``FETCH * BODY.PEEK[]`` of one 20 MB message over 4
   connections, plain (143) and implicit TLS (993); front-end CPU s per GB;
 * ``memory``: PSS (``/proc/PID/smaps_rollup``, summed over the front end's
   process and all its descendants) per idle logged-in session, at each
-  ``--sessions`` count, plain and implicit TLS.  The sessions log in to a
-  minimal scripted IMAP backend (``--backend`` mode of this file, its own
-  process on 127.0.0.4), not Dovecot, so 10,000 sessions need no Dovecot
-  process per login; the front ends cannot tell (the map sends ``idle*``
-  users there).  RLIMIT_NOFILE is raised to 65,536 in this process, which the
-  front ends and the backend inherit; where the hard limit cannot be raised
-  (a container without CAP_SYS_RESOURCE, hard limit 20,000) one proxy process
-  holds at most ~9,990 sessions (two descriptors each): use ``--sessions 9900``.
-  A fill that fails is a row with ``error``, and the run goes on.
+  ``--sessions`` count, in the ``--memory-modes``:
 
-Quiet machine: before each run of each test the script waits until the
-1-minute load average is under ``--quiet-load`` (0.5), for at most
+  - ``plain``, ``tls`` (implicit TLS from the client), every front end,
+    against the PSS before the front end's first fill; with ``--fresh`` the
+    authsvc proxies are restarted before each fill and the base is the new
+    process's (the row's ``warm_base_kib`` is the PSS of the process it
+    replaced, with no session, after the logins and fetches before);
+  - ``tls_fresh``, ``tls_both``: the authsvc proxies only, each point in a
+    fresh ``authsvc proxy`` process with one IMAPS listener whose base is
+    its own PSS after a 32-session warm-up; ``tls_both`` talks implicit TLS
+    to the store too (``ssl_mode ssl_listen,ssl_outgoing``, i.e.
+    ``backend_tls = implicit``, the store's certificate checked against the
+    bench CA; nginx mail cannot talk TLS to a store), ``tls_fresh`` the same
+    with a plaintext store, to compare it with.
+
+  The sessions log in to a minimal scripted IMAP backend (``--backend`` mode
+  of this file, its own process on 127.0.0.4, a plain port and an implicit
+  TLS one), not Dovecot, so 10,000 sessions need no Dovecot process per
+  login; the front ends cannot tell (the map sends ``idle*`` users there).
+  RLIMIT_NOFILE is raised to 65,536 in this process, which the front ends
+  and the backend inherit; where the hard limit cannot be raised (a
+  container without CAP_SYS_RESOURCE, hard limit 20,000) one proxy process
+  holds at most ~9,990 sessions (two descriptors each, the client's and the
+  store's): use ``--sessions 9900``.
+  A fill that fails is a row with ``error``, and the run goes on;
+* ``instructions`` (with ``--callgrind DIR``): user-space instructions per
+  login of the authsvc proxies under callgrind, ``--logins`` logins per mode.
+
+Quiet machine: before each run of each test and mode the script waits until
+the 1-minute load average is under ``--quiet-load`` (0.5), for at most
 ``--quiet-wait`` seconds (600); past that it warns and runs anyway.  Every row
 records the load average at its start, and each table says the load at the
-start of its first run and the highest at the start of any run.  The report
-gives the median and the range (min-max) of the runs.
+start of its first run and the range at the start of each measurement.  The
+report gives the median and the range (min-max) of the runs.  ``--json``
+writes ``{"run": ..., "fronts": ..., "baseline": ..., "rows": ...,
+"summary": ...}``: ``run`` is the run's time, command, commit and load
+averages (bench/record.py), ``rows`` one object per measurement (the fields
+bench/capacity.py reads: ``test``, ``mode``, ``front``, ``cpu_s_per_1000``,
+``cpu_s_per_gb``, ``kib_per_session``, ``first_base_kib``,
+``warm_base_kib``, ``processes``, ``fresh``).
 
 Run (as root, from the repository root)::
 
     .venv/bin/python -m bench.proxy_bench --baseline b3aa733 --json /tmp/proxy-bench.json
     # defaults: --runs 3 --seconds 10 --concurrency 32 --sessions 1000 10000
+    #           --tests logins paced fetch memory --paced-rate 40
+    #           --memory-modes plain tls tls_fresh tls_both
     # a quick check of one change (CPU per 1,000 logins):
     .venv/bin/python -m bench.proxy_bench --tests logins --fronts nginx authsvc \\
         --runs 1 --seconds 5 --quiet-wait 0
+    # idle TLS sessions, TLS to the store too, each point a fresh process:
+    .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes tls_fresh tls_both \\
+        --fronts authsvc --sessions 1000 3000 --runs 1
 """
 
 from __future__ import annotations
