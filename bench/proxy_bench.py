@@ -29,36 +29,69 @@ Measured, each ``--runs`` times, front ends interleaved (the order reversed
 every other run):
 
 * ``logins``: logins/s with ``--concurrency`` clients (connect, greeting,
-  [STARTTLS], LOGIN, SELECT INBOX, LOGOUT), plain and STARTTLS; front-end CPU
-  seconds per 1,000 logins (nginx-serve: nginx's and serve's together);
+  [STARTTLS], LOGIN, SELECT INBOX, LOGOUT), ``--modes`` plain and STARTTLS;
+  front-end CPU seconds per 1,000 logins (nginx-serve: nginx's and serve's
+  together);
+* ``paced``: the same logins, one started every 1/``--paced-rate`` s (40) by
+  the clock, as a site's logins arrive, not back to back; front-end CPU
+  seconds per 1,000 logins (docs/capacity.md reads the authsvc and nginx rows);
 * ``fetch``: MB/s of ``FETCH * BODY.PEEK[]`` of one 20 MB message over 4
   connections, plain (143) and implicit TLS (993); front-end CPU s per GB;
 * ``memory``: PSS (``/proc/PID/smaps_rollup``, summed over the front end's
   process and all its descendants) per idle logged-in session, at each
-  ``--sessions`` count, plain and implicit TLS.  The sessions log in to a
-  minimal scripted IMAP backend (``--backend`` mode of this file, its own
-  process on 127.0.0.4), not Dovecot, so 10,000 sessions need no Dovecot
-  process per login; the front ends cannot tell (the map sends ``idle*``
-  users there).  RLIMIT_NOFILE is raised to 65,536 in this process, which the
-  front ends and the backend inherit; where the hard limit cannot be raised
-  (a container without CAP_SYS_RESOURCE, hard limit 20,000) one proxy process
-  holds at most ~9,990 sessions (two descriptors each): use ``--sessions 9900``.
-  A fill that fails is a row with ``error``, and the run goes on.
+  ``--sessions`` count, in the ``--memory-modes``:
 
-Quiet machine: before each run of each test the script waits until the
-1-minute load average is under ``--quiet-load`` (0.5), for at most
+  - ``plain``, ``tls`` (implicit TLS from the client), every front end,
+    against the PSS before the front end's first fill; with ``--fresh`` the
+    authsvc proxies are restarted before each fill and the base is the new
+    process's (the row's ``warm_base_kib`` is the PSS of the process it
+    replaced, with no session, after the logins and fetches before);
+  - ``tls_fresh``, ``tls_both``: the authsvc proxies only, each point in a
+    fresh ``authsvc proxy`` process with one IMAPS listener whose base is
+    its own PSS after a 32-session warm-up; ``tls_both`` talks implicit TLS
+    to the store too (``ssl_mode ssl_listen,ssl_outgoing``, i.e.
+    ``backend_tls = implicit``, the store's certificate checked against the
+    bench CA; nginx mail cannot talk TLS to a store), ``tls_fresh`` the same
+    with a plaintext store, to compare it with.
+
+  The sessions log in to a minimal scripted IMAP backend (``--backend`` mode
+  of this file, its own process on 127.0.0.4, a plain port and an implicit
+  TLS one), not Dovecot, so 10,000 sessions need no Dovecot process per
+  login; the front ends cannot tell (the map sends ``idle*`` users there).
+  RLIMIT_NOFILE is raised to 65,536 in this process, which the front ends
+  and the backend inherit; where the hard limit cannot be raised (a
+  container without CAP_SYS_RESOURCE, hard limit 20,000) one proxy process
+  holds at most ~9,990 sessions (two descriptors each, the client's and the
+  store's): use ``--sessions 9900``.
+  A fill that fails is a row with ``error``, and the run goes on;
+* ``instructions`` (with ``--callgrind DIR``): user-space instructions per
+  login of the authsvc proxies under callgrind, ``--logins`` logins per mode.
+
+Quiet machine: before each run of each test and mode the script waits until
+the 1-minute load average is under ``--quiet-load`` (0.5), for at most
 ``--quiet-wait`` seconds (600); past that it warns and runs anyway.  Every row
 records the load average at its start, and each table says the load at the
-start of its first run and the highest at the start of any run.  The report
-gives the median and the range (min-max) of the runs.
+start of its first run and the range at the start of each measurement.  The
+report gives the median and the range (min-max) of the runs.  ``--json``
+writes ``{"run": ..., "fronts": ..., "baseline": ..., "rows": ...,
+"summary": ...}``: ``run`` is the run's time, command, commit and load
+averages (bench/record.py), ``rows`` one object per measurement (the fields
+bench/capacity.py reads: ``test``, ``mode``, ``front``, ``cpu_s_per_1000``,
+``cpu_s_per_gb``, ``kib_per_session``, ``first_base_kib``,
+``warm_base_kib``, ``processes``, ``fresh``).
 
 Run (as root, from the repository root)::
 
     .venv/bin/python -m bench.proxy_bench --baseline b3aa733 --json /tmp/proxy-bench.json
     # defaults: --runs 3 --seconds 10 --concurrency 32 --sessions 1000 10000
+    #           --tests logins paced fetch memory --paced-rate 40
+    #           --memory-modes plain tls tls_fresh tls_both
     # a quick check of one change (CPU per 1,000 logins):
     .venv/bin/python -m bench.proxy_bench --tests logins --fronts nginx authsvc \\
         --runs 1 --seconds 5 --quiet-wait 0
+    # idle TLS sessions, TLS to the store too, each point a fresh process:
+    .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes tls_fresh tls_both \\
+        --fronts authsvc --sessions 1000 3000 --runs 1
 """
 
 from __future__ import annotations
@@ -79,11 +112,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.login_bench import group_cpu
+from bench.record import finish, run_info
 from tests.services.certs import ServerCert, make_test_pki
 from tests.services.mariadb import TestDatabase
 from tests.services.nginx import NginxProcess, start_nginx
@@ -92,6 +126,7 @@ from tests.services.perdition import (
     SEED_DOMAIN,
     PerditionDaemon,
     common_ports,
+    seed_file_text,
     write_seed_files,
 )
 from tests.services.perdition import _greets as greets
@@ -107,6 +142,10 @@ STORE, BACKEND = "127.0.0.2", "127.0.0.4"
 FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "uvloop", "perdition")
 #: The authsvc proxies, each started as ``python -m authsvc proxy`` on the seed's files.
 PROXIES = ("baseline", "authsvc", "uvloop")
+#: The memory test's modes: every front end; the authsvc proxies in a fresh process each.
+MEMORY_MODES = ("plain", "tls", "tls_fresh", "tls_both")
+#: The order of the modes in the tables.
+MODE_ORDER = ("plain", "starttls", "imaps", *MEMORY_MODES[1:])
 #: ``authsvc proxy`` under cProfile with a CPU clock (the process's CPU time, not the
 #: wall clock, which on a busy machine counts the time others ran); stats to argv[1].
 PROFILE_MAIN = """import cProfile, sys, time
@@ -154,10 +193,16 @@ async def _backend_session(reader: asyncio.StreamReader, writer: asyncio.StreamW
     writer.close()
 
 
-async def _serve_backend(port: int) -> None:
-    server = await asyncio.start_server(_backend_session, BACKEND, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+async def _serve_backend(port: int, tls_port: int = 0, cert: str | None = None,
+                         key: str | None = None) -> None:
+    """The scripted backend on ``port``, and behind implicit TLS on ``tls_port``."""
+    servers = [await asyncio.start_server(_backend_session, BACKEND, port, backlog=4096)]
+    if tls_port and cert and key:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        servers.append(await asyncio.start_server(
+            _backend_session, BACKEND, tls_port, backlog=4096, ssl=context))
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 # -- processes and accounting -----------------------------------------------------------
@@ -203,6 +248,32 @@ class Front:
     pid: int
     #: Further process trees whose CPU and memory belong to this front end (nginx-serve's serve).
     extra: tuple[int, ...] = ()
+    #: Stops the front end and starts it again, returning the new pid (the authsvc
+    #: proxies, for ``--fresh``).
+    restart: Callable[[], int] | None = None
+
+
+@dataclass
+class ProxyProcess:
+    """One authsvc proxy front end's process, started again by :meth:`restart`."""
+
+    #: Starts the process; its argument counts the starts (0 for the first).
+    launch: Callable[[int], subprocess.Popen[bytes]]
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> int:
+        self.process = self.launch(self.starts)
+        self.starts += 1
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _end(self.process)
+
+    def restart(self) -> int:
+        self.stop()
+        return self.start()
 
 
 def nginx_text(prefix: Path, pki: ServerCert, ports: dict[str, int], auth_port: int,
@@ -354,11 +425,57 @@ def start_serve(config: Path, address: str, port: int, log: Path) -> subprocess.
             time.sleep(0.1)
 
 
+@dataclass
+class Rig:
+    """The running front ends, and what a fresh ``authsvc proxy`` needs to start."""
+
+    fronts: dict[str, Front]
+    pki: ServerCert
+    workdir: Path
+    db: TestDatabase
+    #: The scripted backend's plain and implicit TLS ports (on ``BACKEND``).
+    backend_port: int
+    backend_tls_port: int
+    #: Per authsvc proxy front end, the source tree it runs from (None: this one).
+    roots: dict[str, Path | None] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def fresh_imaps(self, name: str, label: str, *, store_tls: bool) -> Iterator[Front]:
+        """A new ``authsvc proxy`` process of front end ``name`` (``authsvc``,
+        ``baseline``, ``uvloop``) with one IMAPS listener, the ``idle*`` users
+        routed to the scripted backend's TLS port with implicit TLS
+        (``backend_tls = implicit``) when ``store_tls``, to its plain port otherwise."""
+        address = ADDRESSES[name]
+        port = free_port(address)
+        directory = self.workdir / label
+        directory.mkdir()
+        text = seed_file_text(
+            "imaps", bind=address, port=port, pki=self.pki, timeout=3600,
+            map_library_opt=self.db.map_library_opt(
+                port=self.backend_tls_port if store_tls else self.backend_port))
+        if store_tls:
+            # ssl_outgoing is Perdition's implicit TLS to the store (perdition(8),
+            # --ssl_mode), backend_tls = implicit in authsvc's own form; the
+            # store's certificate is checked against the bench CA.
+            text = text.replace("ssl_mode ssl_listen\n", "ssl_mode ssl_listen,ssl_outgoing\n")
+            text += f"ssl_ca_file {self.pki.ca}\n"
+        path = directory / "perdition.imaps.conf"
+        path.write_text(text)
+        path.chmod(0o600)
+        process = start_proxy(name, {"imaps": path}, address, {"imaps": port}, self.pki,
+                              self.workdir / f"{label}.log", self.roots.get(name))
+        try:
+            yield Front(name, address, {"imaps": port}, process.pid)
+        finally:
+            _end(process)
+
+
 @contextlib.contextmanager
 def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                    baseline: str | None, profile: Path | None = None,
-                   callgrind: Path | None = None) -> Iterator[tuple[dict[str, Front], ServerCert]]:
-    """MariaDB map, one Dovecot store, the scripted backend and the front ends ``names``."""
+                   callgrind: Path | None = None) -> Iterator[Rig]:
+    """MariaDB map, one Dovecot store, the scripted backend (plain and implicit
+    TLS) and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
     from tests.services.mariadb import create_test_database, running_private_mariadb
 
@@ -367,7 +484,8 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
         addresses = tuple(ADDRESSES[n] for n in names)
-        pki = make_test_pki(workdir / "pki", names=("localhost", *addresses))
+        # BACKEND too: tls_both's proxies check the scripted backend's certificate.
+        pki = make_test_pki(workdir / "pki", names=("localhost", *addresses, BACKEND))
         server = stack.enter_context(running_private_mariadb())
         db = stack.enter_context(create_test_database(server.admin, port=server.port))
         accounts = [f"user{i:04d}" for i in range(users)] + [FETCH_USER]
@@ -378,13 +496,18 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
         store = stores["a"]
         body = b"x" * 76 + b"\r\n"
         store.deliver(FETCH_USER, b"Subject: big\r\n\r\n" + body * (FETCH_SIZE // len(body)))
+        # The map answers one port for every user, the store's: the backend
+        # listens on it on its own address; its TLS port is any free one.
+        backend_tls_port = free_port(BACKEND)
         backend = subprocess.Popen(
-            [sys.executable, "-m", "bench.proxy_bench", "--backend", str(store.ports.imap)],
+            [sys.executable, "-m", "bench.proxy_bench", "--backend", str(store.ports.imap),
+             "--backend-tls", str(backend_tls_port), str(pki.cert), str(pki.key)],
             stdin=subprocess.DEVNULL)
         stack.callback(_end, backend)
         ports = common_ports(addresses)
         ports = {k: v for k, v in ports.items() if k in ("imap4", "imaps")}
         fronts: dict[str, Front] = {}
+        roots: dict[str, Path | None] = {}
         for name in names:
             address = ADDRESSES[name]
             if name in ("perdition", *PROXIES):
@@ -404,13 +527,22 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                     fronts[f"perdition.{listener}"] = Front(name, address, ports, daemon.pid)
                 fronts[name] = fronts["perdition.imap4"]
             elif name in PROXIES:
-                root = (stack.enter_context(checkout(baseline, workdir))
-                        if name == "baseline" and baseline else None)
-                proxy = start_proxy(name, files, address, ports, pki, workdir / f"{name}.log",
-                                    root, profile / f"{name}.prof" if profile else None,
-                                    callgrind)
-                stack.callback(_end, proxy)
-                fronts[name] = Front(name, address, ports, proxy.pid)
+                roots[name] = root = (stack.enter_context(checkout(baseline, workdir))
+                                      if name == "baseline" and baseline else None)
+
+                def launch(n: int, name: str = name, files: dict[str, Path] = files,
+                           address: str = address, root: Path | None = root
+                           ) -> subprocess.Popen[bytes]:
+                    # A restarted process (--fresh) writes its profile beside the first's.
+                    stats = f"{name}.prof" if n == 0 else f"{name}.{n}.prof"
+                    return start_proxy(name, files, address, ports, pki,
+                                       workdir / f"{name}.log", root,
+                                       profile / stats if profile else None, callgrind)
+
+                proxy = ProxyProcess(launch)
+                pid = proxy.start()
+                stack.callback(proxy.stop)
+                fronts[name] = Front(name, address, ports, pid, restart=proxy.restart)
             else:
                 prefix = workdir / name
                 prefix.mkdir()
@@ -429,7 +561,7 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                 stack.callback(nginx.stop)
                 fronts[name] = Front(name, address, ports, nginx.pid, extra)
         time.sleep(1.0)  # the scripted backend is listening by now
-        yield fronts, pki
+        yield Rig(fronts, pki, workdir, db, store.ports.imap, backend_tls_port, roots)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -546,6 +678,43 @@ async def logins(host: str, port: int, users: int, context: ssl.SSLContext | Non
     return done, errors, first
 
 
+async def paced_logins(host: str, port: int, users: int, context: ssl.SSLContext | None,
+                       seconds: float, rate: float,
+                       pick: Callable[[int], str] | None = None) -> tuple[int, int, str]:
+    """(logins done, errors, the first error) with one login started every 1/``rate`` s.
+
+    The clock sets the pace, not the previous login's end: logins arrive the
+    way a site's do, spread out, each waking the front end on its own, and
+    not in the back-to-back batches of :func:`logins`.  ``pick`` names the
+    user of the n-th login (default: the ``users`` in turn).
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    done = errors = 0
+    first = ""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        nonlocal done, errors, first
+        try:
+            user = pick(n) if pick is not None else f"user{n % users:04d}"
+            await asyncio.wait_for(one_login(host, port, user, context,
+                                             f"127.0.1.{1 + n % 250}"), 30)
+            done += 1
+        except (TimeoutError, OSError, BenchError, ssl.SSLError) as exc:
+            errors += 1
+            first = first or repr(exc)
+
+    for n in range(int(seconds * rate)):
+        await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+        task = asyncio.create_task(one(n))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    return done, errors, first
+
+
 async def fetch(host: str, port: int, context: ssl.SSLContext | None, seconds: float,
                 connections: int) -> int:
     """Bytes of message body received by ``connections`` clients fetching for ``seconds``."""
@@ -638,6 +807,33 @@ def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
             load = os.getloadavg()[0]
 
 
+def measure_paced(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
+                  rows: list[dict[str, object]], run: int) -> None:
+    """Front-end CPU per login at ``--paced-rate`` logins/s (docs/capacity.md reads
+    the authsvc and nginx rows)."""
+    for mode in args.modes:
+        load = wait_quiet(args, f"paced {mode} run {run + 1}")
+        order = args.fronts if run % 2 == 0 else tuple(reversed(args.fronts))
+        for name in order:
+            front = fronts[name]
+            context = pki.client_context() if mode == "starttls" else None
+            before = cpu_of(fronts, name)
+            started = time.monotonic()
+            done, errors, first = asyncio.run(paced_logins(
+                front.address, front.ports["imap4"], args.users, context, args.seconds,
+                args.paced_rate))
+            elapsed = time.monotonic() - started
+            cpu = cpu_of(fronts, name) - before
+            row: dict[str, object] = {
+                "test": "paced", "mode": mode, "front": name, "run": run, "load": load,
+                "rate": args.paced_rate, "logins_per_s": done / elapsed, "errors": errors,
+                "first_error": first, "cpu_s_per_1000": 1000 * cpu / max(done, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            time.sleep(1.0)
+            load = os.getloadavg()[0]
+
+
 def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                   rows: list[dict[str, object]], run: int) -> None:
     for mode in ("plain", "imaps"):
@@ -719,32 +915,47 @@ async def memory_scenario(host: str, port: int, context: ssl.SSLContext | None, 
 def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                    rows: list[dict[str, object]], run: int, count: int,
                    first_base: dict[tuple[str, str], int]) -> None:
-    """PSS per idle session, against the PSS before the front end's first fill.
+    """PSS per idle session (modes ``plain`` and ``tls``), against the PSS before the
+    front end's first fill.
 
     A long-running process keeps the memory freed by an earlier fill (CPython's
     arenas, glibc's heap) and reuses it for the next, so "before this run"
     would hide the sessions' cost; ``first_base`` keeps, per front end and
     mode, the PSS before its first fill.  Perdition's session processes exit,
-    so its figure is the same either way.
+    so its figure is the same either way.  With ``--fresh``, the authsvc
+    proxies are restarted before each fill instead, so each figure is a fresh
+    process's (the TLS fill then owes nothing to the plain one), and the row's
+    ``warm_base_kib`` is the PSS of the process it replaced, with no session
+    after all it did before (docs/capacity.md's baseline of a long-running node).
     """
-    for mode in ("plain", "tls"):
+    for mode in [m for m in args.memory_modes if m in ("plain", "tls")]:
         load = wait_quiet(args, f"memory {mode} {count} run {run + 1}")
         for name in args.fronts:
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
+            fresh = bool(args.fresh and front.restart is not None)
+            warm: int | None = None
+            if fresh and front.restart is not None:
+                warm = sum(group_pss_kib(p) for p in roots(fronts, name, listener))
+                front.pid = front.restart()
+                first_base.pop((name, mode), None)
             context = pki.client_context() if mode == "tls" else None
             port = front.ports[listener]
 
-            row: dict[str, object]
+            row: dict[str, object] = {"test": "memory", "mode": mode, "front": name,
+                                      "run": run, "load": load}
             try:
                 base, held, opened = asyncio.run(memory_scenario(
                     front.address, port, context, count, roots(fronts, name, listener)))
             except (OSError, BenchError, ssl.SSLError, TimeoutError) as exc:
-                row = {"test": "memory", "mode": mode, "front": name, "run": run,
-                       "load": load, "sessions": count, "error": repr(exc)}
+                row |= {"sessions": count, "error": repr(exc)}
             else:
-                row = {"test": "memory", "mode": mode, "front": name, "run": run,
-                       "load": load, "sessions": opened, "base_kib": base, "held_kib": held}
+                row |= {"sessions": opened, "base_kib": base, "held_kib": held,
+                        "processes": sum(len(descendants(p))
+                                         for p in roots(fronts, name, listener)),
+                        "fresh": fresh}
+                if warm is not None:
+                    row["warm_base_kib"] = warm
                 first = first_base.setdefault((name, mode), base)
                 row["first_base_kib"] = first
                 row["kib_per_session"] = (held - first) / max(opened, 1)
@@ -754,8 +965,41 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
             load = os.getloadavg()[0]
 
 
+def measure_memory_fresh(rig: Rig, args: argparse.Namespace, rows: list[dict[str, object]],
+                         run: int, count: int, mode: str) -> None:
+    """PSS per idle IMAPS session in a fresh process of each authsvc proxy front end:
+    ``tls_both`` (TLS to the store too) and ``tls_fresh`` (a plaintext store).
+
+    A fresh process per point, so no earlier fill's freed memory is reused;
+    its base is its own PSS after the warm-up (:func:`memory_scenario`).
+    """
+    context = rig.pki.client_context()
+    load = wait_quiet(args, f"memory {mode} {count} run {run + 1}")
+    for name in (f for f in args.fronts if f in PROXIES):
+        row: dict[str, object] = {"test": "memory", "mode": mode, "front": name, "run": run,
+                                  "load": load}
+        try:
+            with rig.fresh_imaps(name, f"{name}.{mode}.{count}.{run}",
+                                 store_tls=mode == "tls_both") as front:
+                base, held, opened = asyncio.run(memory_scenario(
+                    front.address, front.ports["imaps"], context, count, [front.pid]))
+                processes = len(descendants(front.pid))
+        except (OSError, BenchError, ssl.SSLError, TimeoutError, RuntimeError) as exc:
+            row |= {"sessions": count, "error": repr(exc)}
+        else:
+            row |= {"sessions": opened, "base_kib": base, "held_kib": held,
+                    "processes": processes, "fresh": True, "first_base_kib": base,
+                    "kib_per_session": (held - base) / max(opened, 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        time.sleep(3.0)
+        load = os.getloadavg()[0]
+
+
 METRICS = {
     "logins": (("logins_per_s", "logins/s", 0), ("cpu_s_per_1000", "CPU s per 1,000 logins", 2)),
+    "paced": (("logins_per_s", "logins/s (paced)", 1),
+              ("cpu_s_per_1000", "CPU s per 1,000 logins (paced)", 2)),
     "fetch": (("mb_per_s", "MB/s", 0), ("cpu_s_per_gb", "CPU s per GB", 2)),
     "memory": (("kib_per_session", "KiB PSS per idle session", 1),),
     "instructions": (("ir_per_login", "instructions per login (callgrind, user space)", 0),),
@@ -776,11 +1020,12 @@ def summary(rows: list[dict[str, object]], fronts: tuple[str, ...]) -> str:
                 f"{min(loads):.2f}-{max(loads):.2f} at the start of each measurement; median "
                 f"(min-max) of "
                 f"{len({r['run'] for r in mine})} runs", "",
-                "| figure | " + " | ".join(shown) + " | "
-                + " | ".join(f"{f} / nginx" for f in ratios) + " |",
+                "| " + " | ".join(["figure", *shown, *(f"{f} / nginx" for f in ratios)])
+                + " |",
                 "|---" * (1 + len(shown) + len(ratios)) + "|"]
         cases = sorted({(str(r["mode"]), int(str(r.get("sessions", 0)))) for r in mine},
-                       key=lambda c: (c[1], c[0] != "plain", c[0]))
+                       key=lambda c: (c[1], MODE_ORDER.index(c[0])
+                                      if c[0] in MODE_ORDER else len(MODE_ORDER), c[0]))
         for mode, sessions in cases:
             for metric, label, digits in metrics:
                 cells, medians = [], {}
@@ -820,6 +1065,7 @@ def uvloop_importable() -> bool:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backend-tls", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -827,9 +1073,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="runs of the memory test per session count (default --runs)")
-    parser.add_argument("--tests", nargs="*", default=["logins", "fetch", "memory"])
+    parser.add_argument("--tests", nargs="*",
+                        choices=("logins", "paced", "fetch", "memory", "instructions"),
+                        default=["logins", "paced", "fetch", "memory"])
     parser.add_argument("--modes", nargs="*", choices=("plain", "starttls"),
-                        default=["plain", "starttls"], help="login modes of logins, instructions")
+                        default=["plain", "starttls"],
+                        help="login modes of logins, paced, instructions")
+    parser.add_argument("--paced-rate", type=float, default=40.0,
+                        help="logins/s of the paced test (one started every 1/rate s)")
+    parser.add_argument("--memory-modes", nargs="*", choices=MEMORY_MODES,
+                        default=list(MEMORY_MODES),
+                        help="plain, tls: every front end; tls_fresh, tls_both: IMAPS clients "
+                             "to a plaintext or TLS store, the authsvc proxies only, a fresh "
+                             "process per point")
+    parser.add_argument("--fresh", action="store_true",
+                        help="memory plain, tls: restart the authsvc proxies before each fill")
     parser.add_argument("--fronts", nargs="*", choices=FRONTS, default=None,
                         help="front ends to run (default: all that can: baseline with "
                              "--baseline, uvloop when importable, perdition when installed)")
@@ -847,15 +1105,18 @@ def main(argv: list[str]) -> int:
                              "for --tests instructions")
     parser.add_argument("--logins", type=int, default=500,
                         help="logins measured per front and mode by --tests instructions")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path,
+                        help="also write the rows here, with the run's time, commit and load")
     args = parser.parse_args(argv)
     # SIGTERM (timeout(1), an operator) ends the run through the clean-up:
     # the daemons, the private MariaDB and a baseline worktree go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_nofile()
     if args.backend:
-        asyncio.run(_serve_backend(args.backend))
+        tls_port, cert, key = args.backend_tls or ("0", None, None)
+        asyncio.run(_serve_backend(args.backend, int(tls_port), cert, key))
         return 0
+    info = run_info()
     if args.fronts is None:
         args.fronts = tuple(f for f in FRONTS if (f != "baseline" or args.baseline)
                             and (f != "uvloop" or uvloop_importable())
@@ -874,23 +1135,31 @@ def main(argv: list[str]) -> int:
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
     with running_fronts(args.users, idle, args.fronts, args.baseline,
-                        args.profile, args.callgrind) as (fronts, pki):
+                        args.profile, args.callgrind) as rig:
+        fronts, pki = rig.fronts, rig.pki
         for run in range(args.runs):
             if "instructions" in args.tests:
                 measure_instructions(fronts, pki, args, rows, run)
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
+            if "paced" in args.tests:
+                measure_paced(fronts, pki, args, rows, run)
             if "fetch" in args.tests:
                 measure_fetch(fronts, pki, args, rows, run)
         if "memory" in args.tests:
             for count in args.sessions:
                 for run in range(args.memory_runs or args.runs):
                     measure_memory(fronts, pki, args, rows, run, count, first_base)
+                    for mode in ("tls_fresh", "tls_both"):
+                        if mode in args.memory_modes:
+                            measure_memory_fresh(rig, args, rows, run, count, mode)
     text = summary(rows, args.fronts)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"fronts": args.fronts, "baseline": args.baseline,
-                                         "rows": rows, "summary": text}, indent=1))
+        # bench/capacity.py reads "run" and "rows" (docs/capacity.md).
+        args.json.write_text(json.dumps({
+            "run": finish(info), "fronts": args.fronts, "baseline": args.baseline,
+            "rows": rows, "summary": text}, indent=1) + "\n")
     return 0
 
 
