@@ -45,8 +45,6 @@ RESULT_FILES = {
 DEFAULT_PORT_RANGE = 60999 - 32768 + 1
 #: MariaDB's default ``max_connections`` (server system variables).
 MARIADB_MAX_CONNECTIONS = 151
-#: ``SCAN ... COUNT 500``: the batch ``authsvc/throttle/redis.py`` asks for.
-SCAN_COUNT = 500
 #: ``LimitNOFILE`` in deploy/systemd/authsvc-proxy.service.
 PROXY_LIMIT_NOFILE = 262_144
 #: Linux's default ``fs.nr_open``: no process may have more descriptors
@@ -299,20 +297,21 @@ class RedisCost:
     * serve, success: ``check`` = HGETALL x 2 (one pipeline).  nginx does not
       tell serve whether the store took the password, so nothing after.
     * proxy, success: ``check`` (HGETALL x 2) + ``reset_pair`` (HGETALL; MULTI,
-      DEL, EXEC; then SCAN ... COUNT 500 until the cursor comes back: the
-      whole keyspace, ``keys / 500`` calls) + the refusal record's ``forget``
-      (ZSCORE, HGET) = 8 + keys / 500.
+      DEL of the pair's counts and its hash of marks, EXEC) + the refusal
+      record's ``forget`` (ZSCORE, HGET) = 8, whatever the keyspace holds.
     * proxy, a password the store refused: ``check``, ``refused`` (an EVAL whose
       script runs ZSCORE, ZADD, HSET, ZRANGEBYSCORE, ZCARD), ``floor`` (ZSCORE,
-      HGET), ``failed`` (SET NX, a MULTI of HINCRBY and EXPIRE x 3 and HGETALL
-      x 2): about 21.
+      HGET), ``failed`` (an EVAL marking the password's fingerprint: HGET,
+      HSET, EXPIRE, HLEN; a MULTI of HINCRBY and EXPIRE x 3 and HGETALL x 2):
+      about 25.
 
-    Redis CPU per proxy success grows with the keyspace (the SCAN visits every
-    key): ``ok_cpu_us + ok_cpu_us_per_key * keys``, the line through the
-    smallest keyspace's figure that fits the larger ones best (least squares).
+    Redis CPU per proxy success is fitted as ``ok_cpu_us + ok_cpu_us_per_key *
+    keys``, the line through the smallest keyspace's figure that fits the
+    larger ones best (least squares): a larger keyspace costs Redis a little
+    more per command (its hash table and caches), no command visits it all.
     """
 
-    ok_commands: float  # proxy success, without its SCAN calls
+    ok_commands: float  # proxy success
     serve_commands: float
     failed_commands: float
     ok_cpu_us: float
@@ -329,8 +328,7 @@ class RedisCost:
             # success's check here.
             return (self.serve_commands, self.serve_cpu_us / 1e6,
                     self.serve_commands, self.serve_cpu_us / 1e6)
-        scans = max(1, math.ceil(keys / SCAN_COUNT))
-        return (self.ok_commands + scans, (self.ok_cpu_us + self.ok_cpu_us_per_key * keys) / 1e6,
+        return (self.ok_commands, (self.ok_cpu_us + self.ok_cpu_us_per_key * keys) / 1e6,
                 self.failed_commands, self.failed_cpu_us / 1e6)
 
 
@@ -344,10 +342,10 @@ def redis_cost_from(data: Mapping[str, object]) -> RedisCost:
                 for r in rows if r["path"] == path]
 
     ok = sorted(of("proxy_ok"))
-    k0, commands0, cpu0 = ok[0]
+    k0, _, cpu0 = ok[0]
     slope = _slope_through([k - k0 for k, _, _ in ok], [c - cpu0 for _, _, c in ok])
     return RedisCost(
-        ok_commands=commands0 - max(1, math.ceil(k0 / SCAN_COUNT)),
+        ok_commands=statistics.fmean(c for _, c, _ in ok),
         serve_commands=statistics.fmean(c for _, c, _ in of("serve_ok")),
         failed_commands=statistics.fmean(c for _, c, _ in of("proxy_failed")),
         ok_cpu_us=cpu0 - slope * k0, ok_cpu_us_per_key=slope,
@@ -374,7 +372,7 @@ FIXES = {
     "MariaDB connections": "a smaller [map] pool_size, or a higher max_connections",
     "descriptors per process": "LimitNOFILE (worker_rlimit_nofile for nginx) as in the table",
     "HAProxy descriptors": "fs.nr_open above HAProxy's need, or several balancers",
-    "Redis": "the throttle's pair reset without a keyspace SCAN (a code change)",
+    "Redis": "Redis on its own fast core, or one Redis service per pool of nodes",
 }
 
 
@@ -639,7 +637,7 @@ def figures_table(fig: Figures, redis: RedisCost) -> str:
          f"{fig.nginx_base_kib / 1024:.1f}"),
         ("serve process PSS, MiB", f"{fig.serve_base_kib / 1024:.1f}"),
         ("Redis commands per login: serve / proxy success / proxy failure",
-         f"{redis.serve_commands:.0f} / {redis.ok_commands:.0f} + keys/{SCAN_COUNT} / "
+         f"{redis.serve_commands:.0f} / {redis.ok_commands:.0f} / "
          f"{redis.failed_commands:.1f}"),
         ("Redis CPU µs per login: serve / proxy success / proxy failure",
          f"{redis.serve_cpu_us:.0f} / {redis.ok_cpu_us:.0f} + {redis.ok_cpu_us_per_key:.2f} "

@@ -83,8 +83,8 @@ def test_proxy_plan_arithmetic() -> None:
     assert p.miss_ratio == pytest.approx(1 / (1 + 12 / 3600 * 60 / processes))
     assert p.mariadb_queries_per_s == pytest.approx(1000 * p.miss_ratio)
     assert p.mariadb_connections == 10 * processes
-    # No failures: no keys, one SCAN per success.
-    assert p.redis_commands_per_s == pytest.approx(1000 * (8 + 1))
+    # No failures: no keys; a success costs the same whatever the keyspace.
+    assert p.redis_commands_per_s == pytest.approx(1000 * 8)
     assert p.redis_cores == pytest.approx(1000 * 100e-6)
     assert p.descriptors_per_process == pytest.approx(2 * 50_000 / workers + 256)
     assert p.limit_nofile == next_power_of_two(p.descriptors_per_process * 1.25)
@@ -117,7 +117,7 @@ def test_redis_keyspace_scan_grows_with_failures() -> None:
                                              keys_per_failure=4))
     keys = 100 * 0.1 * 600 * 4
     assert p.redis_keys == pytest.approx(keys)
-    assert p.redis_commands_per_s == pytest.approx(90 * (8 + math.ceil(keys / 500)) + 10 * 21)
+    assert p.redis_commands_per_s == pytest.approx(90 * 8 + 10 * 21)
     assert p.redis_cores == pytest.approx(90 * (100 + 0.5 * keys) / 1e6 + 10 * 300 / 1e6)
     serve = plan(site, "serve", FIG, REDIS, Node(failure_share=0.1))
     assert serve.redis_commands_per_s == pytest.approx(100 * 2)
@@ -180,8 +180,8 @@ def test_figures_and_redis_cost_read_the_bench_rows() -> None:
     assert fig.proxy_base_kib == 4096  # the warm figure, where the bench wrote one
     assert fig.proxy_fresh_base_kib == 2048
     redis = redis_cost_from({"rows": [
-        {"keys": 0, "path": "proxy_ok", "commands": 9, "redis_cpu_us": 100},
-        {"keys": 1000, "path": "proxy_ok", "commands": 10, "redis_cpu_us": 600},
+        {"keys": 0, "path": "proxy_ok", "commands": 8, "redis_cpu_us": 100},
+        {"keys": 1000, "path": "proxy_ok", "commands": 8, "redis_cpu_us": 600},
         {"keys": 0, "path": "serve_ok", "commands": 2, "redis_cpu_us": 20},
         {"keys": 0, "path": "proxy_failed", "commands": 21, "redis_cpu_us": 300},
     ]})
