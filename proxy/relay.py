@@ -1,12 +1,24 @@
 """Relay bytes both ways between a logged-in client and its store.
 
-One of the few modules that touch the event loop.  Two ways, one contract:
+One of the few modules that touch the event loop.  Two ways, one contract;
+every session starts on the first:
 
+* **User space**: each chunk a Channel receives is written to the other
+  Channel from its ``data_received`` (:meth:`Channel.relay_to`; no task and
+  no future per direction); a source stops being read while its sink's
+  transport holds more than the Channels' high-water mark
+  (``pause_writing``) and reads again on ``resume_writing``.  A session
+  stays here when TLS is on either side, without ``os.splice``, or with
+  ``[proxy] zero_copy = false``.
 * **Zero copy** (``os.splice``, Linux), when both connections are plain TCP
   with nothing left for the proxy to see: no TLS on either side (a PROXY
-  header to the store was sent before the login).  The session has written
-  its own last bytes (the login's OK and whatever the store sent behind its
-  own); :func:`relay` stops both Channels reading, passes on what they still
+  header to the store was sent before the login), **once one direction has
+  moved** :data:`SPLICE_AFTER` **bytes** in user space.  The hand-over (a
+  ``dup`` and a transport closed per socket, the sockets watched anew, a
+  pipe per direction) costs more than a short session's few hundred bytes
+  in user space (docs/benchmarks.md, "What was cut"), while a download
+  crosses the mark in its first reads.  :func:`relay` stops both Channels
+  reading, passes on what they still
   hold, waits until their transports have written everything, then takes the
   sockets over (:meth:`Channel.detach`: a duplicate descriptor, the asyncio
   transport closed) and watches them with ``loop.add_reader`` /
@@ -24,12 +36,6 @@ One of the few modules that touch the event loop.  Two ways, one contract:
   refuses the descriptors (``EINVAL``) or no pipe can be had (``EMFILE``),
   that direction copies through a user-space buffer over the same sockets
   instead.
-* **User space** everywhere else (TLS on either side, no ``os.splice``, or
-  ``[proxy] zero_copy = false``): each direction reads what its source
-  Channel has buffered, writes it and waits for the destination to drain, so
-  a slow reader pauses the fast writer (the source Channel stops reading at
-  its high-water mark).
-
 Either way: EOF on one side is passed on as a half-close when the other side
 can take one (plain TCP), else as a close (TLS cannot half-close).  The relay
 ends when both directions have ended, when either connection is gone, or
