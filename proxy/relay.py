@@ -444,7 +444,7 @@ class _Spliced:
 class _Way:
     """One direction in user space: each chunk the source hands over is written to the sink."""
 
-    __slots__ = ("ended", "moved", "name", "relay", "sink", "source")
+    __slots__ = ("ended", "moved", "name", "other", "relay", "sink", "source")
 
     def __init__(self, relay: _InUserSpace, name: str, source: Channel, sink: Channel) -> None:
         self.relay = relay
@@ -452,6 +452,8 @@ class _Way:
         self.source, self.sink = source, sink
         self.moved = 0
         self.ended = False
+        #: The opposite direction (set once both exist).
+        self.other: _Way | None = None
 
     def data(self, data: bytes) -> None:
         sink, relay = self.sink, self.relay
@@ -471,12 +473,17 @@ class _Way:
             self.source.resume_reading()
 
     def eof(self) -> None:
-        """Pass the EOF on: a half-close when possible, else a close (after what is queued)."""
+        """Pass the EOF on: a half-close when possible, else a close (after what is queued).
+
+        When the other direction has ended already, the relay ends here and
+        closes both sockets, so the close is the EOF: no half-close first.
+        """
         if self.ended:
             return
         self.ended = True
         sink = self.sink
-        if sink.can_write_eof():
+        last = self.other is not None and self.other.ended
+        if sink.can_write_eof() and not last:
             sink.write_eof()
         else:
             sink.close()
@@ -507,6 +514,7 @@ class _InUserSpace:
         client, backend = self.client, self.backend
         up = _Way(self, "client_eof", client, backend)
         down = _Way(self, "backend_eof", backend, client)
+        up.other, down.other = down, up
         self._ways = (up, down)
         try:
             # What the Channels still hold goes first (the session passed the
