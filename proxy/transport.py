@@ -38,6 +38,11 @@ from authsvc.proxy.tls import TlsEndpoint
 DEFAULT_HIGH_WATER = 262_144
 
 
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Channel(asyncio.Protocol):
     """One TCP connection, client or store side."""
 
@@ -163,14 +168,23 @@ class Channel(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
-    async def read(self) -> bytes:
-        """Everything buffered, waiting for at least one byte; b"" at EOF."""
+    async def read(self, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        """Everything buffered, waiting for at least one byte; b"" at EOF.
+
+        Raises TimeoutError when nothing came within ``timeout`` seconds (one
+        timer on the waiter, not an ``asyncio.timeout`` scope per read).
+        """
         while not self._chunks and not self._eof:
-            self._data_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._data_waiter = loop.create_future()
+            timer = (loop.call_later(timeout, _time_out, waiter)
+                     if timeout is not None else None)
             try:
-                await self._data_waiter
+                await waiter
             finally:
                 self._data_waiter = None
+                if timer is not None:
+                    timer.cancel()
         return self.take_buffered()
 
     def take_buffered(self) -> bytes:
