@@ -36,7 +36,6 @@ from tests.helpers.eventually import eventually_async
 from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert
 
-
 #: The rule the proxy runs with, before a fixture sets it to 0.
 SPLICE_AFTER = relay_module.SPLICE_AFTER
 
