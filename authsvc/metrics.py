@@ -280,6 +280,11 @@ class Metrics:
         # Every export of the mmap, released before the mmap is closed.
         self._views: list[memoryview[float] | memoryview[int]] = []
         self._index = {key: i for i, key in enumerate(self._layout)}
+        #: Where each (family, label values) an extra family was recorded with
+        #: sits in the layout, so a login's counts do not format label text
+        #: (emptied whenever the layout changes).
+        self._at: dict[tuple[str, ...], int] = {}
+        self._histogram_at: dict[tuple[str, ...], tuple[list[int], int, int]] = {}
         self._decision_index = {
             (p, r): self._index[(DECISIONS.name, _labels(protocol=p, result=r))]
             for p in PROTOCOLS
@@ -332,13 +337,21 @@ class Metrics:
             values[base + 4] = counters.errors
             values[base + 5] = 1.0 if counters.map_up else 0.0
 
+    def _series_at(self, family: Family, labels: dict[str, str]) -> int:
+        """The layout index of one series of an extra family; KeyError when not laid out."""
+        key = (family.name, *labels.keys(), *labels.values())
+        at = self._at.get(key)
+        if at is None:
+            at = self._at[key] = self._index[(family.name, _labels(**labels))]
+        return at
+
     def add(self, family: Family, amount: float = 1.0, **labels: str) -> None:
         """Add to one series of an extra family (a counter, or a gauge that counts)."""
-        self._values[self._index[(family.name, _labels(**labels))]] += amount
+        self._values[self._series_at(family, labels)] += amount
 
     def set(self, family: Family, value: float, **labels: str) -> None:
         """Set one series of an extra family (a gauge)."""
-        self._values[self._index[(family.name, _labels(**labels))]] = value
+        self._values[self._series_at(family, labels)] = value
 
     def set_map_hosts(self, hosts: MapHosts) -> None:
         """Copy each map host's answers (absolute numbers) and whether it is in use."""
@@ -352,13 +365,21 @@ class Metrics:
 
     def observe(self, family: Family, seconds: float, **labels: str) -> None:
         """Count one observation in a histogram of an extra family."""
-        values, index = self._values, self._index
-        for bound in family.buckets:
-            if seconds <= bound:
-                values[index[(family.name + "_bucket", _labels(**labels, le=repr(bound)))]] += 1.0
-        values[index[(family.name + "_bucket", _labels(**labels, le="+Inf"))]] += 1.0
-        values[index[(family.name + "_sum", _labels(**labels))]] += seconds
-        values[index[(family.name + "_count", _labels(**labels))]] += 1.0
+        key = (family.name, *labels.keys(), *labels.values())
+        at = self._histogram_at.get(key)
+        if at is None:
+            index, name = self._index, family.name
+            buckets = [index[(name + "_bucket", _labels(**labels, le=bound))]
+                       for bound in [*map(repr, family.buckets), "+Inf"]]
+            at = self._histogram_at[key] = (buckets, index[(name + "_sum", _labels(**labels))],
+                                            index[(name + "_count", _labels(**labels))])
+        buckets, total, count = at
+        values = self._values
+        # Cumulative buckets: every bucket from the first bound >= seconds, and +Inf.
+        for bucket in buckets[bisect.bisect_left(family.buckets, seconds):]:
+            values[bucket] += 1.0
+        values[total] += seconds
+        values[count] += 1.0
 
     def add_series(self, series: Iterable[tuple[Family, Mapping[str, str]]]) -> None:
         """Start recording series found while running (a store's), at zero.
@@ -421,6 +442,8 @@ class Metrics:
         old_values = self._values
         self._layout = layout
         self._index = {key: i for i, key in enumerate(layout)}
+        self._at = {}
+        self._histogram_at = {}
         self._values = values
         old_values.release()  # a no-op for a view _open_file released already
 

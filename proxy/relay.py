@@ -1,12 +1,24 @@
 """Relay bytes both ways between a logged-in client and its store.
 
-One of the few modules that touch the event loop.  Two ways, one contract:
+One of the few modules that touch the event loop.  Two ways, one contract;
+every session starts on the first:
 
+* **User space**: each chunk a Channel receives is written to the other
+  Channel from its ``data_received`` (:meth:`Channel.relay_to`; no task and
+  no future per direction); a source stops being read while its sink's
+  transport holds more than the Channels' high-water mark
+  (``pause_writing``) and reads again on ``resume_writing``.  A session
+  stays here when TLS is on either side, without ``os.splice``, or with
+  ``[proxy] zero_copy = false``.
 * **Zero copy** (``os.splice``, Linux), when both connections are plain TCP
   with nothing left for the proxy to see: no TLS on either side (a PROXY
-  header to the store was sent before the login).  The session has written
-  its own last bytes (the login's OK and whatever the store sent behind its
-  own); :func:`relay` stops both Channels reading, passes on what they still
+  header to the store was sent before the login), **once one direction has
+  moved** :data:`SPLICE_AFTER` **bytes** in user space.  The hand-over (a
+  ``dup`` and a transport closed per socket, the sockets watched anew, a
+  pipe per direction) costs more than a short session's few hundred bytes
+  in user space (docs/benchmarks.md, "What was cut"), while a download
+  crosses the mark in its first reads.  :func:`relay` stops both Channels
+  reading, passes on what they still
   hold, waits until their transports have written everything, then takes the
   sockets over (:meth:`Channel.detach`: a duplicate descriptor, the asyncio
   transport closed) and watches them with ``loop.add_reader`` /
@@ -24,12 +36,6 @@ One of the few modules that touch the event loop.  Two ways, one contract:
   refuses the descriptors (``EINVAL``) or no pipe can be had (``EMFILE``),
   that direction copies through a user-space buffer over the same sockets
   instead.
-* **User space** everywhere else (TLS on either side, no ``os.splice``, or
-  ``[proxy] zero_copy = false``): each direction reads what its source
-  Channel has buffered, writes it and waits for the destination to drain, so
-  a slow reader pauses the fast writer (the source Channel stops reading at
-  its high-water mark).
-
 Either way: EOF on one side is passed on as a half-close when the other side
 can take one (plain TCP), else as a close (TLS cannot half-close).  The relay
 ends when both directions have ended, when either connection is gone, or
@@ -64,6 +70,9 @@ PIPE_CAPACITY = 65_536
 PIPE_LINGER = 1.0
 #: Splices into a pipe per readiness callback before the loop serves others.
 _ROUNDS = 8
+#: Bytes one direction moves in user space before a plain session goes zero copy;
+#: 0 splices from the first byte after login.
+SPLICE_AFTER = 65_536
 
 
 def splice_available() -> bool:
@@ -78,13 +87,22 @@ async def relay(client: Channel, backend: Channel, idle_timeout: float, *,
     ``buffer``: the size of each zero-copy pipe (``[proxy] splice_buffer``);
     the user-space relay's Channels were made with it as their high-water mark.
     """
-    if zero_copy and _SPLICE is not None and not client.tls and not backend.tls:
+    splice = zero_copy and _SPLICE is not None and not client.tls and not backend.tls
+    try:
+        if not splice or SPLICE_AFTER > 0:
+            in_user_space = _InUserSpace(client, backend, idle_timeout,
+                                         SPLICE_AFTER if splice else None)
+            end = await in_user_space.run()
+            if end is not None:
+                return end
         gone = await _hand_over(client, backend)
         if gone is not None:
             return gone
         spliced = _Spliced(client, backend, idle_timeout, buffer)
         return await spliced.run()
-    return await _relay_in_user_space(client, backend, idle_timeout)
+    finally:
+        client.close()
+        backend.close()
 
 
 # --- zero copy -----------------------------------------------------------------------
@@ -419,67 +437,135 @@ class _Spliced:
             self._result.set_result("closed")
 
 
+
 # --- user space ----------------------------------------------------------------------
 
 
-async def _pump(source: Channel, sink: Channel) -> None:
-    while True:
-        data = await source.read()
-        if not data:
-            break
+class _Way:
+    """One direction in user space: each chunk the source hands over is written to the sink."""
+
+    __slots__ = ("ended", "moved", "name", "other", "relay", "sink", "source")
+
+    def __init__(self, relay: _InUserSpace, name: str, source: Channel, sink: Channel) -> None:
+        self.relay = relay
+        self.name = name
+        self.source, self.sink = source, sink
+        self.moved = 0
+        self.ended = False
+        #: The opposite direction (set once both exist).
+        self.other: _Way | None = None
+
+    def data(self, data: bytes) -> None:
+        sink, relay = self.sink, self.relay
         sink.write(data)
-        await sink.drain()
-        if sink.lost:
+        relay.last_moved = relay.loop.time()
+        if sink.writing_paused:
+            # The sink holds more than its high-water mark: stop reading the
+            # source until it drains (``writable``).
+            self.source.pause_reading()
+        if relay.splice_after is not None:
+            self.moved += len(data)
+            if self.moved >= relay.splice_after:
+                relay.switch()
+
+    def writable(self) -> None:
+        if not self.ended:
+            self.source.resume_reading()
+
+    def eof(self) -> None:
+        """Pass the EOF on: a half-close when possible, else a close (after what is queued).
+
+        When the other direction has ended already, the relay ends here and
+        closes both sockets, so the close is the EOF: no half-close first.
+        """
+        if self.ended:
             return
-    # Pass the EOF on: a half-close when possible, else a close (after the
-    # queued bytes are written; Transport.close flushes first).
-    if sink.can_write_eof():
-        sink.write_eof()
-    else:
-        sink.close()
+        self.ended = True
+        sink = self.sink
+        last = self.other is not None and self.other.ended
+        if sink.can_write_eof() and not last:
+            sink.write_eof()
+        else:
+            sink.close()
+        self.relay.ended(self.name)
 
 
-async def _relay_in_user_space(client: Channel, backend: Channel, idle_timeout: float) -> str:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    up = asyncio.ensure_future(_pump(client, backend))
-    down = asyncio.ensure_future(_pump(backend, client))
-    names: dict[asyncio.Future[None], str] = {up: "client_eof", down: "backend_eof"}
-    gone = loop.create_future()
+class _InUserSpace:
+    """Both directions by callbacks from the Channels: no task, no future per chunk.
 
-    def lost() -> None:
-        if not gone.done():
-            gone.set_result(None)
+    Ends (the future's result, for the session line) as the spliced relay
+    does; or, with ``splice_after`` set, hands over to it once a direction
+    has moved that many bytes (result ``None``).
+    """
 
-    client.on_lost(lost)
-    backend.on_lost(lost)
-    pending: set[asyncio.Future[None]] = {up, down, gone}
-    ended: list[str] = []
-    try:
-        while up in pending or down in pending:
-            timeout = None
-            if idle_timeout > 0:
-                last = max(started, client.last_read, backend.last_read)
-                timeout = max(0.0, last + idle_timeout - loop.time())
-            done, pending = await asyncio.wait(
-                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                last = max(started, client.last_read, backend.last_read)
-                if loop.time() - last >= idle_timeout:
-                    return "idle_timeout"
-                continue
-            for finished in done:
-                if finished is gone:
-                    which = "client_closed" if client.lost else "backend_closed"
-                    return ended[0] if ended else which
-                exc = finished.exception()
-                if exc is not None:
-                    return f"error:{type(exc).__name__}"
-                ended.append(names[finished])
-        return ended[0] if ended else "closed"
-    finally:
-        for task in (up, down, gone):
-            task.cancel()
-        client.close()
-        backend.close()
+    def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
+                 splice_after: int | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client, self.backend = client, backend
+        self.idle_timeout = idle_timeout
+        self.splice_after = splice_after
+        self.last_moved = self.loop.time()
+        self.result: asyncio.Future[str | None] = self.loop.create_future()
+        self._ended: list[str] = []
+        self._idle: asyncio.TimerHandle | None = None
+        self._ways: tuple[_Way, _Way] | None = None
+
+    async def run(self) -> str | None:
+        client, backend = self.client, self.backend
+        up = _Way(self, "client_eof", client, backend)
+        down = _Way(self, "backend_eof", backend, client)
+        up.other, down.other = down, up
+        self._ways = (up, down)
+        try:
+            # What the Channels still hold goes first (the session passed the
+            # client's on already; the store's may have arrived since).
+            for way in (down, up):
+                left = way.source.take_buffered()
+                if left:
+                    way.sink.write(left)
+            for channel in (client, backend):
+                channel.set_write_limit(channel.high_water)
+                channel.on_lost(self.lost)
+            client.relay_to(up.data, up.eof, down.writable)
+            backend.relay_to(down.data, down.eof, up.writable)
+            for way in (up, down):
+                if way.source.eof and not self.result.done():
+                    way.eof()
+            if self.idle_timeout > 0 and not self.result.done():
+                self._idle = self.loop.call_later(self.idle_timeout, self._check_idle)
+            return await self.result
+        finally:
+            if self._idle is not None:
+                self._idle.cancel()
+            client.relay_to(None, None, None)
+            backend.relay_to(None, None, None)
+
+    def _check_idle(self) -> None:
+        quiet = self.loop.time() - self.last_moved
+        if quiet >= self.idle_timeout:
+            self._idle = None
+            self._end("idle_timeout")
+        else:
+            self._idle = self.loop.call_later(self.idle_timeout - quiet, self._check_idle)
+
+    def ended(self, name: str) -> None:
+        self._ended.append(name)
+        assert self._ways is not None
+        if all(way.ended for way in self._ways):
+            self._end(self._ended[0])
+
+    def lost(self) -> None:
+        which = "client_closed" if self.client.lost else "backend_closed"
+        self._end(self._ended[0] if self._ended else which)
+
+    def switch(self) -> None:
+        """Bulk traffic: stop reading both sides and let ``relay`` splice from here on."""
+        if self.result.done():
+            return
+        self.client.hold()
+        self.backend.hold()
+        self.result.set_result(None)
+
+    def _end(self, reason: str) -> None:
+        if not self.result.done():
+            self.result.set_result(reason)

@@ -294,8 +294,7 @@ class Session:
         assert self._client is not None
         timeout = self._preauth_timeout()
         try:
-            async with asyncio.timeout(max(timeout, 0.0) if timeout is not None else None):
-                data = await self._client.read()
+            data = await self._client.read(max(timeout, 0.0) if timeout is not None else None)
         except TimeoutError:
             idle = self._ctx.listener.login_timeout
             self.record.end = ("login_timeout" if idle and timeout is not None and timeout >= idle

@@ -18,6 +18,7 @@ as its length, never its bytes.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -46,6 +47,34 @@ from authsvc.proxy.transport import Channel
 from authsvc.failures import FailureKind
 from authsvc.routing import Route
 from authsvc.settings import BackendTls, MailProtocol
+
+
+def _literal_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 when ``host`` is an address literal (no lookup needed), else None."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
+
+
+async def _connected(loop: asyncio.AbstractEventLoop, family: int, host: str,
+                     port: int) -> socket.socket:
+    """A non-blocking TCP socket connected to an address literal.
+
+    What ``create_connection`` does for one address, without its resolution
+    step and candidate list: most maps name their stores by address.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class LoginFailure(Exception):
@@ -104,13 +133,17 @@ class StoreLogin:
         # Implicit TLS runs in the Channel (proxy/tls.py), as the client side
         # does: the same context and name checks as a STARTTLS upgrade.
         tls_context = context if implicit else None
+        def channel() -> Channel:
+            return Channel(high_water=high_water, tls_context=tls_context,
+                           server_side=False, server_hostname=server_hostname)
+
         try:
-            _, backend = await loop.create_connection(
-                lambda: Channel(high_water=high_water, tls_context=tls_context,
-                                server_side=False, server_hostname=server_hostname),
-                route.host,
-                route.port,
-            )
+            family = _literal_family(route.host)
+            if family is None:
+                _, backend = await loop.create_connection(channel, route.host, route.port)
+            else:
+                _, backend = await loop.create_connection(
+                    channel, sock=await _connected(loop, family, route.host, route.port))
         except OSError as exc:
             raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
         connected = loop.time()

@@ -38,6 +38,11 @@ from authsvc.proxy.tls import TlsEndpoint
 DEFAULT_HIGH_WATER = 262_144
 
 
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Channel(asyncio.Protocol):
     """One TCP connection, client or store side."""
 
@@ -75,10 +80,14 @@ class Channel(asyncio.Protocol):
         #: After :meth:`detach`: ends whoever took the socket over; and the addresses.
         self._on_detached_close: Callable[[], None] | None = None
         self._addresses: tuple[object, object] | None = None
+        #: While relayed in user space (relay.py, :meth:`relay_to`): each chunk
+        #: received goes on at once, EOF is passed on, and the sink's
+        #: ``resume_writing`` lets its source read again.
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_eof: Callable[[], None] | None = None
+        self._on_writable: Callable[[], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        #: Loop time of the last byte read by :meth:`read`, for idle timeouts.
-        self.last_read = 0.0
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -96,9 +105,21 @@ class Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._tls is not None:
+            was_eof = self._eof
             data = self._tls_received(data)
+            if self._on_data is not None:
+                if data:
+                    self.bytes_in += len(data)
+                    self._on_data(data)
+                if self._eof and not was_eof and self._on_eof is not None:
+                    self._on_eof()  # close_notify
+                return
             if not data:
                 return
+        elif self._on_data is not None:
+            self.bytes_in += len(data)
+            self._on_data(data)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         self.bytes_in += len(data)
@@ -112,6 +133,8 @@ class Channel(asyncio.Protocol):
         self._fail_handshake(ConnectionResetError("EOF during the TLS handshake"))
         self._eof = True
         self._wake_reader()
+        if self._on_eof is not None:
+            self._on_eof()
         # Keep the socket open for writing: a half-closed client may still be
         # waiting for the store's answer.  TLS transports cannot half-close.
         return not self.tls
@@ -132,6 +155,8 @@ class Channel(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._wake_drainer()
+        if self._on_writable is not None:
+            self._on_writable()
 
     # --- reading -------------------------------------------------------------------
 
@@ -143,18 +168,24 @@ class Channel(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
-    async def read(self) -> bytes:
-        """Everything buffered, waiting for at least one byte; b"" at EOF."""
+    async def read(self, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        """Everything buffered, waiting for at least one byte; b"" at EOF.
+
+        Raises TimeoutError when nothing came within ``timeout`` seconds (one
+        timer on the waiter, not an ``asyncio.timeout`` scope per read).
+        """
         while not self._chunks and not self._eof:
-            self._data_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._data_waiter = loop.create_future()
+            timer = (loop.call_later(timeout, _time_out, waiter)
+                     if timeout is not None else None)
             try:
-                await self._data_waiter
+                await waiter
             finally:
                 self._data_waiter = None
-        data = self.take_buffered()
-        if data:
-            self.last_read = asyncio.get_running_loop().time()
-        return data
+                if timer is not None:
+                    timer.cancel()
+        return self.take_buffered()
 
     def take_buffered(self) -> bytes:
         """The bytes received but not yet read, and resume reading if it was paused."""
@@ -170,6 +201,49 @@ class Channel(asyncio.Protocol):
             self._reading_paused = False
             self._transport.resume_reading()
         return data
+
+    def relay_to(self, on_data: Callable[[bytes], None] | None,
+                 on_eof: Callable[[], None] | None,
+                 on_writable: Callable[[], None] | None) -> None:
+        """Hand each received chunk to ``on_data`` as it arrives, not to :meth:`read`.
+
+        ``on_eof`` is told of the peer's EOF (a TCP FIN or TLS close_notify),
+        ``on_writable`` when the transport's write buffer has drained below
+        its low-water mark (``resume_writing``).  ``None`` for all three ends it.
+        Call with nothing buffered (:meth:`take_buffered` first).
+        """
+        self._on_data, self._on_eof, self._on_writable = on_data, on_eof, on_writable
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket until :meth:`resume_reading` (the sink is full)."""
+        if not self._reading_paused and self._transport is not None and not self._lost:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self._held and not self._lost:
+            assert self._transport is not None
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport holds more than its high-water mark unwritten."""
+        return self._writing_paused
+
+    def set_write_limit(self, high: int) -> None:
+        """Pause the writer (``pause_writing``) past ``high`` bytes queued, resume at a quarter."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.set_write_buffer_limits(high=high)
+
+    @property
+    def high_water(self) -> int:
+        return self._high_water
+
+    @property
+    def eof(self) -> bool:
+        """The peer has sent EOF (buffered bytes may still wait)."""
+        return self._eof
 
     @property
     def at_eof(self) -> bool:

@@ -98,6 +98,9 @@ class ImapBack:
         self._serial = 0
         self._tag = ""
         self._caps: list[str] | None = None
+        #: ``_caps`` upper-cased, and the list it was made from.
+        self._upper_of: list[str] | None = None
+        self._upper: frozenset[str] = frozenset()
         self._segments: list[bytes] = []
         self._relay: list[bytes] = []
         self.state = BackState.GREETING
@@ -142,7 +145,13 @@ class ImapBack:
         return [Send(f"{self._tag} {text}\r\n".encode("ascii"))]
 
     def _has(self, capability: str) -> bool:
-        return any(word.upper() == capability for word in self._caps or ())
+        caps = self._caps
+        if not caps:
+            return False
+        if self._upper_of is not caps:
+            # Upper-cased once per list the store sent, not per question asked.
+            self._upper_of, self._upper = caps, frozenset(word.upper() for word in caps)
+        return capability in self._upper
 
     def _fail(self, kind: FailureKind, reason: str) -> list[Command]:
         self.state = BackState.DONE

@@ -4,8 +4,13 @@ Each behaviour is checked on both paths (``zero_copy`` on and off, real
 loopback sockets, the scripted store): backpressure, half-close, the idle
 timeout, a store that dies mid-session, a 20 MB transfer each way arriving
 byte for byte, a kick, a drain, and the byte counts of the session line and
-``/metrics``.  The zero-copy relay's fallbacks are checked by making
-``splice`` refuse the descriptors and ``pipe2`` or ``dup`` find none free.
+``/metrics``.  A plain session starts in user space and goes zero copy once
+a direction has moved ``relay.SPLICE_AFTER`` bytes; the ``zero_copy`` tests
+set that to 0 so the spliced path is the one tested from the first byte,
+and the 20 MB transfer, the ``/metrics`` count and the fallbacks cross it
+with the default, switching mid-stream.  The zero-copy relay's fallbacks
+are checked by making ``splice`` refuse the descriptors and ``pipe2`` or
+``dup`` find none free.
 """
 
 from __future__ import annotations
@@ -31,13 +36,18 @@ from tests.helpers.eventually import eventually_async
 from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert
 
+#: The rule the proxy runs with, before a fixture sets it to 0.
+SPLICE_AFTER = relay_module.SPLICE_AFTER
+
 
 @pytest.fixture(params=[True, False], ids=["zero_copy", "user_space"])
-def zero_copy(request: pytest.FixtureRequest) -> bool:
+def zero_copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Which relay; zero copy from the first byte after login (``SPLICE_AFTER`` 0)."""
     value = request.param
     assert isinstance(value, bool)
     if value and not relay_module.splice_available():
         pytest.skip("os.splice is Linux-only (the user-space relay is used elsewhere)")
+    monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)
     return value
 
 
@@ -216,8 +226,12 @@ def transfer(sock: socket.socket, upload: bytes) -> tuple[bytes, int]:
 
 
 async def test_20_mb_each_way_arrives_byte_exact_and_is_counted(
-    tmp_path: Path, pki: ServerCert, zero_copy: bool, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, pki: ServerCert, zero_copy: bool, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The proxy's own rule: user space first, zero copy from SPLICE_AFTER
+    # bytes on, so the transfer switches relays mid-stream.
+    monkeypatch.setattr(relay_module, "SPLICE_AFTER", SPLICE_AFTER)
     caplog.set_level(logging.INFO, "proxy.session")
     size = 20 * 1024 * 1024
     store = FakeStore("imap", message=os.urandom(size))
@@ -233,8 +247,10 @@ async def test_20_mb_each_way_arrives_byte_exact_and_is_counted(
             login = b"a LOGIN bob good\r\n"
             sock.sendall(login)
             before_login += await asyncio.to_thread(line_with, sock, b"a OK")
-            [session] = await relaying(proxy, zero_copy)
+            [session] = await relaying(proxy, zero_copy=False)
             data, sent = await asyncio.to_thread(transfer, sock, upload)
+            assert session.client is not None
+            assert session.client.detached == zero_copy
             head = b"* 1 FETCH (BODY[] {%d}\r\n" % size
             assert data.startswith(head)
             assert data[len(head):len(head) + size] == store.message  # byte for byte
@@ -253,6 +269,27 @@ async def test_20_mb_each_way_arrives_byte_exact_and_is_counted(
     assert line[0]["end"] == "client_eof"
     assert line[0]["bytes_in"] == len(login) + sent
     assert line[0]["bytes_out"] == len(before_login) + len(data)
+
+
+async def test_a_short_session_stays_in_user_space(
+    tmp_path: Path, pki: ServerCert, imap_store: FakeStore, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A login, SELECT, LOGOUT moves far less than SPLICE_AFTER: no hand-over is paid."""
+    if not relay_module.splice_available():
+        pytest.skip("os.splice is Linux-only")
+    caplog.set_level(logging.INFO, "proxy.session")
+    path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
+    async with running(seed_listeners(path, pki)) as proxy:
+        sock = await asyncio.to_thread(logged_in, (proxy.host("imap4"), proxy.port("imap4")))
+        [session] = await relaying(proxy, zero_copy=False)
+        sock.sendall(b"b SELECT INBOX\r\n")
+        await asyncio.to_thread(read_until, sock, b"b OK")
+        assert session.client is not None and not session.client.detached
+        sock.sendall(b"z LOGOUT\r\n")
+        assert (await asyncio.to_thread(to_eof, sock)).endswith(b"z OK LOGOUT done\r\n")
+        sock.close()
+        line = await eventually_async(lambda: session_lines(caplog))
+    assert line[0]["end"] == "backend_eof"
 
 
 async def test_kick_closes_both_sides_at_once(
@@ -361,10 +398,13 @@ async def test_a_refused_splice_or_pipe_falls_back_to_copying_on_the_same_socket
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
     async with running(seed_listeners(path, pki)) as proxy:
         sock = await asyncio.to_thread(logged_in, (proxy.host("imap4"), proxy.port("imap4")))
-        await relaying(proxy, zero_copy=True)
+        [session] = await relaying(proxy, zero_copy=False)
+        # 3 MB crosses SPLICE_AFTER: the relay hands over, and the refusal
+        # comes on the spliced path.
         sock.sendall(b"f FETCH 1 BODY[]\r\n")
         data = await asyncio.to_thread(read_until, sock, b"f OK FETCH done\r\n")
         assert imap_store.message in data
+        assert session.client is not None and session.client.detached
         sock.shutdown(socket.SHUT_WR)
         assert await asyncio.to_thread(to_eof, sock) == b""
         sock.close()
@@ -379,6 +419,7 @@ async def test_no_descriptor_for_the_handover_ends_the_session_cleanly(
     if not relay_module.splice_available():
         pytest.skip("os.splice is Linux-only")
     caplog.set_level(logging.INFO, "proxy.session")
+    monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)  # hand over right after login
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
     async with running(seed_listeners(path, pki)) as proxy:
         def no_descriptor(fd: int) -> int:
