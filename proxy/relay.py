@@ -337,19 +337,47 @@ class _Direction:
         self.relay.ended(self.name)
 
 
-class _Spliced:
+class _IdleClock:
+    """The idle timeout both relays keep: ``idle_timeout`` seconds with no
+    byte moved either way (``last_moved``) ends the relay with ``idle_timeout``."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.idle_timeout = idle_timeout
+        self.last_moved = self.loop.time()
+        self._idle: asyncio.TimerHandle | None = None
+
+    def _start_idle_clock(self) -> None:
+        if self.idle_timeout > 0:
+            self._idle = self.loop.call_later(self.idle_timeout, self._check_idle)
+
+    def _stop_idle_clock(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _check_idle(self) -> None:
+        quiet = self.loop.time() - self.last_moved
+        if quiet >= self.idle_timeout:
+            self._idle = None
+            self._end("idle_timeout")
+        else:
+            self._idle = self.loop.call_later(self.idle_timeout - quiet, self._check_idle)
+
+    def _end(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+class _Spliced(_IdleClock):
     """Both directions over the sockets taken from two Channels, until the relay ends."""
 
     def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
                  pipe_size: int) -> None:
-        self.loop = asyncio.get_running_loop()
+        super().__init__(idle_timeout)
         self._pipe_size = pipe_size
         self.client, self.backend = client, backend
-        self.idle_timeout = idle_timeout
-        self.last_moved = self.loop.time()
         self._result: asyncio.Future[str] = self.loop.create_future()
         self._ended: list[str] = []
-        self._idle: asyncio.TimerHandle | None = None
         self._closed = False
         self._sockets: list[socket.socket] = []
         self._directions: tuple[_Direction, ...] = ()
@@ -370,8 +398,7 @@ class _Spliced:
         down = _Direction(self, "backend_eof", backend_sock, client_sock, backend, client)
         self._directions = (up, down)
         try:
-            if self.idle_timeout > 0:
-                self._idle = self.loop.call_later(self.idle_timeout, self._check_idle)
+            self._start_idle_clock()
             up.read_when_ready(True)
             down.read_when_ready(True)
             return await self._result
@@ -394,14 +421,6 @@ class _Spliced:
             if _GET_PIPE_SIZE is None:
                 return PIPE_CAPACITY
             return fcntl.fcntl(pipe, _GET_PIPE_SIZE)
-
-    def _check_idle(self) -> None:
-        quiet = self.loop.time() - self.last_moved
-        if quiet >= self.idle_timeout:
-            self._idle = None
-            self._end("idle_timeout")
-        else:
-            self._idle = self.loop.call_later(self.idle_timeout - quiet, self._check_idle)
 
     def ended(self, name: str) -> None:
         self._ended.append(name)
@@ -426,9 +445,7 @@ class _Spliced:
         if self._closed:
             return
         self._closed = True
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._stop_idle_clock()
         for direction in self._directions:
             direction.stop()
         for sock in self._sockets:
@@ -490,7 +507,7 @@ class _Way:
         self.relay.ended(self.name)
 
 
-class _InUserSpace:
+class _InUserSpace(_IdleClock):
     """Both directions by callbacks from the Channels: no task, no future per chunk.
 
     Ends (the future's result, for the session line) as the spliced relay
@@ -500,14 +517,11 @@ class _InUserSpace:
 
     def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
                  splice_after: int | None) -> None:
-        self.loop = asyncio.get_running_loop()
+        super().__init__(idle_timeout)
         self.client, self.backend = client, backend
-        self.idle_timeout = idle_timeout
         self.splice_after = splice_after
-        self.last_moved = self.loop.time()
         self.result: asyncio.Future[str | None] = self.loop.create_future()
         self._ended: list[str] = []
-        self._idle: asyncio.TimerHandle | None = None
         self._ways: tuple[_Way, _Way] | None = None
 
     async def run(self) -> str | None:
@@ -531,22 +545,13 @@ class _InUserSpace:
             for way in (up, down):
                 if way.source.eof and not self.result.done():
                     way.eof()
-            if self.idle_timeout > 0 and not self.result.done():
-                self._idle = self.loop.call_later(self.idle_timeout, self._check_idle)
+            if not self.result.done():
+                self._start_idle_clock()
             return await self.result
         finally:
-            if self._idle is not None:
-                self._idle.cancel()
+            self._stop_idle_clock()
             client.relay_to(None, None, None)
             backend.relay_to(None, None, None)
-
-    def _check_idle(self) -> None:
-        quiet = self.loop.time() - self.last_moved
-        if quiet >= self.idle_timeout:
-            self._idle = None
-            self._end("idle_timeout")
-        else:
-            self._idle = self.loop.call_later(self.idle_timeout - quiet, self._check_idle)
 
     def ended(self, name: str) -> None:
         self._ended.append(name)
