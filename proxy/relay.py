@@ -92,7 +92,13 @@ async def relay(client: Channel, backend: Channel, idle_timeout: float, *,
         if not splice or SPLICE_AFTER > 0:
             in_user_space = _InUserSpace(client, backend, idle_timeout,
                                          SPLICE_AFTER if splice else None)
-            end = await in_user_space.run()
+            # Awaited here rather than in a coroutine of its own: one frame
+            # less that an idle session keeps (docs/benchmarks.md, "Memory").
+            try:
+                in_user_space.start()
+                end = await in_user_space.result
+            finally:
+                in_user_space.stop()
             if end is not None:
                 return end
         gone = await _hand_over(client, backend)
@@ -459,7 +465,11 @@ class _Spliced(_IdleClock):
 
 
 class _Way:
-    """One direction in user space: each chunk the source hands over is written to the sink."""
+    """One direction in user space: each chunk the source hands over is written to the sink.
+
+    The source Channel's :class:`~proxy.transport.Relayed`: its data and EOF
+    are this direction's, its ``writable`` lets the opposite direction read.
+    """
 
     __slots__ = ("ended", "moved", "name", "other", "relay", "sink", "source")
 
@@ -486,8 +496,10 @@ class _Way:
                 relay.switch()
 
     def writable(self) -> None:
-        if not self.ended:
-            self.source.resume_reading()
+        """The source's own write buffer drained: the way into it may read again."""
+        other = self.other
+        if other is not None and not other.ended:
+            other.source.resume_reading()
 
     def eof(self) -> None:
         """Pass the EOF on: a half-close when possible, else a close (after what is queued).
@@ -524,34 +536,35 @@ class _InUserSpace(_IdleClock):
         self._ended: list[str] = []
         self._ways: tuple[_Way, _Way] | None = None
 
-    async def run(self) -> str | None:
+    def start(self) -> None:
+        """Relay from now on; :attr:`result` says when and why it ended."""
         client, backend = self.client, self.backend
         up = _Way(self, "client_eof", client, backend)
         down = _Way(self, "backend_eof", backend, client)
         up.other, down.other = down, up
         self._ways = (up, down)
-        try:
-            # What the Channels still hold goes first (the session passed the
-            # client's on already; the store's may have arrived since).
-            for way in (down, up):
-                left = way.source.take_buffered()
-                if left:
-                    way.sink.write(left)
-            for channel in (client, backend):
-                channel.set_write_limit(channel.high_water)
-                channel.on_lost(self.lost)
-            client.relay_to(up.data, up.eof, down.writable)
-            backend.relay_to(down.data, down.eof, up.writable)
-            for way in (up, down):
-                if way.source.eof and not self.result.done():
-                    way.eof()
-            if not self.result.done():
-                self._start_idle_clock()
-            return await self.result
-        finally:
-            self._stop_idle_clock()
-            client.relay_to(None, None, None)
-            backend.relay_to(None, None, None)
+        # What the Channels still hold goes first (the session passed the
+        # client's on already; the store's may have arrived since).
+        for way in (down, up):
+            left = way.source.take_buffered()
+            if left:
+                way.sink.write(left)
+        for channel in (client, backend):
+            channel.set_write_limit(channel.high_water)
+            channel.on_lost(self.lost)
+        client.relay_to(up)
+        backend.relay_to(down)
+        for way in (up, down):
+            if way.source.eof and not self.result.done():
+                way.eof()
+        if not self.result.done():
+            self._start_idle_clock()
+
+    def stop(self) -> None:
+        """No more callbacks from the Channels or the idle clock."""
+        self._stop_idle_clock()
+        self.client.relay_to(None)
+        self.backend.relay_to(None)
 
     def ended(self, name: str) -> None:
         self._ended.append(name)

@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 from authsvc.proxy.attempt import LoginAttempt
 from authsvc.proxy.context import ListenerContext
@@ -182,7 +182,17 @@ class Session:
         self._started = started
         try:
             if await self._open():
-                await self._run()
+                # The login's frames (the front machine, its queue) are gone
+                # before the relay starts: an idle relayed session keeps as
+                # few objects as possible (docs/benchmarks.md, "Memory").
+                splice = await self._run()
+                if splice is not None:
+                    self._relaying = True
+                    try:
+                        end = await self._relay(splice)
+                    finally:
+                        self._relaying = False
+                    self.record.end = "kicked" if self._kicked else end
         except asyncio.CancelledError:
             self.record.end = self.record.end or "shutdown"
             if not self.logged_in and self._client is not None:
@@ -268,7 +278,8 @@ class Session:
             timeout = left if timeout is None else min(timeout, left)
         return timeout
 
-    async def _run(self) -> None:
+    async def _run(self) -> Splice | None:
+        """Until the login is done; the relay's command once it succeeded, else None."""
         ctx = self._ctx
         tls_active = self.record.tls == "implicit"
         front: ImapFront | Pop3Front
@@ -282,11 +293,13 @@ class Session:
         while True:
             while queue:
                 command = queue.popleft()
+                if isinstance(command, Splice):
+                    return command
                 event = await self._apply(command)
                 if event is None:
                     continue
                 if isinstance(event, _Done):
-                    return
+                    return None
                 queue.extend(front.handle(event))
             queue.extend(front.handle(await self._read_client()))
 
@@ -322,8 +335,7 @@ class Session:
             case Authenticate(credentials=credentials):
                 return await self._login(credentials)
             case Splice():
-                await self._splice(command)
-                return _Done()
+                raise AssertionError("_run hands Splice to run()")
             case Close(reason=reason):
                 self.record.end = self.record.end or reason
                 return _Done()
@@ -357,11 +369,17 @@ class Session:
             self._close_after_reply = self._attempt.closes
         elif self._on_login is not None:
             self._on_login()
+            self._on_login = None
         return result
 
     # --- after login -----------------------------------------------------------------
 
-    async def _splice(self, command: Splice) -> None:
+    def _relay(self, command: Splice) -> Coroutine[None, None, str]:
+        """Pass on what the login left over; the relay, for :meth:`run` to await.
+
+        A plain function returning the relay's coroutine, not a coroutine
+        awaiting it: one frame less kept by every idle session.
+        """
         backend = self._backend
         assert backend is not None
         assert self._client is not None
@@ -369,14 +387,9 @@ class Session:
         # behind LOGIN (the front's, then the Channel's) go to the store in order.
         self._client.write(command.to_client)
         backend.write(command.to_backend + self._client.take_buffered())
-        self._relaying = True
-        try:
-            proxy = self._ctx.proxy
-            end = await relay(self._client, backend, self._ctx.listener.idle_timeout,
-                              zero_copy=proxy.zero_copy, buffer=proxy.splice_buffer)
-        finally:
-            self._relaying = False
-        self.record.end = "kicked" if self._kicked else end
+        proxy = self._ctx.proxy
+        return relay(self._client, backend, self._ctx.listener.idle_timeout,
+                     zero_copy=proxy.zero_copy, buffer=proxy.splice_buffer)
 
 
 class _Done:

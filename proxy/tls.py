@@ -53,8 +53,10 @@ class TlsEndpoint:
         self.handshake_done = False
         #: The peer sent close_notify (RFC 8446 §6.1): no more plaintext will come.
         self.peer_closed = False
-        #: Records taken out of the outgoing BIO by :meth:`send`, not yet sent.
-        self._sent: list[bytes] = []
+        #: Records taken out of the outgoing BIO by :meth:`send`, not yet sent
+        #: (None, not an empty list, while there are none: one object less per
+        #: idle endpoint).
+        self._sent: list[bytes] | None = None
 
     def start(self) -> bytes:
         """Begin the handshake; returns the bytes to send (a client's ClientHello)."""
@@ -114,7 +116,10 @@ class TlsEndpoint:
             self._object.write(data)
             return
         view = memoryview(data)
-        sent, outgoing = self._sent, self._outgoing
+        outgoing = self._outgoing
+        if self._sent is None:
+            self._sent = []
+        sent = self._sent
         for start in range(0, len(data), PIECE):
             self._object.write(view[start:start + PIECE])
             sent.append(outgoing.read())
@@ -128,10 +133,12 @@ class TlsEndpoint:
 
     def outgoing_pieces(self) -> list[bytes]:
         """:meth:`outgoing` as the records were taken out, not joined (maybe [])."""
-        sent, self._sent = self._sent, []
+        sent, self._sent = self._sent, None
         if self._outgoing.pending:
+            if sent is None:
+                return [self._outgoing.read()]
             sent.append(self._outgoing.read())
-        return sent
+        return sent if sent is not None else []
 
     def close(self) -> bytes:
         """Say close_notify (RFC 8446 §6.1); returns the bytes to send last."""

@@ -31,11 +31,24 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from authsvc.proxy.tls import TlsEndpoint
 
 DEFAULT_HIGH_WATER = 262_144
+
+
+class Relayed(Protocol):
+    """Where a relayed Channel's events go (``relay.py``'s direction objects)."""
+
+    def data(self, data: bytes) -> None:
+        """A chunk received, as it arrived."""
+
+    def eof(self) -> None:
+        """The peer's EOF: a TCP FIN, or a TLS close_notify."""
+
+    def writable(self) -> None:
+        """The transport's write buffer drained below its low-water mark."""
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:
@@ -82,10 +95,9 @@ class Channel(asyncio.Protocol):
         self._addresses: tuple[object, object] | None = None
         #: While relayed in user space (relay.py, :meth:`relay_to`): each chunk
         #: received goes on at once, EOF is passed on, and the sink's
-        #: ``resume_writing`` lets its source read again.
-        self._on_data: Callable[[bytes], None] | None = None
-        self._on_eof: Callable[[], None] | None = None
-        self._on_writable: Callable[[], None] | None = None
+        #: ``resume_writing`` lets its source read again.  One object, not
+        #: three bound methods, for an idle session's sake.
+        self._relayed: Relayed | None = None
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -107,18 +119,19 @@ class Channel(asyncio.Protocol):
         if self._tls is not None:
             was_eof = self._eof
             data = self._tls_received(data)
-            if self._on_data is not None:
+            relayed = self._relayed
+            if relayed is not None:
                 if data:
                     self.bytes_in += len(data)
-                    self._on_data(data)
-                if self._eof and not was_eof and self._on_eof is not None:
-                    self._on_eof()  # close_notify
+                    relayed.data(data)
+                if self._eof and not was_eof and self._relayed is not None:
+                    self._relayed.eof()  # close_notify
                 return
             if not data:
                 return
-        elif self._on_data is not None:
+        elif self._relayed is not None:
             self.bytes_in += len(data)
-            self._on_data(data)
+            self._relayed.data(data)
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -133,8 +146,8 @@ class Channel(asyncio.Protocol):
         self._fail_handshake(ConnectionResetError("EOF during the TLS handshake"))
         self._eof = True
         self._wake_reader()
-        if self._on_eof is not None:
-            self._on_eof()
+        if self._relayed is not None:
+            self._relayed.eof()
         # Keep the socket open for writing: a half-closed client may still be
         # waiting for the store's answer.  TLS transports cannot half-close.
         return not self.tls
@@ -155,8 +168,8 @@ class Channel(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._wake_drainer()
-        if self._on_writable is not None:
-            self._on_writable()
+        if self._relayed is not None:
+            self._relayed.writable()
 
     # --- reading -------------------------------------------------------------------
 
@@ -202,17 +215,15 @@ class Channel(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
-    def relay_to(self, on_data: Callable[[bytes], None] | None,
-                 on_eof: Callable[[], None] | None,
-                 on_writable: Callable[[], None] | None) -> None:
-        """Hand each received chunk to ``on_data`` as it arrives, not to :meth:`read`.
+    def relay_to(self, relayed: Relayed | None) -> None:
+        """Hand each received chunk to ``relayed.data`` as it arrives, not to :meth:`read`.
 
-        ``on_eof`` is told of the peer's EOF (a TCP FIN or TLS close_notify),
-        ``on_writable`` when the transport's write buffer has drained below
-        its low-water mark (``resume_writing``).  ``None`` for all three ends it.
-        Call with nothing buffered (:meth:`take_buffered` first).
+        ``relayed.eof`` is told of the peer's EOF (a TCP FIN or TLS
+        close_notify), ``relayed.writable`` when the transport's write buffer
+        has drained below its low-water mark (``resume_writing``).  ``None``
+        ends it.  Call with nothing buffered (:meth:`take_buffered` first).
         """
-        self._on_data, self._on_eof, self._on_writable = on_data, on_eof, on_writable
+        self._relayed = relayed
 
     def pause_reading(self) -> None:
         """Stop reading the socket until :meth:`resume_reading` (the sink is full)."""
@@ -454,8 +465,12 @@ class Channel(asyncio.Protocol):
     async def handshake(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait for the TLS handshake; raises OSError, ssl.SSLError or TimeoutError."""
         assert self._handshake is not None, "no TLS on this channel"
-        async with asyncio.timeout(timeout):
-            await self._handshake
+        try:
+            async with asyncio.timeout(timeout):
+                await self._handshake
+        finally:
+            # Not kept for the session's life: nobody waits on it again.
+            self._handshake = None
 
     async def start_tls(
         self,
