@@ -38,23 +38,19 @@ difference:
   username_from_database.
 
 Connections: the pool is created on first use, on the first host of
-``settings.hosts`` that answers (failover in order, like Perdition's comma
-list), and dropped after a connection error.  A connection error (server
-restarted, connection killed, idle timeout) is retried once on a fresh
-connection; a query that outlives ``query_timeout`` closes its connection.
-So a MariaDB restart costs no authsvc restart.  ``localhost`` without a port
-means the Unix socket (``/run/mysqld/mysqld.sock``), as libmysqlclient does; a
-host that starts with ``/`` is a socket path.
-
-Failover and failback (docs/maps.md, "Failover and failback"): a host that
-refuses, or hangs past ``connect_timeout`` or ``query_timeout``, is marked and
-tried last until it answers again; while the pool is not on the first host,
-the earlier hosts are tried again every ``failback_interval`` in a background
-task, and the first that answers takes over.  With several hosts, a host that
-``SHOW REPLICA STATUS`` says is more than ``max_replica_lag`` behind is skipped
-while another answers (the check needs REPLICA MONITOR and turns itself off,
-said once, without it).  ``tls`` wraps TCP connections in TLS with the
+``settings.hosts`` that answers, and dropped after a connection error.  A
+connection error (server restarted, connection killed, idle timeout) is
+retried once on a fresh connection; a query that outlives ``query_timeout``
+closes its connection.  So a MariaDB restart costs no authsvc restart.
+``localhost`` without a port means the Unix socket
+(``/run/mysqld/mysqld.sock``), as libmysqlclient does; a host that starts with
+``/`` is a socket path.  ``tls`` wraps TCP connections in TLS with the
 server's certificate verified.
+
+Which host the pool lives on (failover, failback, the replica lag check, the
+per-host answers for ``/metrics``) is :mod:`authsvc.maps.mysql_hosts`'s job;
+this module gives it the means: opening a pool, ``SHOW REPLICA STATUS``, and
+the wording of errors.
 
 Every failure is :class:`MapUnavailable` naming the host and MariaDB's error,
 never the password.  An outage is logged once when it starts and once when it
@@ -64,9 +60,7 @@ ends, not per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import re
 import ssl
 from collections.abc import Sequence
@@ -75,6 +69,7 @@ from typing import Any
 import aiomysql
 
 from authsvc.maps import MapEntry, MapUnavailable
+from authsvc.maps.mysql_hosts import HostPool, MySqlHosts
 from authsvc.maps.serverspec import ServerSpecError, map_port, parse_server
 from authsvc.settings import HostPort, MySqlMapSettings
 
@@ -192,19 +187,6 @@ def _mysql_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _Pool:
-    """One aiomysql pool, the host it talks to, and that host's place in ``hosts``."""
-
-    __slots__ = ("host", "index", "lagging", "pool")
-
-    def __init__(self, host: HostPort, pool: Any, index: int, *, lagging: bool = False) -> None:
-        self.host = host
-        self.pool = pool
-        self.index = index
-        #: The host was further behind than max_replica_lag when last asked.
-        self.lagging = lagging
-
-
 class _Waiting:
     """Lookups of one key waiting for the next batch."""
 
@@ -232,22 +214,17 @@ class MySqlMap:
         self._sql = build_query(settings)
         self._batch_sql: dict[int, str] = {1: self._sql}
         self._description = self._describe()
-        self._pool: _Pool | None = None
-        self._pool_lock = asyncio.Lock()
-        # Failover and failback (docs/maps.md): hosts that failed lately (index:
-        # when), tried last; the background recheck every failback_interval.
-        self._failed: dict[int, float] = {}
-        self._failback = settings.failback_interval
-        self._next_recheck = 0.0
-        self._recheck: asyncio.Task[None] | None = None
-        self._last_index: int | None = None
-        # Off when max_replica_lag is 0, with one host (nothing to skip to), or
-        # once the user turns out not to be allowed to read replication status.
-        self._lag_check = settings.max_replica_lag > 0 and len(settings.hosts) > 1
-        self._answers = [0] * len(settings.hosts)
+        # Which host the pool lives on (failover, failback, replica lag).
+        self._hosts = MySqlHosts(
+            settings,
+            open_pool=self._open,
+            replica_status=self._replica_status,
+            password=self._password,
+            explain=lambda exc, password: self._scrub(self._error_text(exc), password),
+            failures=(aiomysql.Error, OSError, TimeoutError),
+        )
         self._ssl: ssl.SSLContext | None = None
         self._up: bool | None = None  # None until the first answer
-        self._closing: set[asyncio.Task[None]] = set()
         # Micro-batching: keys not yet sent, whether a flush is scheduled, and
         # the batches in flight (at most one per pooled connection).
         self._waiting: dict[str, _Waiting] = {}
@@ -291,22 +268,13 @@ class MySqlMap:
         return f"mysql {hosts} db {self._settings.database}: {self._sql}{port}{tls}"
 
     async def close(self) -> None:
-        recheck = self._recheck
-        if recheck is not None:
-            recheck.cancel()
-            await asyncio.gather(recheck, return_exceptions=True)
+        await self._hosts.stop_rechecking()
         batches = list(self._batches)
         for batch in batches:
             batch.cancel()
         await asyncio.gather(*batches, return_exceptions=True)
         self._fail_waiting("mysql: map closed")
-        current = self._pool
-        if current is not None:
-            self._discard(current)
-        if self._closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._hosts.close()
 
     # -- micro-batching ---------------------------------------------------------------
 
@@ -483,93 +451,12 @@ class MySqlMap:
             )
         return conn
 
-    async def _get_pool(self) -> _Pool:
-        current = self._pool
-        if current is not None:
-            self._maybe_recheck(current)
-            return current
-        async with self._pool_lock:
-            if self._pool is not None:
-                return self._pool
-            chosen = await self._walk(self._password())
-            previous, self._last_index = self._last_index, chosen.index
-            if previous is not None and previous != chosen.index:
-                log.warning("map now on mysql %s (was %s)", chosen.host,
-                            self._settings.hosts[previous])
-            self._pool = chosen
-            self._next_recheck = asyncio.get_running_loop().time() + self._failback
-            return chosen
-
-    def _order(self) -> list[int]:
-        """Host indexes to try: in configured order, hosts that failed lately last."""
-        count = len(self._settings.hosts)
-        return ([i for i in range(count) if i not in self._failed]
-                + [i for i in range(count) if i in self._failed])
-
-    async def _try_host(self, index: int, password: str) -> tuple[Any, float]:
-        """Open a pool on one host and read its replica lag (0 when not measured)."""
-        host = self._settings.hosts[index]
-        try:
-            pool = await self._open(host, password)
-        except (aiomysql.Error, OSError, TimeoutError):
-            self._failed[index] = asyncio.get_running_loop().time()
-            raise
-        try:
-            lag = await self._replica_lag(pool, host)
-        except BaseException:
-            self._failed[index] = asyncio.get_running_loop().time()
-            pool.terminate()
-            raise
-        self._failed.pop(index, None)
-        return pool, lag
-
-    async def _walk(self, password: str) -> _Pool:
-        """The first host that answers and does not lag; else the first that answers.
-
-        docs/maps.md, "Failover and failback": a replica further behind than
-        ``max_replica_lag`` is used only when no other host answers.
-        """
-        failures: list[str] = []
-        fallback: _Pool | None = None
-        for index in self._order():
-            host = self._settings.hosts[index]
-            try:
-                pool, lag = await self._try_host(index, password)
-            except (aiomysql.Error, OSError, TimeoutError) as exc:
-                failures.append(f"{host}: {self._scrub(self._error_text(exc), password)}")
-                continue
-            if not self._lags(lag):
-                if fallback is not None:
-                    self._retire(fallback)
-                return _Pool(host, pool, index)
-            failures.append(f"{host}: {self._lag_text(lag)}")
-            if fallback is None:
-                fallback = _Pool(host, pool, index, lagging=True)
-            else:
-                pool.terminate()
-        if fallback is not None:
-            log.warning("map uses a lagging replica, no other host answers: %s",
-                        "; ".join(failures))
-            return fallback
-        raise MapUnavailable("mysql " + "; ".join(failures))
-
-    def _lags(self, lag: float) -> bool:
-        return self._lag_check and lag > self._settings.max_replica_lag
-
-    def _lag_text(self, lag: float) -> str:
-        behind = ("replication not running (Seconds_Behind_Master is NULL)"
-                  if math.isinf(lag) else f"replica {lag:g}s behind")
-        return f"{behind}, more than max_replica_lag {self._settings.max_replica_lag:g}s"
-
-    async def _replica_lag(self, pool: Any, host: HostPort) -> float:
-        """How far behind its primary the host is: 0 for a primary, inf when replication stopped.
+    async def _replica_status(self, pool: Any) -> list[dict[str, Any]] | None:
+        """The host's replication status rows by column name; None without the privilege.
 
         ``SHOW REPLICA STATUS`` (MariaDB 10.5.1+; ``SHOW SLAVE STATUS`` before)
         needs the REPLICA MONITOR privilege (MariaDB's GRANT documentation).
-        Without it the check is off for this map, said once in the log.
         """
-        if not self._lag_check:
-            return 0.0
         conn = await self._acquire(pool)
         try:
             rows, names = [], []
@@ -588,109 +475,15 @@ class MySqlMap:
             if _errno(exc) not in _ER_NO_PRIVILEGE:
                 conn.close()
                 raise
-            self._lag_check = False
-            log.warning(
-                "mysql %s: the map's user may not read replication status (SHOW REPLICA "
-                "STATUS needs the REPLICA MONITOR privilege): the replica lag check is off",
-                host)
-            return 0.0
+            return None
         except BaseException:
             conn.close()
             raise
         finally:
             pool.release(conn)
-        lag = 0.0
-        for row in rows:
-            values = dict(zip(names, row, strict=False))
-            behind = values.get("Seconds_Behind_Master", values.get("Seconds_Behind_Source"))
-            lag = max(lag, math.inf if behind is None else float(behind))
-        return lag
+        return [dict(zip(names, row, strict=False)) for row in rows]
 
-    def _maybe_recheck(self, current: _Pool) -> None:
-        """Every ``failback_interval``, in the background: fail back, or leave a lagging host."""
-        if self._recheck is not None or (current.index == 0 and not self._lag_check):
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._next_recheck:
-            return
-        self._next_recheck = loop.time() + self._failback
-        task = loop.create_task(self._recheck_hosts(current))
-        self._recheck = task
-        task.add_done_callback(self._recheck_done)
-
-    def _recheck_done(self, task: asyncio.Task[None]) -> None:
-        self._recheck = None
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("map recheck failed: %r", task.exception())
-
-    async def _recheck_hosts(self, current: _Pool) -> None:
-        try:
-            password = self._password()
-        except MapUnavailable:
-            return
-        if self._lag_check:
-            try:
-                current.lagging = self._lags(await self._replica_lag(current.pool, current.host))
-            except (aiomysql.Error, OSError, TimeoutError):
-                return  # the lookups see this host fail and move on themselves
-        # Earlier hosts are preferred; a lagging host gives way to any that does not lag.
-        count = len(self._settings.hosts)
-        better = [i for i in range(count) if i < current.index
-                  or (current.lagging and i != current.index)]
-        for index in better:
-            try:
-                pool, lag = await self._try_host(index, password)
-            except (aiomysql.Error, OSError, TimeoutError):
-                continue
-            if self._lags(lag):
-                pool.terminate()
-                continue
-            try:
-                async with self._pool_lock:
-                    if self._pool is not current:  # the lookups moved on meanwhile
-                        pool.terminate()
-                        return
-                    self._pool = _Pool(self._settings.hosts[index], pool, index)
-                    self._last_index = index
-                    self._next_recheck = asyncio.get_running_loop().time() + self._failback
-            except asyncio.CancelledError:  # the map is closing
-                if self._pool is None or self._pool.pool is not pool:
-                    pool.terminate()
-                raise
-            if index < current.index:
-                log.warning("map back on mysql %s (from %s)", self._settings.hosts[index],
-                            current.host)
-            else:
-                log.warning("map now on mysql %s (was %s, more than max_replica_lag behind)",
-                            self._settings.hosts[index], current.host)
-            self._retire(current)
-            return
-
-    def _retire(self, current: _Pool) -> None:
-        """Stop handing out a pool that still works: queries in flight finish first."""
-        if self._pool is current:
-            self._pool = None
-        current.pool.close()
-        self._track_closing(current.pool)
-
-    def _discard(self, current: _Pool) -> None:
-        """Stop using a pool; its connections close in the background."""
-        if self._pool is current:
-            self._pool = None
-        current.pool.terminate()
-        self._track_closing(current.pool)
-
-    def _track_closing(self, pool: Any) -> None:
-        closing = asyncio.get_running_loop().create_task(pool.wait_closed())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
-
-    def _mark_failed(self, current: _Pool) -> None:
-        """The host hangs or refuses: tried last until it answers again (docs/maps.md)."""
-        self._failed[current.index] = asyncio.get_running_loop().time()
-        self._discard(current)
-
-    async def _query(self, current: _Pool, keys: list[str]) -> list[_Row | None]:
+    async def _query(self, current: HostPool, keys: list[str]) -> list[_Row | None]:
         """One statement for ``keys``; each key's first row, or None."""
         settings = self._settings
         pool = current.pool
@@ -723,28 +516,28 @@ class MySqlMap:
 
     async def _run(self, keys: list[str]) -> tuple[list[_Row | None], HostPort]:
         """Run the query once, and once more on a fresh connection after a connection error."""
-        current: _Pool | None = None
+        current: HostPool | None = None
         try:
             for attempt in (1, 2):
-                current = await self._get_pool()
+                current = await self._hosts.get()
                 try:
                     rows = await self._query(current, keys)
                 except (aiomysql.Error, OSError, TimeoutError) as exc:
                     if isinstance(exc, TimeoutError):
                         # The host hangs (or is overloaded): the next lookups go
                         # to the next host; this one is retried in the background.
-                        self._mark_failed(current)
+                        self._hosts.mark_failed(current)
                     elif _is_connection_error(exc):
                         # The server may have restarted or cut us: the whole pool
                         # is suspect.
-                        self._discard(current)
+                        self._hosts.discard(current)
                     # Once more, from the first host that did not fail lately; a
                     # slow query is not retried (that would only double the wait).
                     if attempt == 1 and (_is_connection_error(exc) or (
                             isinstance(exc, _AcquireTimeout) and len(self._settings.hosts) > 1)):
                         continue
                     raise
-                self._answers[current.index] += 1
+                self._hosts.answered(current)
                 self._note(True, f"mysql {current.host}")
                 return rows, current.host
         except MapUnavailable as exc:
@@ -774,13 +567,8 @@ class MySqlMap:
         return _mysql_text(exc)
 
     def host_answers(self) -> list[tuple[str, int, bool]]:
-        """Each configured host, the statements it answered and whether the map uses it now.
-
-        For ``/metrics`` (``authsvc_map_host_answers_total``, ``authsvc_map_host_in_use``).
-        """
-        current = self._pool
-        return [(str(host), self._answers[i], current is not None and current.index == i)
-                for i, host in enumerate(self._settings.hosts)]
+        """Each configured host, its answers and whether it is in use (:mod:`.mysql_hosts`)."""
+        return self._hosts.host_answers()
 
     def _password_or_empty(self) -> str:
         try:
