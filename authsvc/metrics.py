@@ -1,31 +1,22 @@
-"""Counters, gauges and a latency histogram, written as Prometheus text by hand.
+"""The ``Metrics`` object: what serve and the proxy record, and their /metrics text.
 
-Why by hand: the exposition format is a few lines of text (``# HELP``, ``# TYPE``,
-``name{label="v"} value``), and ``prometheus_client`` would be a new runtime
-dependency whose default global registry we would have to avoid anyway (no
-module-level mutable state, several workers).  One :class:`Metrics` object is
-made per process and passed to whoever records.
+One :class:`Metrics` object is made per process and passed to whoever
+records; its text is written in the exposition format by hand
+(``authsvc/exposition.py`` says why).
 
-Several workers (``authsvc serve --workers N``): each worker keeps its numbers
-in a flat array of float64 inside a memory-mapped file
-``metrics-<pid>-<start>.bin`` in the server's private run directory, where
-``<start>`` is the process's start time (``/proc/<pid>/stat`` field 22, see
-proc(5)): a pid alone names a new process once the kernel reuses it, and a dead
-worker's gauges must never count as a live one's.  The file starts with the
-list of series it holds.  A worker only ever writes its own file, so there are
-no locks.  A scrape, whichever worker answers it, reads every file in the
-directory and adds the counters up (the file of a worker that died stays, so
-totals never go backwards, for the series a live worker still has); gauges take
-the minimum over the workers that are still alive.  Decisions and latencies are
-written as they happen, so totals are exact; the map caches keep their own
-counters, which each worker copies into its file at most twice a second while
-logins come in, every second otherwise, and before answering a scrape itself,
-so another worker's cache counters may lag by up to a second.  With one
-process the array simply lives in memory.  docs/serve.md has the details.
+Several workers (``--workers N``): each worker keeps its numbers in its own
+file (``authsvc/metricfiles.py``).  A scrape, whichever worker answers it,
+adds the counters of every file up (a dead worker's for the series a live
+worker still has); gauges take the minimum over the workers that are still
+alive.  Decisions and latencies are written as they happen, so totals are
+exact; the map caches keep their own counters, which each worker copies into
+its file at most twice a second while logins come in, every second otherwise,
+and before answering a scrape itself, so another worker's cache counters may
+lag by up to a second.  With one process the array simply lives in memory.
+docs/serve.md has the details.
 
 The per-map series are those of the maps in use: :meth:`Metrics.attach_maps`
-replaces them after a reload, so a retired map's series disappear.  Values are
-written as Prometheus writes them, ``NaN``, ``+Inf`` and ``-Inf`` included.
+replaces them after a reload, so a retired map's series disappear.
 
 Other front ends (``authsvc proxy``) add families of their own with
 ``Metrics(..., families=...)`` and record with :meth:`Metrics.add`,
@@ -43,18 +34,14 @@ scrape (``authsvc/processes.py``).
 from __future__ import annotations
 
 import bisect
-import json
-import math
-import mmap
 import os
-import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from authsvc import __version__
+from authsvc.exposition import Family, format_labels, format_value, header, histogram_series
 from authsvc.failures import MEANINGS
+from authsvc.metricfiles import Series, WorkerFile, start_time, worker_series
 from authsvc.processes import figures, read_roster
 
 #: ``protocol`` label values; anything else nginx sends is counted as "unknown".
@@ -74,9 +61,6 @@ RESULTS = (
 #: round trip a few ms, and nginx gives up at auth_http_timeout (60 s default).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-_MAGIC = b"AUTHSVCM"
-_HEADER = struct.Struct("<8sII")  # magic, format version, length of the key list
-
 
 class CacheCounters(Protocol):
     """What a route cache reports (``CachedMap.stats``, ``Router.cache_stats()``); read-only."""
@@ -93,20 +77,6 @@ class CacheCounters(Protocol):
     def errors(self) -> int: ...
     @property
     def map_up(self) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Family:
-    """One metric family: its name, Prometheus type and help text."""
-
-    name: str
-    kind: str  # counter | gauge | histogram
-    help: str
-    #: Gauges over several workers: "min" (map_up: down if any worker sees it
-    #: down) or "sum" (a count, such as live sessions).
-    combine: str = "min"
-    #: A histogram's upper bounds in seconds (``+Inf`` is added).
-    buckets: tuple[float, ...] = ()
 
 
 #: An extra family and the label sets of its series (``Metrics(families=...)``).
@@ -185,47 +155,14 @@ _FAMILIES = {
 }
 
 
-def escape_label(value: str) -> str:
-    """A label value as the text format wants it: backslash, quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{key}="{escape_label(value)}"' for key, value in labels.items())
-    return "{" + inner + "}" if inner else ""
-
-
-def _format_value(value: float) -> str:
-    """A sample value as Prometheus writes one: ``NaN``, ``+Inf``, ``-Inf``, else a number."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
-
-
-def histogram_series(family: Family, **labels: str) -> list[tuple[str, str]]:
-    """The stored series of one labelled histogram of an extra family, in render order.
-
-    Buckets are stored cumulative (each observation adds to every bucket it
-    fits), then ``_sum`` and ``_count``.
-    """
-    bounds = [repr(b) for b in family.buckets] + ["+Inf"]
-    return ([(family.name + "_bucket", _labels(**labels, le=b)) for b in bounds]
-            + [(family.name + "_sum", _labels(**labels)),
-               (family.name + "_count", _labels(**labels))])
-
-
 def _base_layout() -> list[tuple[str, str]]:
     """(family, labels) of every series that exists before the maps are known."""
     layout = [
-        (DECISIONS.name, _labels(protocol=p, result=r)) for p in PROTOCOLS for r in RESULTS
+        (DECISIONS.name, format_labels(protocol=p, result=r)) for p in PROTOCOLS for r in RESULTS
     ]
     # Buckets are stored per bucket (not cumulative) and added up when rendered;
     # the +Inf bucket is the count.
-    layout += [(DURATION.name + "_bucket", _labels(le=repr(b))) for b in BUCKETS]
+    layout += [(DURATION.name + "_bucket", format_labels(le=repr(b))) for b in BUCKETS]
     layout += [(DURATION.name + "_sum", ""), (DURATION.name + "_count", "")]
     return layout
 
@@ -234,13 +171,13 @@ def _map_layout(names: Sequence[str]) -> list[tuple[str, str]]:
     layout: list[tuple[str, str]] = []
     for name in names:
         for family, _ in _CACHE_FIELDS:
-            layout.append((family.name, _labels(map=name)))
-        layout.append((MAP_UP.name, _labels(map=name)))
+            layout.append((family.name, format_labels(map=name)))
+        layout.append((MAP_UP.name, format_labels(map=name)))
     return layout
 
 
 def _host_layout(hosts: MapHosts) -> list[tuple[str, str]]:
-    return [(family.name, _labels(map=name, host=host))
+    return [(family.name, format_labels(map=name, host=host))
             for name, entries in hosts.items() for host, _, _ in entries
             for family in (MAP_HOST_ANSWERS, MAP_HOST_IN_USE)]
 
@@ -274,11 +211,10 @@ class Metrics:
                 if family.kind == "histogram":
                     self._layout += histogram_series(family, **labels)
                 else:
-                    self._layout.append((family.name, _labels(**labels)))
+                    self._layout.append((family.name, format_labels(**labels)))
         self._values: memoryview[float] = memoryview(bytearray(8 * len(self._layout))).cast("d")
-        self._mmap: mmap.mmap | None = None
-        # Every export of the mmap, released before the mmap is closed.
-        self._views: list[memoryview[float] | memoryview[int]] = []
+        #: This worker's file while it is open (``directory`` given, maps attached).
+        self._file: WorkerFile | None = None
         self._index = {key: i for i, key in enumerate(self._layout)}
         #: Where each (family, label values) an extra family was recorded with
         #: sits in the layout, so a login's counts do not format label text
@@ -286,11 +222,11 @@ class Metrics:
         self._at: dict[tuple[str, ...], int] = {}
         self._histogram_at: dict[tuple[str, ...], tuple[list[int], int, int]] = {}
         self._decision_index = {
-            (p, r): self._index[(DECISIONS.name, _labels(protocol=p, result=r))]
+            (p, r): self._index[(DECISIONS.name, format_labels(protocol=p, result=r))]
             for p in PROTOCOLS
             for r in RESULTS
         }
-        self._bucket0 = self._index[(DURATION.name + "_bucket", _labels(le=repr(BUCKETS[0])))]
+        self._bucket0 = self._index[(DURATION.name + "_bucket", format_labels(le=repr(BUCKETS[0])))]
         self._sum = self._index[(DURATION.name + "_sum", "")]
         self._count = self._index[(DURATION.name + "_count", "")]
         #: The series before the per-map ones: the same for the process's life.
@@ -342,7 +278,7 @@ class Metrics:
         key = (family.name, *labels.keys(), *labels.values())
         at = self._at.get(key)
         if at is None:
-            at = self._at[key] = self._index[(family.name, _labels(**labels))]
+            at = self._at[key] = self._index[(family.name, format_labels(**labels))]
         return at
 
     def add(self, family: Family, amount: float = 1.0, **labels: str) -> None:
@@ -358,7 +294,7 @@ class Metrics:
         values, index = self._values, self._index
         for name, entries in hosts.items():
             for host, answers, in_use in entries:
-                at = index.get((MAP_HOST_ANSWERS.name, _labels(map=name, host=host)))
+                at = index.get((MAP_HOST_ANSWERS.name, format_labels(map=name, host=host)))
                 if at is not None:  # a host the layout has (bounded by the configured lists)
                     values[at] = answers
                     values[at + 1] = 1.0 if in_use else 0.0
@@ -369,10 +305,11 @@ class Metrics:
         at = self._histogram_at.get(key)
         if at is None:
             index, name = self._index, family.name
-            buckets = [index[(name + "_bucket", _labels(**labels, le=bound))]
+            buckets = [index[(name + "_bucket", format_labels(**labels, le=bound))]
                        for bound in [*map(repr, family.buckets), "+Inf"]]
-            at = self._histogram_at[key] = (buckets, index[(name + "_sum", _labels(**labels))],
-                                            index[(name + "_count", _labels(**labels))])
+            at = self._histogram_at[key] = (buckets,
+                                            index[(name + "_sum", format_labels(**labels))],
+                                            index[(name + "_count", format_labels(**labels))])
         buckets, total, count = at
         values = self._values
         # Cumulative buckets: every bucket from the first bound >= seconds, and +Inf.
@@ -391,7 +328,7 @@ class Metrics:
         new: list[tuple[str, str]] = []
         for family, labels in series:
             keys = (histogram_series(family, **labels) if family.kind == "histogram"
-                    else [(family.name, _labels(**labels))])
+                    else [(family.name, format_labels(**labels))])
             new += [key for key in keys if key not in self._index and key not in new]
         if not new:
             return
@@ -415,7 +352,7 @@ class Metrics:
         names = list(dict.fromkeys(names))
         host_series = _host_layout(hosts or {})
         if (names == list(self._map_index) and host_series == self._host_series
-                and (self._directory is None or self._mmap is not None)):
+                and (self._directory is None or self._file is not None)):
             return  # the same maps, and the worker file (if any) is open already
         old_names = self._map_index
         self._relayout(self._layout[: self._fixed] + _map_layout(names) + host_series
@@ -434,7 +371,11 @@ class Metrics:
         # and unmaps the old view.
         saved = self.snapshot()
         if self._directory is not None:
-            values = self._open_file(layout)
+            opened = WorkerFile(self._directory, self._pid, self._started, layout)
+            if self._file is not None:  # attached twice: the old mapping goes
+                self._file.close()
+            self._file = opened
+            values = opened.values
         else:
             values = memoryview(bytearray(8 * len(layout))).cast("d")
         for i, key in enumerate(layout):
@@ -445,46 +386,17 @@ class Metrics:
         self._at = {}
         self._histogram_at = {}
         self._values = values
-        old_values.release()  # a no-op for a view _open_file released already
-
-    def _open_file(self, layout: list[tuple[str, str]]) -> memoryview[float]:
-        assert self._directory is not None
-        keys = json.dumps(layout).encode()
-        keys += b" " * (-(len(keys) + _HEADER.size) % 8)  # values start 8-aligned
-        offset = _HEADER.size + len(keys)
-        name = f"metrics-{self._pid}-{self._started}.bin"
-        path, fresh = Path(self._directory, name), Path(self._directory, f".{name}.new")
-        with open(fresh, "wb") as out:
-            out.write(_HEADER.pack(_MAGIC, 1, len(keys)) + keys)
-            out.truncate(offset + 8 * len(layout))
-        with open(fresh, "r+b") as f:
-            mapped = mmap.mmap(f.fileno(), 0)
-        # Renamed into place whole: a scrape reads the old layout or the new one.
-        os.replace(fresh, path)
-        if self._mmap is not None:  # attached twice: the old mapping goes
-            self._unmap()
-        whole = memoryview(mapped)
-        window = whole[offset:]
-        values = window.cast("d")
-        self._mmap, self._views = mapped, [values, window, whole]
-        return values
-
-    def _unmap(self) -> None:
-        assert self._mmap is not None
-        for view in self._views:
-            view.release()
-        self._views = []
-        self._mmap.close()
-        self._mmap = None
+        old_values.release()  # a no-op for the old file's view, released with it
 
     def close(self) -> None:
         """Copy the numbers out of the worker file and release it (the file stays)."""
-        if self._mmap is None:
+        if self._file is None:
             return
         values = memoryview(bytearray(8 * len(self._layout))).cast("d")
         values[:] = self._values
         self._values = values
-        self._unmap()
+        self._file.close()
+        self._file = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -502,14 +414,10 @@ class Metrics:
             return self.snapshot(), 1
         totals: dict[tuple[str, str], float] = {}
         gauges: dict[tuple[str, str], float] = {}
-        dead: list[list[tuple[tuple[str, str], float]]] = []
+        dead: list[Series] = []
         alive = 0
-        for path in sorted(Path(self._directory).glob("metrics-*.bin")):
-            owner = _owner(path)
-            if owner is None:
-                continue
-            series = read_file(path)
-            if owner != (self._pid, self._started) and not _alive(*owner):
+        for live, series in worker_series(self._directory, (self._pid, self._started)):
+            if not live:
                 dead.append(series)
                 continue
             alive += 1
@@ -536,29 +444,24 @@ class Metrics:
         for (stored, labels), value in values.items():
             by_family.setdefault(stored, []).append((labels, value))
         lines: list[str] = []
-
-        def head(family: Family) -> None:
-            lines.append(f"# HELP {family.name} {family.help}")
-            lines.append(f"# TYPE {family.name} {family.kind}")
-
-        head(BUILD)
-        lines.append(f"{BUILD.name}{_labels(version=__version__)} 1")
-        head(WORKERS)
+        lines += header(BUILD)
+        lines.append(f"{BUILD.name}{format_labels(version=__version__)} 1")
+        lines += header(WORKERS)
         lines.append(f"{WORKERS.name} {alive}")
-        head(DECISIONS)
+        lines += header(DECISIONS)
         for labels, value in by_family.get(DECISIONS.name, []):
-            lines.append(f"{DECISIONS.name}{labels} {_format_value(value)}")
-        head(DURATION)
+            lines.append(f"{DECISIONS.name}{labels} {format_value(value)}")
+        lines += header(DURATION)
         buckets = dict(by_family.get(DURATION.name + "_bucket", []))
         count = sum(v for _, v in by_family.get(DURATION.name + "_count", []))
         running = 0.0
         for bound in BUCKETS:
-            running += buckets.get(_labels(le=repr(bound)), 0.0)
-            lines.append(f'{DURATION.name}_bucket{{le="{bound!r}"}} {_format_value(running)}')
-        lines.append(f'{DURATION.name}_bucket{{le="+Inf"}} {_format_value(count)}')
+            running += buckets.get(format_labels(le=repr(bound)), 0.0)
+            lines.append(f'{DURATION.name}_bucket{{le="{bound!r}"}} {format_value(running)}')
+        lines.append(f'{DURATION.name}_bucket{{le="+Inf"}} {format_value(count)}')
         total = sum(v for _, v in by_family.get(DURATION.name + "_sum", []))
-        lines.append(f"{DURATION.name}_sum {_format_value(total)}")
-        lines.append(f"{DURATION.name}_count {_format_value(count)}")
+        lines.append(f"{DURATION.name}_sum {format_value(total)}")
+        lines.append(f"{DURATION.name}_count {format_value(count)}")
         for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, MAP_HOST_ANSWERS, MAP_HOST_IN_USE,
                        *self._extra):
             if family.kind == "histogram":
@@ -571,70 +474,20 @@ class Metrics:
                            for labels, value in by_family.get(family.name, [])]
             if not samples:
                 continue
-            head(family)
+            lines += header(family)
             for stored, labels, value in samples:
-                lines.append(f"{stored}{labels} {_format_value(value)}")
+                lines.append(f"{stored}{labels} {format_value(value)}")
         roster = read_roster(self._directory)
-        head(RESTARTS)
+        lines += header(RESTARTS)
         lines.append(f"{RESTARTS.name} {roster.restarts}")
         found = [(slot, figures(pid)) for pid, slot in sorted(roster.slots.items(),
                                                                key=lambda item: item[1])]
         for family, field in _PROCESS_FIELDS:
-            head(family)
+            lines += header(family)
             for slot, figured in found:
                 if figured is not None:
                     value = float(getattr(figured, field))
-                    lines.append(f"{family.name}{_labels(worker=str(slot))} "
-                                 f"{_format_value(value)}")
+                    lines.append(f"{family.name}{format_labels(worker=str(slot))} "
+                                 f"{format_value(value)}")
         return "\n".join(lines) + "\n"
 
-
-def start_time(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot; None if unknown.
-
-    Field 22 of ``/proc/<pid>/stat`` (proc(5)).  The command name, field 2,
-    may hold blanks and parentheses, so the fields are counted after its
-    last ``)``.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return int(fields[22 - 3])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _owner(path: Path) -> tuple[int, int] | None:
-    """(pid, start time) from ``metrics-<pid>-<start>.bin``; None for another name."""
-    parts = path.stem.split("-")
-    if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
-        return None
-    return int(parts[1]), int(parts[2])
-
-
-def _alive(pid: int, started: int) -> bool:
-    """Whether the worker that wrote a file still runs: its pid, started when it did."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process now holds the pid: not ours
-        return False
-    now = start_time(pid)
-    # 0: the writer could not read its start time (no /proc); the pid decides.
-    return started == 0 or now is None or now == started
-
-
-def read_file(path: Path) -> list[tuple[tuple[str, str], float]]:
-    """The series of one worker file; an empty list for a file that is not one."""
-    try:
-        data = path.read_bytes()
-        magic, version, keys_len = _HEADER.unpack_from(data)
-        if magic != _MAGIC or version != 1:
-            return []
-        layout = json.loads(data[_HEADER.size : _HEADER.size + keys_len])
-        offset = _HEADER.size + keys_len
-        values = memoryview(data)[offset : offset + 8 * len(layout)].cast("d")
-        return [((str(fam), str(lab)), values[i]) for i, (fam, lab) in enumerate(layout)]
-    except (OSError, ValueError, struct.error, TypeError):
-        return []

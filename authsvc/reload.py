@@ -26,7 +26,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from authsvc.metrics import Family, FamilySeries, Metrics
+from authsvc.exposition import Family
+from authsvc.metrics import FamilySeries, Metrics
 from authsvc.routing import Router, RouterSwitch
 from authsvc.settings import Settings
 

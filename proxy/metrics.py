@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 
 from authsvc.proxy.limits import Refused
 
+from authsvc.exposition import Family
 from authsvc.failures import MEANINGS, FailureKind
-from authsvc.metrics import BUCKETS, Family, FamilySeries, Metrics
+from authsvc.metrics import BUCKETS, FamilySeries, Metrics
 
 SESSIONS = Family("authsvc_proxy_sessions", "gauge",
                   "Logged-in sessions, relaying between client and store.", combine="sum")

@@ -24,9 +24,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from authsvc.exposition import Family
 from authsvc.holds.rules import KINDS, Hold, HoldSet, describe
 from authsvc.holds.store import HoldStore, HoldStoreError, open_store
-from authsvc.metrics import Family, FamilySeries, Metrics
+from authsvc.metrics import FamilySeries, Metrics
 from authsvc.settings import HoldsSettings
 
 logger = logging.getLogger("authsvc.holds")

@@ -17,7 +17,7 @@ passes SIGHUP to every worker, each of which reloads itself
 die within seconds of starting mean something is broken, and the parent gives up.
 
 Workers share a private run directory (mode 0700) for metrics files and
-control sockets (``authsvc/metrics.py``, ``authsvc/control/flush.py``); the
+control sockets (``authsvc/metricfiles.py``, ``authsvc/control/flush.py``); the
 parent removes it at exit.  The parent keeps ``workers.json`` there, each live
 worker's pid and slot and how many it has replaced, for the scrapes
 (``authsvc/processes.py``: ``authsvc_worker_restarts_total`` and the

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from authsvc.metrics import escape_label
+from authsvc.exposition import escape_label
 from authsvc.redact import Secret
 from authsvc.settings import ThrottleSettings
 from authsvc.throttle.local import LocalStore

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from authsvc.metrics import read_file
+from authsvc.metricfiles import read_file
 from tests.helpers.eventually import eventually
 from tests.helpers.prometheus import Scrape
 from tests.services.redis import RedisServer

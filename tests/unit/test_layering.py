@@ -52,7 +52,7 @@ ABOVE_FACES = ("authsvc.cli", "authsvc.__main__")
 PURE = ("authsvc.login", "authsvc.settings", "authsvc.redact", "authsvc.maps.serverspec",
         "authsvc.address", "authsvc.control.trust", "authsvc.failures",
         "authsvc.control.selectors", "authsvc.control.paths", "authsvc.holds.rules",
-        "authsvc.sizing")
+        "authsvc.sizing", "authsvc.exposition")
 THROTTLE_POLICY = ("authsvc.throttle.policy", "authsvc.throttle.store")
 IO_LIBRARIES = frozenset({"asyncio", "aiohttp", "aiomysql", "pymysql", "socket", "sqlite3",
                           "redis", "ssl", "selectors", "select", "subprocess", "threading",

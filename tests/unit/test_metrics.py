@@ -13,7 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from authsvc import __version__
-from authsvc.metrics import BUCKETS, Family, Metrics, read_file, start_time
+from authsvc.exposition import Family
+from authsvc.metricfiles import read_file, start_time
+from authsvc.metrics import BUCKETS, Metrics
 from authsvc.routing import CacheStats
 from tests.helpers.prometheus import Scrape
 from tests.unit.auth_http_fakes import make_app, make_maps, seed_settings

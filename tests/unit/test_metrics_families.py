@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from authsvc.metrics import Family, FamilySeries, Metrics
+from authsvc.exposition import Family
+from authsvc.metrics import FamilySeries, Metrics
 
 PROXY_SESSIONS = Family("authsvc_test_sessions", "gauge", "Live sessions.", combine="sum")
 PROXY_BYTES = Family("authsvc_test_bytes_total", "counter", "Bytes.")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from authsvc.proxy.metrics import OTHER_STORE, STORE_LABELS, ProxyMetrics, families
 
+from authsvc.exposition import Family
 from authsvc.holds.rules import Hold, HoldSet
 from authsvc.holds.state import HOLD_FAMILIES, HoldKeeper
-from authsvc.metrics import BUCKETS, Family, Metrics
+from authsvc.metrics import BUCKETS, Metrics
 from authsvc.processes import figures, read_roster, write_roster
 from authsvc.settings import HoldsSettings
 from tests.helpers.prometheus import Scrape
