@@ -31,11 +31,15 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from authsvc.exposition import Family, header
+
 MapStates = Mapping[str, str | None]
 #: Each map's state: None when it answers, else why it cannot (Router.check_maps).
 MapCheck = Callable[[], Awaitable[MapStates]]
 #: Whether a request may read why a map is down (the front end's control trust check).
 Trust = Callable[[web.Request], bool]
+#: 1 while /readyz would answer 200 (``/metrics``).
+_READY = Family("authsvc_ready", "gauge", "1 when /readyz answers 200 on the worker scraped.")
 
 
 class Phase(enum.Enum):
@@ -122,9 +126,7 @@ class Readiness:
 
     def exposition(self) -> str:
         """``authsvc_ready`` in the Prometheus text format, for ``/metrics``."""
-        return ("# HELP authsvc_ready 1 when /readyz answers 200 on the worker scraped.\n"
-                "# TYPE authsvc_ready gauge\n"
-                f"authsvc_ready {1 if self.ready_now() else 0}\n")
+        return "\n".join([*header(_READY), f"{_READY.name} {1 if self.ready_now() else 0}", ""])
 
     async def report(self, *, details: bool = False) -> tuple[int, dict[str, object]]:
         """(HTTP status, JSON body) for /readyz; ``details`` adds why each map is down."""

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from authsvc.exposition import escape_label
+from authsvc.exposition import Family, format_labels, header
 from authsvc.redact import Secret
 from authsvc.settings import ThrottleSettings
 from authsvc.throttle.local import LocalStore
@@ -48,21 +48,31 @@ DB_NAME = "throttle.sqlite3"
 
 T = TypeVar("T")
 
+#: The throttle's counters: (the stats key, the family).
 _COUNTERS = (
-    ("failures", "authsvc_throttle_failures_total",
-     "Failed logins counted by the throttle (repeats of one password from one device once)."),
-    ("delayed", "authsvc_throttle_delayed_total",
-     "Refusals answered with a throttle delay (Auth-Wait or the proxy's tarpit)."),
-    ("blocked", "authsvc_throttle_blocked_total",
-     "Logins refused because the address is past the hard cap."),
-    ("store_errors", "authsvc_throttle_store_errors_total",
-     "Redis commands that failed or timed out (answered from local counts)."),
-    ("queued", "authsvc_throttle_queued_total",
-     "Throttle updates queued because another process held the local store's lock "
-     "(written once it is free)."),
-    ("local_errors", "authsvc_throttle_local_errors_total",
-     "Local store (SQLite) operations that failed (this process counted on its own)."),
+    ("failures", Family(
+        "authsvc_throttle_failures_total", "counter",
+        "Failed logins counted by the throttle (repeats of one password from one device once).")),
+    ("delayed", Family(
+        "authsvc_throttle_delayed_total", "counter",
+        "Refusals answered with a throttle delay (Auth-Wait or the proxy's tarpit).")),
+    ("blocked", Family(
+        "authsvc_throttle_blocked_total", "counter",
+        "Logins refused because the address is past the hard cap.")),
+    ("store_errors", Family(
+        "authsvc_throttle_store_errors_total", "counter",
+        "Redis commands that failed or timed out (answered from local counts).")),
+    ("queued", Family(
+        "authsvc_throttle_queued_total", "counter",
+        "Throttle updates queued because another process held the local store's lock "
+        "(written once it is free).")),
+    ("local_errors", Family(
+        "authsvc_throttle_local_errors_total", "counter",
+        "Local store (SQLite) operations that failed (this process counted on its own).")),
 )
+_FALLBACK = Family("authsvc_throttle_fallback", "gauge",
+                   "Workers counting locally because Redis is unreachable.")
+_STORE_INFO = Family("authsvc_throttle_store_info", "gauge", "The configured throttle store.")
 
 
 class Throttle:
@@ -221,20 +231,12 @@ class Throttle:
         """Prometheus text for the throttle's families (node-wide, from the local store)."""
         stats = self.local.stats()
         lines: list[str] = []
-        for name, family, text in _COUNTERS:
-            lines += [f"# HELP {family} {text}", f"# TYPE {family} counter",
-                      f"{family} {int(stats.get(name, 0))}"]
+        for name, family in _COUNTERS:
+            lines += [*header(family), f"{family.name} {int(stats.get(name, 0))}"]
         fallback = self.local.fallback_workers() if self._redis is not None else 0
         store = self.settings.store if self.enabled else "off"
-        lines += [
-            "# HELP authsvc_throttle_fallback Workers counting locally because Redis is "
-            "unreachable.",
-            "# TYPE authsvc_throttle_fallback gauge",
-            f"authsvc_throttle_fallback {fallback}",
-            "# HELP authsvc_throttle_store_info The configured throttle store.",
-            "# TYPE authsvc_throttle_store_info gauge",
-            f'authsvc_throttle_store_info{{store="{escape_label(store)}"}} 1',
-        ]
+        lines += [*header(_FALLBACK), f"{_FALLBACK.name} {fallback}",
+                  *header(_STORE_INFO), f"{_STORE_INFO.name}{format_labels(store=store)} 1"]
         return "\n".join(lines) + "\n"
 
     async def close(self) -> None:
