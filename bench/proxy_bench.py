@@ -160,6 +160,20 @@ finally:
     profile.dump_stats(out)
 sys.exit(code)
 """
+#: ``--tracemalloc``: the proxy traces Python's allocations and, on each
+#: SIGUSR2 (which authsvc does not use), dumps a snapshot to ``OUT.PID.N``.
+TRACEMALLOC_MAIN = """import os, signal, sys, tracemalloc
+out = sys.argv.pop(1)
+from authsvc.cli import main
+marks = iter(range(1 << 30))
+def dump(*_):
+    path = f"{out}.{os.getpid()}.{next(marks)}"
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.rename(path + ".part", path)  # whole, or not there yet
+tracemalloc.start()
+signal.signal(signal.SIGUSR2, dump)
+sys.exit(main(sys.argv[1:]))
+"""
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-secret"  # noqa: S105 - a throwaway test password
 FETCH_USER = "fetcher"
@@ -377,13 +391,16 @@ def checkout(rev: str, tmp: Path) -> Iterator[Path]:
 def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str, int],
                 pki: ServerCert, log: Path, root: Path | None,
                 profile: Path | None = None,
-                callgrind: Path | None = None) -> subprocess.Popen[bytes]:
+                callgrind: Path | None = None,
+                traced: Path | None = None) -> subprocess.Popen[bytes]:
     """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's;
     under cProfile, its stats written to ``profile`` at exit, when given; under
-    callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given."""
+    callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given; with
+    tracemalloc, snapshots in ``traced`` (``FRONT.PID.N``) on SIGUSR2, when given."""
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={callgrind}/{name}.%p"] if callgrind else []
-    main = ["-c", PROFILE_MAIN, str(profile)] if profile else ["-m", "authsvc"]
+    main = (["-c", PROFILE_MAIN, str(profile)] if profile else
+            ["-c", TRACEMALLOC_MAIN, str(traced / name)] if traced else ["-m", "authsvc"])
     argv = [*grind, sys.executable, *main, "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
@@ -438,6 +455,8 @@ class Rig:
     backend_tls_port: int
     #: Per authsvc proxy front end, the source tree it runs from (None: this one).
     roots: dict[str, Path | None] = field(default_factory=dict)
+    #: ``--tracemalloc``: where the proxies write their snapshots (None: not traced).
+    traced: Path | None = None
 
     @contextlib.contextmanager
     def fresh_imaps(self, name: str, label: str, *, store_tls: bool) -> Iterator[Front]:
@@ -463,7 +482,8 @@ class Rig:
         path.write_text(text)
         path.chmod(0o600)
         process = start_proxy(name, {"imaps": path}, address, {"imaps": port}, self.pki,
-                              self.workdir / f"{label}.log", self.roots.get(name))
+                              self.workdir / f"{label}.log", self.roots.get(name),
+                              traced=self.traced)
         try:
             yield Front(name, address, {"imaps": port}, process.pid)
         finally:
@@ -473,7 +493,7 @@ class Rig:
 @contextlib.contextmanager
 def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                    baseline: str | None, profile: Path | None = None,
-                   callgrind: Path | None = None) -> Iterator[Rig]:
+                   callgrind: Path | None = None, traced: Path | None = None) -> Iterator[Rig]:
     """MariaDB map, one Dovecot store, the scripted backend (plain and implicit
     TLS) and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
@@ -537,7 +557,8 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                     stats = f"{name}.prof" if n == 0 else f"{name}.{n}.prof"
                     return start_proxy(name, files, address, ports, pki,
                                        workdir / f"{name}.log", root,
-                                       profile / stats if profile else None, callgrind)
+                                       profile / stats if profile else None, callgrind,
+                                       traced)
 
                 proxy = ProxyProcess(launch)
                 pid = proxy.start()
@@ -561,7 +582,7 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                 stack.callback(nginx.stop)
                 fronts[name] = Front(name, address, ports, nginx.pid, extra)
         time.sleep(1.0)  # the scripted backend is listening by now
-        yield Rig(fronts, pki, workdir, db, store.ports.imap, backend_tls_port, roots)
+        yield Rig(fronts, pki, workdir, db, store.ports.imap, backend_tls_port, roots, traced)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -900,16 +921,57 @@ def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argpar
             rows.append(row)
 
 
+def snapshot(traced: Path, pid: int) -> Path:
+    """A new tracemalloc snapshot of proxy ``pid`` (``--tracemalloc``), once written."""
+    seen = set(traced.glob(f"*.{pid}.*"))
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = [p for p in traced.glob(f"*.{pid}.*") if p not in seen and p.suffix != ".part"]
+        if new:
+            return new[0]
+        time.sleep(0.2)
+    raise BenchError(f"no tracemalloc snapshot from {pid}")
+
+
+def _where(filename: str) -> str:
+    """A traced frame's file, short: from ``authsvc/`` on, or from the stdlib's folder."""
+    for mark in ("/authsvc/", "/site-packages/", "/python3.11/"):
+        if mark in filename:
+            return ("authsvc/" if mark == "/authsvc/" else "") + filename.rsplit(mark, 1)[1]
+    return Path(filename).name
+
+
+def python_growth(before: Path, after: Path, sessions: int, top: int = 15) -> dict[str, object]:
+    """What Python allocated per session between two snapshots, and where most of it was."""
+    import tracemalloc
+
+    stats = tracemalloc.Snapshot.load(str(after)).compare_to(
+        tracemalloc.Snapshot.load(str(before)), "lineno")
+    return {
+        "python_bytes_per_session": round(sum(s.size_diff for s in stats) / sessions),
+        "python_top": [{"where": f"{_where(s.traceback[0].filename)}:{s.traceback[0].lineno}",
+                        "bytes": round(s.size_diff / sessions),
+                        "objects": round(s.count_diff / sessions, 2)} for s in stats[:top]],
+    }
+
+
 async def memory_scenario(host: str, port: int, context: ssl.SSLContext | None, count: int,
-                          pids: list[int]) -> tuple[int, int, int]:
-    """(PSS before, PSS with ``count`` idle sessions, sessions opened), in KiB."""
+                          pids: list[int], traced: Path | None = None
+                          ) -> tuple[int, int, int, dict[str, object]]:
+    """(PSS before, PSS with ``count`` idle sessions, sessions opened), in KiB; and,
+    with ``traced``, where the first process's Python memory went (:func:`python_growth`)."""
     await release(await hold_sessions(host, port, context, 32))  # warm-up
     base = sum(group_pss_kib(p) for p in pids)
+    before = snapshot(traced, pids[0]) if traced else None
     writers = await hold_sessions(host, port, context, count)
     await asyncio.sleep(3.0)
     held = sum(group_pss_kib(p) for p in pids)
+    growth: dict[str, object] = {}
+    if traced and before:
+        growth = python_growth(before, snapshot(traced, pids[0]), len(writers))
     await release(writers)
-    return base, held, len(writers)
+    return base, held, len(writers), growth
 
 
 def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
@@ -945,8 +1007,10 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
             row: dict[str, object] = {"test": "memory", "mode": mode, "front": name,
                                       "run": run, "load": load}
             try:
-                base, held, opened = asyncio.run(memory_scenario(
-                    front.address, port, context, count, roots(fronts, name, listener)))
+                traced = args.tracemalloc if name in PROXIES else None
+                base, held, opened, growth = asyncio.run(memory_scenario(
+                    front.address, port, context, count, roots(fronts, name, listener),
+                    traced))
             except (OSError, BenchError, ssl.SSLError, TimeoutError) as exc:
                 row |= {"sessions": count, "error": repr(exc)}
             else:
@@ -959,6 +1023,7 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
                 first = first_base.setdefault((name, mode), base)
                 row["first_base_kib"] = first
                 row["kib_per_session"] = (held - first) / max(opened, 1)
+                row |= growth
             print(json.dumps(row), flush=True)
             rows.append(row)
             time.sleep(3.0)
@@ -981,15 +1046,16 @@ def measure_memory_fresh(rig: Rig, args: argparse.Namespace, rows: list[dict[str
         try:
             with rig.fresh_imaps(name, f"{name}.{mode}.{count}.{run}",
                                  store_tls=mode == "tls_both") as front:
-                base, held, opened = asyncio.run(memory_scenario(
-                    front.address, front.ports["imaps"], context, count, [front.pid]))
+                base, held, opened, growth = asyncio.run(memory_scenario(
+                    front.address, front.ports["imaps"], context, count, [front.pid],
+                    rig.traced))
                 processes = len(descendants(front.pid))
         except (OSError, BenchError, ssl.SSLError, TimeoutError, RuntimeError) as exc:
             row |= {"sessions": count, "error": repr(exc)}
         else:
             row |= {"sessions": opened, "base_kib": base, "held_kib": held,
                     "processes": processes, "fresh": True, "first_base_kib": base,
-                    "kib_per_session": (held - base) / max(opened, 1)}
+                    "kib_per_session": (held - base) / max(opened, 1), **growth}
         print(json.dumps(row), flush=True)
         rows.append(row)
         time.sleep(3.0)
@@ -1103,6 +1169,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--callgrind", type=Path, metavar="DIR",
                         help="run the authsvc proxies under valgrind's callgrind, dumps in DIR; "
                              "for --tests instructions")
+    parser.add_argument("--tracemalloc", type=Path, metavar="DIR",
+                        help="memory test: the authsvc proxies trace Python's allocations "
+                             "(snapshots in DIR); each row gets the Python bytes per session "
+                             "and the lines that allocated most (PSS figures are then "
+                             "tracemalloc's too)")
     parser.add_argument("--logins", type=int, default=500,
                         help="logins measured per front and mode by --tests instructions")
     parser.add_argument("--json", type=Path,
@@ -1131,11 +1202,11 @@ def main(argv: list[str]) -> int:
     idle = max(args.sessions or [0]) + 100
     if "instructions" in args.tests and not args.callgrind:
         parser.error("--tests instructions needs --callgrind DIR")
-    for directory in (args.profile, args.callgrind):
+    for directory in (args.profile, args.callgrind, args.tracemalloc):
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
     with running_fronts(args.users, idle, args.fronts, args.baseline,
-                        args.profile, args.callgrind) as rig:
+                        args.profile, args.callgrind, args.tracemalloc) as rig:
         fronts, pki = rig.fronts, rig.pki
         for run in range(args.runs):
             if "instructions" in args.tests:
