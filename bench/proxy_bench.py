@@ -63,7 +63,12 @@ every other run):
   container without CAP_SYS_RESOURCE, hard limit 20,000) one proxy process
   holds at most ~9,990 sessions (two descriptors each, the client's and the
   store's): use ``--sessions 9900``.
-  A fill that fails is a row with ``error``, and the run goes on;
+  A fill that fails is a row with ``error``, and the run goes on.  With
+  ``--tracemalloc DIR`` the authsvc proxies trace Python's allocations
+  (tracemalloc) and dump a snapshot on SIGUSR2; each of their rows also
+  gets ``python_bytes_per_session`` (what Python allocated between the
+  base and the held measurement, per session) and ``python_top`` (the lines
+  that allocated most), and its PSS includes tracemalloc's own books;
 * ``instructions`` (with ``--callgrind DIR``): user-space instructions per
   login of the authsvc proxies under callgrind, ``--logins`` logins per mode.
 
@@ -92,6 +97,9 @@ Run (as root, from the repository root)::
     # idle TLS sessions, TLS to the store too, each point a fresh process:
     .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes tls_fresh tls_both \\
         --fronts authsvc --sessions 1000 3000 --runs 1
+    # where an idle session's Python memory goes (rows' python_top):
+    .venv/bin/python -m bench.proxy_bench --tests memory --memory-modes plain tls_both \\
+        --fronts authsvc --sessions 1000 --fresh --runs 1 --tracemalloc /tmp/tm --json /tmp/tm.json
 """
 
 from __future__ import annotations
