@@ -4,7 +4,8 @@ The one place that imports ``redis`` (redis-py, the optional extra
 ``authsvc[redis]``), and only when a store is configured.  Two forms
 (docs/configuration.md, "Redis: a URL or Sentinel"):
 
-* ``redis_url``: one server, ``redis://``, ``rediss://`` or ``unix://``;
+* ``redis_url``: one server, ``redis://``, ``rediss://`` or ``unix://``
+  (a Redis 6 ACL user and password ride in it: ``redis://user:password@host``);
 * ``redis_sentinels`` and ``redis_service``: redis-py's own Sentinel client
   (``redis.asyncio.sentinel.Sentinel.master_for``).  It asks a sentinel for
   the service's primary each time it opens a connection, and drops a
@@ -13,7 +14,8 @@ The one place that imports ``redis`` (redis-py, the optional extra
 
 Every command is bounded by the store's timeout, and any failure of Redis or
 of the network is raised as the caller's own error type, with a message that
-never carries the URL or a password.
+never carries the URL, a user or a password (redis-py's text for a refused
+``AUTH``, ``WRONGPASS``, names neither).
 """
 
 from __future__ import annotations
@@ -49,12 +51,16 @@ class RedisConnection:
             # Sentinel client moves on to the next sentinel itself).
             watchers: dict[str, Any] = {"socket_timeout": timeout,
                                         "socket_connect_timeout": timeout}
+            if sentinel.sentinel_username is not None:
+                watchers["username"] = sentinel.sentinel_username.reveal()
             if sentinel.sentinel_password is not None:
                 watchers["password"] = sentinel.sentinel_password.reveal()
             self._sentinel = Sentinel(
                 [(s.host, s.port or SENTINEL_PORT) for s in sentinel.sentinels],
                 sentinel_kwargs=watchers)
             data: dict[str, Any] = dict(common)
+            if sentinel.username is not None:
+                data["username"] = sentinel.username.reveal()
             if sentinel.password is not None:
                 data["password"] = sentinel.password.reveal()
             self.client: Any = self._sentinel.master_for(

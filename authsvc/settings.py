@@ -446,6 +446,11 @@ class RedisSentinel:
     password: Secret | None = None
     #: The sentinels' password (their ``requirepass``), when they have one.
     sentinel_password: Secret | None = None
+    #: Redis 6 ACL users (``AUTH username password``; redis.io, "ACL"): the
+    #: primary's and replicas', and the sentinels'.  None = Redis's ``default``
+    #: user.  Kept as secrets like the passwords: never in a log or a repr.
+    username: Secret | None = None
+    sentinel_username: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)

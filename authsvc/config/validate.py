@@ -76,7 +76,10 @@ _MAP_KEYS = {
 _MAP_NAME_MAX = 128
 #: The keys of a Redis store's address (``Validator.redis_store``).
 _REDIS_KEYS = frozenset({"redis_url", "redis_sentinels", "redis_service", "redis_password_file",
-                         "redis_sentinel_password_file"})
+                         "redis_sentinel_password_file", "redis_username",
+                         "redis_sentinel_username"})
+#: The Sentinel form's keys that the URL form carries in its URL instead.
+_IN_THE_URL = {"redis_password_file": "password", "redis_username": "user"}
 #: ``[nginx] sessions_per_node`` at most: ten million sessions need 20 million
 #: descriptors, already far past Linux's default fs.nr_open (authsvc/sizing.py).
 MAX_SESSIONS = 10_000_000
@@ -441,6 +444,14 @@ class _Validator:
         service = s.optional_string("redis_service", nonempty=True)
         password = self.secret_file(s, "redis_password_file")
         sentinel_password = self.secret_file(s, "redis_sentinel_password_file")
+        username = _acl_user(s, "redis_username")
+        sentinel_username = _acl_user(s, "redis_sentinel_username")
+        for user, key in (("redis_username", "redis_password_file"),
+                          ("redis_sentinel_username", "redis_sentinel_password_file")):
+            if user in s.table.items and key not in s.table.items:
+                # AUTH takes a user with a password (redis.io, "AUTH").
+                s.error(user, f"give {key} too: Redis's AUTH takes the user's password",
+                        s.table.items[user])
         sentinel: RedisSentinel | None = None
         if "redis_sentinels" in given:
             if "redis_url" in given:
@@ -453,7 +464,9 @@ class _Validator:
             elif sentinels and service is not None:
                 sentinel = RedisSentinel(sentinels=tuple(sentinels), service=service,
                                          password=password,
-                                         sentinel_password=sentinel_password)
+                                         sentinel_password=sentinel_password,
+                                         username=username,
+                                         sentinel_username=sentinel_username)
                 if used and len(sentinels) < 3:
                     # A majority of sentinels must agree to fail over; with
                     # fewer than three, losing one box can stop that (redis.io,
@@ -464,11 +477,13 @@ class _Validator:
                            "still agree on a failover", given["redis_sentinels"],
                            used_by=ROUTERS)
         else:
-            for key in ("redis_service", "redis_password_file", "redis_sentinel_password_file"):
+            for key in ("redis_service", "redis_password_file", "redis_sentinel_password_file",
+                        "redis_username", "redis_sentinel_username"):
                 if key in given:
                     s.error(key, "belongs to the Sentinel form: give redis_sentinels too"
-                            + (" (with redis_url, the password goes in the URL)"
-                               if key == "redis_password_file" else ""), given[key])
+                            + (f" (with redis_url, the {_IN_THE_URL[key]} goes in the URL: "
+                               "redis://user:password@host)" if key in _IN_THE_URL else ""),
+                            given[key])
             if used and url is None and "redis_url" not in given:
                 s.error("redis_url", "missing (required): or the Sentinel form, "
                         "redis_sentinels and redis_service")
@@ -746,6 +761,22 @@ class _Validator:
         )
         h.finish()
         return settings
+
+
+def _acl_user(s: Section, key: str) -> Secret | None:
+    """A Redis 6 ACL user's name (redis.io, "ACL"), kept from logs like a password.
+
+    One word: ACL files and ``redis.conf`` give users as ``user <name> <rules>``,
+    split on spaces.  The message never repeats the name.
+    """
+    name = s.optional_string(key, nonempty=True)
+    if name is None:
+        return None
+    if any(ch.isspace() for ch in name):
+        s.error(key, "a Redis user's name is one word, with no spaces",
+                s.table.items.get(key))
+        return None
+    return Secret(name)
 
 
 def _networks(s: Section, key: str) -> tuple[str, ...]:

@@ -11,10 +11,17 @@ read off the reply headers (ngx_mail_auth_http_module, "Protocol"):
   primary, which still has the counts written before the kill.
 * A hold acknowledged by ``authsvc hold`` (after ``WAIT 1``) is in force after
   the failover; with no replica left, a new hold fails and says why.
+* The same through ``authsvc proxy``: stdlib imaplib clients from their own
+  loopback addresses, a real Dovecot behind it.
+* With Redis 6 ACL users (``redis_username``, ``redis_sentinel_username``) the
+  throttle and a hold work, and a user Redis refuses is Redis down, logged
+  without the user's name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import imaplib
 import json
 import socket
 import subprocess
@@ -26,9 +33,14 @@ from typing import Any
 import pytest
 
 from tests.helpers.eventually import eventually
+from tests.services.dovecot import dovecot_stores
+from tests.services.mailclient import IMAP4
 from tests.services.ports import free_port
+from tests.services.proxy import ProxyProcess
 from tests.services.redis import SentinelSet
+from tests.services.require import require_binary
 from tests.services.serve import ServeProcess
+from tests.services.stack import STORE_ADDRESSES
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +53,37 @@ BOB = "bob@riseup.net"
 TEMPORARY = "Temporary server problem, try again later"
 
 
-def sentinel_keys(tmp: Path, redis: SentinelSet) -> str:
+def sentinel_keys(tmp: Path, redis: SentinelSet, *, username: str | None = None,
+                  sentinel_username: str | None = None) -> str:
     (tmp / "redis.pass").write_text(REDIS_PASSWORD + "\n")
     (tmp / "sentinel.pass").write_text(SENTINEL_PASSWORD + "\n")
     return (f"redis_sentinels = {json.dumps(redis.sentinel_addresses)}\n"
             'redis_service = "authsvc"\n'
             f'redis_password_file = "{tmp / "redis.pass"}"\n'
-            f'redis_sentinel_password_file = "{tmp / "sentinel.pass"}"\n')
+            f'redis_sentinel_password_file = "{tmp / "sentinel.pass"}"\n'
+            + (f'redis_username = "{username}"\n' if username else "")
+            + (f'redis_sentinel_username = "{sentinel_username}"\n'
+               if sentinel_username else ""))
+
+
+def throttle_section(keys: str, **limits: float) -> str:
+    """``[throttle]`` on Redis behind ``keys``; redis_retry 3 s: the few requests
+    of a failover window are answered from local counts, whenever the sentinels finish."""
+    given = {"free_failures": 3, "delay": 1, "max_delay": 8, "address_limit": 30, **limits}
+    return ('\n[throttle]\nenabled = true\nkey = "a-test-key-of-32-characters-----"\n'
+            + "".join(f"{k} = {v}\n" for k, v in given.items())
+            + 'login_limit = 1000\nstore = "redis"\nredis_timeout = 0.3\nredis_retry = 3\n'
+            + keys)
+
+
+def control_section(tmp: Path) -> str:
+    (tmp / "control-secret").write_text(CONTROL_SECRET + "\n")
+    return f"""
+[control]
+listen = "127.0.0.1:{free_port()}"
+secret_file = "{tmp / 'control-secret'}"
+allow = ["127.0.0.1/32"]
+"""
 
 
 @pytest.fixture
@@ -118,21 +154,7 @@ secret_file = "{tmp / 'secret'}"
 
 def test_the_throttle_counts_through_a_failover(tmp_path: Path, redis: SentinelSet) -> None:
     config = tmp_path / "authsvc.toml"
-    # redis_retry 3 s: the few requests of the window below are answered
-    # from local counts, whenever the sentinels finish.
-    config.write_text(base_config(tmp_path) + f"""
-[throttle]
-enabled = true
-key = "a-test-key-of-32-characters-----"
-free_failures = 3
-delay = 1
-max_delay = 8
-address_limit = 30
-login_limit = 1000
-store = "redis"
-redis_timeout = 0.3
-redis_retry = 3
-{sentinel_keys(tmp_path, redis)}""")
+    config.write_text(base_config(tmp_path) + throttle_section(sentinel_keys(tmp_path, redis)))
     with ServeProcess([config], tmp_path / "serve") as node:
         # free_failures = 3 get [http] auth_wait; then 1, 2, 4, 8 (max_delay).
         assert attack(node, ATTACKER, 10) == ["1", "1", "1", "1", "2", "4", "8", "8", "8", "8"]
@@ -191,14 +213,8 @@ def ok(config: Path, *args: str) -> str:
 
 def test_a_hold_acknowledged_before_the_kill_holds_after_the_failover(
         tmp_path: Path, redis: SentinelSet) -> None:
-    (tmp_path / "control-secret").write_text(CONTROL_SECRET + "\n")
     config = tmp_path / "authsvc.toml"
-    config.write_text(base_config(tmp_path) + f"""
-[control]
-listen = "127.0.0.1:{free_port()}"
-secret_file = "{tmp_path / 'control-secret'}"
-allow = ["127.0.0.1/32"]
-
+    config.write_text(base_config(tmp_path) + control_section(tmp_path) + f"""
 [holds]
 store = "redis"
 {sentinel_keys(tmp_path, redis)}""")
@@ -225,3 +241,170 @@ store = "redis"
         assert "0 of the 1 replica(s) required ([holds] redis_replicas)" in said, said
         log = serve.log_text()
     assert REDIS_PASSWORD not in log and SENTINEL_PASSWORD not in log
+
+
+# --- Redis 6 ACL users -----------------------------------------------------------------------
+
+DATA_USER, WATCH_USER = "authsvc-data-9d2", "authsvc-watch-6e4"
+
+
+def test_the_throttle_and_a_hold_with_acl_users(tmp_path: Path) -> None:
+    """authsvc's users have only the rules docs/operations.md gives (tests/services/redis.py)."""
+    with SentinelSet(tmp_path / "redis", password=REDIS_PASSWORD,
+                     sentinel_password=SENTINEL_PASSWORD, username=DATA_USER,
+                     sentinel_username=WATCH_USER) as redis:
+        config = tmp_path / "authsvc.toml"
+        keys = sentinel_keys(tmp_path, redis, username=DATA_USER, sentinel_username=WATCH_USER)
+        config.write_text(base_config(tmp_path) + control_section(tmp_path)
+                          + throttle_section(keys) + f'\n[holds]\nstore = "redis"\n{keys}')
+        with ServeProcess([config], tmp_path / "one") as node:
+            eventually(lambda: "what=control" in node.log_text(), 20)
+            assert attack(node, ATTACKER, 5) == ["1", "1", "1", "1", "2"]
+            data = redis.primary.client()
+            try:
+                assert failures_in(data, ATTACKER) == 5
+                # WAIT is among the user's commands: the replica acknowledged the hold.
+                ok(config, "hold", "user", BOB, "--reason", "mailbox move")
+                assert ask(node, BOB, NEIGHBOUR)["Auth-Status"] == TEMPORARY
+                assert list(data.hgetall("authsvc:holds")) == [f"user:{BOB}"]
+            finally:
+                data.close()
+            log = node.log_text()
+        assert "throttle_fallback" not in log
+
+        # A user Redis (the throttle's) or the sentinels (the holds') do not
+        # know: Redis is down to authsvc, and nothing it says names a user.
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(
+            base_config(tmp_path) + control_section(tmp_path) + throttle_section(sentinel_keys(
+                tmp_path, redis, username="nobody-3c8", sentinel_username=WATCH_USER))
+            + '\n[holds]\nstore = "redis"\n'
+            + sentinel_keys(tmp_path, redis, username=DATA_USER, sentinel_username="nobody-3c8"))
+        with ServeProcess([wrong], tmp_path / "two") as node:
+            assert ask(node, "bob", NEIGHBOUR)["Auth-Server"] == "127.0.0.2"
+            eventually(lambda: "event=throttle_fallback store=local" in node.log_text(),
+                       what="the fallback's log line")
+            said = cli(wrong, "hold", "list")
+            log = node.log_text()
+    line = next(x for x in log.splitlines() if "event=throttle_fallback" in x)
+    assert "AuthenticationError" in line, line
+    assert said.returncode != 0 and "MasterNotFoundError" in said.stdout + said.stderr, said
+    for text in (log, said.stdout + said.stderr):
+        for secret in (DATA_USER, WATCH_USER, "nobody-3c8", REDIS_PASSWORD, SENTINEL_PASSWORD):
+            assert secret not in text, (secret, text[-2000:])
+
+
+# --- authsvc proxy ---------------------------------------------------------------------------
+
+#: Clients of the proxy, each from its own loopback address (the throttle counts per address).
+FROM_ATTACKER, FROM_NEIGHBOUR, FROM_NEWCOMER = "127.0.0.66", "127.0.0.67", "127.0.0.68"
+USERS = {"carol": "carol-secret", "bob": "bob-secret"}
+REFUSED, HELD = "AUTHENTICATIONFAILED", "UNAVAILABLE"
+
+
+class FromAddress(IMAP4):
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=5)
+
+
+def imap_login(port: int, user: str, password: str, source: str = FROM_NEIGHBOUR) -> str:
+    """``LOGIN`` through the proxy with stdlib imaplib: "OK", or the refusal imaplib raised."""
+    imap = FromAddress(port, source)
+    try:
+        imap.login(user, password)
+        return "OK"
+    except imaplib.IMAP4.error as exc:
+        return str(exc)
+    finally:
+        with contextlib.suppress(Exception):  # the proxy may have closed already
+            imap.logout()
+
+
+def test_the_proxy_through_a_failover(tmp_path: Path, redis: SentinelSet) -> None:
+    require_binary("dovecot")
+    with dovecot_stores({"a": USERS}, STORE_ADDRESSES) as stores:
+        store = f"{STORE_ADDRESSES['a']}:{stores['a'].ports.imap}"
+        (tmp_path / "map").write_text(f"carol: {store}\nbob: {store}\n")
+        port, keys = free_port(), sentinel_keys(tmp_path, redis)
+        config = tmp_path / "authsvc.toml"
+        # free_failures = address_limit: no tarpit, the fourth failure is the last.
+        config.write_text(f"""
+[proxy]
+auth_failure_delay = 0.1
+backend_timeout = 5
+drain_timeout = 1
+max_login_attempts = 100
+{control_section(tmp_path)}{throttle_section(keys, free_failures=4, address_limit=4)}
+[holds]
+store = "redis"
+{keys}
+[[listener]]
+name = "imap4"
+protocol = "imap"
+bind = ["127.0.0.1:{port}"]
+[listener.map]
+type = "file"
+path = "{tmp_path / 'map'}"
+""")
+
+        def login(user: str, password: str, source: str = FROM_NEIGHBOUR) -> str:
+            return imap_login(port, user, password, source)
+
+        def attacked(tag: str) -> None:
+            """Four wrong passwords from the attacker, then even the right one is refused."""
+            for i in range(4):
+                assert REFUSED in login("carol", f"{tag}-{i}", FROM_ATTACKER)
+            assert REFUSED in login("carol", USERS["carol"], FROM_ATTACKER)
+
+        with ProxyProcess(config, tmp_path / "proxy.log") as proxy:
+            proxy.start(listening=2)
+            assert login("carol", USERS["carol"]) == "OK"
+            ok(config, "hold", "user", "bob", "--reason", "mailbox move")
+            assert HELD in login("bob", USERS["bob"])
+            attacked("before")
+            old = redis.primary.client()
+            assert failures_in(old, FROM_ATTACKER) >= 4
+            old.close()
+            eventually(redis.replicated, what="the replica has the counts and the hold")
+
+            redis.primary.kill()
+            # The window: local counts.  Nobody is refused for it, the hold
+            # holds, and the attacker is refused again at address_limit.
+            assert login("carol", USERS["carol"]) == "OK"
+            proxy.wait_for("throttle_fallback", store="local")
+            attacked("window")
+            assert HELD in login("bob", USERS["bob"])
+
+            eventually(lambda: redis.primary_port() == redis.replica.port, 30,
+                       what="the sentinels promote the replica")
+
+            def back_on_redis() -> bool:
+                assert login("carol", USERS["carol"]) == "OK"
+                return any(line.get("store") == "redis"
+                           for line in proxy.lines("throttle_fallback"))
+
+            eventually(back_on_redis, 20, what="the proxy back on Redis (redis_retry)")
+            new = redis.replica.client()
+            try:
+                # The count from before the kill refuses the right password at once.
+                assert failures_in(new, FROM_ATTACKER) >= 4
+                assert REFUSED in login("carol", USERS["carol"], FROM_ATTACKER)
+                assert REFUSED in login("carol", "newcomer", FROM_NEWCOMER)
+                assert failures_in(new, FROM_NEWCOMER) == 1
+            finally:
+                new.close()
+            assert HELD in login("bob", USERS["bob"])
+            # Each right password was refused by the throttle, not by Dovecot.
+            throttled = [line["client"].rsplit(":", 1)[0] for line in proxy.lines("login_failed")
+                         if line.get("kind") == "throttled"]
+            assert throttled == [FROM_ATTACKER] * 3, throttled
+            logs = proxy.log_text()
+        # A proxy started after the failover reads the hold from the new primary.
+        with ProxyProcess(config, tmp_path / "proxy2.log") as proxy:
+            proxy.start(listening=2)
+            assert HELD in login("bob", USERS["bob"])
+            assert login("carol", USERS["carol"]) == "OK"
+            logs += proxy.log_text()
+    assert {line.get("kind") for line in proxy.lines("login_failed")} == {"held"}
+    assert REDIS_PASSWORD not in logs and SENTINEL_PASSWORD not in logs

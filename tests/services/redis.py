@@ -8,7 +8,10 @@ foreground in its own temporary directory.
 (redis.io, "High availability with Redis Sentinel"): a primary, a replica of
 it and three sentinels (``redis-server <file> --sentinel``, each with a
 generated config file it may rewrite, as Sentinel does), all on 127.0.0.1.
-``down-after-milliseconds`` is 1000 so that a failover takes seconds.
+``down-after-milliseconds`` is 1000 so that a failover takes seconds.  It
+runs with passwords, or with Redis 6 ACL users (redis.io, "ACL") on the data
+servers, the sentinels or both, each user with the rules docs/operations.md
+gives it ("Redis ACL users").
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ class RedisServer:
 
     def __init__(self, workdir: Path, port: int | None = None, *,
                  password: str | None = None, args: tuple[str, ...] = (),
-                 sentinel_config: str | None = None) -> None:
+                 sentinel_config: str | None = None, username: str | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        #: The test's own login: ``requirepass``'s, or with ``username`` an ACL
+        #: user's (whose ``user`` lines are in ``args`` or ``sentinel_config``).
         self.password = password
+        self.username = username
         self.log_path = workdir / "redis.log"
         self._args = args
         self._sentinel_config = sentinel_config
@@ -62,7 +68,7 @@ class RedisServer:
             command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                        "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
                        *(("--requirepass", self.password, "--masterauth", self.password)
-                         if self.password else ()), *self._args]
+                         if self.password and not self.username else ()), *self._args]
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -75,7 +81,8 @@ class RedisServer:
             time.sleep(0.05)
 
     def ping(self) -> bool:
-        auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+        who = f"{self.username} " if self.username else ""
+        auth = f"AUTH {who}{self.password}\r\n".encode() if self.password else b""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(auth + b"PING\r\n")
@@ -93,8 +100,8 @@ class RedisServer:
         """A redis-py client of this server (the ``redis`` test dependency)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                           decode_responses=True, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, username=self.username,
+                           password=self.password, decode_responses=True, socket_timeout=5)
 
     def kill(self) -> None:
         """SIGKILL by pid: an outage, not a shutdown."""
@@ -127,30 +134,83 @@ sentinel parallel-syncs {service} 1
 """
 
 
+#: With ACL users (redis.io, "ACL"), the test's own user on every server of the
+#: set, which the sentinels also use with each other; ``default`` is off.
+ADMIN, ADMIN_PASSWORD = "harness", "harness-pw-5e0a"
+#: The replica's user on the primary (``masteruser``), with the rules redis.io
+#: gives it ("ACL", "ACL rules for Sentinel and Replicas").
+REPLICA, REPLICA_PASSWORD = "replica", "replica-pw-2b8d"
+REPLICA_RULES = ("+psync", "+replconf", "+ping")
+#: The sentinels' user on the primary and replica (``sentinel auth-user``),
+#: with the rules redis.io gives it ("High availability with Redis Sentinel",
+#: "Redis Access Control List authentication").
+WATCHER, WATCHER_PASSWORD = "sentinels", "sentinels-pw-1f7c"
+WATCHER_RULES = ("allchannels", "+multi", "+slaveof", "+ping", "+exec", "+subscribe",
+                 "+config|rewrite", "+role", "+publish", "+info", "+client|setname",
+                 "+client|kill", "+script|kill")
+#: authsvc's user on the primary and replica: its keys and what the throttle
+#: and the holds send, WAIT included (docs/operations.md, "Redis ACL users").
+AUTHSVC_RULES = ("~authsvc:*", "resetchannels", "-@all", "+@read", "+@write",
+                 "+@transaction", "+eval", "+wait", "+ping")
+#: authsvc's user on the sentinels: asking for the primary (redis-py's
+#: Sentinel client sends ``SENTINEL MASTERS``).
+ASKER_RULES = ("-@all", "+sentinel|masters", "+ping")
+
+
+def _users(*users: tuple[str, str, tuple[str, ...]]) -> list[str]:
+    """``user`` directives: ``default`` off, the harness's, then ``users``."""
+    return ["user default off", f"user {ADMIN} on >{ADMIN_PASSWORD} ~* &* +@all",
+            *(f"user {name} on >{password} {' '.join(rules)}" for name, password, rules in users)]
+
+
 class SentinelSet:
     """A primary, its replica and three sentinels watching them as :data:`SERVICE`.
 
     ``password`` is the primary's and replica's ``requirepass`` (and
     ``masterauth``, so either can follow the other); ``sentinel_password`` the
     sentinels' own ``requirepass`` (and ``sentinel-pass``, which they use with
-    each other).
+    each other).  With ``username`` the primary and replica run ACL users
+    instead: ``username``/``password`` with :data:`AUTHSVC_RULES`, the
+    sentinels' :data:`WATCHER`, the replica's :data:`REPLICA` and the test's
+    :data:`ADMIN`; with ``sentinel_username`` the sentinels do:
+    ``sentinel_username``/``sentinel_password`` with :data:`ASKER_RULES`, and
+    :data:`ADMIN`.
     """
 
     def __init__(self, workdir: Path, *, password: str | None = None,
-                 sentinel_password: str | None = None) -> None:
+                 sentinel_password: str | None = None, username: str | None = None,
+                 sentinel_username: str | None = None) -> None:
         self.password = password
         self.sentinel_password = sentinel_password
-        self.primary = RedisServer(workdir / "primary", password=password)
-        self.replica = RedisServer(workdir / "replica", password=password, args=(
-            "--replicaof", "127.0.0.1", str(self.primary.port)))
+        data: list[str] = []
+        login: dict[str, Any] = {"password": password}
+        if username and password:
+            for line in _users((username, password, AUTHSVC_RULES),
+                               (WATCHER, WATCHER_PASSWORD, WATCHER_RULES),
+                               (REPLICA, REPLICA_PASSWORD, REPLICA_RULES)):
+                data += ["--" + line.split(" ", 1)[0], *line.split(" ")[1:]]
+            data += ["--masteruser", REPLICA, "--masterauth", REPLICA_PASSWORD]
+            login = {"username": ADMIN, "password": ADMIN_PASSWORD}
+        self.primary = RedisServer(workdir / "primary", args=tuple(data), **login)
+        self.replica = RedisServer(workdir / "replica", args=(
+            *data, "--replicaof", "127.0.0.1", str(self.primary.port)), **login)
         config = _SENTINEL_CONFIG.format(service=SERVICE, primary=self.primary.port)
-        if password:
+        if username:
+            config += f"sentinel auth-user {SERVICE} {WATCHER}\n" \
+                      f"sentinel auth-pass {SERVICE} {WATCHER_PASSWORD}\n"
+        elif password:
             config += f"sentinel auth-pass {SERVICE} {password}\n"
-        if sentinel_password:
+        watch: dict[str, Any] = {"password": sentinel_password}
+        if sentinel_username and sentinel_password:
+            config += "".join(line + "\n" for line in _users(
+                (sentinel_username, sentinel_password, ASKER_RULES)))
+            config += f"sentinel sentinel-user {ADMIN}\nsentinel sentinel-pass {ADMIN_PASSWORD}\n"
+            watch = {"username": ADMIN, "password": ADMIN_PASSWORD}
+        elif sentinel_password:
             config += f"requirepass {sentinel_password}\nsentinel sentinel-pass " \
                       f"{sentinel_password}\n"
-        self.sentinels = [RedisServer(workdir / f"sentinel{n}", password=sentinel_password,
-                                      sentinel_config=config) for n in range(3)]
+        self.sentinels = [RedisServer(workdir / f"sentinel{n}", sentinel_config=config, **watch)
+                          for n in range(3)]
 
     @property
     def sentinel_addresses(self) -> list[str]:

@@ -38,7 +38,8 @@ def test_defaults_and_every_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", [
     *(f.name for f in dataclasses.fields(HoldsSettings) if f.name != "redis_sentinel"),
-    "redis_sentinels", "redis_service", "redis_password_file", "redis_sentinel_password_file"])
+    "redis_sentinels", "redis_service", "redis_password_file", "redis_sentinel_password_file",
+    "redis_username", "redis_sentinel_username"])
 def test_every_key_is_documented(key: str) -> None:
     start = DOC.index("### `[holds]`")
     assert f"| `{key}` |" in DOC[start:DOC.find("\n### ", start + 1)]

@@ -30,7 +30,8 @@ def errors(tmp_path: Path, text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("section", ["throttle", "holds"])
-def test_the_sentinel_form_with_passwords_from_files(tmp_path: Path, section: str) -> None:
+def test_the_sentinel_form_with_passwords_from_files_and_acl_users(
+        tmp_path: Path, section: str) -> None:
     (tmp_path / "redis.pass").write_text("data-pw-1\n")
     (tmp_path / "sentinel.pass").write_text("watch-pw-2\n")
     settings, warnings = load(tmp_path, f"""[{section}]
@@ -39,15 +40,55 @@ redis_sentinels = {SENTINELS}
 redis_service = "authsvc"
 redis_password_file = "redis.pass"
 redis_sentinel_password_file = "sentinel.pass"
+redis_username = "authsvc-data-user"
+redis_sentinel_username = "authsvc-watch-user"
 """)
     found = getattr(settings, section)
     assert found.redis_url is None
     assert found.redis_sentinel == RedisSentinel(
         sentinels=(HostPort("127.0.0.1", 26379), HostPort("::1", 26380),
                    HostPort("sentinel-3.example.org")),
-        service="authsvc", password=Secret("data-pw-1"), sentinel_password=Secret("watch-pw-2"))
-    assert "data-pw-1" not in repr(settings) and "watch-pw-2" not in repr(settings)
+        service="authsvc", password=Secret("data-pw-1"), sentinel_password=Secret("watch-pw-2"),
+        username=Secret("authsvc-data-user"), sentinel_username=Secret("authsvc-watch-user"))
+    shown = repr(settings)
+    assert not any(s in shown for s in ("data-pw-1", "watch-pw-2", "-data-user", "-watch-user"))
     assert not [w for w in warnings if "redis" in w]
+    # Without the users: Redis's ``default`` user.
+    bare, _ = load(tmp_path, f'[{section}]\nstore = "redis"\nredis_sentinels = {SENTINELS}\n'
+                   'redis_service = "authsvc"\n')
+    assert getattr(bare, section).redis_sentinel.username is None
+
+
+@pytest.mark.parametrize("section", ["throttle", "holds"])
+@pytest.mark.parametrize("key", ["redis_username", "redis_sentinel_username"])
+def test_an_acl_user_with_a_url_is_an_error_naming_file_line_and_key(
+        tmp_path: Path, section: str, key: str) -> None:
+    found = errors(tmp_path, f'[{section}]\nstore = "redis"\n'
+                   f'redis_url = "redis://u:p@127.0.0.1:1/0"\n{key} = "someone"\n')
+    here = f"{tmp_path / 'a.toml'}:4"
+    assert any(e.startswith(here) and f"{key}: belongs to the Sentinel form" in e
+               for e in found), found
+    if key == "redis_username":
+        assert any("the user goes in the URL: redis://user:password@host" in e
+                   for e in found), found
+    assert not any("someone" in e for e in found), found
+
+
+@pytest.mark.parametrize(("user", "password"), [
+    ("redis_username", "redis_password_file"),
+    ("redis_sentinel_username", "redis_sentinel_password_file")])
+def test_an_acl_user_needs_its_password_file(tmp_path: Path, user: str, password: str) -> None:
+    found = errors(tmp_path, '[throttle]\nstore = "redis"\nredis_sentinels = ["127.0.0.1"]\n'
+                   f'redis_service = "s"\n{user} = "someone"\n')
+    assert any(f"{user}: give {password} too" in e for e in found), found
+
+
+@pytest.mark.parametrize("text", ['""', '"two words"', "1"])
+def test_a_bad_acl_user(tmp_path: Path, text: str) -> None:
+    found = errors(tmp_path, '[holds]\nstore = "redis"\nredis_sentinels = ["127.0.0.1"]\n'
+                   f'redis_service = "s"\nredis_sentinel_username = {text}\n')
+    assert any("redis_sentinel_username:" in e for e in found), found
+    assert not any("two words" in e for e in found), found
 
 
 def test_holds_wait_for_one_replica_with_sentinel_and_none_with_a_url(tmp_path: Path) -> None:

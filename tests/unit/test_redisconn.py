@@ -8,6 +8,7 @@ tests/integration/test_redis_sentinel.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -24,7 +25,8 @@ from tests.services.ports import free_port
 
 SENTINEL = RedisSentinel(sentinels=(HostPort("127.0.0.1", 26390), HostPort("::1")),
                          service="authsvc", password=Secret("data-pw-9"),
-                         sentinel_password=Secret("watch-pw-8"))
+                         sentinel_password=Secret("watch-pw-8"),
+                         username=Secret("data-user-7"), sentinel_username=Secret("watch-user-6"))
 
 
 async def test_the_sentinel_form_asks_every_sentinel_for_the_service() -> None:
@@ -34,20 +36,30 @@ async def test_the_sentinel_form_asks_every_sentinel_for_the_service() -> None:
         watchers = [s.connection_pool.connection_kwargs for s in connection._sentinel.sentinels]
         assert [(w["host"], w["port"]) for w in watchers] == [
             ("127.0.0.1", 26390), ("::1", SENTINEL_PORT)]
-        assert {w["password"] for w in watchers} == {"watch-pw-8"}
+        assert {(w["username"], w["password"]) for w in watchers} == {
+            ("watch-user-6", "watch-pw-8")}
         data = connection.client.connection_pool
         assert data.service_name == "authsvc"
-        assert data.connection_kwargs["password"] == "data-pw-9"
-        assert "pw-" not in repr(connection.client) + repr(SENTINEL)
+        assert (data.connection_kwargs["username"],
+                data.connection_kwargs["password"]) == ("data-user-7", "data-pw-9")
+        shown = repr(connection.client) + repr(SENTINEL) + repr(connection._sentinel)
+        assert "pw-" not in shown and "user-" not in shown
     finally:
         await connection.close()
 
 
-async def test_the_url_form_never_shows_its_url() -> None:
-    connection = RedisConnection(url=Secret("redis://:pw-7@127.0.0.1:1/0"), sentinel=None,
-                                 timeout=0.5)
+async def test_the_url_form_passes_its_acl_user_and_never_shows_it() -> None:
+    port = free_port()  # nobody listens: the refusal's text must not carry the URL
+    connection = RedisConnection(url=Secret(f"redis://acl-user-5:pw-7@127.0.0.1:{port}/0"),
+                                 sentinel=None, timeout=0.5)
     try:
         assert not connection.sentinel and connection.describe() == "redis"
+        kwargs = connection.client.connection_pool.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("acl-user-5", "pw-7")
+        with pytest.raises(StoreError) as caught:
+            await connection.run(connection.client.get("k"), StoreError)
+        shown = repr(connection.client) + str(caught.value)
+        assert "acl-user" not in shown and "pw-7" not in shown
     finally:
         await connection.close()
     with pytest.raises(ValueError, match="redis_url or redis_sentinels"):
@@ -66,6 +78,30 @@ async def test_no_sentinel_answering_is_the_callers_error_within_the_timeout() -
         await connection.close()
     assert time.monotonic() - started < 5
     assert str(caught.value).startswith("redis: ") and "pw" not in str(caught.value)
+
+
+async def test_a_refused_acl_user_is_the_callers_error_naming_neither() -> None:
+    """A server that answers ``AUTH`` with ``WRONGPASS`` (redis.io, "AUTH")."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = RedisConnection(url=Secret(f"redis://acl-user-5:pw-7@127.0.0.1:{port}/0"),
+                                 sentinel=None, timeout=2)
+    try:
+        with pytest.raises(StoreError) as caught:
+            await connection.run(connection.client.get("k"), StoreError)
+    finally:
+        await connection.close()
+        server.close()
+    message = str(caught.value)
+    assert message.startswith("redis: AuthenticationError: "), message
+    assert "acl-user" not in message and "pw-7" not in message
 
 
 class ScriptedPipeline:

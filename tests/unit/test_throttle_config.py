@@ -32,7 +32,7 @@ FULL = {
 }
 #: The Sentinel form's keys, instead of redis_url (test_redis_sentinel_config.py).
 SENTINEL_KEYS = ("redis_sentinels", "redis_service", "redis_password_file",
-                 "redis_sentinel_password_file")
+                 "redis_sentinel_password_file", "redis_username", "redis_sentinel_username")
 
 
 def load(tmp_path: Path, text: str) -> ThrottleSettings:
