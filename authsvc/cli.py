@@ -34,7 +34,7 @@ def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> No
         required=required,
         metavar="[PROTO=]FILE",
         help="native TOML, or a Perdition file; repeat for several Perdition files. "
-        "PROTO (imap4, imaps, pop3, pop3s) names the protocol of a Perdition file "
+        "PROTO (imap4, imaps or imap4s, pop3, pop3s) names the protocol of a Perdition file "
         "whose name does not say it",
     )
 
