@@ -93,7 +93,7 @@ async def relay(client: Channel, backend: Channel, idle_timeout: float, *,
             in_user_space = _InUserSpace(client, backend, idle_timeout,
                                          SPLICE_AFTER if splice else None)
             # Awaited here rather than in a coroutine of its own: one frame
-            # less that an idle session keeps (docs/benchmarks.md, "Memory").
+            # less that an idle session keeps (docs/benchmarks.md, "Proxy").
             try:
                 in_user_space.start()
                 end = await in_user_space.result

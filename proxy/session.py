@@ -184,7 +184,7 @@ class Session:
             if await self._open():
                 # The login's frames (the front machine, its queue) are gone
                 # before the relay starts: an idle relayed session keeps as
-                # few objects as possible (docs/benchmarks.md, "Memory").
+                # few objects as possible (docs/benchmarks.md, "Proxy").
                 splice = await self._run()
                 if splice is not None:
                     self._relaying = True
