@@ -10,7 +10,7 @@ Flow control: reading pauses while more than ``high_water`` bytes wait, and
 ``drain()`` waits while the transport's own write buffer is above its mark
 (``pause_writing``/``resume_writing``), so neither direction of a relay can
 grow memory without bound.  A plain Channel can hand its socket over
-(:meth:`Channel.detach`) to the zero-copy relay in ``relay.py``.
+(:meth:`Channel.detach`) to the zero-copy relay in ``zerocopy.py``.
 
 TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS
 runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
@@ -39,7 +39,7 @@ DEFAULT_HIGH_WATER = 262_144
 
 
 class Relayed(Protocol):
-    """Where a relayed Channel's events go (``relay.py``'s direction objects)."""
+    """Where a relayed Channel's events go (``userspace.py``'s direction objects)."""
 
     def data(self, data: bytes) -> None:
         """A chunk received, as it arrived."""
@@ -93,7 +93,7 @@ class Channel(asyncio.Protocol):
         #: After :meth:`detach`: ends whoever took the socket over; and the addresses.
         self._on_detached_close: Callable[[], None] | None = None
         self._addresses: tuple[object, object] | None = None
-        #: While relayed in user space (relay.py, :meth:`relay_to`): each chunk
+        #: While relayed in user space (userspace.py, :meth:`relay_to`): each chunk
         #: received goes on at once, EOF is passed on, and the sink's
         #: ``resume_writing`` lets its source read again.  One object, not
         #: three bound methods, for an idle session's sake.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from authsvc.proxy import relay as relay_module
+from authsvc.proxy import zerocopy
 from authsvc.proxy.session import Session
 
 from authsvc.settings import ThrottleSettings
@@ -45,7 +46,7 @@ def zero_copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Which relay; zero copy from the first byte after login (``SPLICE_AFTER`` 0)."""
     value = request.param
     assert isinstance(value, bool)
-    if value and not relay_module.splice_available():
+    if value and not zerocopy.splice_available():
         pytest.skip("os.splice is Linux-only (the user-space relay is used elsewhere)")
     monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)
     return value
@@ -275,7 +276,7 @@ async def test_a_short_session_stays_in_user_space(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A login, SELECT, LOGOUT moves far less than SPLICE_AFTER: no hand-over is paid."""
-    if not relay_module.splice_available():
+    if not zerocopy.splice_available():
         pytest.skip("os.splice is Linux-only")
     caplog.set_level(logging.INFO, "proxy.session")
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
@@ -349,7 +350,7 @@ async def test_drain_lets_a_session_finish_and_cuts_the_rest_at_the_timeout(
 async def test_metrics_count_the_bytes_of_a_spliced_session(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore
 ) -> None:
-    if not relay_module.splice_available():
+    if not zerocopy.splice_available():
         pytest.skip("os.splice is Linux-only")
     imap_store.message = os.urandom(1_000_000)
     async with start(tmp_path, pki, imap_store, ThrottleSettings()) as running_proxy:
@@ -380,7 +381,7 @@ async def test_a_refused_splice_or_pipe_falls_back_to_copying_on_the_same_socket
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture, refusal: str,
 ) -> None:
-    if not relay_module.splice_available():
+    if not zerocopy.splice_available():
         pytest.skip("os.splice is Linux-only")
 
     def refuse(*args: object, **kwargs: object) -> int:
@@ -390,7 +391,7 @@ async def test_a_refused_splice_or_pipe_falls_back_to_copying_on_the_same_socket
         raise OSError(errno.EMFILE, "out of descriptors")
 
     if refusal == "splice_einval":
-        monkeypatch.setattr(relay_module, "_SPLICE", refuse)
+        monkeypatch.setattr(zerocopy, "_SPLICE", refuse)
     else:
         monkeypatch.setattr(os, "pipe2", no_pipe)
     caplog.set_level(logging.INFO, "proxy.session")
@@ -416,7 +417,7 @@ async def test_no_descriptor_for_the_handover_ends_the_session_cleanly(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    if not relay_module.splice_available():
+    if not zerocopy.splice_available():
         pytest.skip("os.splice is Linux-only")
     caplog.set_level(logging.INFO, "proxy.session")
     monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)  # hand over right after login

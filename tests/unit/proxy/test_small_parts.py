@@ -86,7 +86,8 @@ def test_machines_do_no_io(path: str) -> None:
     assert not {n for n in names if n.startswith(("authsvc.maps", "authsvc.login"))}
     assert not {n for n in names if n.removeprefix("authsvc.") in (
         "proxy.transport", "proxy.session", "proxy.attempt", "proxy.store", "proxy.context",
-        "proxy.relay", "proxy.server", "proxy.accept", "proxy.health", "proxy.syslog",
+        "proxy.relay", "proxy.userspace", "proxy.zerocopy", "proxy.idleclock",
+        "proxy.server", "proxy.accept", "proxy.health", "proxy.syslog",
         "proxy.certificates", "proxy.listeners", "proxy.run", "proxy.command",
         "proxy.control")}
 
@@ -96,6 +97,7 @@ def test_every_proxy_module_is_listed_or_touches_the_loop() -> None:
     # and context.py, which holds what they share (TLS contexts, the syslog writer).
     loop_modules = {"proxy/transport.py", "proxy/session.py", "proxy/attempt.py",
                     "proxy/store.py", "proxy/context.py", "proxy/relay.py",
+                    "proxy/userspace.py", "proxy/zerocopy.py", "proxy/idleclock.py",
                     "proxy/server.py", "proxy/accept.py", "proxy/health.py", "proxy/syslog.py",
                     "proxy/certificates.py", "proxy/listeners.py", "proxy/run.py",
                     "proxy/command.py", "proxy/control.py"}
