@@ -221,8 +221,10 @@ def test_key_lines_places_every_key_of_valid_toml(text: str) -> None:
         # ...every path named is one the document holds...
         node: Any = data
         for part in path:
-            assert isinstance(node, list if isinstance(part, int) else dict), (path, data)
-            assert part in node if isinstance(part, str) else part < len(node), (path, data)
+            if isinstance(part, int):  # an element of an array of tables
+                assert isinstance(node, list) and part < len(node), (path, data)
+            else:
+                assert isinstance(node, dict) and part in node, (path, data)
             node = node[part]
         # ...and its line is the one that spells the key (a bare key: written as it is).
         key = next(p for p in reversed(path) if isinstance(p, str))
