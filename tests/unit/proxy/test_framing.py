@@ -88,6 +88,8 @@ def test_take_remaining_returns_unconsumed_bytes() -> None:
         (b"a LOGIN {0}", LineFragment(b"a LOGIN ", Announcement(0, True))),
         (b"a LOGIN {4294967295}", LineFragment(b"a LOGIN ", Announcement(MAX_NUMBER, True))),
         (b"a X {99999999999999999999}", LineFragment(b"a X ", Announcement(MAX_NUMBER + 1, True))),
+        (b"a X {10000000000}", LineFragment(b"a X ", Announcement(MAX_NUMBER + 1, True))),
+        (b"{3}", LineFragment(b"", Announcement(3, True))),  # the whole line announces
         (b"a LOGIN {}", LineFragment(b"a LOGIN {}")),
         (b"a LOGIN {x}", LineFragment(b"a LOGIN {x}")),
         (b"a LOGIN {+}", LineFragment(b"a LOGIN {+}")),
