@@ -97,6 +97,8 @@ MANY = b"GET /auth HTTP/1.0" + b"\r\nX: y" * MAX_HEADERS
     (b"GET /auth HTTP/1.0\r\nAuth Pass: a", 24),  # a name that is not a token
     (b"GET /auth HTTP/1.0\r\nX: a\r\n b", 26),  # obs-fold
     (b"GET /auth HTTP/1.0\r\nX\r\nY: z", 21),  # a name with no colon
+    (b"GET /auth HTTP/1.0\r\n: x", 20),  # a colon with no name
+    (b"GET /auth HTTP/1.0\r\nX:\x01", 22),  # the value's first byte
     (MANY + b"\r\nX: y", len(MANY) + 2),  # one header too many
 ])
 def test_a_head_that_cannot_pass_is_refused_before_its_end(data: bytes, offset: int) -> None:
@@ -131,8 +133,24 @@ def test_a_head_past_the_limits_is_too_long(monkeypatch: pytest.MonkeyPatch) -> 
     line = b"GET /auth HTTP/1.0\r\nX-A: " + b"a" * 27  # a 32-byte field line
     assert answer(line + END) == OneShot(0, {"x-a": "a" * 27})
     assert answer(line + b"a" + END) is Need.TOO_LONG
-    assert answer(line[:-1] + b"\x7f" + END) is Need.TOO_LONG  # DEL counts as "%7F"
-    assert answer(line + b"\r\nX-B: b\r\nX-C: " + b"c" * 10 + END) is Need.TOO_LONG  # > 64
+    assert answer(line + b"a") is Need.TOO_LONG  # known at the byte past the limit
+    # DEL counts as "%7F": 30 bytes with one DEL are 32, two DELs 34.
+    assert answer(line[:-3] + b"\x7f" + END) == OneShot(0, {"x-a": "a" * 24 + "%7F"})
+    assert answer(line[:-4] + b"\x7f\x7f" + END) is Need.TOO_LONG
+    # The request line has the same limit.
+    request = b"GET /" + b"r" * 18 + b" HTTP/1.0"  # 32 bytes
+    assert answer(request + END) == (request + END, len(request) + 4)
+    assert answer(request.replace(b"/", b"/r") + END) is Need.TOO_LONG
+    assert answer(request.replace(b"/", b"/r")) is Need.TOO_LONG
+    # The whole head: 64 bytes before its blank line at most.
+    head = b"GET /auth HTTP/1.0\r\nX-A: " + b"a" * 16 + b"\r\nX-B: " + b"b" * 16
+    assert len(head) == 64
+    assert answer(head + END) == OneShot(0, {"x-a": "a" * 16, "x-b": "b" * 16})
+    assert answer(head + b"b" + END) is Need.TOO_LONG
+    assert answer(head + b"b") is Need.TOO_LONG
+    # A CRLF may start the blank line: it counts once the next line has begun.
+    assert answer(head + b"\r\n") is Need.MORE
+    assert answer(head + b"\r\nX") is Need.TOO_LONG
     # Whichever limit comes first in byte order decides, not the read that shows it.
     assert answer(line + b"\x01" + END) == ("malformed", len(line))
     assert answer(line + b"a\x01" + END) is Need.TOO_LONG
