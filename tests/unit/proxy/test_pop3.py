@@ -180,6 +180,16 @@ def test_too_many_failures_closes() -> None:
     ]
 
 
+def test_the_last_allowed_failure_closes_and_not_one_before() -> None:
+    front = logging_in(attempts=3)
+    for _ in range(2):
+        assert front.handle(LoginFailed(FailureKind.BACKEND_AUTH)) == [
+            Send(b"-ERR [AUTH] Authentication failed.\r\n")]
+        creds(feed(front, [b"USER bob\r\nPASS x\r\n"]))
+    assert front.handle(LoginFailed(FailureKind.BACKEND_AUTH))[-1] == Close(
+        "too many login failures")
+
+
 def test_timeout_and_client_hello() -> None:
     front = Pop3Front(pop3_listener(), PROXY)
     assert front.handle(TimedOut()) == [
