@@ -23,7 +23,7 @@ from authsvc.proxy.events import (
     TlsEstablished,
     Trace,
 )
-from authsvc.proxy.pop3.back import Pop3Back
+from authsvc.proxy.pop3.back import MAX_CAPA_LINES, Pop3Back
 from authsvc.proxy.pop3.front import Pop3Front, State
 from authsvc.proxy.proxy_protocol import encode_v1, encode_v2
 
@@ -232,6 +232,7 @@ def test_back_user_pass() -> None:
         (b"* OK imap?\r\n", FailureKind.BACKEND_PROTOCOL),
         (b"+OK\r\n-ERR [AUTH] Authentication failed.\r\n", FailureKind.BACKEND_AUTH),
         (b"+OK\r\n+OK\r\n-ERR [AUTH] Authentication failed.\r\n", FailureKind.BACKEND_AUTH),
+        (b"+OK\r\n+OK\r\n-ERR\r\n", FailureKind.BACKEND_AUTH),  # a bare -ERR refuses too
         (b"+OK\r\n+OK\r\n-ERR [IN-USE] Mailbox locked\r\n", FailureKind.BACKEND_PROTOCOL),
         (b"+OK\r\n+OK\r\n-ERR [SYS/TEMP] later\r\n", FailureKind.BACKEND_PROTOCOL),
     ],
@@ -241,6 +242,17 @@ def test_back_failures(data: bytes, kind: FailureKind) -> None:
     assert isinstance(last, BackendFailed)
     assert last.kind is kind
     assert PASSWORD not in last.reason
+
+
+def test_back_reads_a_capa_list_up_to_its_limit() -> None:
+    def capa(lines: int) -> bytes:
+        return b"+OK hi\r\n+OK\r\n" + b"".join(b"X%d\r\n" % i for i in range(lines)) + b".\r\n"
+
+    # STARTTLS offered by no line: the login goes on in plaintext.
+    assert run_back(capa(MAX_CAPA_LINES), BackendTls.STARTTLS)[-1] == Send(
+        b"CAPA\r\nUSER bob\r\n")
+    assert run_back(capa(MAX_CAPA_LINES + 1), BackendTls.STARTTLS)[-1] == BackendFailed(
+        FailureKind.BACKEND_PROTOCOL, "CAPA list too long")
 
 
 def test_back_stls() -> None:
