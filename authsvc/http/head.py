@@ -107,8 +107,12 @@ class HeadScan:
         return fault
 
     def _too_long(self, end: int) -> bool:
+        # The CRLF ending a line belongs to the head only once a byte of the
+        # next line is here: until then it may start the blank line, and the
+        # head judged whole (wire.py) stops before it.
+        head = end - 2 if end == self._line_start > 0 else end
         return (end - self._line_start + self._line_extra > MAX_FIELD_SIZE
-                or end + self._head_extra > MAX_HEAD)
+                or head + self._head_extra > MAX_HEAD)
 
     def _scan(self, buffer: bytes | bytearray, stop: int) -> Need | Refused | None:
         pos = self._pos

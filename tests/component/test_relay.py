@@ -36,9 +36,16 @@ from tests.component.test_observability import get, start
 from tests.helpers.eventually import eventually_async
 from tests.helpers.prometheus import Scrape
 from tests.services.certs import ServerCert
+from tests.services.require import require
 
 #: The rule the proxy runs with, before a fixture sets it to 0.
 SPLICE_AFTER = relay_module.SPLICE_AFTER
+
+
+def require_splice() -> None:
+    """The zero-copy relay needs ``os.splice``: missing skips locally, fails under CI=true."""
+    require(zerocopy.splice_available(),
+            "os.splice is Linux-only (the user-space relay is used elsewhere)")
 
 
 @pytest.fixture(params=[True, False], ids=["zero_copy", "user_space"])
@@ -46,8 +53,8 @@ def zero_copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Which relay; zero copy from the first byte after login (``SPLICE_AFTER`` 0)."""
     value = request.param
     assert isinstance(value, bool)
-    if value and not zerocopy.splice_available():
-        pytest.skip("os.splice is Linux-only (the user-space relay is used elsewhere)")
+    if value:
+        require_splice()
     monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)
     return value
 
@@ -276,8 +283,7 @@ async def test_a_short_session_stays_in_user_space(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A login, SELECT, LOGOUT moves far less than SPLICE_AFTER: no hand-over is paid."""
-    if not zerocopy.splice_available():
-        pytest.skip("os.splice is Linux-only")
+    require_splice()
     caplog.set_level(logging.INFO, "proxy.session")
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
     async with running(seed_listeners(path, pki)) as proxy:
@@ -350,8 +356,7 @@ async def test_drain_lets_a_session_finish_and_cuts_the_rest_at_the_timeout(
 async def test_metrics_count_the_bytes_of_a_spliced_session(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore
 ) -> None:
-    if not zerocopy.splice_available():
-        pytest.skip("os.splice is Linux-only")
+    require_splice()
     imap_store.message = os.urandom(1_000_000)
     async with start(tmp_path, pki, imap_store, ThrottleSettings()) as running_proxy:
         address = running_proxy.address("imap4")
@@ -381,8 +386,7 @@ async def test_a_refused_splice_or_pipe_falls_back_to_copying_on_the_same_socket
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture, refusal: str,
 ) -> None:
-    if not zerocopy.splice_available():
-        pytest.skip("os.splice is Linux-only")
+    require_splice()
 
     def refuse(*args: object, **kwargs: object) -> int:
         raise OSError(errno.EINVAL, "splice refused")
@@ -417,8 +421,7 @@ async def test_no_descriptor_for_the_handover_ends_the_session_cleanly(
     tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    if not zerocopy.splice_available():
-        pytest.skip("os.splice is Linux-only")
+    require_splice()
     caplog.set_level(logging.INFO, "proxy.session")
     monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)  # hand over right after login
     path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})

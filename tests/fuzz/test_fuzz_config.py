@@ -14,7 +14,10 @@ Perdition lexer refuses a logical line over 4096 bytes instead of cutting it.
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import event, example, given
@@ -201,15 +204,33 @@ def test_toml_gives_settings_or_config_error(workdir: Path, text: str) -> None:
         event("syntax error" if any(i.key == "toml" for i in result.issues) else "value error")
 
 
-@given(st.text(max_size=200))
-def test_key_lines_never_raises_on_valid_toml(text: str) -> None:
-    import tomllib
-
+@given(st.one_of(toml_texts, st.text(max_size=200)))
+@example('[[listener]]\nname = "x"\n[listener.login]\nlower_case = []\n[[listener]]\n')
+def test_key_lines_places_every_key_of_valid_toml(text: str) -> None:
     try:
-        tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
+        event("not TOML")
         return
-    key_lines(text)
+    event("TOML with keys" if data else "empty TOML")
+    lines = key_lines(text)
+    # Every top-level key has a line to report errors at...
+    assert set(data) <= {path[0] for path in lines}, (data, lines)
+    rows = text.split("\n")
+    for path, line in lines.items():
+        # ...every path named is one the document holds...
+        node: Any = data
+        for part in path:
+            if isinstance(part, int):  # an element of an array of tables
+                assert isinstance(node, list) and part < len(node), (path, data)
+            else:
+                assert isinstance(node, dict) and part in node, (path, data)
+            node = node[part]
+        # ...and its line is the one that spells the key (a bare key: written as it is).
+        key = next(p for p in reversed(path) if isinstance(p, str))
+        assert 1 <= line <= len(rows), (path, line)
+        if re.fullmatch(r"[A-Za-z0-9_-]+", key):
+            assert key in rows[line - 1], (path, line, rows[line - 1])
 
 
 @given(st.text(max_size=80), st.integers(min_value=MAX_LINE_BYTES + 1, max_value=3 * 4096),

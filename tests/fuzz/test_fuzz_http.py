@@ -15,6 +15,7 @@ refusals before the blank line included.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import cast
 
@@ -73,10 +74,23 @@ def test_decode_escaped_undoes_nginx_escaping(raw: bytes) -> None:
     assert (text, utf8) == (expected, valid)
 
 
-@given(st.binary(max_size=40).map(_text))
-def test_decode_escaped_never_raises(value: str) -> None:
-    text, _ = decode_escaped(value)
-    assert isinstance(text, str)
+#: Values dense in escapes, broken ones too ("%", "%4", "%g1"), and non-UTF-8 bytes.
+_escaped_values = st.lists(st.sampled_from(
+    [b"%", b"4", b"1", b"f", b"F", b"g", b"+", b"a", b"\xc3", b"\xa9", b"\xff", b"%25", b"%C3"]),
+    max_size=16).map(b"".join)
+
+
+@given(st.one_of(st.binary(max_size=40), _escaped_values).map(_text))
+def test_decode_escaped_decodes_any_value(value: str) -> None:
+    # The model: every %XX (hex digits, either case) is one byte, nothing else
+    # changes ("+" stays), then UTF-8, or Latin-1 when that fails.
+    raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m[1], 16)]),
+                 value.encode("utf-8", "surrogateescape"))
+    try:
+        expected = raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        expected = raw.decode("latin-1"), False
+    assert decode_escaped(value) == expected
 
 
 _NAMES = ["auth-protocol", "auth-user", "auth-pass", "auth-login-attempt", "auth-method",

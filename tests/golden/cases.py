@@ -31,6 +31,7 @@ from authsvc.settings import (
     Stage,
     TlsSettings,
 )
+from tests.services.require import in_ci
 
 GOLDEN = Path(__file__).parent
 UPDATE_ENV = "AUTHSVC_UPDATE_GOLDEN"
@@ -116,6 +117,8 @@ def check_golden(name: str, text: str) -> None:
     # The version in the header would change every golden file on each release.
     text = text.replace(f"authsvc {__version__} (", "authsvc VERSION (")
     if os.environ.get(UPDATE_ENV) == "1":
+        # Rewriting passes whatever was rendered: never the way CI runs the suite.
+        assert not in_ci(), f"{UPDATE_ENV}=1 under CI=true would pass every golden test"
         path.write_text(text)
         return
     assert path.exists(), f"no golden file {path}; run with {UPDATE_ENV}=1 to create it"

@@ -61,6 +61,7 @@ def test_the_dashboard_is_importable_for_one_pool() -> None:
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["node"]["allValue"] == ".*"
+    assert dashboard["panels"]
     for panel in dashboard["panels"]:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:

@@ -83,12 +83,17 @@ def problems(text: str) -> list[str]:
 
 def test_the_repository_cites_only_what_it_holds() -> None:
     bad: list[str] = []
+    read: set[str] = set()
     for path in text_files():
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
+        read.add(path.relative_to(ROOT).parts[0])
         bad.extend(f"{path.relative_to(ROOT)} {p}" for p in problems(text))
+    # Every checked tree was read: a wrong ROOT or an over-eager SKIP_DIRS
+    # would otherwise pass with nothing looked at.
+    assert read == {*CHECKED, *TOP_FILES}, read
     assert not bad, "\n".join(bad)
 
 

@@ -654,5 +654,6 @@ def test_not_a_map_library(tmp_path: Path) -> None:
 
 def test_file_map_is_native_only(tmp_path: Path) -> None:
     # There is no Perdition library for the flat file; the native reader has it.
-    assert not any(isinstance(ls.map, FileMapSettings)
-                   for ls in load(tmp_path, BASE).settings.listeners)
+    listeners = load(tmp_path, BASE).settings.listeners
+    assert listeners
+    assert not any(isinstance(ls.map, FileMapSettings) for ls in listeners)

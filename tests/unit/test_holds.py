@@ -186,9 +186,11 @@ async def test_an_expired_hold_lets_logins_through_at_once() -> None:
     clock = Clock()
     keeper = keeper_with(Hold("user", "bob@riseup.net", until=NOW + 30), clock=clock)
     router, _ = router_with(keeper, {"bob@riseup.net": MapEntry("10.0.0.5")})
-    assert isinstance(await router.route(LoginRequest("bob", MailProtocol.IMAP)), Refusal)
+    held = await router.route(LoginRequest("bob", MailProtocol.IMAP))
+    assert isinstance(held, Refusal) and held.kind is FailureKind.HELD
     clock.now = NOW + 30
-    assert isinstance(await router.route(LoginRequest("bob", MailProtocol.IMAP)), Route)
+    route = await router.route(LoginRequest("bob", MailProtocol.IMAP))
+    assert isinstance(route, Route) and route.host == "10.0.0.5"
 
 
 async def test_serve_answers_a_held_cached_route_with_a_temporary_failure() -> None:

@@ -23,6 +23,8 @@ def test_every_package_is_listed() -> None:
         ".".join(("authsvc", *i.parent.relative_to(ROOT).parts))
         for i in (ROOT / "proxy").rglob("__init__.py")
     }
+    # The walk found the trees at all (else the subset below holds of nothing).
+    assert {"authsvc", "authsvc.http", "authsvc.proxy", "authsvc.proxy.imap"} <= found, found
     assert found <= listed
     assert "authsvc.templates" in listed
     assert not {name for name in listed if not name.startswith("authsvc")}

@@ -42,6 +42,9 @@ def lines(chunks: Sequence[bytes], max_line: int = 16) -> list[bytes | TooLong]:
         (b"LF only\nnext\n", [b"LF only", b"next"]),
         (b"\r\n", [b""]),
         (b"no end yet", []),
+        (b"\nx\r\n", [b"", b"x"]),  # an empty line of a bare LF
+        (b"0123456789abcdef", [TooLong()]),  # 16 bytes, no LF among them: cannot fit
+        (b"0123456789abcde", []),  # 15: the LF may still come
         (b"0123456789abcdef\r\nok\r\n", [TooLong(), b"ok"]),  # 18 bytes > 16
         (b"0123456789abcd\r\nok\r\n", [b"0123456789abcd", b"ok"]),  # exactly 16
         (b"x" * 100 + b"\r\n" + b"y" * 40 + b"\nok\n", [TooLong(), TooLong(), b"ok"]),
@@ -50,6 +53,14 @@ def lines(chunks: Sequence[bytes], max_line: int = 16) -> list[bytes | TooLong]:
 )
 def test_line_buffer(data: bytes, expected: list[bytes | TooLong]) -> None:
     assert same_for_all_splits(data, lines) == expected
+
+
+def test_line_buffer_needs_room_for_a_line_end() -> None:
+    with pytest.raises(ValueError, match="room for CRLF"):
+        LineBuffer(1)
+    buf = LineBuffer(2)
+    buf.feed(b"\r\n")
+    assert buf.next_line() == b""
 
 
 def test_line_buffer_memory_stays_bounded_on_a_megabyte_line() -> None:
@@ -77,6 +88,8 @@ def test_take_remaining_returns_unconsumed_bytes() -> None:
         (b"a LOGIN {0}", LineFragment(b"a LOGIN ", Announcement(0, True))),
         (b"a LOGIN {4294967295}", LineFragment(b"a LOGIN ", Announcement(MAX_NUMBER, True))),
         (b"a X {99999999999999999999}", LineFragment(b"a X ", Announcement(MAX_NUMBER + 1, True))),
+        (b"a X {10000000000}", LineFragment(b"a X ", Announcement(MAX_NUMBER + 1, True))),
+        (b"{3}", LineFragment(b"", Announcement(3, True))),  # the whole line announces
         (b"a LOGIN {}", LineFragment(b"a LOGIN {}")),
         (b"a LOGIN {x}", LineFragment(b"a LOGIN {x}")),
         (b"a LOGIN {+}", LineFragment(b"a LOGIN {+}")),
@@ -131,6 +144,9 @@ def fragments(chunks: Sequence[bytes]) -> list[Fragment]:
             [LineFragment(b"a LOGIN ", Announcement(MAX_NUMBER, True)), LineFragment(b"b NOOP")],
         ),
         (b"x" * 70 + b"\r\nb NOOP\n", [TooLong(), LineFragment(b"b NOOP")]),
+        # A literal that ends the input is complete with its last byte.
+        (b"a X {3}\r\nabc",
+         [LineFragment(b"a X ", Announcement(3, True)), LiteralFragment(b"abc")]),
     ],
 )
 def test_fragmentizer(data: bytes, expected: list[Fragment]) -> None:

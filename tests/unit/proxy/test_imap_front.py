@@ -174,6 +174,29 @@ def test_huge_synchronising_literal_is_refused_and_the_connection_goes_on() -> N
     ]
 
 
+CONTINUE = b"+ Ready for literal data.\r\n"
+
+
+def test_a_literal_may_be_max_literal_length_long() -> None:
+    # PROXY: max_literal_length 64.  A refused literal is never sent: the
+    # client waits for the "+" first.
+    accepted = run(b"a LOGIN {64}\r\n" + b"b" * 64 + b" x\r\n")
+    assert sent(accepted) == CONTINUE
+    assert authenticate(accepted).credentials.login == "b" * 64
+    assert sent(run(b"a LOGIN {65}\r\nb NOOP\r\n")) == (
+        b"a BAD Literal too large.\r\nb OK NOOP completed.\r\n")
+
+
+def test_a_command_with_its_literals_may_be_as_long_as_a_line_and_two_literals() -> None:
+    # PROXY: 256 + 2 * 64 = 384 bytes.  "a X ", five literals of 64 and a
+    # space before each after the first come to 329: a sixth of 55 fits.
+    five = b"a X {64}\r\n" + b"x" * 64 + (b" {64}\r\n" + b"x" * 64) * 4
+    assert sent(run(five + b" {55}\r\n" + b"y" * 55 + b"\r\n")) == (
+        CONTINUE * 6 + b"a BAD Unknown command.\r\n")
+    assert sent(run(five + b" {56}\r\nb NOOP\r\n")) == (
+        CONTINUE * 5 + b"a BAD Literal too large.\r\nb OK NOOP completed.\r\n")
+
+
 def test_huge_non_synchronising_literal_closes() -> None:
     listener = imap_listener(capability=("IMAP4rev1 LITERAL+",))
     assert run(b"a LOGIN bob {4294967295+}\r\nxxxx", listener) == [

@@ -23,7 +23,7 @@ from authsvc.proxy.events import (
     TlsEstablished,
     Trace,
 )
-from authsvc.proxy.pop3.back import Pop3Back
+from authsvc.proxy.pop3.back import MAX_CAPA_LINES, Pop3Back
 from authsvc.proxy.pop3.front import Pop3Front, State
 from authsvc.proxy.proxy_protocol import encode_v1, encode_v2
 
@@ -180,6 +180,16 @@ def test_too_many_failures_closes() -> None:
     ]
 
 
+def test_the_last_allowed_failure_closes_and_not_one_before() -> None:
+    front = logging_in(attempts=3)
+    for _ in range(2):
+        assert front.handle(LoginFailed(FailureKind.BACKEND_AUTH)) == [
+            Send(b"-ERR [AUTH] Authentication failed.\r\n")]
+        creds(feed(front, [b"USER bob\r\nPASS x\r\n"]))
+    assert front.handle(LoginFailed(FailureKind.BACKEND_AUTH))[-1] == Close(
+        "too many login failures")
+
+
 def test_timeout_and_client_hello() -> None:
     front = Pop3Front(pop3_listener(), PROXY)
     assert front.handle(TimedOut()) == [
@@ -222,6 +232,7 @@ def test_back_user_pass() -> None:
         (b"* OK imap?\r\n", FailureKind.BACKEND_PROTOCOL),
         (b"+OK\r\n-ERR [AUTH] Authentication failed.\r\n", FailureKind.BACKEND_AUTH),
         (b"+OK\r\n+OK\r\n-ERR [AUTH] Authentication failed.\r\n", FailureKind.BACKEND_AUTH),
+        (b"+OK\r\n+OK\r\n-ERR\r\n", FailureKind.BACKEND_AUTH),  # a bare -ERR refuses too
         (b"+OK\r\n+OK\r\n-ERR [IN-USE] Mailbox locked\r\n", FailureKind.BACKEND_PROTOCOL),
         (b"+OK\r\n+OK\r\n-ERR [SYS/TEMP] later\r\n", FailureKind.BACKEND_PROTOCOL),
     ],
@@ -231,6 +242,17 @@ def test_back_failures(data: bytes, kind: FailureKind) -> None:
     assert isinstance(last, BackendFailed)
     assert last.kind is kind
     assert PASSWORD not in last.reason
+
+
+def test_back_reads_a_capa_list_up_to_its_limit() -> None:
+    def capa(lines: int) -> bytes:
+        return b"+OK hi\r\n+OK\r\n" + b"".join(b"X%d\r\n" % i for i in range(lines)) + b".\r\n"
+
+    # STARTTLS offered by no line: the login goes on in plaintext.
+    assert run_back(capa(MAX_CAPA_LINES), BackendTls.STARTTLS)[-1] == Send(
+        b"CAPA\r\nUSER bob\r\n")
+    assert run_back(capa(MAX_CAPA_LINES + 1), BackendTls.STARTTLS)[-1] == BackendFailed(
+        FailureKind.BACKEND_PROTOCOL, "CAPA list too long")
 
 
 def test_back_stls() -> None:

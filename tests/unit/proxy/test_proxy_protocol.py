@@ -59,6 +59,9 @@ def tlv(kind: int, value: bytes) -> bytes:
 
 
 IPV4_BLOCK = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + struct.pack("!HH", 50214, 993)
+IPV6_BLOCK = (bytes.fromhex("20010db8000000000000000000000007")
+              + bytes.fromhex("20010db8000000000000000000000001") + struct.pack("!HH", 1234, 143))
+UNIX_BLOCK = b"/run/a".ljust(108, b"\0") + b"/run/b".ljust(108, b"\0")
 
 
 # --- v1 ------------------------------------------------------------------------
@@ -103,6 +106,7 @@ def test_v1_longest_line_is_107_bytes() -> None:
     (b"PROXY TCP4 1.2.3.4\r1.2.3.4 1 2\r\n", "v1 header: CR without LF"),
     (b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\t\r\n", "v1 header: byte outside printable ASCII"),
     (b"PROXY TCP4 1.2.3.4 1.2.3.\xc3\xa9 1 2\r\n", "v1 header: byte outside printable ASCII"),
+    (b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\x7f\r\n", "v1 header: byte outside printable ASCII"),
     (b"proxy TCP4 1.2.3.4 1.2.3.4 1 2\r\n", "not a PROXY protocol header"),
     (b"PROXYTCP4 1.2.3.4 1.2.3.4 1 2\r\n", "not a PROXY protocol header"),
     (b"a1 LOGIN bob secret\r\n", "not a PROXY protocol header"),
@@ -117,6 +121,24 @@ def test_v1_error_shows_at_the_first_bad_byte() -> None:
     assert reader.feed(b"PROX") == 4
     with pytest.raises(ProxyProtocolError):
         reader.feed(b"Z")
+
+
+def test_v1_tcp6_takes_any_spelling_and_gives_the_canonical_one() -> None:
+    # Only dotted quads must be canonical (proxy-protocol.txt 2.1); IPv6 is read as written.
+    header = b"PROXY TCP6 2001:0DB8:0::7 2001:db8::1 1 2\r\n"
+    assert parse(header) == (
+        ProxyHeader(1, ("2001:db8::7", 1), ("2001:db8::1", 2), len(header)), len(header))
+
+
+@pytest.mark.parametrize(("good", "bad", "error"), [
+    (V2_SIGNATURE, b"\x11", "version/command byte 0x11"),
+    (V2_SIGNATURE + b"\x21", b"\x13", "family byte 0x13"),
+])
+def test_v2_error_shows_at_the_first_bad_byte(good: bytes, bad: bytes, error: str) -> None:
+    reader = ProxyHeaderReader()
+    assert reader.feed(good) == len(good)
+    with pytest.raises(ProxyProtocolError, match=error):
+        reader.feed(bad)
 
 
 def test_incomplete_v1_waits() -> None:
@@ -143,9 +165,18 @@ def test_v2_tcp4() -> None:
         ProxyHeader(2, ("192.0.2.7", 50214), ("198.51.100.1", 993), 28), 28)
 
 
+@pytest.mark.parametrize("tlvs", [
+    tlv(0x04, b""),  # an empty TLV: its three bytes are all of it
+    tlv(0x20, b"\x01\0\0\0\0"),  # an SSL TLV with no sub-TLV
+], ids=["empty-tlv", "bare-ssl-tlv"])
+def test_v2_tlvs_at_their_smallest(tlvs: bytes) -> None:
+    header = v2(0x21, 0x11, IPV4_BLOCK + tlvs)
+    assert parse(header + CLIENT_HELLO) == (
+        ProxyHeader(2, ("192.0.2.7", 50214), ("198.51.100.1", 993), len(header)), len(header))
+
+
 def test_v2_tcp6_with_tlvs_haproxy_sends() -> None:
-    block = (bytes.fromhex("20010db8000000000000000000000007") +
-             bytes.fromhex("20010db8000000000000000000000001") + struct.pack("!HH", 1234, 143))
+    block = IPV6_BLOCK
     ssl = tlv(0x20, b"\x01" + b"\x00\x00\x00\x00" + tlv(0x21, b"TLSv1.3") + tlv(0x22, b"bob"))
     body = block + tlv(0x01, b"imap") + tlv(0x02, b"mail.test") + ssl + tlv(0x04, b"\0" * 9)
     header = v2(0x21, 0x21, body)
@@ -153,9 +184,12 @@ def test_v2_tcp6_with_tlvs_haproxy_sends() -> None:
         ProxyHeader(2, ("2001:db8::7", 1234), ("2001:db8::1", 143), len(header)), len(header))
 
 
-@pytest.mark.parametrize("family", [0x00, 0x31])
-def test_v2_unspec_and_unix_keep_the_connection_addresses(family: int) -> None:
-    body = b"" if family == 0x00 else b"/run/a".ljust(108, b"\0") + b"/run/b".ljust(108, b"\0")
+@pytest.mark.parametrize(("family", "body"), [
+    (0x00, b""),
+    (0x00, b"\x01\x00"),  # UNSPEC: whatever follows is skipped, not read as TLVs
+    (0x31, UNIX_BLOCK),
+])
+def test_v2_unspec_and_unix_keep_the_connection_addresses(family: int, body: bytes) -> None:
     header = v2(0x21, family, body)
     assert parse(header + b"x") == (ProxyHeader(2, None, None, len(header)), len(header))
 
@@ -168,6 +202,10 @@ def test_v2_unspec_and_unix_keep_the_connection_addresses(family: int) -> None:
     (v2(0x21, 0x41, IPV4_BLOCK), "v2 header: family byte 0x41"),
     (v2(0x21, 0x21, IPV4_BLOCK), "v2 header: length shorter than its addresses"),
     (v2(0x21, 0x12, IPV4_BLOCK), "v2 header: a datagram family on a stream connection"),
+    (v2(0x21, 0x22, IPV6_BLOCK), "v2 header: a datagram family on a stream connection"),
+    (v2(0x21, 0x32, UNIX_BLOCK), "v2 header: a datagram family on a stream connection"),
+    (v2(0x21, 0x22, IPV6_BLOCK[:-1]), "v2 header: length shorter than its addresses"),
+    (v2(0x21, 0x32, UNIX_BLOCK[:-1]), "v2 header: length shorter than its addresses"),
     (v2(0x21, 0x11, IPV4_BLOCK + b"\x01\x00"), "v2 header: TLV truncated"),
     (v2(0x21, 0x11, IPV4_BLOCK + b"\x01\x00\x05abc"),
      "v2 header: TLV 0x01 longer than the header"),
@@ -182,6 +220,8 @@ def test_v2_malformed(header: bytes, error: str) -> None:
 def test_v2_over_the_cap_is_refused_from_the_fixed_part_alone() -> None:
     fixed = V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x11, 4096 - 16 + 1)
     assert read([fixed]) == "error: v2 header of 4097 bytes, over 4096"
+    with pytest.raises(ProxyProtocolError, match="over 4096"):
+        ProxyHeaderReader().feed(fixed)  # the default cap
     fits = v2(0x21, 0x11, IPV4_BLOCK + tlv(0x04, b"\0" * (4096 - 16 - 12 - 3)))
     assert len(fits) == 4096
     assert parse(fits, 4096) == (
