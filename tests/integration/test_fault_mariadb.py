@@ -20,6 +20,7 @@ import pytest
 
 from authsvc.http.auth_http import TEXT_INVALID, TEXT_TEMPORARY
 from tests.helpers.eventually import eventually
+from tests.helpers.prometheus import Scrape
 from tests.services.mariadb import PrivateMariaDb, TestDatabase
 from tests.services.serve import ServeProcess
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "fault-secret"
 CACHED = ("alice", "bob")
+WORKERS = 2
 UNCACHED = "carol"
 
 
@@ -96,13 +98,19 @@ def test_mariadb_killed_under_load(
     db = private_mariadb_db
     db.add_mailboxes([("alice@riseup.net", "127.0.0.2"), ("bob@riseup.net", "127.0.0.3"),
                       ("carol@riseup.net", "127.0.0.4")])
-    serve = ServeProcess([write_config(tmp_path, db)], tmp_path, workers=2)
+    serve = ServeProcess([write_config(tmp_path, db)], tmp_path, workers=WORKERS)
     serve.start()
     try:
-        # Warm every worker's cache (SO_REUSEPORT spreads the requests).
-        for _ in range(8):
+        # Warm every worker's cache: SO_REUSEPORT spreads connections by a
+        # hash, so a fixed number of requests may leave one worker without a
+        # user. Ask until each worker has missed (and so cached) each user once.
+        def warmed() -> bool:
             for user in CACHED:
                 assert ask(serve.port, user)["Auth-Status"] == "OK"
+            misses = Scrape(serve.get("/metrics")[1]).sum("authsvc_cache_misses_total")
+            return misses == WORKERS * len(CACHED)
+
+        eventually(warmed, what="both workers caching both users")
         stop = threading.Event()
         seen: Counter[tuple[str, str]] = Counter()
         errors: list[str] = []
