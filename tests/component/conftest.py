@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,17 @@ async def running(
 @pytest.fixture
 async def imap_store() -> AsyncIterator[FakeStore]:
     store = FakeStore("imap")
+    await store.start()
+    yield store
+    await store.stop()
+
+
+@pytest.fixture
+async def tls_store(pki: ServerCert) -> AsyncIterator[FakeStore]:
+    """An IMAP store behind implicit TLS, with the test CA's certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+    store = FakeStore("imap", tls=context)
     await store.start()
     yield store
     await store.stop()

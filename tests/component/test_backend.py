@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,16 +34,6 @@ def exchange(address: tuple[str, int], payload: bytes, until: bytes) -> bytes:
         data += chunk
     sock.close()
     return data
-
-
-@pytest.fixture
-async def tls_store(pki: ServerCert) -> AsyncIterator[FakeStore]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pki.cert, pki.key)
-    store = FakeStore("imap", tls=context)
-    await store.start()
-    yield store
-    await store.stop()
 
 
 async def login_via(tmp_path: Path, pki: ServerCert, store: FakeStore,

@@ -23,7 +23,6 @@ import os
 import socket
 import ssl
 import tracemalloc
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,16 +43,6 @@ BOUNDS = {"plain": (8_700, 9_800), "tls_client": (9_100, 10_200), "tls_both": (9
 #: Fewer than this and the filter missed the proxy's modules (a session's
 #: Channels, transports and task alone are more): the count would prove nothing.
 FLOOR = 4_000
-
-
-@pytest.fixture
-async def tls_store(pki: ServerCert) -> AsyncIterator[FakeStore]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pki.cert, pki.key)
-    store = FakeStore("imap", tls=context)
-    await store.start()
-    yield store
-    await store.stop()
 
 
 def log_in(address: tuple[str, int], context: ssl.SSLContext | None) -> socket.socket:
