@@ -10,8 +10,8 @@ Two ways, one contract; every session starts on the first:
   connections are plain TCP with nothing left for the proxy to see: no TLS
   on either side (a PROXY header to the store was sent before the login),
   **once one direction has moved** :data:`SPLICE_AFTER` **bytes** in user
-  space.  The hand-over (a ``dup`` and a transport closed per socket, the
-  sockets watched anew, a pipe per direction) costs more than a short
+  space.  The hand-over (both sockets flushed and watched anew, a pipe
+  per direction) costs more than a short
   session's few hundred bytes in user space (docs/benchmarks.md, "What was
   cut"), while a download crosses the mark in its first reads.
 

@@ -233,23 +233,20 @@ class Session:
     async def _open(self) -> bool:
         """The socket as a Channel; on an implicit-TLS listener, after the handshake.
 
-        The handshake is the Channel's own (``proxy/tls.py``), begun before the
-        transport reads a byte, so a ClientHello that came in one packet with a
+        The handshake is the Channel's own (``proxy/tls.py``), begun before a
+        byte is read, so a ClientHello that came in one packet with a
         PROXY header is read from the kernel by the TLS layer (docs/architecture.md).
         """
         ctx = self._ctx
         implicit = ctx.listener.tls is ListenTls.IMPLICIT
         high_water = ctx.proxy.splice_buffer
-        loop = asyncio.get_running_loop()
         try:
             if implicit:
                 assert ctx.server_tls is not None, "the server checks TLS listeners have one"
                 timeout = self._preauth_timeout()
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError("login deadline")
-                context = ctx.server_tls
-                _, client = await loop.connect_accepted_socket(
-                    lambda: Channel(high_water=high_water, tls_context=context), self._sock)
+                client = Channel(self._sock, high_water=high_water, tls_context=ctx.server_tls)
                 try:
                     await client.handshake(timeout)
                 except BaseException:
@@ -258,8 +255,7 @@ class Session:
                 self._client = client
                 self.record.tls = "implicit"
             else:
-                _, self._client = await loop.connect_accepted_socket(
-                    lambda: Channel(high_water=high_water), self._sock)
+                self._client = Channel(self._sock, high_water=high_water)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.record.result = "tls_failed" if implicit else "error"
             self.record.end = (f"tls_failed:{type(exc).__name__}" if implicit

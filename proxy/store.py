@@ -22,6 +22,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from authsvc.proxy.context import ListenerContext
 from authsvc.proxy.events import (
@@ -60,21 +61,35 @@ def _literal_family(host: str) -> int | None:
     return None
 
 
-async def _connected(loop: asyncio.AbstractEventLoop, family: int, host: str,
-                     port: int) -> socket.socket:
-    """A non-blocking TCP socket connected to an address literal.
+async def _connected(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket connected to ``host``, tried address by address.
 
-    What ``create_connection`` does for one address, without its resolution
-    step and candidate list: most maps name their stores by address.
+    An address literal, as most maps name their stores, is connected with no
+    lookup; a name is resolved and its addresses tried in order, as
+    ``create_connection`` does; the last failure is raised.
     """
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    family = _literal_family(host)
+    candidates: list[tuple[int, tuple[Any, ...]]]
+    if family is not None:
+        candidates = [(family, (host, port))]
+    else:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        candidates = [(info[0], info[4]) for info in infos]
+    error: OSError = OSError(f"no address for {host}")
+    for family, sockaddr in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
 
 
 class LoginFailure(Exception):
@@ -132,20 +147,12 @@ class StoreLogin:
         started = loop.time()
         # Implicit TLS runs in the Channel (proxy/tls.py), as the client side
         # does: the same context and name checks as a STARTTLS upgrade.
-        tls_context = context if implicit else None
-        def channel() -> Channel:
-            return Channel(high_water=high_water, tls_context=tls_context,
-                           server_side=False, server_hostname=server_hostname)
-
         try:
-            family = _literal_family(route.host)
-            if family is None:
-                _, backend = await loop.create_connection(channel, route.host, route.port)
-            else:
-                _, backend = await loop.create_connection(
-                    channel, sock=await _connected(loop, family, route.host, route.port))
+            sock = await _connected(loop, route.host, route.port)
         except OSError as exc:
             raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
+        backend = Channel(sock, high_water=high_water, tls_context=context if implicit else None,
+                          server_side=False, server_hostname=server_hostname)
         connected = loop.time()
         if metrics is not None:
             metrics.store_connect(store, connected - started)

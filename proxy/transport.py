@@ -1,26 +1,38 @@
-"""Channel: an asyncio.Protocol that owns every byte it receives.
+"""Channel: one TCP connection, client or store side, on a socket it reads and writes itself.
 
-One of the few modules that touch the event loop.  There is no StreamReader
-hiding a buffer: bytes wait in ``Channel`` until the session or the relay
-reads them, which lets the session (a) leave client bytes unread while it logs
-in at the store, so pipelined commands reach the store in order, and (b) drop
-exactly what was buffered when STARTTLS begins (RFC 2595 §3.1, RFC 3207 §4.2).
+One of the few modules that touch the event loop.  There is no asyncio
+transport and no StreamReader: the Channel watches its non-blocking socket
+with ``loop.add_reader``/``add_writer`` (stdlib asyncio and uvloop alike) and
+bytes wait in the Channel until the session or the relay reads them.  That
+lets the session (a) leave client bytes unread while it logs in at the
+store, so pipelined commands reach the store in order, and (b) drop exactly
+what was buffered when STARTTLS begins (RFC 2595 §3.1, RFC 3207 §4.2).  It
+also keeps an idle relayed connection to the socket, its registration with
+the loop and this object: no transport with its buffer, address table and
+protocol behind it (docs/benchmarks.md, "Proxy").
 
-Flow control: reading pauses while more than ``high_water`` bytes wait, and
-``drain()`` waits while the transport's own write buffer is above its mark
-(``pause_writing``/``resume_writing``), so neither direction of a relay can
-grow memory without bound.  A plain Channel can hand its socket over
-(:meth:`Channel.detach`) to the zero-copy relay in ``zerocopy.py``.
+What it keeps of asyncio's ``selector_events`` transport, deliberately the
+same: a read of up to :data:`MAX_READ` bytes per wake-up; TCP_NODELAY; a
+write sent at once while nothing waits, the rest queued until the socket is
+writable; the write-buffer marks (64 KiB high, a quarter of it low) behind
+``writing_paused``/:meth:`drain`; EOF kept open for writing on plain TCP (a
+half-closed client may still be waiting for the store's answer) and ending
+a TLS connection, which cannot half-close; ``close`` after what is queued
+has been written; and the connection's end reported on the next loop pass
+(``on_lost``), never from inside the call that caused it.
 
-TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS
-runs inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
-on memory BIOs) on asyncio's plain transport, not in asyncio's ``SSLProtocol``
-with its 256 KiB buffer per connection, on both sides.  Implicit TLS passes
-``tls_context`` so the handshake starts in ``connection_made``, before the
-transport reads a byte: from a client (the server read any PROXY header first;
-the ClientHello behind it is still in the kernel), and to a store
-(``server_side=False`` with the name its certificate must carry); STARTTLS/STLS,
-either side, is :meth:`Channel.start_tls`.
+Flow control: reading pauses while more than ``high_water`` bytes wait, so
+neither direction of a relay can grow memory without bound.  A plain Channel
+can hand its socket over (:meth:`Channel.detach`) to the zero-copy relay in
+``zerocopy.py``.
+
+TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS runs
+inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
+on memory BIOs), on both sides.  Implicit TLS passes ``tls_context`` so the
+handshake starts before a byte is read: from a client (the server read any
+PROXY header first; the ClientHello behind it is still in the kernel), and
+to a store (``server_side=False`` with the name its certificate must carry);
+STARTTLS/STLS, either side, is :meth:`Channel.start_tls`.
 """
 
 from __future__ import annotations
@@ -31,11 +43,18 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 from authsvc.proxy.tls import TlsEndpoint
 
 DEFAULT_HIGH_WATER = 262_144
+#: Bytes asked of the socket per wake-up (asyncio's transports use the same).
+MAX_READ = 262_144
+#: The write buffer's high-water mark until :meth:`Channel.set_write_limit`
+#: (asyncio's default, with the low mark a quarter of it).
+WRITE_HIGH = 65_536
+#: Buffers passed to one ``writev`` at most (``IOV_MAX`` on Linux).
+_IOV_MAX = 1024
 
 
 class Relayed(Protocol):
@@ -48,7 +67,7 @@ class Relayed(Protocol):
         """The peer's EOF: a TCP FIN, or a TLS close_notify."""
 
     def writable(self) -> None:
-        """The transport's write buffer drained below its low-water mark."""
+        """The write buffer drained below its low-water mark."""
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:
@@ -56,36 +75,64 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class Channel(asyncio.Protocol):
-    """One TCP connection, client or store side."""
+def _no_delay(sock: socket.socket) -> None:
+    """TCP_NODELAY, as asyncio sets it on every TCP transport: a command goes out at once."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Channel:
+    """One TCP connection, client or store side, on a connected non-blocking socket."""
+
+    __slots__ = (
+        "_addresses", "_buffered", "_chunks", "_closing", "_data_waiter", "_drain_waiter",
+        "_dying", "_eof", "_fd", "_handshake", "_held", "_high_water", "_loop", "_lost",
+        "_lost_callbacks", "_on_detached_close", "_pending", "_pending_size", "_read_done",
+        "_reading", "_reading_paused", "_relayed", "_shut", "_sock", "_tls", "_write_high",
+        "_write_low", "_writing", "_writing_paused", "bytes_in", "bytes_out", "tls",
+    )
 
     def __init__(
         self,
+        sock: socket.socket,
         *,
         high_water: int = DEFAULT_HIGH_WATER,
-        on_connected: Callable[[Channel], None] | None = None,
         tls_context: ssl.SSLContext | None = None,
         server_side: bool = True,
         server_hostname: str | None = None,
     ) -> None:
-        self._transport: asyncio.Transport | None = None
-        # What was received and not yet read, as the transport delivered it:
-        # one chunk is handed on as it is (no copy), several are joined once.
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._fd = sock.fileno()
+        # What was received and not yet read, as it arrived: one chunk is
+        # handed on as it is (no copy), several are joined once.
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._high_water = high_water
-        self._on_connected = on_connected
         self._eof = False
+        #: The socket itself said EOF (recv gave b""): it is no longer watched.
+        self._read_done = False
         self._lost = False
+        #: The end is decided and reported on the next loop pass (on_lost).
+        self._dying = False
+        #: Closing once what is queued has been written.
+        self._closing = False
+        #: write_eof was asked: SHUT_WR once what is queued has been written.
+        self._shut = False
+        self._reading = False
+        self._writing = False
         self._reading_paused = False
         self._writing_paused = False
+        #: Bytes the socket did not take yet (None, not [], while there are none).
+        self._pending: list[bytes | memoryview] | None = None
+        self._pending_size = 0
+        self._write_high = WRITE_HIGH
+        self._write_low = WRITE_HIGH // 4
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_callbacks: list[Callable[[], None]] = []
-        self.tls = tls_context is not None
-        self._tls_context = tls_context
-        self._server_side = server_side
-        self._server_hostname = server_hostname
+        self.tls = False
         self._tls: TlsEndpoint | None = None
         self._handshake: asyncio.Future[None] | None = None
         #: Reading stopped for good: the socket is about to change hands.
@@ -94,28 +141,65 @@ class Channel(asyncio.Protocol):
         self._on_detached_close: Callable[[], None] | None = None
         self._addresses: tuple[object, object] | None = None
         #: While relayed in user space (userspace.py, :meth:`relay_to`): each chunk
-        #: received goes on at once, EOF is passed on, and the sink's
-        #: ``resume_writing`` lets its source read again.  One object, not
-        #: three bound methods, for an idle session's sake.
+        #: received goes on at once, EOF is passed on, and the write buffer's
+        #: draining lets the source read again.  One object, not three bound
+        #: methods, for an idle session's sake.
         self._relayed: Relayed | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-
-    # --- asyncio.Protocol ----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's TCPTransport has the Transport
-        # methods without being a subclass of asyncio.Transport.
-        self._transport = cast(asyncio.Transport, transport)
-        if self._tls_context is not None:
+        _no_delay(sock)
+        self._read_on()
+        if tls_context is not None:
             # Implicit TLS: the endpoint exists before the first byte is read
             # (a client's ClientHello is written here).
-            self._begin_tls(self._tls_context, server_side=self._server_side,
-                            server_hostname=self._server_hostname)
-        if self._on_connected is not None:
-            self._on_connected(self)
+            self._begin_tls(tls_context, server_side=server_side,
+                            server_hostname=server_hostname)
 
-    def data_received(self, data: bytes) -> None:
+    # --- watching the socket ---------------------------------------------------------
+
+    def _read_on(self) -> None:
+        if not self._reading and not self._read_done and not self._closing and not self._dying:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _read_off(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _write_on(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _write_off(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(MAX_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        try:
+            if data:
+                self._received(data)
+            else:
+                self._eof_received()
+        except Exception as exc:
+            # A bug behind this Channel ends its connection, as a transport's
+            # protocol error does, and is reported with its traceback.
+            self._loop.call_exception_handler({
+                "message": "the proxy failed on bytes it received", "exception": exc})
+            self._fatal(exc)
+
+    # --- receiving -------------------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
         if self._tls is not None:
             was_eof = self._eof
             data = self._tls_received(data)
@@ -139,39 +223,23 @@ class Channel(asyncio.Protocol):
         self._wake_reader()
         if self._buffered >= self._high_water and not self._reading_paused:
             self._reading_paused = True
-            assert self._transport is not None
-            self._transport.pause_reading()
+            self._read_off()
 
-    def eof_received(self) -> bool:
+    def _eof_received(self) -> None:
+        # A socket at EOF stays readable: watching it any longer would spin.
+        self._read_done = True
+        self._read_off()
         self._fail_handshake(ConnectionResetError("EOF during the TLS handshake"))
         self._eof = True
         self._wake_reader()
         if self._relayed is not None:
             self._relayed.eof()
-        # Keep the socket open for writing: a half-closed client may still be
-        # waiting for the store's answer.  TLS transports cannot half-close.
-        return not self.tls
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_handshake(exc or ConnectionResetError("closed during the TLS handshake"))
-        self._eof = True
-        self._lost = True
-        self._wake_reader()
-        self._wake_drainer()
-        callbacks, self._lost_callbacks = self._lost_callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._wake_drainer()
-        if self._relayed is not None:
-            self._relayed.writable()
-
-    # --- reading -------------------------------------------------------------------
+        if self.tls:
+            # TLS cannot half-close: what is queued goes, then the socket closes
+            # (no close_notify: the peer has gone without one).
+            self._close_after_flush()
+        # Plain TCP stays open for writing: a half-closed client may still be
+        # waiting for the store's answer.
 
     def _wake_reader(self) -> None:
         if self._data_waiter is not None and not self._data_waiter.done():
@@ -188,9 +256,8 @@ class Channel(asyncio.Protocol):
         timer on the waiter, not an ``asyncio.timeout`` scope per read).
         """
         while not self._chunks and not self._eof:
-            loop = asyncio.get_running_loop()
-            waiter = self._data_waiter = loop.create_future()
-            timer = (loop.call_later(timeout, _time_out, waiter)
+            waiter = self._data_waiter = self._loop.create_future()
+            timer = (self._loop.call_later(timeout, _time_out, waiter)
                      if timeout is not None else None)
             try:
                 await waiter
@@ -209,43 +276,42 @@ class Channel(asyncio.Protocol):
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._chunks = []
             self._buffered = 0
-        if (self._reading_paused and not self._held and not self._lost
-                and self._transport is not None):
+        if self._reading_paused and not self._held and not self._lost:
             self._reading_paused = False
-            self._transport.resume_reading()
+            self._read_on()
         return data
 
     def relay_to(self, relayed: Relayed | None) -> None:
         """Hand each received chunk to ``relayed.data`` as it arrives, not to :meth:`read`.
 
         ``relayed.eof`` is told of the peer's EOF (a TCP FIN or TLS
-        close_notify), ``relayed.writable`` when the transport's write buffer
-        has drained below its low-water mark (``resume_writing``).  ``None``
-        ends it.  Call with nothing buffered (:meth:`take_buffered` first).
+        close_notify), ``relayed.writable`` when the write buffer has drained
+        below its low-water mark.  ``None`` ends it.  Call with nothing
+        buffered (:meth:`take_buffered` first).
         """
         self._relayed = relayed
 
     def pause_reading(self) -> None:
         """Stop reading the socket until :meth:`resume_reading` (the sink is full)."""
-        if not self._reading_paused and self._transport is not None and not self._lost:
+        if not self._reading_paused and not self._lost:
             self._reading_paused = True
-            self._transport.pause_reading()
+            self._read_off()
 
     def resume_reading(self) -> None:
         if self._reading_paused and not self._held and not self._lost:
-            assert self._transport is not None
             self._reading_paused = False
-            self._transport.resume_reading()
+            self._read_on()
 
     @property
     def writing_paused(self) -> bool:
-        """True while the transport holds more than its high-water mark unwritten."""
+        """True while more than the high-water mark waits unwritten."""
         return self._writing_paused
 
     def set_write_limit(self, high: int) -> None:
-        """Pause the writer (``pause_writing``) past ``high`` bytes queued, resume at a quarter."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.set_write_buffer_limits(high=high)
+        """Pause the writer past ``high`` bytes queued, resume at a quarter of it."""
+        self._write_high = high
+        self._write_low = high // 4
+        self._maybe_pause_writing()
 
     @property
     def high_water(self) -> int:
@@ -264,6 +330,11 @@ class Channel(asyncio.Protocol):
     def lost(self) -> bool:
         return self._lost
 
+    @property
+    def closing(self) -> bool:
+        """The connection is ending or gone: closed, aborted, or failed."""
+        return self._closing or self._dying or self._lost
+
     def on_lost(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the connection is gone (now, if it already is)."""
         if self._lost:
@@ -275,97 +346,213 @@ class Channel(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer; silently dropped once the connection is closing."""
-        if self._transport is None or self._transport.is_closing() or not data:
+        if self._closing or self._dying or self._shut or not data:
             return
         if self._tls is not None:
             try:
                 self._tls.send(data)
             except ssl.SSLError:
-                self._transport.abort()
+                self._close_now()
                 return
             pieces = self._tls.outgoing_pieces()
             if len(pieces) == 1:
-                self._transport.write(pieces[0])
+                self._send(pieces[0])
             else:
-                self._write_pieces(pieces)
+                self._send_pieces(pieces)
         else:
-            self._transport.write(data)
+            self._send(data)
         self.bytes_out += len(data)
 
-    def _write_pieces(self, pieces: list[bytes]) -> None:
-        """Write a burst of TLS records without joining them into one copy first.
+    def _send(self, data: bytes | memoryview) -> None:
+        """Write now what the socket takes; queue the rest, in order."""
+        if self._pending is not None:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            self._maybe_pause_writing()
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if sent < len(data):
+            self._queue([memoryview(data)[sent:] if sent else data])
 
-        While the transport holds nothing, its socket is ours to write: one
-        ``writev`` for the whole burst (what asyncio's own write would try
-        first, with ``send``); the rest, or everything once bytes wait, goes
-        to the transport record by record, in order.
-        """
-        transport = self._transport
-        assert transport is not None
-        sent = 0
-        if not transport.get_write_buffer_size():
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Errors other than a full socket are left to the transport's
-                # own write, which closes the connection the usual way.
-                with contextlib.suppress(OSError):
-                    sent = os.writev(sock.fileno(), pieces)
+    def _send_pieces(self, pieces: list[bytes]) -> None:
+        """A burst of TLS records in one ``writev``, without joining them into one copy."""
+        if self._pending is not None:
+            for piece in pieces:
+                self._send(piece)
+            return
+        try:
+            sent = os.writev(self._fd, pieces[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        left: list[bytes | memoryview] = []
         for piece in pieces:
             if sent >= len(piece):
                 sent -= len(piece)
                 continue
-            transport.write(piece[sent:] if sent else piece)
+            left.append(memoryview(piece)[sent:] if sent else piece)
             sent = 0
+        if left:
+            self._queue(left)
+
+    def _queue(self, left: list[bytes | memoryview]) -> None:
+        self._pending = left
+        self._pending_size = sum(len(piece) for piece in left)
+        self._write_on()
+        self._maybe_pause_writing()
+
+    def _on_writable(self) -> None:
+        pending = self._pending
+        if pending is None:
+            self._write_off()
+            return
+        try:
+            if len(pending) == 1:
+                sent = self._sock.send(pending[0])
+            else:
+                sent = os.writev(self._fd, pending[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        self._pending_size -= sent
+        while sent:
+            first = pending[0]
+            if sent >= len(first):
+                sent -= len(first)
+                del pending[0]
+            else:
+                pending[0] = memoryview(first)[sent:]
+                sent = 0
+        if pending:
+            self._maybe_resume_writing()
+            return
+        self._pending = None
+        self._write_off()
+        self._maybe_resume_writing()
+        if self._closing:
+            self._close_now()
+        elif self._shut:
+            self._shut_down()
+
+    def _maybe_pause_writing(self) -> None:
+        if not self._writing_paused and self._pending_size > self._write_high:
+            self._writing_paused = True
+
+    def _maybe_resume_writing(self) -> None:
+        if self._writing_paused and self._pending_size <= self._write_low:
+            self._writing_paused = False
+            self._wake_drainer()
+            if self._relayed is not None:
+                self._relayed.writable()
 
     async def drain(self) -> None:
-        """Wait while the transport's write buffer is above its high-water mark."""
+        """Wait while the write buffer is above its high-water mark."""
         while self._writing_paused and not self._lost:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self._loop.create_future()
             try:
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
 
     def can_write_eof(self) -> bool:
-        transport = self._transport
-        return (self._tls is None and transport is not None and not transport.is_closing()
-                and transport.can_write_eof())
+        return (self._tls is None and not self._closing and not self._dying
+                and not self._shut and self._on_detached_close is None)
 
     def write_eof(self) -> None:
+        """Half-close (SHUT_WR) once what is queued has been written; plain TCP only."""
         if self.can_write_eof():
-            assert self._transport is not None
-            self._transport.write_eof()
+            self._shut = True
+            if self._pending is None:
+                self._shut_down()
+
+    def _shut_down(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc)
+
+    # --- ending --------------------------------------------------------------------
 
     def close(self) -> None:
         """Close after what is queued has been written (a detached socket: now)."""
         if self._on_detached_close is not None:
             self._on_detached_close()
             return
-        if self._transport is not None and not self._transport.is_closing():
-            if self._tls is not None and self._tls.handshake_done:
-                with contextlib.suppress(ssl.SSLError):
-                    self._transport.write(self._tls.close())
-            self._transport.close()
+        if self._closing or self._dying:
+            return
+        if self._tls is not None and self._tls.handshake_done:
+            with contextlib.suppress(ssl.SSLError):
+                self._send(self._tls.close())
+        self._close_after_flush()
 
     def abort(self) -> None:
         """Close now, dropping anything queued (a detached socket: its new owner's too)."""
         if self._on_detached_close is not None:
             self._on_detached_close()
             return
-        if self._transport is not None:
-            self._transport.abort()
+        self._close_now()
 
-    # --- addresses and TLS -------------------------------------------------------
+    def _close_after_flush(self) -> None:
+        self._closing = True
+        self._read_off()
+        if self._pending is None:
+            self._close_now()
+
+    def _fatal(self, exc: BaseException) -> None:
+        """The socket failed (reset, broken pipe): the connection ends."""
+        self._fail_handshake(exc)
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Stop watching, drop what is queued; the end is reported on the next loop pass."""
+        if self._dying or self._lost:
+            return
+        self._dying = True
+        self._closing = True
+        self._read_off()
+        self._write_off()
+        self._pending = None
+        self._pending_size = 0
+        self._loop.call_soon(self._connection_lost)
+
+    def _connection_lost(self) -> None:
+        self._sock.close()
+        self._fail_handshake(ConnectionResetError("closed during the TLS handshake"))
+        self._eof = True
+        self._lost = True
+        self._wake_reader()
+        self._wake_drainer()
+        callbacks, self._lost_callbacks = self._lost_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    # --- addresses -------------------------------------------------------------------
 
     def peer(self) -> object:
         if self._addresses is not None:
             return self._addresses[0]
-        return None if self._transport is None else self._transport.get_extra_info("peername")
+        try:
+            return self._sock.getpeername()
+        except OSError:
+            return None
 
     def local(self) -> object:
         if self._addresses is not None:
             return self._addresses[1]
-        return None if self._transport is None else self._transport.get_extra_info("sockname")
+        try:
+            return self._sock.getsockname()
+        except OSError:
+            return None
 
     # --- handing the socket over (the zero-copy relay) -----------------------------
 
@@ -377,51 +564,44 @@ class Channel(asyncio.Protocol):
     def hold(self) -> None:
         """Stop reading for good: what is buffered is all user space will see."""
         self._held = True
-        if self._transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self._transport.pause_reading()
+        self._reading_paused = True
+        self._read_off()
 
     async def flushed(self) -> None:
-        """Wait until the transport has written every queued byte (or the connection is gone)."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        """Wait until every queued byte has been written (or the connection is gone)."""
+        if self._closing or self._dying or self._pending is None:
             return
-        # Marks of 0: pause_writing while anything is queued, resume_writing
-        # once the buffer is empty (asyncio's WriteTransport.set_write_buffer_limits).
-        transport.set_write_buffer_limits(high=0, low=0)
+        # Marks of 0: paused while anything is queued, resumed once nothing is.
+        self._write_high = self._write_low = 0
+        self._writing_paused = True
         await self.drain()
 
     def detach(self, on_close: Callable[[], None]) -> socket.socket:
-        """The plain TCP socket, for the caller to own; this Channel's transport is closed.
+        """The plain TCP socket, for the caller to own from now on.
 
         Call after :meth:`hold` and :meth:`flushed`, on a Channel without TLS.
-        The caller gets a duplicate of the descriptor (the transport has no
-        public way to let go of its own) and the transport closes the
-        original, which ends no connection while the duplicate is open
-        (close(2)).  The byte counters stay here for the new owner to keep;
-        ``close``/``abort`` from now on call ``on_close`` (a kick ends the relay).
-        Raises OSError, with the Channel unchanged, when no descriptor is free.
+        The Channel stops watching the socket and never closes it; the byte
+        counters stay here for the new owner to keep; ``close``/``abort`` from
+        now on call ``on_close`` (a kick ends the relay).
         """
-        transport = self._transport
-        assert transport is not None, "not connected"
         assert not self.tls, "TLS bytes must pass through the Channel"
-        original = transport.get_extra_info("socket")
-        sock = socket.socket(fileno=os.dup(original.fileno()))  # OSError: nothing changed
-        sock.setblocking(False)
+        assert not self.closing, "the connection is ending (hand_over checks first)"
         self._addresses = (self.peer(), self.local())
         self._on_detached_close = on_close
         self._lost_callbacks.clear()
-        transport.abort()
-        return sock
+        self._read_off()
+        self._write_off()
+        return self._sock
+
+    # --- TLS -------------------------------------------------------------------------
 
     def _begin_tls(
         self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None
     ) -> None:
-        assert self._transport is not None
         self._tls = TlsEndpoint(context, server_side=server_side,
                                 server_hostname=server_hostname)
         self.tls = True
-        self._handshake = asyncio.get_running_loop().create_future()
+        self._handshake = self._loop.create_future()
         # A failure nobody awaits (the peer left first) must not be logged as
         # "exception never retrieved".
         self._handshake.add_done_callback(
@@ -432,24 +612,23 @@ class Channel(asyncio.Protocol):
             self._fail_handshake(exc)
             return
         if hello:
-            self._transport.write(hello)
+            self._send(hello)
 
     def _tls_received(self, data: bytes) -> bytes:
         """Decrypt ``data``; send what TLS has to say back; the plaintext, maybe b""."""
-        tls, transport = self._tls, self._transport
+        tls = self._tls
         assert tls is not None
-        assert transport is not None
         try:
             plain = tls.receive(data)
         except ssl.SSLError as exc:
             # Closed without the alert OpenSSL queued, as asyncio's SSLProtocol
             # does: a plaintext client on a TLS port gets no bytes back.
             self._fail_handshake(exc)
-            transport.abort()
+            self._close_now()
             return b""
         pending = tls.outgoing()
         if pending:
-            transport.write(pending)
+            self._send(pending)
         if tls.handshake_done and self._handshake is not None and not self._handshake.done():
             self._handshake.set_result(None)
         if tls.peer_closed and not self._eof:
@@ -485,12 +664,11 @@ class Channel(asyncio.Protocol):
         Anything already buffered is plaintext from before the handshake and is
         dropped (RFC 2595 §3.1, RFC 3207 §4.2): it is never read as a command.
         """
-        assert self._transport is not None
         self._chunks = []
         self._buffered = 0
         if self._reading_paused:
             self._reading_paused = False
-            self._transport.resume_reading()
+            self._read_on()
         # In this same loop step as the OK the caller just wrote: every byte
         # that arrives from now on goes through TLS, none is read as plaintext.
         self._begin_tls(context, server_side=server_side, server_hostname=server_hostname)

@@ -1,10 +1,10 @@
 """The zero-copy relay: a plain-to-plain session's bytes moved with ``splice(2)``.
 
 One of the few modules that touch the event loop.  :func:`hand_over` stops
-both Channels reading, passes on what they still hold and waits until their
-transports have written everything; :class:`Spliced` then takes the sockets
-over (:meth:`Channel.detach`: a duplicate descriptor, the asyncio transport
-closed) and watches them with ``loop.add_reader`` / ``add_writer``.  Each
+both Channels reading, passes on what they still hold and waits until they
+have written everything; :class:`Spliced` then takes the sockets over
+(:meth:`Channel.detach`: the Channels stop watching them) and watches them
+with ``loop.add_reader`` / ``add_writer``.  Each
 direction moves bytes socket → pipe → socket with ``splice(2)``
 (``SPLICE_F_MOVE | SPLICE_F_NONBLOCK``, both sockets non-blocking), so they
 never enter user space.  A direction reads only while its pipe has room and
@@ -68,10 +68,10 @@ async def hand_over(client: Channel, backend: Channel) -> str | None:
     backend.write(client_bytes)
     await client.flushed()
     await backend.flushed()
-    if client.lost or backend.lost:
+    if client.closing or backend.closing:
         client.close()
         backend.close()
-        return "client_closed" if client.lost else "backend_closed"
+        return "client_closed" if client.closing else "backend_closed"
     return None
 
 
@@ -297,16 +297,9 @@ class Spliced(IdleClock):
 
     async def run(self) -> str:
         client, backend = self.client, self.backend
-        try:
-            client_sock = client.detach(self.close)
-            self._sockets.append(client_sock)
-            backend_sock = backend.detach(self.close)
-            self._sockets.append(backend_sock)
-        except OSError as exc:
-            # No descriptor left for a duplicate (EMFILE): the session ends.
-            self.close()
-            backend.abort()
-            return f"error:{type(exc).__name__}"
+        client_sock = client.detach(self.close)
+        backend_sock = backend.detach(self.close)
+        self._sockets = [client_sock, backend_sock]
         up = _Direction(self, "client_eof", client_sock, backend_sock, client, backend)
         down = _Direction(self, "backend_eof", backend_sock, client_sock, backend, client)
         self._directions = (up, down)

@@ -415,25 +415,3 @@ async def test_a_refused_splice_or_pipe_falls_back_to_copying_on_the_same_socket
         sock.close()
         line = await eventually_async(lambda: session_lines(caplog))
     assert line[0]["end"] == "client_eof"
-
-
-async def test_no_descriptor_for_the_handover_ends_the_session_cleanly(
-    tmp_path: Path, pki: ServerCert, imap_store: FakeStore, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    require_splice()
-    caplog.set_level(logging.INFO, "proxy.session")
-    monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)  # hand over right after login
-    path = write_map(tmp_path / "map", {"bob@riseup.net": imap_store})
-    async with running(seed_listeners(path, pki)) as proxy:
-        def no_descriptor(fd: int) -> int:
-            raise OSError(errno.EMFILE, "out of descriptors")
-
-        monkeypatch.setattr(os, "dup", no_descriptor)
-        sock = await asyncio.to_thread(logged_in, (proxy.host("imap4"), proxy.port("imap4")))
-        assert await asyncio.to_thread(to_eof, sock) == b""
-        sock.close()
-        line = await eventually_async(lambda: session_lines(caplog))
-        monkeypatch.undo()
-        await eventually_async(lambda: proxy.server.sessions == 0)
-    assert line[0]["end"] == "error:OSError"
