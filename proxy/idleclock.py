@@ -15,6 +15,8 @@ class IdleClock:
     """The idle timeout both relays keep: ``idle_timeout`` seconds with no
     byte moved either way (``last_moved``) ends the relay with ``idle_timeout``."""
 
+    __slots__ = ("_idle", "idle_timeout", "last_moved", "loop")
+
     def __init__(self, idle_timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.idle_timeout = idle_timeout

@@ -28,6 +28,9 @@ kick) ends a spliced relay at once.  Bytes are never parsed or logged here.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from authsvc.proxy.transport import Channel
 from authsvc.proxy.userspace import InUserSpace
 from authsvc.proxy.zerocopy import PIPE_CAPACITY, Spliced, hand_over, splice_available
@@ -37,32 +40,90 @@ from authsvc.proxy.zerocopy import PIPE_CAPACITY, Spliced, hand_over, splice_ava
 SPLICE_AFTER = 65_536
 
 
-async def relay(client: Channel, backend: Channel, idle_timeout: float, *,
-                zero_copy: bool = True, buffer: int = PIPE_CAPACITY) -> str:
-    """Relay until done; returns why it ended (for the session log).
+class Relay:
+    """One logged-in session's relay, from :meth:`start` to one call of ``on_end``.
 
-    ``buffer``: the size of each zero-copy pipe (``[proxy] splice_buffer``);
-    the user-space relay's Channels were made with it as their high-water mark.
+    No task while bytes move in user space: the session's coroutine has
+    returned and the Channels' callbacks drive everything, so an idle
+    relayed session keeps no task and no frame (docs/benchmarks.md,
+    "Proxy").  The zero-copy stage, which waits for the Channels to flush
+    before the sockets change hands, runs in a task of its own.
+    ``on_end(reason, error)`` gets why it ended, for the session line, and
+    the exception when a bug ended it; both Channels are closed by then.
     """
-    splice = zero_copy and splice_available() and not client.tls and not backend.tls
-    try:
-        if not splice or SPLICE_AFTER > 0:
-            in_user_space = InUserSpace(client, backend, idle_timeout,
-                                        SPLICE_AFTER if splice else None)
-            # Awaited here rather than in a coroutine of its own: one frame
-            # less that an idle session keeps (docs/benchmarks.md, "Proxy").
-            try:
-                in_user_space.start()
-                end = await in_user_space.result
-            finally:
-                in_user_space.stop()
-            if end is not None:
-                return end
-        gone = await hand_over(client, backend)
-        if gone is not None:
-            return gone
-        spliced = Spliced(client, backend, idle_timeout, buffer)
-        return await spliced.run()
-    finally:
-        client.close()
-        backend.close()
+
+    __slots__ = ("_in_user_space", "_over", "_task", "backend", "buffer", "client",
+                 "idle_timeout", "on_end", "zero_copy")
+
+    def __init__(self, client: Channel, backend: Channel, idle_timeout: float, *,
+                 on_end: Callable[[str, Exception | None], None], zero_copy: bool = True,
+                 buffer: int = PIPE_CAPACITY) -> None:
+        """``buffer``: the size of each zero-copy pipe (``[proxy] splice_buffer``);
+        the user-space relay's Channels were made with it as their high-water mark."""
+        self.client, self.backend = client, backend
+        self.idle_timeout = idle_timeout
+        self.zero_copy = zero_copy
+        self.buffer = buffer
+        self.on_end = on_end
+        self._over = False
+        self._in_user_space: InUserSpace | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Relay from now on (``on_end`` may already have been called on return)."""
+        client, backend = self.client, self.backend
+        splice = (self.zero_copy and splice_available()
+                  and not client.tls and not backend.tls)
+        if splice and SPLICE_AFTER <= 0:
+            self._splice()
+            return
+        self._in_user_space = InUserSpace(client, backend, self.idle_timeout,
+                                          SPLICE_AFTER if splice else None,
+                                          self._user_space_ended)
+        self._in_user_space.start()
+
+    def stop(self, reason: str) -> asyncio.Task[None] | None:
+        """End it now, closing both Channels after what they queued (a server's stop).
+
+        Returns the zero-copy stage's task, cancelled, for the caller to wait
+        for, if there was one.
+        """
+        if self._in_user_space is not None:
+            self._in_user_space.stop()
+        task = self._task
+        if task is not None:
+            task.cancel()
+        self._finish(reason)
+        return task
+
+    def _user_space_ended(self, reason: str | None) -> None:
+        self._in_user_space = None
+        if reason is None:
+            self._splice()
+        else:
+            self._finish(reason)
+
+    def _splice(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._zero_copy())
+
+    async def _zero_copy(self) -> None:
+        client, backend = self.client, self.backend
+        try:
+            gone = await hand_over(client, backend)
+            if gone is not None:
+                self._finish(gone)
+                return
+            self._finish(await Spliced(client, backend, self.idle_timeout, self.buffer).run())
+        except asyncio.CancelledError:
+            self._finish("shutdown")
+        except Exception as exc:
+            self._finish(f"error:{type(exc).__name__}", exc)
+
+    def _finish(self, reason: str, error: Exception | None = None) -> None:
+        if self._over:
+            return
+        self._over = True
+        self._task = None
+        self.client.close()
+        self.backend.close()
+        self.on_end(reason, error)

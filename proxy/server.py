@@ -145,8 +145,13 @@ class ProxyServer:
         self._trusted: dict[str, tuple[IPNetwork, ...]] = {}
         self._exempt: dict[str, tuple[IPNetwork, ...]] = {}
         self._log_rate = LogRate()
-        #: Every connection being served; the Session once there is one.
+        #: Every connection a task serves (until login and the relay's start);
+        #: the Session once there is one.
         self._tasks: dict[asyncio.Task[None], Session | None] = {}
+        #: Sessions relaying with no task: the relay's callbacks end them.
+        self._relays: set[Session] = set()
+        #: Resolved when no session is left (a stop's drain waits on it).
+        self._quiet: asyncio.Future[None] | None = None
         self._refusals: set[asyncio.Task[None]] = set()
         self._numbers = itertools.count(1)
         self._bytes: Counter[tuple[str, str]] = Counter()  # from ended sessions
@@ -229,12 +234,16 @@ class ProxyServer:
     @property
     def sessions(self) -> int:
         """Connections being served (pre-login ones included)."""
-        return len(self._tasks)
+        return len(self._tasks) + len(self._relays)
 
     def relayed(self) -> list[Session]:
-        """The sessions of this process (``authsvc sessions``; the list skips those
-        that do not relay)."""
-        return [session for session in self._tasks.values() if session is not None]
+        """The sessions of this process, oldest first (``authsvc sessions``; the
+        list skips those that do not relay)."""
+        return sorted(self._live(), key=lambda session: session.record.session)
+
+    def _live(self) -> list[Session]:
+        return [session for session in self._tasks.values()
+                if session is not None] + list(self._relays)
 
     @property
     def admission(self) -> Admission:
@@ -360,23 +369,40 @@ class ProxyServer:
                 return
             session = Session(context, conn, next(self._numbers),
                               endpoints=Endpoints(client, local), via=via,
-                              on_login=lambda: self._admission.login(ticket), started=accepted)
+                              on_login=lambda: self._admission.login(ticket),
+                              on_end=lambda ended: self._session_ended(ended, ticket),
+                              started=accepted)
             handed_over = True
             task = asyncio.current_task()
             if task is not None and task in self._tasks:
                 self._tasks[task] = session
             await session.run()
         finally:
-            self._admission.release(ticket)
             if not handed_over:
+                self._admission.release(ticket)
                 conn.close()
 
     def _served(self, task: asyncio.Task[None]) -> None:
         session = self._tasks.pop(task, None)
-        if session is not None and session.client is not None:
+        if session is not None and session.relaying:
+            # Logged in: the relay goes on without the task and ends the session.
+            self._relays.add(session)
+        self._check_quiet()
+
+    def _session_ended(self, session: Session, ticket: Ticket) -> None:
+        """A session's line is logged: its admission ends, its bytes join the totals."""
+        self._admission.release(ticket)
+        self._relays.discard(session)
+        if session.client is not None:
             name = session.record.listener
             self._bytes[name, "in"] += session.client.bytes_in
             self._bytes[name, "out"] += session.client.bytes_out
+        self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        if (self._quiet is not None and not self._quiet.done()
+                and not self._tasks and not self._relays):
+            self._quiet.set_result(None)
 
     # --- reloading ----------------------------------------------------------------
 
@@ -434,11 +460,11 @@ class ProxyServer:
         names = [ls.name for ls in self._settings.listeners]  # the ones started
         totals = Counter(self._bytes)
         stores: Counter[str] = Counter()
-        for session in self._tasks.values():
-            if session is not None and session.client is not None:
+        for session in self._live():
+            if session.client is not None and not session.ended:
                 totals[session.record.listener, "in"] += session.client.bytes_in
                 totals[session.record.listener, "out"] += session.client.bytes_out
-            if session is not None and session.store is not None:
+            if session.store is not None:
                 stores[session.store] += 1
         self._metrics.refresh(
             {n: self._admission.logged_in(n) for n in names},
@@ -471,12 +497,15 @@ class ProxyServer:
         for task, session in list(self._tasks.items()):
             if session is None or not session.logged_in:
                 task.cancel()
-        remaining = set(self._tasks)
-        if remaining and drain_timeout > 0:
-            await asyncio.wait(remaining, timeout=drain_timeout)
+        if (self._tasks or self._relays) and drain_timeout > 0:
+            self._quiet = loop.create_future()
+            self._check_quiet()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet, drain_timeout)
         for task in list(self._tasks):
             task.cancel()
-        pending = set(self._tasks) | self._refusals
+        stopping = [session.shut_down() for session in list(self._relays)]
+        pending = set(self._tasks) | self._refusals | {task for task in stopping if task}
         if pending:
             await asyncio.wait(pending, timeout=5)
         if self._refresher is not None:

@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 
 from authsvc.proxy.attempt import LoginAttempt
 from authsvc.proxy.context import ListenerContext
@@ -52,7 +52,7 @@ from authsvc.proxy.events import (
 from authsvc.proxy.imap.front import ImapFront
 from authsvc.proxy.logline import SessionRecord, address
 from authsvc.proxy.pop3.front import Pop3Front
-from authsvc.proxy.relay import relay
+from authsvc.proxy.relay import Relay
 from authsvc.proxy.transport import Channel
 
 from authsvc.control.selectors import SessionFacts
@@ -80,8 +80,10 @@ class Session:
         endpoints: Endpoints,
         via: tuple[str, int] | None = None,
         on_login: Callable[[], None] | None = None,
+        on_end: Callable[[Session], None] | None = None,
         started: float | None = None,
     ) -> None:
+        """``on_end`` is called once, when the session is over and its line logged."""
         self._ctx = context
         self._sock = sock
         self._client: Channel | None = None
@@ -89,6 +91,9 @@ class Session:
         self._attempt: LoginAttempt | None = None
         self._endpoints = endpoints
         self._on_login = on_login
+        self._on_end = on_end
+        #: After login: the relay, which ends the session from its callbacks.
+        self._relay: Relay | None = None
         listener = context.listener
         self.record = SessionRecord(
             session=number,
@@ -109,6 +114,7 @@ class Session:
         #: True while bytes are relayed (the sessions a list shows and a kick ends).
         self._relaying = False
         self._kicked = False
+        self._ended = False
 
     @property
     def client(self) -> Channel | None:
@@ -175,24 +181,40 @@ class Session:
             self._backend.abort()
         return True
 
+    @property
+    def ended(self) -> bool:
+        """True once the session's line is logged (its bytes are in the totals)."""
+        return self._ended
+
+    @property
+    def relaying(self) -> bool:
+        """True from the relay's start to the session's end: no task drives it then."""
+        return self._relaying
+
+    def shut_down(self) -> asyncio.Task[None] | None:
+        """End a relayed session now, closing both sides after what they queued (a stop).
+
+        Returns a task still to wait for (the relay's zero-copy stage, cancelled).
+        """
+        return self._relay.stop("shutdown") if self._relay is not None else None
+
     async def run(self) -> None:
-        """Serve the connection until it ends; never raises (except cancellation)."""
+        """Serve the connection until it ends or relays; never raises (except cancellation).
+
+        Once the login succeeded the relay takes over and this returns: the
+        relay's end ends the session (:meth:`_relay_ended`), with no task or
+        frame kept meanwhile (docs/benchmarks.md, "Proxy").
+        """
         loop = asyncio.get_running_loop()
-        started = self._started if self._started is not None else loop.time()
-        self._started = started
+        self._started = self._started if self._started is not None else loop.time()
         try:
             if await self._open():
                 # The login's frames (the front machine, its queue) are gone
-                # before the relay starts: an idle relayed session keeps as
-                # few objects as possible (docs/benchmarks.md, "Proxy").
+                # before the relay starts.
                 splice = await self._run()
                 if splice is not None:
-                    self._relaying = True
-                    try:
-                        end = await self._relay(splice)
-                    finally:
-                        self._relaying = False
-                    self.record.end = "kicked" if self._kicked else end
+                    self._start_relay(splice)
+                    return
         except asyncio.CancelledError:
             self.record.end = self.record.end or "shutdown"
             if not self.logged_in and self._client is not None:
@@ -201,29 +223,51 @@ class Session:
                 # §4 [SYS/TEMP]).  A relayed stream gets none: we do not parse
                 # the store's bytes and cannot know where a line ends.
                 self._client.write(_SHUTTING_DOWN[self._ctx.listener.protocol])
+            self._end()
             raise
         except Exception as exc:
-            # A bug must cost one session, not the server; its text stays in our log.
-            self.record.result = "error"
-            self.record.end = f"error:{type(exc).__name__}"
-            log.exception("", extra={"fields": {"event": "session_error",
-                                                "session": self.record.session}})
-        finally:
-            if self._client is not None:
-                self._client.close()
-                self.record.bytes_in = self._client.bytes_in
-                self.record.bytes_out = self._client.bytes_out
-            else:
-                self._sock.close()
-            if self._backend is not None:
-                self._backend.close()
-            self.record.duration = loop.time() - started
-            if self._ctx.session_log is not None:
-                # Batched, as serve's decision lines (authsvc/log.py, BatchedLog):
-                # one write per batch, not a LogRecord and a write per session.
-                self._ctx.session_log.log(logging.INFO, self.record.fields())
-            else:
-                log.info("", extra={"fields": self.record.fields()})
+            self._failed(exc)
+        self._end()
+
+    def _failed(self, exc: Exception) -> None:
+        # A bug must cost one session, not the server; its text stays in our log.
+        self.record.result = "error"
+        self.record.end = f"error:{type(exc).__name__}"
+        log.error("", exc_info=exc, extra={"fields": {"event": "session_error",
+                                                       "session": self.record.session}})
+
+    def _relay_ended(self, reason: str, error: Exception | None) -> None:
+        if error is not None:
+            self._failed(error)
+        else:
+            self.record.end = "kicked" if self._kicked else reason
+        self._end()
+
+    def _end(self) -> None:
+        """Close both sides, log the session line, tell the server; once."""
+        if self._ended:
+            return
+        self._ended = True
+        self._relaying = False
+        self._relay = None
+        if self._client is not None:
+            self._client.close()
+            self.record.bytes_in = self._client.bytes_in
+            self.record.bytes_out = self._client.bytes_out
+        else:
+            self._sock.close()
+        if self._backend is not None:
+            self._backend.close()
+        assert self._started is not None
+        self.record.duration = asyncio.get_running_loop().time() - self._started
+        if self._ctx.session_log is not None:
+            # Batched, as serve's decision lines (authsvc/log.py, BatchedLog):
+            # one write per batch, not a LogRecord and a write per session.
+            self._ctx.session_log.log(logging.INFO, self.record.fields())
+        else:
+            log.info("", extra={"fields": self.record.fields()})
+        if self._on_end is not None:
+            self._on_end(self)
 
     def _trace(self, text: str) -> None:
         if self._tracing:
@@ -370,12 +414,8 @@ class Session:
 
     # --- after login -----------------------------------------------------------------
 
-    def _relay(self, command: Splice) -> Coroutine[None, None, str]:
-        """Pass on what the login left over; the relay, for :meth:`run` to await.
-
-        A plain function returning the relay's coroutine, not a coroutine
-        awaiting it: one frame less kept by every idle session.
-        """
+    def _start_relay(self, command: Splice) -> None:
+        """Pass on what the login left over and start the relay; it ends the session."""
         backend = self._backend
         assert backend is not None
         assert self._client is not None
@@ -384,8 +424,11 @@ class Session:
         self._client.write(command.to_client)
         backend.write(command.to_backend + self._client.take_buffered())
         proxy = self._ctx.proxy
-        return relay(self._client, backend, self._ctx.listener.idle_timeout,
-                     zero_copy=proxy.zero_copy, buffer=proxy.splice_buffer)
+        self._relaying = True
+        self._relay = Relay(self._client, backend, self._ctx.listener.idle_timeout,
+                            on_end=self._relay_ended, zero_copy=proxy.zero_copy,
+                            buffer=proxy.splice_buffer)
+        self._relay.start()
 
 
 class _Done:

@@ -13,7 +13,7 @@ bytes.  The contract (EOF, idle timeout, byte counts, a kick) is
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
 from authsvc.proxy.idleclock import IdleClock
 from authsvc.proxy.transport import Channel
@@ -75,24 +75,28 @@ class _Way:
 
 
 class InUserSpace(IdleClock):
-    """Both directions by callbacks from the Channels: no task, no future per chunk.
+    """Both directions by callbacks from the Channels: no task, no future, no frame.
 
-    Ends (the future's result, for the session line) as the spliced relay
-    does; or, with ``splice_after`` set, hands over to it once a direction
-    has moved that many bytes (result ``None``).
+    Ends by calling ``ended`` once with the reason (for the session line),
+    as the spliced relay does; or, with ``splice_after`` set, with ``None``
+    once a direction has moved that many bytes, for ``relay.py`` to splice
+    from there.  Either way it has stopped by then: no more callbacks.
     """
 
+    __slots__ = ("_ended", "_over", "_ways", "backend", "client", "on_end", "splice_after")
+
     def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
-                 splice_after: int | None) -> None:
+                 splice_after: int | None, on_end: Callable[[str | None], None]) -> None:
         super().__init__(idle_timeout)
         self.client, self.backend = client, backend
         self.splice_after = splice_after
-        self.result: asyncio.Future[str | None] = self.loop.create_future()
+        self.on_end = on_end
+        self._over = False
         self._ended: list[str] = []
         self._ways: tuple[_Way, _Way] | None = None
 
     def start(self) -> None:
-        """Relay from now on; :attr:`result` says when and why it ended."""
+        """Relay from now on, until ``on_end``."""
         client, backend = self.client, self.backend
         up = _Way(self, "client_eof", client, backend)
         down = _Way(self, "backend_eof", backend, client)
@@ -110,13 +114,14 @@ class InUserSpace(IdleClock):
         client.relay_to(up)
         backend.relay_to(down)
         for way in (up, down):
-            if way.source.eof and not self.result.done():
+            if way.source.eof and not self._over:
                 way.eof()
-        if not self.result.done():
+        if not self._over:
             self._start_idle_clock()
 
     def stop(self) -> None:
-        """No more callbacks from the Channels or the idle clock."""
+        """No more callbacks from the Channels or the idle clock, and no ``on_end``."""
+        self._over = True
         self._stop_idle_clock()
         self.client.relay_to(None)
         self.backend.relay_to(None)
@@ -132,13 +137,18 @@ class InUserSpace(IdleClock):
         self._end(self._ended[0] if self._ended else which)
 
     def switch(self) -> None:
-        """Bulk traffic: stop reading both sides and let ``relay`` splice from here on."""
-        if self.result.done():
+        """Bulk traffic: stop reading both sides and let ``relay.py`` splice from here on."""
+        if self._over:
             return
         self.client.hold()
         self.backend.hold()
-        self.result.set_result(None)
+        self._finish(None)
 
     def _end(self, reason: str) -> None:
-        if not self.result.done():
-            self.result.set_result(reason)
+        self._finish(reason)
+
+    def _finish(self, reason: str | None) -> None:
+        if self._over:
+            return
+        self.stop()
+        self.on_end(reason)
