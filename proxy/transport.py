@@ -26,12 +26,14 @@ neither direction of a relay can grow memory without bound.  A plain Channel
 can hand its socket over (:meth:`Channel.detach`) to the zero-copy relay in
 ``zerocopy.py``.
 
-TLS, by the decision in docs/architecture.md ("Proxy TLS path"): TLS runs
-inside this Channel over :class:`~proxy.tls.TlsEndpoint` (``ssl.SSLObject``
-on memory BIOs), on both sides.  Implicit TLS passes ``tls_context`` so the
-handshake starts before a byte is read: from a client (the server read any
-PROXY header first; the ClientHello behind it is still in the kernel), and
-to a store (``server_side=False`` with the name its certificate must carry);
+TLS, by the decision in docs/architecture.md ("Proxy TLS path"): OpenSSL
+reads and writes the socket itself (``ssl.SSLSocket``, non-blocking, driven
+from the same callbacks), on both sides, as nginx's TLS does: no memory BIOs
+holding a handshake's flight for the connection's life, and no TLS object
+of asyncio's.  Implicit TLS passes ``tls_context`` so the handshake starts
+before a byte is read: from a client (the server read any PROXY header
+first; the ClientHello behind it is still in the kernel), and to a store
+(``server_side=False`` with the name its certificate must carry);
 STARTTLS/STLS, either side, is :meth:`Channel.start_tls`.
 """
 
@@ -45,8 +47,6 @@ import ssl
 from collections.abc import Callable
 from typing import Protocol
 
-from authsvc.proxy.tls import TlsEndpoint
-
 DEFAULT_HIGH_WATER = 262_144
 #: Bytes asked of the socket per wake-up (asyncio's transports use the same).
 MAX_READ = 262_144
@@ -55,6 +55,11 @@ MAX_READ = 262_144
 WRITE_HIGH = 65_536
 #: Buffers passed to one ``writev`` at most (``IOV_MAX`` on Linux).
 _IOV_MAX = 1024
+#: Largest plaintext one TLS record carries (RFC 8446 §5.1): what one
+#: ``SSLSocket.recv`` returns at most.
+RECORD = 16_384
+#: TLS records read per wake-up at most, about :data:`MAX_READ` bytes.
+_RECORDS = MAX_READ // RECORD
 
 
 class Relayed(Protocol):
@@ -87,10 +92,11 @@ class Channel:
 
     __slots__ = (
         "_addresses", "_buffered", "_chunks", "_closing", "_data_waiter", "_drain_waiter",
-        "_dying", "_eof", "_fd", "_handshake", "_held", "_high_water", "_loop", "_lost",
-        "_lost_callbacks", "_on_detached_close", "_pending", "_pending_size", "_read_done",
-        "_reading", "_reading_paused", "_relayed", "_shut", "_sock", "_tls", "_write_high",
-        "_write_low", "_writing", "_writing_paused", "bytes_in", "bytes_out", "tls",
+        "_dying", "_eof", "_fd", "_handshake", "_handshaking", "_held", "_high_water", "_loop",
+        "_lost", "_lost_callbacks", "_notify", "_on_detached_close", "_pending",
+        "_pending_size", "_read_done", "_read_wants_write", "_reading", "_reading_paused",
+        "_relayed", "_shut", "_sock", "_tls", "_write_high", "_write_low", "_writing",
+        "_writing_paused", "bytes_in", "bytes_out", "tls",
     )
 
     def __init__(
@@ -118,6 +124,8 @@ class Channel:
         self._dying = False
         #: Closing once what is queued has been written.
         self._closing = False
+        #: Say TLS close_notify (RFC 8446 §6.1) before closing: a close, not an abort.
+        self._notify = False
         #: write_eof was asked: SHUT_WR once what is queued has been written.
         self._shut = False
         self._reading = False
@@ -133,8 +141,12 @@ class Channel:
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_callbacks: list[Callable[[], None]] = []
         self.tls = False
-        self._tls: TlsEndpoint | None = None
+        #: The socket again, once TLS runs on it (``self._sock`` is then the same object).
+        self._tls: ssl.SSLSocket | None = None
         self._handshake: asyncio.Future[None] | None = None
+        self._handshaking = False
+        #: A TLS read needs the socket writable first (SSL_ERROR_WANT_WRITE).
+        self._read_wants_write = False
         #: Reading stopped for good: the socket is about to change hands.
         self._held = False
         #: After :meth:`detach`: ends whoever took the socket over; and the addresses.
@@ -178,6 +190,9 @@ class Channel:
             self._loop.remove_writer(self._fd)
 
     def _on_readable(self) -> None:
+        if self._tls is not None:
+            self._tls_readable()
+            return
         try:
             data = self._sock.recv(MAX_READ)
         except (BlockingIOError, InterruptedError):
@@ -200,20 +215,7 @@ class Channel:
     # --- receiving -------------------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
-        if self._tls is not None:
-            was_eof = self._eof
-            data = self._tls_received(data)
-            relayed = self._relayed
-            if relayed is not None:
-                if data:
-                    self.bytes_in += len(data)
-                    relayed.data(data)
-                if self._eof and not was_eof and self._relayed is not None:
-                    self._relayed.eof()  # close_notify
-                return
-            if not data:
-                return
-        elif self._relayed is not None:
+        if self._relayed is not None:
             self.bytes_in += len(data)
             self._relayed.data(data)
             return
@@ -348,19 +350,7 @@ class Channel:
         """Queue bytes for the peer; silently dropped once the connection is closing."""
         if self._closing or self._dying or self._shut or not data:
             return
-        if self._tls is not None:
-            try:
-                self._tls.send(data)
-            except ssl.SSLError:
-                self._close_now()
-                return
-            pieces = self._tls.outgoing_pieces()
-            if len(pieces) == 1:
-                self._send(pieces[0])
-            else:
-                self._send_pieces(pieces)
-        else:
-            self._send(data)
+        self._send(data)
         self.bytes_out += len(data)
 
     def _send(self, data: bytes | memoryview) -> None:
@@ -369,6 +359,10 @@ class Channel:
             self._pending.append(data)
             self._pending_size += len(data)
             self._maybe_pause_writing()
+            return
+        if self._tls is not None:
+            if not self._tls_send(data):
+                self._queue([data])
             return
         try:
             sent = self._sock.send(data)
@@ -380,28 +374,21 @@ class Channel:
         if sent < len(data):
             self._queue([memoryview(data)[sent:] if sent else data])
 
-    def _send_pieces(self, pieces: list[bytes]) -> None:
-        """A burst of TLS records in one ``writev``, without joining them into one copy."""
-        if self._pending is not None:
-            for piece in pieces:
-                self._send(piece)
-            return
+    def _tls_send(self, data: bytes | memoryview) -> bool:
+        """One ``SSL_write`` of all of ``data``; False when it must be retried, as it is.
+
+        OpenSSL writes whole records to the socket and, when the socket is
+        full, keeps the record it could not finish and wants the same
+        plaintext again (SSL_write(3), "WARNINGS"): no partial result.
+        """
+        assert self._tls is not None
         try:
-            sent = os.writev(self._fd, pieces[:_IOV_MAX])
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
+            self._tls.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return False
+        except (ssl.SSLError, OSError) as exc:
             self._fatal(exc)
-            return
-        left: list[bytes | memoryview] = []
-        for piece in pieces:
-            if sent >= len(piece):
-                sent -= len(piece)
-                continue
-            left.append(memoryview(piece)[sent:] if sent else piece)
-            sent = 0
-        if left:
-            self._queue(left)
+        return True
 
     def _queue(self, left: list[bytes | memoryview]) -> None:
         self._pending = left
@@ -410,32 +397,52 @@ class Channel:
         self._maybe_pause_writing()
 
     def _on_writable(self) -> None:
+        if self._tls is not None and (self._handshaking or self._read_wants_write):
+            self._write_off()
+            if self._handshaking:
+                self._step_handshake()
+            else:
+                self._read_wants_write = False
+                self._tls_readable()
+            if self._pending is not None and not self._dying:
+                self._write_on()
+            return
         pending = self._pending
         if pending is None:
             self._write_off()
             return
-        try:
-            if len(pending) == 1:
-                sent = self._sock.send(pending[0])
-            else:
-                sent = os.writev(self._fd, pending[:_IOV_MAX])
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fatal(exc)
-            return
-        self._pending_size -= sent
-        while sent:
-            first = pending[0]
-            if sent >= len(first):
-                sent -= len(first)
+        if self._tls is not None:
+            while pending:
+                if not self._tls_send(pending[0]):
+                    self._maybe_resume_writing()
+                    return
+                if self._dying:
+                    return
+                self._pending_size -= len(pending[0])
                 del pending[0]
-            else:
-                pending[0] = memoryview(first)[sent:]
-                sent = 0
-        if pending:
-            self._maybe_resume_writing()
-            return
+        else:
+            try:
+                if len(pending) == 1:
+                    sent = self._sock.send(pending[0])
+                else:
+                    sent = os.writev(self._fd, pending[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            self._pending_size -= sent
+            while sent:
+                first = pending[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    del pending[0]
+                else:
+                    pending[0] = memoryview(first)[sent:]
+                    sent = 0
+            if pending:
+                self._maybe_resume_writing()
+                return
         self._pending = None
         self._write_off()
         self._maybe_resume_writing()
@@ -490,33 +497,39 @@ class Channel:
             return
         if self._closing or self._dying:
             return
-        if self._tls is not None and self._tls.handshake_done:
-            with contextlib.suppress(ssl.SSLError):
-                self._send(self._tls.close())
-        self._close_after_flush()
+        self._close_after_flush(notify=True)
 
     def abort(self) -> None:
         """Close now, dropping anything queued (a detached socket: its new owner's too)."""
         if self._on_detached_close is not None:
             self._on_detached_close()
             return
+        self._notify = False
         self._close_now()
 
-    def _close_after_flush(self) -> None:
+    def _close_after_flush(self, *, notify: bool = False) -> None:
+        """Close once what is queued is written; ``notify``: with TLS, say close_notify then."""
         self._closing = True
+        self._notify = notify
         self._read_off()
         if self._pending is None:
             self._close_now()
 
     def _fatal(self, exc: BaseException) -> None:
-        """The socket failed (reset, broken pipe): the connection ends."""
+        """The socket failed (reset, broken pipe, a TLS error): the connection ends."""
         self._fail_handshake(exc)
+        self._notify = False
         self._close_now()
 
     def _close_now(self) -> None:
         """Stop watching, drop what is queued; the end is reported on the next loop pass."""
         if self._dying or self._lost:
             return
+        if self._notify and self._tls is not None and not self._handshaking:
+            # Written straight to the socket; the peer's own close_notify is
+            # not waited for (SSL_shutdown(3)): a full socket only loses it.
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self._tls.unwrap()
         self._dying = True
         self._closing = True
         self._read_off()
@@ -598,44 +611,99 @@ class Channel:
     def _begin_tls(
         self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None
     ) -> None:
-        self._tls = TlsEndpoint(context, server_side=server_side,
-                                server_hostname=server_hostname)
+        # The same descriptor, watched as before; the plain socket object is
+        # detached by wrap_socket and never used again.
+        self._tls = self._sock = context.wrap_socket(
+            self._sock, server_side=server_side, server_hostname=server_hostname,
+            do_handshake_on_connect=False,
+            # An EOF without close_notify is an error to tell from a close_notify.
+            suppress_ragged_eofs=False)
         self.tls = True
+        self._handshaking = True
         self._handshake = self._loop.create_future()
         # A failure nobody awaits (the peer left first) must not be logged as
         # "exception never retrieved".
         self._handshake.add_done_callback(
             lambda f: None if f.cancelled() else f.exception())
-        try:
-            hello = self._tls.start()
-        except ssl.SSLError as exc:
-            self._fail_handshake(exc)
-            return
-        if hello:
-            self._send(hello)
+        self._step_handshake()  # a client's ClientHello goes out here
 
-    def _tls_received(self, data: bytes) -> bytes:
-        """Decrypt ``data``; send what TLS has to say back; the plaintext, maybe b""."""
+    def _step_handshake(self) -> bool:
+        """One step of the handshake; True once it is done."""
         tls = self._tls
         assert tls is not None
         try:
-            plain = tls.receive(data)
-        except ssl.SSLError as exc:
-            # Closed without the alert OpenSSL queued, as asyncio's SSLProtocol
-            # does: a plaintext client on a TLS port gets no bytes back.
-            self._fail_handshake(exc)
-            self._close_now()
-            return b""
-        pending = tls.outgoing()
-        if pending:
-            self._send(pending)
-        if tls.handshake_done and self._handshake is not None and not self._handshake.done():
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLWantWriteError:
+            self._write_on()
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            # OpenSSL has sent its alert, if the socket took it (RFC 8446 §6.2).
+            # What it did not read (a plaintext command on a TLS port) is
+            # read and dropped, so that the close is a FIN, not a reset that
+            # could destroy the alert before the peer reads it (RFC 1122
+            # §4.2.2.13: a close with data unread sends RST).
+            with contextlib.suppress(OSError):
+                os.read(self._fd, MAX_READ)
+            self._fatal(exc)
+            return False
+        self._handshaking = False
+        if self._handshake is not None and not self._handshake.done():
             self._handshake.set_result(None)
-        if tls.peer_closed and not self._eof:
-            # close_notify: no more data from the peer, like a TCP EOF.
+        return True
+
+    def _tls_readable(self) -> None:
+        """Finish the handshake, or read the records that came, up to :data:`_RECORDS`."""
+        if self._handshaking and not self._step_handshake():
+            return
+        tls = self._tls
+        assert tls is not None
+        chunks: list[bytes] = []
+        end: BaseException | None = None
+        closed = eof = False
+        try:
+            for _ in range(_RECORDS):
+                chunk = tls.recv(RECORD)
+                if not chunk:
+                    closed = True  # close_notify (RFC 8446 §6.1)
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLWantWriteError:
+            # OpenSSL must write before it reads on (a TLS 1.3 KeyUpdate's
+            # answer into a full socket): read again once it is writable.
+            self._read_wants_write = True
+            self._read_off()
+            self._write_on()
+        except ssl.SSLEOFError:
+            eof = True  # the TCP connection ended without close_notify
+        except (ssl.SSLError, OSError) as exc:
+            end = exc
+        try:
+            if chunks:
+                self._received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if closed:
+                self._tls_closed()
+            elif eof:
+                self._eof_received()
+            elif end is not None:
+                self._fatal(end)
+        except Exception as exc:
+            self._loop.call_exception_handler({
+                "message": "the proxy failed on bytes it received", "exception": exc})
+            self._fatal(exc)
+
+    def _tls_closed(self) -> None:
+        """The peer's close_notify: no more data from it, like a TCP EOF; writing goes on."""
+        self._read_done = True
+        self._read_off()
+        if not self._eof:
             self._eof = True
             self._wake_reader()
-        return plain
+            if self._relayed is not None:
+                self._relayed.eof()
 
     def _fail_handshake(self, exc: BaseException) -> None:
         if self._handshake is not None and not self._handshake.done():
