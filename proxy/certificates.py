@@ -3,7 +3,7 @@
 Loaded when the proxy starts, before any socket is bound or worker forked
 (:func:`check_tls`), and again on every reload, so that a bad certificate is
 reported at once and changes nothing.  Reading the files is the only I/O here;
-the TLS itself runs in ``tls.py``, towards clients and stores alike.
+the TLS itself runs in ``transport.py``, towards clients and stores alike.
 """
 
 from __future__ import annotations

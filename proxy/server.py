@@ -344,7 +344,8 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         accepted = loop.time()
         listener = context.listener
-        handed_over = False
+        handed_over = False  # the socket is someone else's to close
+        served = False  # the session releases the ticket when it ends
         try:
             client = peer
             if local is None:
@@ -370,16 +371,16 @@ class ProxyServer:
             session = Session(context, conn, next(self._numbers),
                               endpoints=Endpoints(client, local), via=via,
                               on_login=lambda: self._admission.login(ticket),
-                              on_end=lambda ended: self._session_ended(ended, ticket),
-                              started=accepted)
-            handed_over = True
+                              on_end=self._session_ended, ticket=ticket, started=accepted)
+            handed_over = served = True
             task = asyncio.current_task()
             if task is not None and task in self._tasks:
                 self._tasks[task] = session
             await session.run()
         finally:
-            if not handed_over:
+            if not served:
                 self._admission.release(ticket)
+            if not handed_over:
                 conn.close()
 
     def _served(self, task: asyncio.Task[None]) -> None:
@@ -389,9 +390,10 @@ class ProxyServer:
             self._relays.add(session)
         self._check_quiet()
 
-    def _session_ended(self, session: Session, ticket: Ticket) -> None:
+    def _session_ended(self, session: Session) -> None:
         """A session's line is logged: its admission ends, its bytes join the totals."""
-        self._admission.release(ticket)
+        if session.ticket is not None:
+            self._admission.release(session.ticket)
         self._relays.discard(session)
         if session.client is not None:
             name = session.record.listener

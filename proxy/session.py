@@ -50,6 +50,7 @@ from authsvc.proxy.events import (
     Trace,
 )
 from authsvc.proxy.imap.front import ImapFront
+from authsvc.proxy.limits import Ticket
 from authsvc.proxy.logline import SessionRecord, address
 from authsvc.proxy.pop3.front import Pop3Front
 from authsvc.proxy.relay import Relay
@@ -81,9 +82,13 @@ class Session:
         via: tuple[str, int] | None = None,
         on_login: Callable[[], None] | None = None,
         on_end: Callable[[Session], None] | None = None,
+        ticket: Ticket | None = None,
         started: float | None = None,
     ) -> None:
-        """``on_end`` is called once, when the session is over and its line logged."""
+        """``on_end`` is called once, when the session is over and its line logged.
+
+        ``ticket``: the server's admission ticket, kept for ``on_end`` to release.
+        """
         self._ctx = context
         self._sock = sock
         self._client: Channel | None = None
@@ -92,6 +97,7 @@ class Session:
         self._endpoints = endpoints
         self._on_login = on_login
         self._on_end = on_end
+        self.ticket = ticket
         #: After login: the relay, which ends the session from its callbacks.
         self._relay: Relay | None = None
         listener = context.listener
@@ -277,7 +283,7 @@ class Session:
     async def _open(self) -> bool:
         """The socket as a Channel; on an implicit-TLS listener, after the handshake.
 
-        The handshake is the Channel's own (``proxy/tls.py``), begun before a
+        The handshake is the Channel's own (``proxy/transport.py``), begun before a
         byte is read, so a ClientHello that came in one packet with a
         PROXY header is read from the kernel by the TLS layer (docs/architecture.md).
         """

@@ -145,7 +145,7 @@ class StoreLogin:
         metrics = self._ctx.metrics
         store = address((route.host, route.port))
         started = loop.time()
-        # Implicit TLS runs in the Channel (proxy/tls.py), as the client side
+        # Implicit TLS runs in the Channel (proxy/transport.py), as the client side
         # does: the same context and name checks as a STARTTLS upgrade.
         try:
             sock = await _connected(loop, route.host, route.port)

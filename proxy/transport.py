@@ -93,7 +93,7 @@ class Channel:
     __slots__ = (
         "_addresses", "_buffered", "_chunks", "_closing", "_data_waiter", "_drain_waiter",
         "_dying", "_eof", "_fd", "_handshake", "_handshaking", "_held", "_high_water", "_loop",
-        "_lost", "_lost_callbacks", "_notify", "_on_detached_close", "_pending",
+        "_lost", "_lost_callback", "_notify", "_on_detached_close", "_pending",
         "_pending_size", "_read_done", "_read_wants_write", "_reading", "_reading_paused",
         "_relayed", "_shut", "_sock", "_tls", "_write_high", "_write_low", "_writing",
         "_writing_paused", "bytes_in", "bytes_out", "tls",
@@ -139,7 +139,7 @@ class Channel:
         self._write_low = WRITE_HIGH // 4
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._lost_callbacks: list[Callable[[], None]] = []
+        self._lost_callback: Callable[[], None] | None = None
         self.tls = False
         #: The socket again, once TLS runs on it (``self._sock`` is then the same object).
         self._tls: ssl.SSLSocket | None = None
@@ -338,11 +338,14 @@ class Channel:
         return self._closing or self._dying or self._lost
 
     def on_lost(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the connection is gone (now, if it already is)."""
+        """Call ``callback`` once the connection is gone (now, if it already is).
+
+        One callback (the relay's), which a later call replaces.
+        """
         if self._lost:
             callback()
         else:
-            self._lost_callbacks.append(callback)
+            self._lost_callback = callback
 
     # --- writing -------------------------------------------------------------------
 
@@ -545,8 +548,8 @@ class Channel:
         self._lost = True
         self._wake_reader()
         self._wake_drainer()
-        callbacks, self._lost_callbacks = self._lost_callbacks, []
-        for callback in callbacks:
+        callback, self._lost_callback = self._lost_callback, None
+        if callback is not None:
             callback()
 
     # --- addresses -------------------------------------------------------------------
@@ -601,7 +604,7 @@ class Channel:
         assert not self.closing, "the connection is ending (hand_over checks first)"
         self._addresses = (self.peer(), self.local())
         self._on_detached_close = on_close
-        self._lost_callbacks.clear()
+        self._lost_callback = None
         self._read_off()
         self._write_off()
         return self._sock

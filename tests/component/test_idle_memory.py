@@ -104,7 +104,7 @@ async def test_an_idle_relayed_session_keeps_a_few_kilobytes_of_python_objects(
     grown = after.compare_to(before, "lineno")
     per_session = sum(stat.size_diff for stat in grown) / SESSIONS
     top = "\n".join(f"{stat.size_diff / SESSIONS:8.0f} B  {stat.traceback}"
-                    for stat in grown[:12])
+                    for stat in grown[:30])
     bound = BOUNDS[mode][os.environ.get("AUTHSVC_LOOP", "").strip().lower() == "uvloop"]
     print(f"\n{mode}: {per_session:.0f} B per idle session:\n{top}")
     assert FLOOR <= per_session <= bound, f"{per_session:.0f} B per idle session:\n{top}"

@@ -103,8 +103,11 @@ async def test_client_limit_counts_the_address_from_the_proxy_header(
         assert await asyncio.to_thread(rest, third) == b""
         fourth, greeting = await asyncio.to_thread(connect, address, other)
         assert greeting.startswith(b"* OK")
+        # The refused connection gave its place back: three held, no more.
+        assert proxy.server.admission.live("front") == 3
         for sock, _ in [*held, (fourth, b"")]:
             sock.close()
+        await eventually_async(lambda: proxy.server.admission.live("front") == 0)
 
 
 async def test_preauth_limit_and_room_after_a_login(

@@ -3,7 +3,7 @@
 The certificate checks (names, CAs, ``backend_verify``) are
 ``test_backend.py``'s; here the store speaks TLS from the first byte
 (``backend_tls = implicit``) and the client talks TLS too (the imaps
-listener), so both sides of the session run in ``proxy/tls.py``.
+listener), so both sides of the session run TLS in ``proxy/transport.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.helpers.eventually import eventually_async
 from tests.services.certs import ServerCert
 
 UNAVAILABLE = b"[UNAVAILABLE] Account is temporarily unavailable, try again later."
-#: Bigger than a TLS record, a memory BIO piece and the relay's buffer.
+#: Bigger than a TLS record, a read of the socket and the relay's buffer.
 SIZE = 3 * 1024 * 1024 + 17
 
 

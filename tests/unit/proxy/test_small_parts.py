@@ -103,5 +103,4 @@ def test_every_proxy_module_is_listed_or_touches_the_loop() -> None:
                     "proxy/command.py", "proxy/control.py"}
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "proxy").rglob("*.py")
                if p.name != "__init__.py"}
-    # proxy/tls.py is sans-IO over ssl's memory BIOs (test_tls.py checks its imports).
-    assert modules == set(SANS_IO) | loop_modules | {"proxy/tls.py"}
+    assert modules == set(SANS_IO) | loop_modules
