@@ -406,7 +406,9 @@ class Channel:
                 self._step_handshake()
             else:
                 self._read_wants_write = False
-                self._tls_readable()
+                if not self._reading_paused:
+                    self._read_on()
+                    self._tls_readable()
             if self._pending is not None and not self._dying:
                 self._write_on()
             return
