@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.control import control_section
 from tests.helpers.eventually import eventually
 from tests.services.dovecot import dovecot_stores
 from tests.services.mailclient import RawLines
@@ -39,14 +40,6 @@ OUTSIDER = "127.0.0.2"  # a loopback source outside [control] allow
 USERS = {"b": {"bob": "bob-secret"}}
 
 
-def control_section(root: Path, port: int) -> str:
-    (root / "control-secret").write_text(CONTROL_SECRET + "\n")
-    return f"""
-[control]
-listen = "127.0.0.1:{port}"
-secret_file = "{root / 'control-secret'}"
-allow = ["127.0.0.1/32"]
-"""
 
 
 def request(port: int, method: str, path: str, *, secret: str | None = None,
@@ -103,7 +96,7 @@ path = "{tmp_path / 'map'}"
 
 [http]
 secret_file = "{tmp_path / 'nginx-secret'}"
-{control_section(tmp_path, control)}
+{control_section(tmp_path, control, CONTROL_SECRET)}
 [[listener]]
 name = "imap4"
 protocol = "imap"
@@ -204,7 +197,7 @@ def test_proxy_flush_reaches_every_worker(tmp_path: Path) -> None:
 [proxy]
 backend_timeout = 5
 drain_timeout = 1
-{control_section(tmp_path, control)}
+{control_section(tmp_path, control, CONTROL_SECRET)}
 [[listener]]
 name = "imap4"
 protocol = "imap"

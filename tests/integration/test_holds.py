@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.control import control_section
 from tests.helpers.eventually import eventually
 from tests.helpers.prometheus import Scrape
 from tests.services.dovecot import dovecot_stores
@@ -42,13 +43,7 @@ BOB, CAROL = "bob@riseup.net", "carol@riseup.net"
 
 
 def common_sections(root: Path, control: int) -> str:
-    (root / "control-secret").write_text(CONTROL_SECRET + "\n")
-    return f"""
-[control]
-listen = "127.0.0.1:{control}"
-secret_file = "{root / 'control-secret'}"
-allow = ["127.0.0.1/32"]
-
+    return control_section(root, control, CONTROL_SECRET) + f"""
 [holds]
 state_file = "{root / 'state' / 'holds.json'}"
 """

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.control import control_section
 from tests.helpers.eventually import eventually
 from tests.helpers.metric_docs import documented, exposed
 from tests.helpers.prometheus import Scrape
@@ -86,14 +87,8 @@ class Pool:
 
 def common(root: Path, name: str, control: int, dead_mysql: int, pop3: int) -> str:
     """The sections both faces share: control listener, holds, throttle, the outage map."""
-    (root / "control-secret").write_text(CONTROL_SECRET + "\n")
     (root / "map-password").write_text("unused\n")
-    return f"""
-[control]
-listen = "{HOST}:{control}"
-secret_file = "{root / 'control-secret'}"
-allow = ["127.0.0.1/32"]
-
+    return control_section(root, control, CONTROL_SECRET, HOST) + f"""
 [holds]
 state_file = "{root / f'{name}-holds.json'}"
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.control import control_section
 from tests.helpers.eventually import eventually
 from tests.services.dovecot import dovecot_stores
 from tests.services.mailclient import IMAP4
@@ -76,14 +77,8 @@ def throttle_section(keys: str, **limits: float) -> str:
             + keys)
 
 
-def control_section(tmp: Path) -> str:
-    (tmp / "control-secret").write_text(CONTROL_SECRET + "\n")
-    return f"""
-[control]
-listen = "127.0.0.1:{free_port()}"
-secret_file = "{tmp / 'control-secret'}"
-allow = ["127.0.0.1/32"]
-"""
+def control(tmp: Path) -> str:
+    return control_section(tmp, free_port(), CONTROL_SECRET)
 
 
 @pytest.fixture
@@ -214,7 +209,7 @@ def ok(config: Path, *args: str) -> str:
 def test_a_hold_acknowledged_before_the_kill_holds_after_the_failover(
         tmp_path: Path, redis: SentinelSet) -> None:
     config = tmp_path / "authsvc.toml"
-    config.write_text(base_config(tmp_path) + control_section(tmp_path) + f"""
+    config.write_text(base_config(tmp_path) + control(tmp_path) + f"""
 [holds]
 store = "redis"
 {sentinel_keys(tmp_path, redis)}""")
@@ -255,7 +250,7 @@ def test_the_throttle_and_a_hold_with_acl_users(tmp_path: Path) -> None:
                      sentinel_username=WATCH_USER) as redis:
         config = tmp_path / "authsvc.toml"
         keys = sentinel_keys(tmp_path, redis, username=DATA_USER, sentinel_username=WATCH_USER)
-        config.write_text(base_config(tmp_path) + control_section(tmp_path)
+        config.write_text(base_config(tmp_path) + control(tmp_path)
                           + throttle_section(keys) + f'\n[holds]\nstore = "redis"\n{keys}')
         with ServeProcess([config], tmp_path / "one") as node:
             eventually(lambda: "what=control" in node.log_text(), 20)
@@ -276,7 +271,7 @@ def test_the_throttle_and_a_hold_with_acl_users(tmp_path: Path) -> None:
         # know: Redis is down to authsvc, and nothing it says names a user.
         wrong = tmp_path / "wrong.toml"
         wrong.write_text(
-            base_config(tmp_path) + control_section(tmp_path) + throttle_section(sentinel_keys(
+            base_config(tmp_path) + control(tmp_path) + throttle_section(sentinel_keys(
                 tmp_path, redis, username="nobody-3c8", sentinel_username=WATCH_USER))
             + '\n[holds]\nstore = "redis"\n'
             + sentinel_keys(tmp_path, redis, username=DATA_USER, sentinel_username="nobody-3c8"))
@@ -335,7 +330,7 @@ auth_failure_delay = 0.1
 backend_timeout = 5
 drain_timeout = 1
 max_login_attempts = 100
-{control_section(tmp_path)}{throttle_section(keys, free_failures=4, address_limit=4)}
+{control(tmp_path)}{throttle_section(keys, free_failures=4, address_limit=4)}
 [holds]
 store = "redis"
 {keys}
