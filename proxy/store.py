@@ -18,6 +18,8 @@ as its length, never its bytes.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import ssl
 from collections import deque
@@ -61,12 +63,15 @@ def _literal_family(host: str) -> int | None:
     return None
 
 
-async def _connected(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A non-blocking TCP socket connected to ``host``, tried address by address.
+async def _connected(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                     open_channel: Callable[[socket.socket], Channel]) -> Channel:
+    """A Channel on a TCP connection to ``host``, tried address by address.
 
     An address literal, as most maps name their stores, is connected with no
     lookup; a name is resolved and its addresses tried in order, as
-    ``create_connection`` does; the last failure is raised.
+    ``create_connection`` does; the last failure is raised.  The Channel
+    watches the connect itself (``connecting=True``): no future and callback
+    of ``loop.sock_connect`` per login.
     """
     family = _literal_family(host)
     candidates: list[tuple[int, tuple[Any, ...]]]
@@ -80,7 +85,10 @@ async def _connected(loop: asyncio.AbstractEventLoop, host: str, port: int) -> s
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            await loop.sock_connect(sock, sockaddr)
+            # EINPROGRESS: the Channel waits for it (connect(2)).
+            code = sock.connect_ex(sockaddr)
+            if code not in (0, errno.EINPROGRESS, errno.EINTR):
+                raise OSError(code, os.strerror(code))
         except OSError as exc:
             sock.close()
             error = exc
@@ -88,7 +96,17 @@ async def _connected(loop: asyncio.AbstractEventLoop, host: str, port: int) -> s
         except BaseException:
             sock.close()
             raise
-        return sock
+        channel = open_channel(sock)
+        try:
+            await channel.connected()
+        except OSError as exc:
+            channel.abort()
+            error = exc
+            continue
+        except BaseException:
+            channel.abort()
+            raise
+        return channel
     raise error
 
 
@@ -147,16 +165,22 @@ class StoreLogin:
         started = loop.time()
         # Implicit TLS runs in the Channel (proxy/transport.py), as the client side
         # does: the same context and name checks as a STARTTLS upgrade.
+
+        def open_channel(sock: socket.socket) -> Channel:
+            # Kept at once, so that a timeout during the connect closes it.
+            self.channel = Channel(sock, high_water=high_water,
+                                   tls_context=context if implicit else None, server_side=False,
+                                   server_hostname=server_hostname, connecting=True, loop=loop)
+            return self.channel
+
         try:
-            sock = await _connected(loop, route.host, route.port)
+            backend = await _connected(loop, route.host, route.port, open_channel)
         except OSError as exc:
+            self.channel = None
             raise LoginFailure(FailureKind.BACKEND_CONNECT, f"connect: {exc}") from None
-        backend = Channel(sock, high_water=high_water, tls_context=context if implicit else None,
-                          server_side=False, server_hostname=server_hostname)
         connected = loop.time()
         if metrics is not None:
             metrics.store_connect(store, connected - started)
-        self.channel = backend
         if implicit:
             try:
                 await backend.handshake()

@@ -81,17 +81,29 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
 
 
 def _no_delay(sock: socket.socket) -> None:
-    """TCP_NODELAY, as asyncio sets it on every TCP transport: a command goes out at once."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """TCP_NODELAY, as asyncio sets it on every TCP transport: a command goes out at once.
+
+    Tried on any socket (a UNIX one refuses it): ``sock.family`` would build
+    an enum member per connection to ask first.
+    """
+    try:  # noqa: SIM105 - per connection: no context manager object for it
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def _keep_exception(future: asyncio.Future[None]) -> None:
+    """A failure nobody awaits (the peer left first) is not "never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Channel:
     """One TCP connection, client or store side, on a connected non-blocking socket."""
 
     __slots__ = (
-        "_addresses", "_buffered", "_chunks", "_closing", "_data_waiter", "_drain_waiter",
+        "_addresses", "_buffered", "_chunks", "_closing", "_connecting", "_data_waiter",
+        "_drain_waiter",
         "_dying", "_eof", "_fd", "_handshake", "_handshaking", "_held", "_high_water", "_loop",
         "_lost", "_lost_callback", "_notify", "_on_detached_close", "_pending",
         "_pending_size", "_read_done", "_read_wants_write", "_reading", "_reading_paused",
@@ -107,8 +119,13 @@ class Channel:
         tls_context: ssl.SSLContext | None = None,
         server_side: bool = True,
         server_hostname: str | None = None,
+        connecting: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        """``connecting``: ``sock`` is a TCP connect in progress (a store's);
+        :meth:`connected` waits for it, and implicit TLS begins once it is
+        done.  ``loop``: the running loop, when the caller has it at hand."""
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._sock = sock
         self._fd = sock.fileno()
         # What was received and not yet read, as it arrived: one chunk is
@@ -159,7 +176,17 @@ class Channel:
         self._relayed: Relayed | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        #: While a connect is in progress: its waiter, and the TLS to begin after it.
+        self._connecting: tuple[asyncio.Future[None], ssl.SSLContext | None, str | None] | None
+        self._connecting = None
         _no_delay(sock)
+        if connecting:
+            # Writable once the connect is done, either way (connect(2), EINPROGRESS).
+            waiter = self._loop.create_future()
+            waiter.add_done_callback(_keep_exception)
+            self._connecting = (waiter, tls_context, server_hostname)
+            self._write_on()
+            return
         self._read_on()
         if tls_context is not None:
             # Implicit TLS: the endpoint exists before the first byte is read
@@ -400,6 +427,9 @@ class Channel:
         self._maybe_pause_writing()
 
     def _on_writable(self) -> None:
+        if self._connecting is not None:
+            self._connect_done()
+            return
         if self._tls is not None and (self._handshaking or self._read_wants_write):
             self._write_off()
             if self._handshaking:
@@ -455,6 +485,29 @@ class Channel:
             self._close_now()
         elif self._shut:
             self._shut_down()
+
+    def _connect_done(self) -> None:
+        """The connect ended: read from now on (after the TLS handshake, if any), or fail."""
+        assert self._connecting is not None
+        (waiter, tls_context, server_hostname), self._connecting = self._connecting, None
+        self._write_off()
+        error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            exc = OSError(error, os.strerror(error))
+            if not waiter.done():
+                waiter.set_exception(exc)
+            self._fatal(exc)
+            return
+        if not waiter.done():
+            waiter.set_result(None)
+        self._read_on()
+        if tls_context is not None:
+            self._begin_tls(tls_context, server_side=False, server_hostname=server_hostname)
+
+    async def connected(self) -> None:
+        """Wait for the connect begun before the Channel was made; raises OSError."""
+        if self._connecting is not None:
+            await self._connecting[0]
 
     def _maybe_pause_writing(self) -> None:
         if not self._writing_paused and self._pending_size > self._write_high:
@@ -545,6 +598,10 @@ class Channel:
 
     def _connection_lost(self) -> None:
         self._sock.close()
+        if self._connecting is not None:
+            waiter, self._connecting = self._connecting[0], None
+            if not waiter.done():
+                waiter.set_exception(ConnectionAbortedError("closed while connecting"))
         self._fail_handshake(ConnectionResetError("closed during the TLS handshake"))
         self._eof = True
         self._lost = True
@@ -626,10 +683,7 @@ class Channel:
         self.tls = True
         self._handshaking = True
         self._handshake = self._loop.create_future()
-        # A failure nobody awaits (the peer left first) must not be logged as
-        # "exception never retrieved".
-        self._handshake.add_done_callback(
-            lambda f: None if f.cancelled() else f.exception())
+        self._handshake.add_done_callback(_keep_exception)
         self._step_handshake()  # a client's ClientHello goes out here
 
     def _step_handshake(self) -> bool:
