@@ -41,7 +41,9 @@ class LoginAttempt:
     """One login attempt, from the command to the reply's deadline."""
 
     def __init__(self, context: ListenerContext, record: SessionRecord, endpoints: Endpoints,
-                 trace: Callable[[str], None]) -> None:
+                 trace: Callable[[str], None] | None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._ctx = context
         self._record = record
         self._endpoints = endpoints
@@ -70,7 +72,7 @@ class LoginAttempt:
 
     async def run(self, credentials: Credentials) -> LoginSucceeded | LoginFailed:
         """Log in; a failure returns at its deadline, never raises."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         started = loop.time()
         deadline = started + self._ctx.proxy.auth_failure_delay
         record = self._record
@@ -177,5 +179,5 @@ class LoginAttempt:
         self._route = decision
         self._record.backend = address((decision.host, decision.port))
         self._record.backend_login = decision.backend_login
-        self._store = StoreLogin(self._ctx, decision, self._endpoints, self._trace)
+        self._store = StoreLogin(self._ctx, decision, self._endpoints, self._trace, self._loop)
         return await self._store.run(credentials)

@@ -17,8 +17,8 @@ class IdleClock:
 
     __slots__ = ("_idle", "idle_timeout", "last_moved", "loop")
 
-    def __init__(self, idle_timeout: float) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, idle_timeout: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
         self.idle_timeout = idle_timeout
         self.last_moved = self.loop.time()
         self._idle: asyncio.TimerHandle | None = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from authsvc.settings import ProxySettings
@@ -110,10 +109,12 @@ class Admission:
                  budget: DescriptorBudget | None = None) -> None:
         self._budget = budget
         self.configure(proxy, connection_limits)
-        self._live: Counter[str] = Counter()  # per listener, logged in or not
-        self._preauth: Counter[str] = Counter()  # per listener, not logged in
-        self._client_live: Counter[str] = Counter()
-        self._client_preauth: Counter[str] = Counter()
+        # Plain dicts, not Counters: a Counter's missing key and ``del`` are
+        # Python methods, paid on every connection.
+        self._live: dict[str, int] = {}  # per listener, logged in or not
+        self._preauth: dict[str, int] = {}  # per listener, not logged in
+        self._client_live: dict[str, int] = {}
+        self._client_preauth: dict[str, int] = {}
 
     def configure(self, proxy: ProxySettings, connection_limits: Mapping[str, int]) -> None:
         """The limits (at start and on reload); the counts stay."""
@@ -133,29 +134,30 @@ class Admission:
     # --- reading (metrics) --------------------------------------------------------
 
     def live(self, listener: str) -> int:
-        return self._live[listener]
+        return self._live.get(listener, 0)
 
     def preauth(self, listener: str) -> int:
-        return self._preauth[listener]
+        return self._preauth.get(listener, 0)
 
     def logged_in(self, listener: str) -> int:
-        return self._live[listener] - self._preauth[listener]
+        return self._live.get(listener, 0) - self._preauth.get(listener, 0)
 
     @property
     def preauth_total(self) -> int:
-        return self._preauth.total()
+        return sum(self._preauth.values())
 
     # --- the life of a ticket -----------------------------------------------------
 
     def connect(self, listener: str) -> Ticket | Refused:
         """A new connection on ``listener``, before its client is known."""
         limit = self._limits.get(listener, 0)
-        if limit and self._live[listener] >= limit:
+        live, preauth = self._live, self._preauth
+        if limit and live.get(listener, 0) >= limit:
             return Refused.CONNECTION_LIMIT
         if self._preauth_limit and self.preauth_total >= self._preauth_limit:
             return Refused.PREAUTH_LIMIT
-        self._live[listener] += 1
-        self._preauth[listener] += 1
+        live[listener] = live.get(listener, 0) + 1
+        preauth[listener] = preauth.get(listener, 0) + 1
         return Ticket(listener)
 
     def identify(self, ticket: Ticket, address: str, *, exempt: bool = False) -> Refused | None:
@@ -167,14 +169,14 @@ class Admission:
             return None
         key = client_key(address)
         if not exempt:
-            if self._client_limit and self._client_live[key] >= self._client_limit:
+            if self._client_limit and self._client_live.get(key, 0) >= self._client_limit:
                 return Refused.CLIENT_LIMIT
             if self._client_preauth_limit and (
-                    self._client_preauth[key] >= self._client_preauth_limit):
+                    self._client_preauth.get(key, 0) >= self._client_preauth_limit):
                 return Refused.CLIENT_PREAUTH_LIMIT
         ticket.client = key
-        self._client_live[key] += 1
-        self._client_preauth[key] += 1
+        self._client_live[key] = self._client_live.get(key, 0) + 1
+        self._client_preauth[key] = self._client_preauth.get(key, 0) + 1
         return None
 
     def login(self, ticket: Ticket) -> None:
@@ -200,9 +202,10 @@ class Admission:
                 self._decrement(self._client_preauth, ticket.client)
 
     @staticmethod
-    def _decrement(counter: Counter[str], key: str) -> None:
-        counter[key] -= 1
-        if counter[key] <= 0:
+    def _decrement(counter: dict[str, int], key: str) -> None:
+        left = counter.get(key, 0) - 1
+        counter[key] = left
+        if left <= 0:
             del counter[key]  # no key per client that ever connected
 
 

@@ -114,9 +114,10 @@ class Session:
         self._started = started
         #: The throttle refused this client: close once the refusal is written.
         self._close_after_reply = False
+        self._loop = asyncio.get_running_loop()
         #: Wall-clock time of the accept, for ``authsvc sessions list``.
         self._accepted_at = time.time() - (
-            asyncio.get_running_loop().time() - started if started is not None else 0.0)
+            self._loop.time() - started if started is not None else 0.0)
         #: True while bytes are relayed (the sessions a list shows and a kick ends).
         self._relaying = False
         self._kicked = False
@@ -211,8 +212,7 @@ class Session:
         relay's end ends the session (:meth:`_relay_ended`), with no task or
         frame kept meanwhile (docs/benchmarks.md, "Proxy").
         """
-        loop = asyncio.get_running_loop()
-        self._started = self._started if self._started is not None else loop.time()
+        self._started = self._started if self._started is not None else self._loop.time()
         try:
             if await self._open():
                 # The login's frames (the front machine, its queue) are gone
@@ -265,7 +265,7 @@ class Session:
         if self._backend is not None:
             self._backend.close()
         assert self._started is not None
-        self.record.duration = asyncio.get_running_loop().time() - self._started
+        self.record.duration = self._loop.time() - self._started
         if self._ctx.session_log is not None:
             # Batched, as serve's decision lines (authsvc/log.py, BatchedLog):
             # one write per batch, not a LogRecord and a write per session.
@@ -296,7 +296,8 @@ class Session:
                 timeout = self._preauth_timeout()
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError("login deadline")
-                client = Channel(self._sock, high_water=high_water, tls_context=ctx.server_tls)
+                client = Channel(self._sock, high_water=high_water, tls_context=ctx.server_tls,
+                                 loop=self._loop)
                 try:
                     await client.handshake(timeout)
                 except BaseException:
@@ -305,7 +306,7 @@ class Session:
                 self._client = client
                 self.record.tls = "implicit"
             else:
-                self._client = Channel(self._sock, high_water=high_water)
+                self._client = Channel(self._sock, high_water=high_water, loop=self._loop)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.record.result = "tls_failed" if implicit else "error"
             self.record.end = (f"tls_failed:{type(exc).__name__}" if implicit
@@ -320,7 +321,7 @@ class Session:
         timeout = self._ctx.listener.login_timeout or None
         deadline = self._ctx.proxy.login_deadline
         if deadline and self._started is not None:
-            left = self._started + deadline - asyncio.get_running_loop().time()
+            left = self._started + deadline - self._loop.time()
             timeout = left if timeout is None else min(timeout, left)
         return timeout
 
@@ -409,7 +410,8 @@ class Session:
     # --- login ---------------------------------------------------------------------
 
     async def _login(self, credentials: Credentials) -> LoginSucceeded | LoginFailed:
-        self._attempt = LoginAttempt(self._ctx, self.record, self._endpoints, self._trace)
+        self._attempt = LoginAttempt(self._ctx, self.record, self._endpoints,
+                                     self._trace if self._tracing else None, self._loop)
         result = await self._attempt.run(credentials)
         if isinstance(result, LoginFailed):
             self._close_after_reply = self._attempt.closes

@@ -123,7 +123,9 @@ class StoreLogin:
     """Logging in at the store one route names; its state stays readable after a failure."""
 
     def __init__(self, context: ListenerContext, route: Route, endpoints: Endpoints,
-                 trace: Callable[[str], None]) -> None:
+                 trace: Callable[[str], None] | None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._ctx = context
         self._route = route
         self._endpoints = endpoints
@@ -157,7 +159,7 @@ class StoreLogin:
         # The name the certificate must carry: a configured one (maps that give
         # IP addresses), else the map's host (docs/proxy.md, "Towards the stores").
         server_hostname = tls_name or route.host
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         high_water = self._ctx.proxy.splice_buffer
         self.stage = FailureKind.BACKEND_CONNECT
         metrics = self._ctx.metrics
@@ -204,8 +206,9 @@ class StoreLogin:
                 command = queue.popleft()
                 match command:
                     case Send(data=data, secret=secret):
-                        self._trace(f"B: ({len(data)} bytes, login)" if secret
-                                    else f"B: {data[:120]!r}")
+                        if self._trace is not None:  # no repr when nobody reads it
+                            self._trace(f"B: ({len(data)} bytes, login)" if secret
+                                        else f"B: {data[:120]!r}")
                         backend.write(data)
                     case StartTls():
                         assert context is not None

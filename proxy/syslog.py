@@ -162,6 +162,9 @@ class AuthLog:
         self._client_ip = client_ip  # [log] client_ip
         self._ident = proxy.auth_log_ident
         self._facility = proxy.auth_log_facility
+        # Made in the worker that sends (proxy/run.py runs after the fork): its
+        # pid, asked once rather than by a system call per login.
+        self._pid = os.getpid()
         self.sender = sender if sender is not None else SyslogSender(proxy.auth_log_target)
 
     def record(
@@ -186,7 +189,7 @@ class AuthLog:
                                    listener.tls is ListenTls.IMPLICIT),
         )
         ident = self._ident.replace("{listener}", listener.name)
-        self.sender.send(syslog_datagram(line, ident=ident, pid=os.getpid(),
+        self.sender.send(syslog_datagram(line, ident=ident, pid=self._pid,
                                          facility=self._facility))
 
     def close(self) -> None:

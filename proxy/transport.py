@@ -343,6 +343,11 @@ class Channel:
         self._maybe_pause_writing()
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this Channel's socket is watched by."""
+        return self._loop
+
+    @property
     def high_water(self) -> int:
         return self._high_water
 

@@ -87,7 +87,7 @@ class InUserSpace(IdleClock):
 
     def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
                  splice_after: int | None, on_end: Callable[[str | None], None]) -> None:
-        super().__init__(idle_timeout)
+        super().__init__(idle_timeout, client.loop)
         self.client, self.backend = client, backend
         self.splice_after = splice_after
         self.on_end = on_end

@@ -286,7 +286,7 @@ class Spliced(IdleClock):
 
     def __init__(self, client: Channel, backend: Channel, idle_timeout: float,
                  pipe_size: int) -> None:
-        super().__init__(idle_timeout)
+        super().__init__(idle_timeout, client.loop)
         self._pipe_size = pipe_size
         self.client, self.backend = client, backend
         self._result: asyncio.Future[str] = self.loop.create_future()

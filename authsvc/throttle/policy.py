@@ -25,11 +25,17 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from authsvc.redact import Secret
 from authsvc.settings import ThrottleSettings
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: A dotted-quad IPv4 address as ``ipaddress`` accepts it: four decimal octets,
+#: no leading zeros.
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
 
 #: Counter key prefixes.  Keys are text so SQLite and Redis store them alike.
 ADDRESS = "a"
@@ -93,6 +99,10 @@ def subject(client_ip: str | None, prefix: int) -> str | None:
     """
     if not client_ip:
         return None
+    if ":" not in client_ip:
+        # IPv4 has one textual form (ipaddress refuses leading zeros), so a
+        # valid one is its own key: one match, no ipaddress object per login.
+        return client_ip if _IPV4.fullmatch(client_ip) else None
     try:
         address = ipaddress.ip_address(client_ip.split("%", 1)[0])
     except ValueError:

@@ -98,6 +98,8 @@ class ImapFront:
         self._discarding = False
         self._fresh = True  # nothing received yet on this (plain) connection
         self._tag = ""  # tag of the LOGIN/AUTHENTICATE in progress
+        #: capabilities() while TLS stays as it is (None: to be worked out).
+        self._capabilities: str | None = None
         self.bad_commands = 0
         self.failures = 0
 
@@ -119,6 +121,11 @@ class ImapFront:
 
     def capabilities(self) -> str:
         """The operator's list, with STARTTLS, LOGINDISABLED and SASL set by state."""
+        if self._capabilities is None:
+            self._capabilities = self._work_out_capabilities()
+        return self._capabilities
+
+    def _work_out_capabilities(self) -> str:
         words = [w for item in self._listener.capability for w in item.split()] or ["IMAP4rev1"]
         kept = [w for w in words if w.upper() not in _MANAGED and not w.upper().startswith("AUTH=")]
         if self.tls_possible:
@@ -143,6 +150,7 @@ class ImapFront:
                 return self._on_data(data)
             case TlsEstablished():
                 self._tls_active = True
+                self._capabilities = None  # STARTTLS and LOGINDISABLED go
                 self.state = State.NOT_AUTHENTICATED
                 self._frag.clear()
                 return []

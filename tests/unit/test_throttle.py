@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 import pytest
 
@@ -75,3 +76,16 @@ def test_fingerprint_is_keyed_and_never_the_password() -> None:
     assert one != fingerprint(key, "a:192.0.2.1", "bob", Secret("hunter3"))
     assert one != fingerprint(key, "a:192.0.2.2", "bob", Secret("hunter2"))
     assert one != fingerprint(Secret("x" * 32), "a:192.0.2.1", "bob", Secret("hunter2"))
+
+
+@pytest.mark.parametrize("text", [
+    "192.0.2.1", "0.0.0.0", "255.255.255.255", "010.1.1.1", "256.1.1.1", "1.2.3",
+    "1.2.3.4.5", "a.b.c.d", "1.2.3.4\n", " 1.2.3.4", "\u0661.\u0662.\u0663.\u0664", "1.2.3.04",
+])
+def test_an_ipv4_subject_is_what_ipaddress_makes_of_it(text: str) -> None:
+    # The IPv4 path matches the text instead of parsing it: the same answers.
+    try:
+        expected: str | None = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = None
+    assert subject(text, 48) == expected
