@@ -75,7 +75,7 @@ def mask_passwords(text: str) -> str:
 
 def mask_fields(fields: Mapping[str, object]) -> Mapping[str, object]:
     """``fields`` with ``Auth-Pass`` values masked in its strings (the same object if none)."""
-    if _PASS.search("\0".join(v for v in fields.values() if type(v) is str)) is None:
+    if _PASS.search("\0".join([v for v in fields.values() if type(v) is str])) is None:
         return fields  # the usual case, found with one search
     return {k: mask_passwords(v) if type(v) is str else v for k, v in fields.items()}
 
@@ -146,21 +146,24 @@ def format_fields(fields: Mapping[str, object], memo: dict[str, str] | None = No
     ``memo`` caches quoted strings: a decision line is written per login, and
     most of its values (listener, result, backend, often the login) repeat.
     """
-    parts = []
+    parts: list[str] = []
+    append = parts.append  # once per line, not once per field
     for key, value in fields.items():
-        if value is None:
-            parts.append(key + "=-")
-        elif type(value) is int:
-            parts.append(f"{key}={value}")
-        elif memo is not None and type(value) is str:
-            quoted = memo.get(value)
+        kind = type(value)
+        if kind is str and memo is not None:
+            # ``type(value) is str`` (cheaper than isinstance) does not narrow for mypy.
+            quoted = memo.get(value)  # type: ignore[call-overload]
             if quoted is None:
                 if len(memo) >= _MEMO_SIZE:
                     memo.clear()
-                quoted = memo[value] = quote_value(value)
-            parts.append(f"{key}={quoted}")
+                quoted = memo[value] = quote_value(value)  # type: ignore[index]
+            append(f"{key}={quoted}")
+        elif kind is int:
+            append(f"{key}={value}")
+        elif value is None:
+            append(key + "=-")
         else:
-            parts.append(f"{key}={quote_value(value)}")
+            append(f"{key}={quote_value(value)}")
     return " ".join(parts)
 
 

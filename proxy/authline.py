@@ -38,6 +38,9 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 #: 1024; rsyslog and journald take 8 KiB); a login is at most a few hundred bytes.
 MAX_DATAGRAM = 8192
 
+#: Every control byte (C0 and DEL) to ``?``, the rest as it is.
+_CONTROLS_TO_QUESTION_MARK = bytes(b if b >= 0x20 and b != 0x7F else 0x3F for b in range(256))
+
 Address = tuple[str, int]
 #: The client's side as written: a hidden one has ``-`` for its port.
 ShownAddress = tuple[str, int | str]
@@ -70,7 +73,7 @@ def secure_name(tls: str) -> str:
 def _clean(login: bytes) -> bytes:
     # A login never holds CR, LF or NUL (they are refused before this), but no
     # control byte may reach a log line in any case.
-    return bytes(b if b >= 0x20 and b != 0x7F else 0x3F for b in login)
+    return login.translate(_CONTROLS_TO_QUESTION_MARK)
 
 
 def auth_line(

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 from authsvc.redact import Secret
 
-#: Bytes that can never be part of a login or password on the wire to a store:
-#: NUL truncates in C stores (Debian's Perdition logged "bob\0evil" in as bob),
-#: CR and LF would end a POP3 or IMAP command early.
-FORBIDDEN_CREDENTIAL_BYTES = frozenset(b"\0\r\n")
-
 
 def credentials_ok(login: bytes, password: bytes) -> bool:
     """No NUL, CR or LF anywhere: such credentials are refused, never truncated.
@@ -21,7 +16,11 @@ def credentials_ok(login: bytes, password: bytes) -> bool:
     the failed-login way (same reply, same delay), as Perdition sends it to the
     store; an empty login is refused by the routing core as a bad login.
     """
-    return not any(byte in FORBIDDEN_CREDENTIAL_BYTES for byte in login + password)
+    # Never part of a login or password on the wire to a store: NUL truncates
+    # in C stores (Debian's Perdition logged "bob\0evil" in as bob), CR and LF
+    # would end a POP3 or IMAP command early.  Three searches in C.
+    both = login + password
+    return b"\0" not in both and b"\r" not in both and b"\n" not in both
 
 
 def secret_from_wire(password: bytes) -> Secret:

@@ -38,6 +38,8 @@ class SessionRecord:
 
     def fields(self) -> dict[str, object]:
         """The session line (``event=session``)."""
+        # Built in order, a field left out when it has no value: no second
+        # dict filtered from a first, once per session.
         out: dict[str, object] = {
             "event": "session",
             "session": self.session,
@@ -45,20 +47,26 @@ class SessionRecord:
             "protocol": self.protocol,
             "client": self.client,
             "local": self.local,
-            "via": self.via,
-            "tls": self.tls,
-            "login": self.login,
-            "mechanism": self.mechanism,
-            "backend": self.backend,
-            "backend_login": self.backend_login,
-            "result": self.result,
-            "attempts": self.attempts,
-            "end": self.end or None,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration": round(self.duration, 3),
         }
-        return {key: value for key, value in out.items() if value is not None}
+        if self.via is not None:
+            out["via"] = self.via
+        out["tls"] = self.tls
+        if self.login is not None:
+            out["login"] = self.login
+        if self.mechanism is not None:
+            out["mechanism"] = self.mechanism
+        if self.backend is not None:
+            out["backend"] = self.backend
+        if self.backend_login is not None:
+            out["backend_login"] = self.backend_login
+        out["result"] = self.result
+        out["attempts"] = self.attempts
+        if self.end:
+            out["end"] = self.end
+        out["bytes_in"] = self.bytes_in
+        out["bytes_out"] = self.bytes_out
+        out["duration"] = round(self.duration, 3)
+        return out
 
     def failure_fields(self, kind: str, reason: str) -> dict[str, object]:
         """One failed login attempt (``event=login_failed``), for fail2ban-style watchers."""

@@ -19,7 +19,8 @@ writable; the write-buffer marks (64 KiB high, a quarter of it low) behind
 half-closed client may still be waiting for the store's answer) and ending
 a TLS connection, which cannot half-close; ``close`` after what is queued
 has been written; and the connection's end reported on the next loop pass
-(``on_lost``), never from inside the call that caused it.
+(``on_lost``, a waiting read), never from inside the call that caused it.
+With nobody to tell, the socket is closed at once.
 
 Flow control: reading pauses while more than ``high_water`` bytes wait, so
 neither direction of a relay can grow memory without bound.  A plain Channel
@@ -369,12 +370,12 @@ class Channel:
         """The connection is ending or gone: closed, aborted, or failed."""
         return self._closing or self._dying or self._lost
 
-    def on_lost(self, callback: Callable[[], None]) -> None:
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` once the connection is gone (now, if it already is).
 
-        One callback (the relay's), which a later call replaces.
+        One callback (the relay's), which a later call replaces; None forgets it.
         """
-        if self._lost:
+        if self._lost and callback is not None:
             callback()
         else:
             self._lost_callback = callback
@@ -599,7 +600,14 @@ class Channel:
         self._write_off()
         self._pending = None
         self._pending_size = 0
-        self._loop.call_soon(self._connection_lost)
+        if (self._lost_callback is None and self._data_waiter is None
+                and self._drain_waiter is None and self._handshake is None
+                and self._connecting is None):
+            # Nobody to tell (a relayed session's end): the socket closes now,
+            # not one loop pass and one handle later.
+            self._connection_lost()
+        else:
+            self._loop.call_soon(self._connection_lost)
 
     def _connection_lost(self) -> None:
         self._sock.close()

@@ -123,8 +123,9 @@ class InUserSpace(IdleClock):
         """No more callbacks from the Channels or the idle clock, and no ``on_end``."""
         self._over = True
         self._stop_idle_clock()
-        self.client.relay_to(None)
-        self.backend.relay_to(None)
+        for channel in (self.client, self.backend):
+            channel.relay_to(None)
+            channel.on_lost(None)
 
     def ended(self, name: str) -> None:
         self._ended.append(name)
