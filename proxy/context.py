@@ -46,3 +46,6 @@ class ListenerContext:
     #: Where the ``event=session`` lines go, written in batches (``authsvc/log.py``);
     #: None = one ``log.info`` per session.
     session_log: BatchedLog | None = None
+    #: An IMAP listener's own capability words (``ImapFront.operator_words``),
+    #: worked out once for all its sessions.
+    imap_words: tuple[str, ...] | None = None

@@ -44,6 +44,7 @@ from authsvc.proxy.accept import read_proxy_header, refuse, refuse_now
 from authsvc.proxy.certificates import backend_tls_for, server_tls_context
 from authsvc.proxy.context import ListenerContext
 from authsvc.proxy.events import Endpoints
+from authsvc.proxy.imap.front import ImapFront
 from authsvc.proxy.limits import (
     CLIENT_REFUSALS,
     Admission,
@@ -106,6 +107,13 @@ def descriptor_limit() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return UNLIMITED_DESCRIPTORS if soft == resource.RLIM_INFINITY else soft
 
+
+
+def _imap_words(listener: ListenerSettings) -> tuple[str, ...] | None:
+    """An IMAP listener's capability words, once for all its sessions."""
+    if listener.protocol is MailProtocol.IMAP:
+        return ImapFront.operator_words(listener)
+    return None
 
 class ProxyServer:
     """The listeners and the live sessions of one ``authsvc proxy`` process."""
@@ -184,6 +192,7 @@ class ProxyServer:
                     throttle=self._throttle,
                     refusal_times=self._refusal_times,
                     session_log=self._session_log,
+                    imap_words=_imap_words(listener),
                 )
                 self._contexts[listener.name] = context
                 self._set_networks(settings, listener)
@@ -430,7 +439,8 @@ class ProxyServer:
                 listener=listener, proxy=settings.proxy, log=settings.log, router=router,
                 server_tls=server_tls_context(listener), backend_tls=backend_tls,
                 auth_log=self._auth_log, metrics=self._metrics, throttle=self._throttle,
-                refusal_times=self._refusal_times, session_log=self._session_log)
+                refusal_times=self._refusal_times, session_log=self._session_log,
+                imap_words=_imap_words(listener))
         for name in self._listening:
             if name not in contexts:
                 log.warning("", extra={"fields": {"event": "reload_needs_restart",

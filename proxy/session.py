@@ -332,7 +332,7 @@ class Session:
         front: ImapFront | Pop3Front
         if ctx.listener.protocol is MailProtocol.IMAP:
             front = ImapFront(ctx.listener, ctx.proxy, tls_active=tls_active,
-                              trace=self._tracing)
+                              trace=self._tracing, words=ctx.imap_words)
         else:
             front = Pop3Front(ctx.listener, ctx.proxy, tls_active=tls_active,
                               trace=self._tracing)

@@ -93,10 +93,16 @@ def _no_delay(sock: socket.socket) -> None:
         pass
 
 
-def _keep_exception(future: asyncio.Future[None]) -> None:
-    """A failure nobody awaits (the peer left first) is not "never retrieved"."""
-    if not future.cancelled():
-        future.exception()
+def _fail(waiter: asyncio.Future[None], exc: BaseException) -> None:
+    """Fail ``waiter``, unless done, and mark the failure seen.
+
+    Whoever awaits it still gets the exception; one nobody awaits (the peer
+    left first) is not logged as "never retrieved".  Cheaper than a done
+    callback, which costs a loop handle on every success too.
+    """
+    if not waiter.done():
+        waiter.set_exception(exc)
+        waiter.exception()
 
 
 class Channel:
@@ -184,7 +190,6 @@ class Channel:
         if connecting:
             # Writable once the connect is done, either way (connect(2), EINPROGRESS).
             waiter = self._loop.create_future()
-            waiter.add_done_callback(_keep_exception)
             self._connecting = (waiter, tls_context, server_hostname)
             self._write_on()
             return
@@ -500,8 +505,7 @@ class Channel:
         error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             exc = OSError(error, os.strerror(error))
-            if not waiter.done():
-                waiter.set_exception(exc)
+            _fail(waiter, exc)
             self._fatal(exc)
             return
         if not waiter.done():
@@ -613,8 +617,7 @@ class Channel:
         self._sock.close()
         if self._connecting is not None:
             waiter, self._connecting = self._connecting[0], None
-            if not waiter.done():
-                waiter.set_exception(ConnectionAbortedError("closed while connecting"))
+            _fail(waiter, ConnectionAbortedError("closed while connecting"))
         self._fail_handshake(ConnectionResetError("closed during the TLS handshake"))
         self._eof = True
         self._lost = True
@@ -696,7 +699,6 @@ class Channel:
         self.tls = True
         self._handshaking = True
         self._handshake = self._loop.create_future()
-        self._handshake.add_done_callback(_keep_exception)
         self._step_handshake()  # a client's ClientHello goes out here
 
     def _step_handshake(self) -> bool:
@@ -778,8 +780,8 @@ class Channel:
                 self._relayed.eof()
 
     def _fail_handshake(self, exc: BaseException) -> None:
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.set_exception(exc)
+        if self._handshake is not None:
+            _fail(self._handshake, exc)
 
     async def handshake(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait for the TLS handshake; raises OSError, ssl.SSLError or TimeoutError."""

@@ -67,7 +67,13 @@ class _Way:
         self.ended = True
         sink = self.sink
         last = self.other is not None and self.other.ended
-        if sink.can_write_eof() and not last:
+        if last:
+            # The relay's end (``on_end``) closes both, once no callback is
+            # left to tell: the sockets close at once (transport.py).
+            self.relay.ended(self.name)
+            sink.close()
+            return
+        if sink.can_write_eof():
             sink.write_eof()
         else:
             sink.close()

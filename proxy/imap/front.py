@@ -83,11 +83,13 @@ class ImapFront:
 
     def __init__(
         self, listener: ListenerSettings, proxy: ProxySettings, *, tls_active: bool = False,
-        trace: bool = True,
+        trace: bool = True, words: tuple[str, ...] | None = None,
     ) -> None:
         """``trace``: emit a :class:`Trace` per command (the session's connection
-        logging); off, no trace text is made at all."""
+        logging); off, no trace text is made at all.  ``words``: the listener's
+        :meth:`operator_words`, when worked out already."""
         self._listener = listener
+        self._words = words
         self._proxy = proxy
         self._tls_active = tls_active
         self._tracing = trace
@@ -125,9 +127,17 @@ class ImapFront:
             self._capabilities = self._work_out_capabilities()
         return self._capabilities
 
+    @staticmethod
+    def operator_words(listener: ListenerSettings) -> tuple[str, ...]:
+        """The listener's own capability words, less the ones set by state
+        (the same for every session: ``ListenerContext`` keeps them)."""
+        words = [w for item in listener.capability for w in item.split()] or ["IMAP4rev1"]
+        return tuple(w for w in words
+                     if w.upper() not in _MANAGED and not w.upper().startswith("AUTH="))
+
     def _work_out_capabilities(self) -> str:
-        words = [w for item in self._listener.capability for w in item.split()] or ["IMAP4rev1"]
-        kept = [w for w in words if w.upper() not in _MANAGED and not w.upper().startswith("AUTH=")]
+        kept = list(self._words if self._words is not None
+                    else self.operator_words(self._listener))
         if self.tls_possible:
             kept.append("STARTTLS")
         if self.login_disabled:
