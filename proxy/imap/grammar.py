@@ -30,14 +30,28 @@ TAG_CHARS = ASTRING_CHARS - {ord("+")}
 
 
 
+def _class_of(allowed: frozenset[int]) -> bytes:
+    """A character class of the ``allowed`` bytes."""
+    return b"[" + b"".join(re.escape(bytes([c])) for c in sorted(allowed)) + b"]"
+
+
 def _run_of(allowed: frozenset[int]) -> re.Pattern[bytes]:
     """A pattern matching the longest run of ``allowed`` bytes (the scan in C, not per byte)."""
-    return re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(allowed)) + b"]*")
+    return re.compile(_class_of(allowed) + b"*")
 
 
 _TAG_RUN = _run_of(TAG_CHARS)
 _ATOM_RUN = _run_of(ATOM_CHARS)
 _ASTRING_RUN = _run_of(ASTRING_CHARS)
+# The usual command, matched whole: one line of atoms and quoted strings with
+# no escape, e.g. ``a1 LOGIN bob "pass word"``.  Anything else (a literal, a
+# list, an escape, an error) takes the general path below; on this one both
+# give the same Command.  The quoted body is what _quoted takes without an
+# escape: any byte but DQUOTE, backslash and NUL.
+_ARG_TEXT = rb'(?:' + _class_of(ASTRING_CHARS) + rb'+|"[^"\\\x00]*")'
+_SIMPLE = re.compile(_class_of(TAG_CHARS) + rb"+ " + _class_of(ATOM_CHARS) + rb"+(?: "
+                     + _ARG_TEXT + rb")*")
+_SIMPLE_ARG = re.compile(rb' (?:(' + _class_of(ASTRING_CHARS) + rb'+)|"([^"\\\x00]*)")')
 
 _SP = 0x20
 _DQUOTE = 0x22
@@ -154,6 +168,11 @@ def parse_tag(line: bytes) -> str | None:
 
 def parse_command(parts: Parts) -> Command:
     """Parse one complete pre-auth command; raises :class:`CommandError`."""
+    if len(parts) == 1:
+        line = parts[0]
+        assert isinstance(line, bytes)
+        if _SIMPLE.fullmatch(line):
+            return _simple_command(line)
     cur = _Cursor(parts)
     tag_bytes = cur.take_run(_TAG_RUN)
     if not tag_bytes or not (cur.at_end() or cur.peek() == _SP or cur.at_literal()):
@@ -170,6 +189,17 @@ def parse_command(parts: Parts) -> Command:
         _space(cur, tag)
         args.append(_arg(cur, tag, 0))
     return Command(tag, name.decode("ascii").upper(), tuple(args))
+
+
+def _simple_command(line: bytes) -> Command:
+    """A line :data:`_SIMPLE` matched: split in C, no step per byte."""
+    tag, _, rest = line.partition(b" ")
+    name, space, _ = rest.partition(b" ")
+    args: list[Arg] = []
+    if space:
+        for atom, quoted in _SIMPLE_ARG.findall(line, len(tag) + 1 + len(name)):
+            args.append(Atom(atom) if atom else Quoted(quoted))
+    return Command(tag.decode("ascii"), name.decode("ascii").upper(), tuple(args))
 
 
 def _space(cur: _Cursor, tag: str) -> None:

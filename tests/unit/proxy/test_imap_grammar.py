@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pytest
+from authsvc.proxy.imap import grammar
 from authsvc.proxy.imap.fragmentizer import Fragmentizer, LineFragment, LiteralFragment
 from authsvc.proxy.imap.grammar import (
     Atom,
@@ -129,3 +131,27 @@ def test_parse_tag(line: bytes, tag: str | None) -> None:
 
 def test_line_fragment_text_is_what_the_grammar_reads() -> None:
     assert parse_command([LineFragment(b"a NOOP").text]) == Command("a", "NOOP")
+
+
+_LINES = [
+    b"a LOGIN bob pw", b'a LOGIN bob "pass word"', b'a LOGIN "" ""', b'a1 login Bob "p\\"w"',
+    b'a LOGIN bob "unterminated', b"a CAPABILITY", b'a ID ("name" "x")', b"a LOGIN b\x80b pw",
+    b'a LOGIN bob "p\x01w"', b"+ LOGIN a b", b"a LOGIN bob  pw", b"a LOGIN bob pw ",
+    b"a LOG]IN x", b"a LOGIN x] y]", b'a LOGIN "\xc3\xa9" x', b'a LOGIN "a\x00b" x',
+    b"a", b"a ", b" a LOGIN", b"a\tLOGIN x y", b"a LOGIN {3}", b'a LOGIN "x"y', b"a nOoP",
+    b'a AUTHENTICATE PLAIN "="', b"* LOGIN a b", b"a% LOGIN a b", b'a LOGIN a "b\\\\"',
+]
+
+
+@pytest.mark.parametrize("line", _LINES)
+def test_the_usual_line_parses_as_the_general_path_does(
+        line: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    def parsed() -> object:
+        try:
+            return parse_command([line])
+        except CommandError as exc:
+            return ("error", exc.tag, exc.text)
+
+    fast = parsed()
+    monkeypatch.setattr(grammar, "_SIMPLE", re.compile(b"(?!)"))  # never matches
+    assert parsed() == fast
