@@ -70,7 +70,11 @@ every other run):
   base and the held measurement, per session) and ``python_top`` (the lines
   that allocated most), and its PSS includes tracemalloc's own books;
 * ``instructions`` (with ``--callgrind DIR``): user-space instructions per
-  login of the authsvc proxies under callgrind, ``--logins`` logins per mode.
+  login of the authsvc proxies under callgrind, ``--logins`` logins per mode;
+* ``opcodes`` (with ``--opcodes DIR``): Python bytecodes per login of the
+  authsvc proxies (a ``sys.settrace`` opcode trace between two SIGUSR2),
+  ``--logins`` logins per mode from ``--concurrency`` clients, and a table
+  per front end and mode in DIR of where they go, by module and function.
 
 Quiet machine: before each run of each test and mode the script waits until
 the 1-minute load average is under ``--quiet-load`` (0.5), for at most
@@ -120,6 +124,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +185,46 @@ def dump(*_):
     os.rename(path + ".part", path)  # whole, or not there yet
 tracemalloc.start()
 signal.signal(signal.SIGUSR2, dump)
+sys.exit(main(sys.argv[1:]))
+"""
+#: ``--opcodes``: the proxy counts the bytecodes it runs per function (a
+#: ``sys.settrace`` opcode trace), from one SIGUSR2 to the next, then writes
+#: ``{"file:line function": [opcodes, calls]}`` as JSON to ``OUT.PID``.
+#: Deterministic and blind to the load, unlike CPU seconds; unlike callgrind,
+#: it says which Python function does the work (C work inside a call, and the
+#: kernel's, are not counted).
+OPCODES_MAIN = """import collections, json, os, signal, sys
+out = sys.argv.pop(1)
+ops = collections.Counter()
+calls = collections.Counter()
+def local(frame, event, arg):
+    if event == "opcode":
+        ops[frame.f_code] += 1
+    return local
+def on_call(frame, event, arg):
+    frame.f_trace_opcodes = True
+    calls[frame.f_code] += 1
+    return local
+tracing = False
+def toggle(*_):
+    global tracing
+    tracing = not tracing
+    if tracing:
+        ops.clear(); calls.clear(); sys.settrace(on_call)
+        return
+    sys.settrace(None)
+    table = {}
+    for code, n in ops.items():
+        where = "/".join(code.co_filename.split("/")[-2:])
+        key = f"{where}:{code.co_firstlineno} {code.co_qualname}"
+        was = table.get(key, (0, 0))
+        table[key] = (was[0] + n, was[1] + calls[code])
+    path = f"{out}.{os.getpid()}"
+    with open(path + ".part", "w") as f:
+        json.dump(table, f)
+    os.rename(path + ".part", path)
+signal.signal(signal.SIGUSR2, toggle)
+from authsvc.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,7 +445,8 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
                 pki: ServerCert, log: Path, root: Path | None,
                 profile: Path | None = None,
                 callgrind: Path | None = None,
-                traced: Path | None = None) -> subprocess.Popen[bytes]:
+                traced: Path | None = None,
+                opcodes: Path | None = None) -> subprocess.Popen[bytes]:
     """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's;
     under cProfile, its stats written to ``profile`` at exit, when given; under
     callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given; with
@@ -408,7 +454,8 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={callgrind}/{name}.%p"] if callgrind else []
     main = (["-c", PROFILE_MAIN, str(profile)] if profile else
-            ["-c", TRACEMALLOC_MAIN, str(traced / name)] if traced else ["-m", "authsvc"])
+            ["-c", TRACEMALLOC_MAIN, str(traced / name)] if traced else
+            ["-c", OPCODES_MAIN, str(opcodes / name)] if opcodes else ["-m", "authsvc"])
     argv = [*grind, sys.executable, *main, "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
@@ -501,7 +548,8 @@ class Rig:
 @contextlib.contextmanager
 def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                    baseline: str | None, profile: Path | None = None,
-                   callgrind: Path | None = None, traced: Path | None = None) -> Iterator[Rig]:
+                   callgrind: Path | None = None, traced: Path | None = None,
+                   opcodes: Path | None = None) -> Iterator[Rig]:
     """MariaDB map, one Dovecot store, the scripted backend (plain and implicit
     TLS) and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
@@ -566,7 +614,7 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                     return start_proxy(name, files, address, ports, pki,
                                        workdir / f"{name}.log", root,
                                        profile / stats if profile else None, callgrind,
-                                       traced)
+                                       traced, opcodes)
 
                 proxy = ProxyProcess(launch)
                 pid = proxy.start()
@@ -929,6 +977,61 @@ def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argpar
             rows.append(row)
 
 
+def measure_opcodes(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
+                    rows: list[dict[str, object]], run: int) -> None:
+    """Python bytecodes per login of each authsvc proxy, and per function
+    (``OPCODES_MAIN``): which function does the work, whatever the load.
+    The table of each (front, mode, run) goes to ``DIR/FRONT.MODE.RUN.txt``, the
+    counts themselves to ``DIR/FRONT.MODE.RUN.json``."""
+    directory: Path = args.opcodes
+    for mode in args.modes:
+        for name in (f for f in args.fronts if f in PROXIES):
+            front = fronts[name]
+            context = pki.client_context() if mode == "starttls" else None
+
+            def drive(count: int, front: Front = front,
+                      context: ssl.SSLContext | None = context) -> int:
+                done, errors, first = asyncio.run(logins(
+                    front.address, front.ports["imap4"], args.users, context, 3600,
+                    args.concurrency, limit=count))
+                if errors:
+                    raise BenchError(f"{front.name}: {errors} errors, first {first}")
+                return done
+
+            drive(40)  # warm: the route cache, the code paths
+            dump = directory / f"{name}.{front.pid}"
+            dump.unlink(missing_ok=True)
+            os.kill(front.pid, signal.SIGUSR2)
+            time.sleep(0.5)
+            done = drive(args.logins)
+            time.sleep(0.5)  # the last sessions' ends
+            os.kill(front.pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 60
+            while not dump.exists():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name}: no opcode table in {dump}")
+                time.sleep(0.2)
+            table = json.loads(dump.read_text())
+            dump.rename(directory / f"{name}.{mode}.{run}.json")  # the next mode's goes to dump
+            total = sum(ops for ops, _ in table.values())
+            by_module: Counter[str] = Counter()
+            for key, (ops, _) in table.items():
+                by_module[key.split(":", 1)[0]] += ops
+            lines = [f"{name} {mode}: {total / done:,.0f} opcodes per login, {done} logins",
+                     "", "per module:"]
+            lines += [f"{ops / done:8.0f} {100 * ops / total:5.1f}%  {module}"
+                      for module, ops in by_module.most_common(30)]
+            lines += ["", "per function (opcodes, calls per login):"]
+            lines += [f"{ops / done:8.0f} {calls / done:6.1f}  {key}" for key, (ops, calls)
+                      in sorted(table.items(), key=lambda item: -item[1][0])[:80]]
+            (directory / f"{name}.{mode}.{run}.txt").write_text("\n".join(lines) + "\n")
+            row: dict[str, object] = {"test": "opcodes", "mode": mode, "front": name,
+                                      "run": run, "load": os.getloadavg()[0],
+                                      "opcodes_per_login": total / done}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+
+
 def snapshot(traced: Path, pid: int) -> Path:
     """A new tracemalloc snapshot of proxy ``pid`` (``--tracemalloc``), once written."""
     seen = set(traced.glob(f"*.{pid}.*"))
@@ -1077,6 +1180,7 @@ METRICS = {
     "fetch": (("mb_per_s", "MB/s", 0), ("cpu_s_per_gb", "CPU s per GB", 2)),
     "memory": (("kib_per_session", "KiB PSS per idle session", 1),),
     "instructions": (("ir_per_login", "instructions per login (callgrind, user space)", 0),),
+    "opcodes": (("opcodes_per_login", "Python opcodes per login (sys.settrace)", 0),),
 }
 
 
@@ -1148,7 +1252,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="runs of the memory test per session count (default --runs)")
     parser.add_argument("--tests", nargs="*",
-                        choices=("logins", "paced", "fetch", "memory", "instructions"),
+                        choices=("logins", "paced", "fetch", "memory", "instructions",
+                                 "opcodes"),
                         default=["logins", "paced", "fetch", "memory"])
     parser.add_argument("--modes", nargs="*", choices=("plain", "starttls"),
                         default=["plain", "starttls"],
@@ -1182,8 +1287,12 @@ def main(argv: list[str]) -> int:
                              "(snapshots in DIR); each row gets the Python bytes per session "
                              "and the lines that allocated most (PSS figures are then "
                              "tracemalloc's too)")
+    parser.add_argument("--opcodes", type=Path, metavar="DIR",
+                        help="run the authsvc proxies under an opcode-counting trace; for "
+                             "--tests opcodes (per-function tables in DIR)")
     parser.add_argument("--logins", type=int, default=500,
-                        help="logins measured per front and mode by --tests instructions")
+                        help="logins measured per front and mode by --tests instructions "
+                             "and opcodes")
     parser.add_argument("--json", type=Path,
                         help="also write the rows here, with the run's time, commit and load")
     args = parser.parse_args(argv)
@@ -1210,15 +1319,19 @@ def main(argv: list[str]) -> int:
     idle = max(args.sessions or [0]) + 100
     if "instructions" in args.tests and not args.callgrind:
         parser.error("--tests instructions needs --callgrind DIR")
-    for directory in (args.profile, args.callgrind, args.tracemalloc):
+    if "opcodes" in args.tests and not args.opcodes:
+        parser.error("--tests opcodes needs --opcodes DIR")
+    for directory in (args.profile, args.callgrind, args.tracemalloc, args.opcodes):
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
     with running_fronts(args.users, idle, args.fronts, args.baseline,
-                        args.profile, args.callgrind, args.tracemalloc) as rig:
+                        args.profile, args.callgrind, args.tracemalloc, args.opcodes) as rig:
         fronts, pki = rig.fronts, rig.pki
         for run in range(args.runs):
             if "instructions" in args.tests:
                 measure_instructions(fronts, pki, args, rows, run)
+            if "opcodes" in args.tests:
+                measure_opcodes(fronts, pki, args, rows, run)
             if "logins" in args.tests:
                 measure_logins(fronts, pki, args, rows, run)
             if "paced" in args.tests:
