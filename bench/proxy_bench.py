@@ -19,7 +19,11 @@ MariaDB map; ``--fronts`` picks which (default: all that can run):
 * **uvloop** (when uvloop is importable in this venv): the same code on
   uvloop's loop (``AUTHSVC_LOOP=uvloop``, authsvc/runtime/loop.py);
 * **perdition**: Debian's Perdition 2.2 on the seed deployment's files
-  (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``.
+  (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``;
+* **floor** (only when named): ``bench/floor_proxy.py``, the least a Python
+  login proxy on stdlib asyncio does (callbacks only: no route, limits,
+  timeouts, logs or metrics), against the same store; plain logins only
+  (the logins and paced tests), a yardstick for the proxy's own work.
 
 The authsvc proxies run on the seed's files, written by the rig; only
 ``timeout`` is raised from the rig's 60 s to an hour, so idle sessions stay
@@ -148,11 +152,12 @@ from tests.services.ports import free_port
 ADDRESSES = {
     "perdition": "127.0.0.30", "authsvc": "127.0.0.31", "nginx": "127.0.0.32",
     "nginx-serve": "127.0.0.33", "baseline": "127.0.0.34", "uvloop": "127.0.0.35",
+    "floor": "127.0.0.36",
 }
 NGINX = ADDRESSES["nginx"]
 STORE, BACKEND = "127.0.0.2", "127.0.0.4"
 #: Every front end, in the order the tables show them.
-FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "uvloop", "perdition")
+FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "uvloop", "floor", "perdition")
 #: The authsvc proxies, each started as ``python -m authsvc proxy`` on the seed's files.
 PROXIES = ("baseline", "authsvc", "uvloop")
 #: The memory test's modes: every front end; the authsvc proxies in a fresh process each.
@@ -620,6 +625,20 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                 pid = proxy.start()
                 stack.callback(proxy.stop)
                 fronts[name] = Front(name, address, ports, pid, restart=proxy.restart)
+            elif name == "floor":
+                port = free_port(address)
+                with (workdir / "floor.log").open("ab") as out:
+                    floor = subprocess.Popen(
+                        [sys.executable, "-m", "bench.floor_proxy", address, str(port), STORE,
+                         str(store.ports.imap)],
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                stack.callback(_end, floor)
+                deadline = time.monotonic() + 30
+                while not greets(address, port, "none", pki):
+                    if floor.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("bench/floor_proxy.py did not start")
+                    time.sleep(0.2)
+                fronts[name] = Front(name, address, {"imap4": port}, floor.pid)
             else:
                 prefix = workdir / name
                 prefix.mkdir()
@@ -865,6 +884,8 @@ def measure_logins(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
         load = wait_quiet(args, f"logins {mode} run {run + 1}")
         order = args.fronts if run % 2 == 0 else tuple(reversed(args.fronts))
         for name in order:
+            if name == "floor" and mode != "plain":
+                continue  # no TLS there
             front = fronts[name]
             context = pki.client_context() if mode == "starttls" else None
             before = cpu_of(fronts, name)
@@ -892,6 +913,8 @@ def measure_paced(fronts: dict[str, Front], pki: ServerCert, args: argparse.Name
         load = wait_quiet(args, f"paced {mode} run {run + 1}")
         order = args.fronts if run % 2 == 0 else tuple(reversed(args.fronts))
         for name in order:
+            if name == "floor" and mode != "plain":
+                continue  # no TLS there
             front = fronts[name]
             context = pki.client_context() if mode == "starttls" else None
             before = cpu_of(fronts, name)
@@ -915,7 +938,7 @@ def measure_fetch(fronts: dict[str, Front], pki: ServerCert, args: argparse.Name
                   rows: list[dict[str, object]], run: int) -> None:
     for mode in ("plain", "imaps"):
         load = wait_quiet(args, f"fetch {mode} run {run + 1}")
-        for name in args.fronts:
+        for name in (f for f in args.fronts if f != "floor"):
             front = fronts[name]
             context = pki.client_context() if mode == "imaps" else None
             port = front.ports["imaps" if mode == "imaps" else "imap4"]
@@ -1103,7 +1126,7 @@ def measure_memory(fronts: dict[str, Front], pki: ServerCert, args: argparse.Nam
     """
     for mode in [m for m in args.memory_modes if m in ("plain", "tls")]:
         load = wait_quiet(args, f"memory {mode} {count} run {run + 1}")
-        for name in args.fronts:
+        for name in (f for f in args.fronts if f != "floor"):
             listener = "imaps" if mode == "tls" else "imap4"
             front = fronts[f"perdition.{listener}" if name == "perdition" else name]
             fresh = bool(args.fresh and front.restart is not None)
@@ -1306,7 +1329,7 @@ def main(argv: list[str]) -> int:
         return 0
     info = run_info()
     if args.fronts is None:
-        args.fronts = tuple(f for f in FRONTS if (f != "baseline" or args.baseline)
+        args.fronts = tuple(f for f in FRONTS if f != "floor" and (f != "baseline" or args.baseline)
                             and (f != "uvloop" or uvloop_importable())
                             and (f != "perdition" or shutil.which("perdition.imap4")
                                  or Path("/usr/sbin/perdition.imap4").exists()))
