@@ -964,6 +964,16 @@ def callgrind_total(directory: Path, front: str, pid: int) -> int:
     raise BenchError(f"no totals in {dumps[-1]}")
 
 
+def drive_logins(front: Front, context: ssl.SSLContext | None, args: argparse.Namespace,
+                 count: int, clients: int) -> int:
+    """``count`` logins through ``front`` from ``clients`` clients; a failed one is an error."""
+    done, errors, first = asyncio.run(logins(
+        front.address, front.ports["imap4"], args.users, context, 3600, clients, limit=count))
+    if errors:
+        raise BenchError(f"{front.name}: {errors} errors, first {first}")
+    return done
+
+
 def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argparse.Namespace,
                          rows: list[dict[str, object]], run: int) -> None:
     """Instructions per login of each authsvc proxy (user space, callgrind): robust
@@ -972,22 +982,13 @@ def measure_instructions(fronts: dict[str, Front], pki: ServerCert, args: argpar
         for name in (f for f in args.fronts if f in PROXIES):
             front = fronts[name]
             context = pki.client_context() if mode == "starttls" else None
-
-            def drive(count: int, front: Front = front,
-                      context: ssl.SSLContext | None = context) -> int:
-                done, errors, first = asyncio.run(logins(
-                    front.address, front.ports["imap4"], args.users, context, 3600,
-                    4, limit=count))
-                if errors:
-                    raise BenchError(f"{front.name}: {errors} errors, first {first}")
-                return done
-
-            drive(20)  # warm: the route cache, the code paths, the allocator
+            # warm: the route cache, the code paths, the allocator
+            drive_logins(front, context, args, 20, 4)
             subprocess.run(["callgrind_control", "--instr=on", str(front.pid)], check=True,
                            capture_output=True)
             subprocess.run(["callgrind_control", "--zero", str(front.pid)], check=True,
                            capture_output=True)
-            done = drive(args.logins)
+            done = drive_logins(front, context, args, args.logins, 4)
             subprocess.run(["callgrind_control", "--dump", str(front.pid)], check=True,
                            capture_output=True)
             subprocess.run(["callgrind_control", "--instr=off", str(front.pid)], check=True,
@@ -1011,22 +1012,12 @@ def measure_opcodes(fronts: dict[str, Front], pki: ServerCert, args: argparse.Na
         for name in (f for f in args.fronts if f in PROXIES):
             front = fronts[name]
             context = pki.client_context() if mode == "starttls" else None
-
-            def drive(count: int, front: Front = front,
-                      context: ssl.SSLContext | None = context) -> int:
-                done, errors, first = asyncio.run(logins(
-                    front.address, front.ports["imap4"], args.users, context, 3600,
-                    args.concurrency, limit=count))
-                if errors:
-                    raise BenchError(f"{front.name}: {errors} errors, first {first}")
-                return done
-
-            drive(40)  # warm: the route cache, the code paths
+            drive_logins(front, context, args, 40, args.concurrency)  # warm
             dump = directory / f"{name}.{front.pid}"
             dump.unlink(missing_ok=True)
             os.kill(front.pid, signal.SIGUSR2)
             time.sleep(0.5)
-            done = drive(args.logins)
+            done = drive_logins(front, context, args, args.logins, args.concurrency)
             time.sleep(0.5)  # the last sessions' ends
             os.kill(front.pid, signal.SIGUSR2)
             deadline = time.monotonic() + 60
@@ -1344,6 +1335,9 @@ def main(argv: list[str]) -> int:
         parser.error("--tests instructions needs --callgrind DIR")
     if "opcodes" in args.tests and not args.opcodes:
         parser.error("--tests opcodes needs --opcodes DIR")
+    if sum(bool(d) for d in (args.profile, args.callgrind, args.tracemalloc, args.opcodes)) > 1:
+        parser.error("--profile, --callgrind, --tracemalloc and --opcodes each need a run "
+                     "of their own")
     for directory in (args.profile, args.callgrind, args.tracemalloc, args.opcodes):
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
