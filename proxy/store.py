@@ -22,7 +22,6 @@ import errno
 import os
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +34,6 @@ from authsvc.proxy.events import (
     Credentials,
     DataReceived,
     Endpoints,
-    Event,
     LoginSucceeded,
     Send,
     StartTls,
@@ -108,6 +106,70 @@ async def _connected(loop: asyncio.AbstractEventLoop, host: str, port: int,
             raise
         return channel
     raise error
+
+
+class _Dialogue:
+    """The store's bytes to the back machine as they arrive; its lines to the store at once.
+
+    The Channel hands each chunk over from its read callback
+    (``Channel.relay_to``), so the store's greeting and its answer to
+    ``LOGIN`` cost no future and no task wake-up each: one waiter for the
+    dialogue, set with the command the coroutine must carry out (STARTTLS,
+    the login's end) and the commands behind it.
+    """
+
+    __slots__ = ("_backend", "_machine", "_trace", "waiter")
+
+    def __init__(self, backend: Channel, machine: ImapBack | Pop3Back,
+                 trace: Callable[[str], None] | None, loop: asyncio.AbstractEventLoop) -> None:
+        self._backend = backend
+        self._machine = machine
+        self._trace = trace
+        self.waiter: asyncio.Future[tuple[Command, list[Command]]] = loop.create_future()
+
+    def start(self, commands: list[Command]) -> None:
+        """Carry out ``commands``, then feed the machine what the store sends."""
+        backend = self._backend
+        left = backend.take_buffered()  # arrived with a TLS handshake's last flight
+        backend.relay_to(self)
+        backend.on_lost(self.lost)
+        self._carry_out(commands)
+        if left:
+            self.data(left)
+        if backend.eof:
+            self.eof()
+
+    def _carry_out(self, commands: list[Command]) -> None:
+        for index, command in enumerate(commands):
+            if self.waiter.done():
+                return
+            if isinstance(command, Send):
+                if self._trace is not None:  # no repr when nobody reads it
+                    self._trace(f"B: ({len(command.data)} bytes, login)" if command.secret
+                                else f"B: {command.data[:120]!r}")
+                self._backend.write(command.data)
+                continue
+            # STARTTLS, or the login's end: the coroutine takes it from here, and
+            # the store's bytes wait in the Channel again meanwhile.
+            self._backend.relay_to(None)
+            self._backend.on_lost(None)
+            self.waiter.set_result((command, commands[index + 1:]))
+            return
+
+    def data(self, data: bytes) -> None:
+        if not self.waiter.done():
+            self._carry_out(self._machine.handle(DataReceived(data)))
+
+    def eof(self) -> None:
+        if not self.waiter.done():
+            self._carry_out(self._machine.handle(ConnectionClosed()))
+
+    def lost(self) -> None:
+        """The connection failed (a reset): as the store's EOF to the machine."""
+        self.eof()
+
+    def writable(self) -> None:
+        """The Channel's write buffer drained: nothing waits on it here."""
 
 
 class LoginFailure(Exception):
@@ -200,38 +262,31 @@ class StoreLogin:
         else:
             machine = Pop3Back(route.backend_login, credentials.password, route.backend_tls,
                                tls_active=implicit, forward=forward, endpoints=self._endpoints)
-        queue: deque[Command] = deque(machine.start())
+        commands = machine.start()
         while True:
-            while queue:
-                command = queue.popleft()
-                match command:
-                    case Send(data=data, secret=secret):
-                        if self._trace is not None:  # no repr when nobody reads it
-                            self._trace(f"B: ({len(data)} bytes, login)" if secret
-                                        else f"B: {data[:120]!r}")
-                        backend.write(data)
-                    case StartTls():
-                        assert context is not None
-                        if backend.take_buffered():
-                            # Plaintext behind the store's STARTTLS OK is
-                            # response injection (RFC 2595 §3.1).
-                            queue.extend(machine.handle(DataReceived(b"injected")))
-                            continue
-                        try:
-                            await backend.start_tls(context, server_side=False,
-                                                    server_hostname=server_hostname)
-                        except (OSError, ssl.SSLError) as exc:
-                            raise self._tls_failed(exc) from None
-                        self.secure = "starttls"
-                        queue.extend(machine.handle(TlsEstablished()))
-                    case BackendReady(result=result):
-                        if metrics is not None:
-                            metrics.store_login(store, loop.time() - connected)
-                        return result
-                    case BackendFailed(kind=kind, reason=reason):
-                        raise LoginFailure(kind, reason)
-                    case _:
-                        raise AssertionError(f"unexpected back-machine command {command!r}")
-            data = await backend.read()
-            event: Event = DataReceived(data) if data else ConnectionClosed()
-            queue.extend(machine.handle(event))
+            dialogue = _Dialogue(backend, machine, self._trace, loop)
+            dialogue.start(commands)
+            command, rest = await dialogue.waiter
+            match command:
+                case StartTls():
+                    assert context is not None
+                    if backend.take_buffered():
+                        # Plaintext behind the store's STARTTLS OK is
+                        # response injection (RFC 2595 §3.1).
+                        commands = [*rest, *machine.handle(DataReceived(b"injected"))]
+                        continue
+                    try:
+                        await backend.start_tls(context, server_side=False,
+                                                server_hostname=server_hostname)
+                    except (OSError, ssl.SSLError) as exc:
+                        raise self._tls_failed(exc) from None
+                    self.secure = "starttls"
+                    commands = [*rest, *machine.handle(TlsEstablished())]
+                case BackendReady(result=result):
+                    if metrics is not None:
+                        metrics.store_login(store, loop.time() - connected)
+                    return result
+                case BackendFailed(kind=kind, reason=reason):
+                    raise LoginFailure(kind, reason)
+                case _:
+                    raise AssertionError(f"unexpected back-machine command {command!r}")
