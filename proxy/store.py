@@ -5,7 +5,9 @@ a Channel to the store a :class:`~authsvc.routing.Route` names (implicit TLS
 when the route says so), runs the store-facing machine (``ImapBack`` /
 ``Pop3Back``: the greeting, STARTTLS/STLS, what the store is told of the
 client's address, the login itself) and carries out its commands, until the
-store accepts the login or the machine gives up.  A failure raises
+store accepts the login or the machine gives up.  The store's bytes reach the
+machine from the Channel's read callback (:class:`_Dialogue`); the coroutine
+waits once for the dialogue's end, and in between only for STARTTLS.  A failure raises
 :class:`LoginFailure`; the caller (``attempt.py``) words nothing, closes the
 Channel and turns the failure into the client's reply.
 
