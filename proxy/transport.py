@@ -93,7 +93,7 @@ def _no_delay(sock: socket.socket) -> None:
         pass
 
 
-def _fail(waiter: asyncio.Future[None], exc: BaseException) -> None:
+def _fail_waiter(waiter: asyncio.Future[None], exc: BaseException) -> None:
     """Fail ``waiter``, unless done, and mark the failure seen.
 
     Whoever awaits it still gets the exception; one nobody awaits (the peer
@@ -505,7 +505,7 @@ class Channel:
         error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             exc = OSError(error, os.strerror(error))
-            _fail(waiter, exc)
+            _fail_waiter(waiter, exc)
             self._fatal(exc)
             return
         if not waiter.done():
@@ -617,7 +617,7 @@ class Channel:
         self._sock.close()
         if self._connecting is not None:
             waiter, self._connecting = self._connecting[0], None
-            _fail(waiter, ConnectionAbortedError("closed while connecting"))
+            _fail_waiter(waiter, ConnectionAbortedError("closed while connecting"))
         self._fail_handshake(ConnectionResetError("closed during the TLS handshake"))
         self._eof = True
         self._lost = True
@@ -781,7 +781,7 @@ class Channel:
 
     def _fail_handshake(self, exc: BaseException) -> None:
         if self._handshake is not None:
-            _fail(self._handshake, exc)
+            _fail_waiter(self._handshake, exc)
 
     async def handshake(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait for the TLS handshake; raises OSError, ssl.SSLError or TimeoutError."""
