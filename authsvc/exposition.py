@@ -59,8 +59,8 @@ def format_value(value: float) -> str:
 def histogram_series(family: Family, **labels: str) -> list[tuple[str, str]]:
     """The series of one labelled histogram in render order: buckets, ``_sum``, ``_count``.
 
-    The buckets are cumulative (each observation adds to every bucket it
-    fits), ``+Inf`` last.
+    ``+Inf`` last.  Rendered cumulative (each observation counts in every
+    bucket it fits); ``authsvc/metrics.py`` stores each bucket's own count.
     """
     bounds = [repr(b) for b in family.buckets] + ["+Inf"]
     return ([(family.name + "_bucket", format_labels(**labels, le=b)) for b in bounds]

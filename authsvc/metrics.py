@@ -182,6 +182,27 @@ def _host_layout(hosts: MapHosts) -> list[tuple[str, str]]:
             for family in (MAP_HOST_ANSWERS, MAP_HOST_IN_USE)]
 
 
+def _cumulative(family: Family, values: Mapping[tuple[str, str], float]
+                ) -> list[tuple[str, str, float]]:
+    """One histogram family's samples in layout order, its buckets made cumulative.
+
+    Each label set is laid out as its buckets (``+Inf`` last), ``_sum`` and
+    ``_count`` (``histogram_series``); a bucket counts what fell in it alone.
+    """
+    bucket, total, count = (family.name + "_bucket", family.name + "_sum",
+                            family.name + "_count")
+    samples: list[tuple[str, str, float]] = []
+    running = 0.0
+    for (stored, labels), value in values.items():
+        if stored == bucket:
+            running += value
+            samples.append((stored, labels, running))
+        elif stored in (total, count):
+            running = 0.0
+            samples.append((stored, labels, value))
+    return samples
+
+
 class Metrics:
     """One process's numbers; see the module docstring for the multi-worker files."""
 
@@ -312,9 +333,10 @@ class Metrics:
                                             index[(name + "_count", format_labels(**labels))])
         buckets, total, count = at
         values = self._values
-        # Cumulative buckets: every bucket from the first bound >= seconds, and +Inf.
-        for bucket in buckets[bisect.bisect_left(family.buckets, seconds):]:
-            values[bucket] += 1.0
+        # Stored per bucket, the first bound >= seconds (else +Inf), and added
+        # up when rendered, as the duration histogram is: one addition per
+        # observation, not one per bucket it fits.
+        values[buckets[bisect.bisect_left(family.buckets, seconds)]] += 1.0
         values[total] += seconds
         values[count] += 1.0
 
@@ -465,10 +487,9 @@ class Metrics:
         for family in (*(f for f, _ in _CACHE_FIELDS), MAP_UP, MAP_HOST_ANSWERS, MAP_HOST_IN_USE,
                        *self._extra):
             if family.kind == "histogram":
-                # Each label set's buckets, sum and count together, as stored.
-                names = {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
-                samples = [(stored, labels, value)
-                           for (stored, labels), value in values.items() if stored in names]
+                # Each label set's buckets, sum and count together, as laid out;
+                # the buckets are stored per bucket and rendered cumulative.
+                samples = _cumulative(family, values)
             else:
                 samples = [(family.name, labels, value)
                            for labels, value in by_family.get(family.name, [])]

@@ -18,6 +18,12 @@ MariaDB map; ``--fronts`` picks which (default: all that can run):
   (``AUTHSVC_LOOP=asyncio``, also when the ``authsvc[uvloop]`` extra is installed);
 * **uvloop** (when uvloop is importable in this venv): the same code on
   uvloop's loop (``AUTHSVC_LOOP=uvloop``, authsvc/runtime/loop.py);
+* **system** (only when named): the same code, stdlib asyncio, on the
+  system's ``/usr/bin/python3``: on Debian 12, Debian's CPython 3.11, the
+  interpreter ``deploy/run.sh`` and ``tests/run.sh`` make their venv with on
+  a fresh machine.  It runs from a venv of its own (``--system-venv``, made
+  and given this tree, editable, when it has no ``bin/python``); beside
+  **authsvc** it shows what the interpreter's build is worth;
 * **perdition**: Debian's Perdition 2.2 on the seed deployment's files
   (``tests/services/perdition.py``), ``perdition.imap4`` and ``perdition.imaps``;
 * **floor** (only when named): ``bench/floor_proxy.py``, the least a Python
@@ -152,14 +158,19 @@ from tests.services.ports import free_port
 ADDRESSES = {
     "perdition": "127.0.0.30", "authsvc": "127.0.0.31", "nginx": "127.0.0.32",
     "nginx-serve": "127.0.0.33", "baseline": "127.0.0.34", "uvloop": "127.0.0.35",
-    "floor": "127.0.0.36",
+    "floor": "127.0.0.36", "system": "127.0.0.37",
 }
 NGINX = ADDRESSES["nginx"]
 STORE, BACKEND = "127.0.0.2", "127.0.0.4"
 #: Every front end, in the order the tables show them.
-FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "uvloop", "floor", "perdition")
+FRONTS = ("nginx", "nginx-serve", "baseline", "authsvc", "system", "uvloop", "floor",
+          "perdition")
 #: The authsvc proxies, each started as ``python -m authsvc proxy`` on the seed's files.
-PROXIES = ("baseline", "authsvc", "uvloop")
+PROXIES = ("baseline", "authsvc", "system", "uvloop")
+#: The system's interpreter (front ``system``): Debian's, on Debian 12.
+SYSTEM_PYTHON = "/usr/bin/python3"
+#: Where front ``system``'s venv is kept between runs (``--system-venv``).
+SYSTEM_VENV = Path("/var/tmp/authsvc-bench-system-venv")
 #: The memory test's modes: every front end; the authsvc proxies in a fresh process each.
 MEMORY_MODES = ("plain", "tls", "tls_fresh", "tls_both")
 #: The order of the modes in the tables.
@@ -451,8 +462,10 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
                 profile: Path | None = None,
                 callgrind: Path | None = None,
                 traced: Path | None = None,
-                opcodes: Path | None = None) -> subprocess.Popen[bytes]:
-    """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's;
+                opcodes: Path | None = None,
+                python: str = sys.executable) -> subprocess.Popen[bytes]:
+    """``authsvc proxy`` on ``files``: this tree's, or (``root``) an earlier revision's,
+    run by ``python``;
     under cProfile, its stats written to ``profile`` at exit, when given; under
     callgrind, its dumps in ``callgrind`` (``FRONT.PID.N``), when given; with
     tracemalloc, snapshots in ``traced`` (``FRONT.PID.N``) on SIGUSR2, when given."""
@@ -461,7 +474,7 @@ def start_proxy(name: str, files: dict[str, Path], address: str, ports: dict[str
     main = (["-c", PROFILE_MAIN, str(profile)] if profile else
             ["-c", TRACEMALLOC_MAIN, str(traced / name)] if traced else
             ["-c", OPCODES_MAIN, str(opcodes / name)] if opcodes else ["-m", "authsvc"])
-    argv = [*grind, sys.executable, *main, "proxy"]
+    argv = [*grind, python, *main, "proxy"]
     for path in files.values():
         argv += ["-c", str(path)]
     env = dict(os.environ)
@@ -517,6 +530,8 @@ class Rig:
     roots: dict[str, Path | None] = field(default_factory=dict)
     #: ``--tracemalloc``: where the proxies write their snapshots (None: not traced).
     traced: Path | None = None
+    #: Per authsvc proxy front end, the interpreter it runs on (absent: this one).
+    pythons: dict[str, str] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def fresh_imaps(self, name: str, label: str, *, store_tls: bool) -> Iterator[Front]:
@@ -543,7 +558,8 @@ class Rig:
         path.chmod(0o600)
         process = start_proxy(name, {"imaps": path}, address, {"imaps": port}, self.pki,
                               self.workdir / f"{label}.log", self.roots.get(name),
-                              traced=self.traced)
+                              traced=self.traced,
+                              python=self.pythons.get(name, sys.executable))
         try:
             yield Front(name, address, {"imaps": port}, process.pid)
         finally:
@@ -554,7 +570,8 @@ class Rig:
 def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                    baseline: str | None, profile: Path | None = None,
                    callgrind: Path | None = None, traced: Path | None = None,
-                   opcodes: Path | None = None) -> Iterator[Rig]:
+                   opcodes: Path | None = None,
+                   system_venv: Path = SYSTEM_VENV) -> Iterator[Rig]:
     """MariaDB map, one Dovecot store, the scripted backend (plain and implicit
     TLS) and the front ends ``names``."""
     from tests.services.dovecot import dovecot_stores
@@ -589,6 +606,7 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
         ports = {k: v for k, v in ports.items() if k in ("imap4", "imaps")}
         fronts: dict[str, Front] = {}
         roots: dict[str, Path | None] = {}
+        pythons = {"system": system_python(system_venv)} if "system" in names else {}
         for name in names:
             address = ADDRESSES[name]
             if name in ("perdition", *PROXIES):
@@ -619,7 +637,7 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                     return start_proxy(name, files, address, ports, pki,
                                        workdir / f"{name}.log", root,
                                        profile / stats if profile else None, callgrind,
-                                       traced, opcodes)
+                                       traced, opcodes, pythons.get(name, sys.executable))
 
                 proxy = ProxyProcess(launch)
                 pid = proxy.start()
@@ -657,7 +675,8 @@ def running_fronts(users: int, idle_users: int, names: tuple[str, ...],
                 stack.callback(nginx.stop)
                 fronts[name] = Front(name, address, ports, nginx.pid, extra)
         time.sleep(1.0)  # the scripted backend is listening by now
-        yield Rig(fronts, pki, workdir, db, store.ports.imap, backend_tls_port, roots, traced)
+        yield Rig(fronts, pki, workdir, db, store.ports.imap, backend_tls_port, roots, traced,
+                  pythons)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -1246,6 +1265,21 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, NOFILE), max(hard, NOFILE)))
 
 
+def system_python(venv: Path) -> str:
+    """The interpreter of ``venv``, a venv of the system's python3 with this tree in it.
+
+    Made once (``SYSTEM_PYTHON -m venv``, then this tree installed editable with
+    its dependencies, as ``deploy/run.sh`` installs it), and kept for later runs.
+    """
+    python = venv / "bin" / "python"
+    if not python.exists():
+        if not Path(SYSTEM_PYTHON).exists():
+            raise RuntimeError(f"front 'system' needs {SYSTEM_PYTHON}")
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
+    return str(python)
+
+
 def uvloop_importable() -> bool:
     try:
         import uvloop  # noqa: F401
@@ -1307,6 +1341,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--logins", type=int, default=500,
                         help="logins measured per front and mode by --tests instructions "
                              "and opcodes")
+    parser.add_argument("--system-venv", type=Path, default=SYSTEM_VENV,
+                        help="front 'system': its venv, made when it has no bin/python")
     parser.add_argument("--json", type=Path,
                         help="also write the rows here, with the run's time, commit and load")
     args = parser.parse_args(argv)
@@ -1320,7 +1356,8 @@ def main(argv: list[str]) -> int:
         return 0
     info = run_info()
     if args.fronts is None:
-        args.fronts = tuple(f for f in FRONTS if f != "floor" and (f != "baseline" or args.baseline)
+        args.fronts = tuple(f for f in FRONTS if f not in ("floor", "system")
+                            and (f != "baseline" or args.baseline)
                             and (f != "uvloop" or uvloop_importable())
                             and (f != "perdition" or shutil.which("perdition.imap4")
                                  or Path("/usr/sbin/perdition.imap4").exists()))
@@ -1342,7 +1379,8 @@ def main(argv: list[str]) -> int:
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
     with running_fronts(args.users, idle, args.fronts, args.baseline,
-                        args.profile, args.callgrind, args.tracemalloc, args.opcodes) as rig:
+                        args.profile, args.callgrind, args.tracemalloc, args.opcodes,
+                        args.system_venv) as rig:
         fronts, pki = rig.fronts, rig.pki
         for run in range(args.runs):
             if "instructions" in args.tests:

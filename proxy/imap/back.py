@@ -149,8 +149,9 @@ class ImapBack:
         if not caps:
             return False
         if self._upper_of is not caps:
-            # Upper-cased once per list the store sent, not per question asked.
-            self._upper_of, self._upper = caps, frozenset(word.upper() for word in caps)
+            # Upper-cased once per list the store sent, not per question asked;
+            # one upper() and split() of the joined words, not one per word.
+            self._upper_of, self._upper = caps, frozenset(" ".join(caps).upper().split())
         return capability in self._upper
 
     def _fail(self, kind: FailureKind, reason: str) -> list[Command]:

@@ -77,6 +77,20 @@ def test_histograms_of_extra_families_are_cumulative_and_sum_over_workers(
     two.close()
 
 
+def test_each_label_sets_buckets_add_up_on_their_own(tmp_path: Path) -> None:
+    metrics = Metrics(str(tmp_path), families=[(LATENCY, [{"store": "a"}, {"store": "b"}])])
+    metrics.attach_maps([])
+    for seconds in (0.05, 0.5, 50.0):
+        metrics.observe(LATENCY, seconds, store="a")
+    metrics.observe(LATENCY, 0.5, store="b")
+    got = Scrape(metrics.render())
+    bucket = "authsvc_test_latency_seconds_bucket"
+    assert [got.value(bucket, store="a", le=le) for le in ("0.1", "1.0", "+Inf")] == [1, 2, 3]
+    assert [got.value(bucket, store="b", le=le) for le in ("0.1", "1.0", "+Inf")] == [0, 1, 1]
+    assert got.value("authsvc_test_latency_seconds_count", store="b") == 1
+    metrics.close()
+
+
 def test_series_added_while_running_survive_a_reload_of_the_maps(tmp_path: Path) -> None:
     metrics = Metrics(str(tmp_path), families=[(LATENCY, [])])
     metrics.attach_maps(["db"])
