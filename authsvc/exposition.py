@@ -12,6 +12,7 @@ their numbers come from is ``authsvc/metrics.py``'s.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -66,3 +67,25 @@ def histogram_series(family: Family, **labels: str) -> list[tuple[str, str]]:
     return ([(family.name + "_bucket", format_labels(**labels, le=b)) for b in bounds]
             + [(family.name + "_sum", format_labels(**labels)),
                (family.name + "_count", format_labels(**labels))])
+
+
+def cumulative_samples(family: Family, values: Mapping[tuple[str, str], float]
+                       ) -> list[tuple[str, str, float]]:
+    """One histogram family's samples in ``values``' order, its buckets made cumulative.
+
+    A sample is ``(name, labels, value)``.  Each label set is laid out as
+    its buckets (``+Inf`` last), ``_sum`` and ``_count``
+    (``histogram_series``); a stored bucket counts what fell in it alone.
+    """
+    bucket, total, count = (family.name + "_bucket", family.name + "_sum",
+                            family.name + "_count")
+    samples: list[tuple[str, str, float]] = []
+    running = 0.0
+    for (stored, labels), value in values.items():
+        if stored == bucket:
+            running += value
+            samples.append((stored, labels, running))
+        elif stored in (total, count):
+            running = 0.0
+            samples.append((stored, labels, value))
+    return samples

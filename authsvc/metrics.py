@@ -39,7 +39,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from authsvc import __version__
-from authsvc.exposition import Family, format_labels, format_value, header, histogram_series
+from authsvc.exposition import (
+    Family,
+    cumulative_samples,
+    format_labels,
+    format_value,
+    header,
+    histogram_series,
+)
 from authsvc.failures import MEANINGS
 from authsvc.metricfiles import Series, WorkerFile, start_time, worker_series
 from authsvc.processes import figures, read_roster
@@ -180,27 +187,6 @@ def _host_layout(hosts: MapHosts) -> list[tuple[str, str]]:
     return [(family.name, format_labels(map=name, host=host))
             for name, entries in hosts.items() for host, _, _ in entries
             for family in (MAP_HOST_ANSWERS, MAP_HOST_IN_USE)]
-
-
-def _cumulative(family: Family, values: Mapping[tuple[str, str], float]
-                ) -> list[tuple[str, str, float]]:
-    """One histogram family's samples in layout order, its buckets made cumulative.
-
-    Each label set is laid out as its buckets (``+Inf`` last), ``_sum`` and
-    ``_count`` (``histogram_series``); a bucket counts what fell in it alone.
-    """
-    bucket, total, count = (family.name + "_bucket", family.name + "_sum",
-                            family.name + "_count")
-    samples: list[tuple[str, str, float]] = []
-    running = 0.0
-    for (stored, labels), value in values.items():
-        if stored == bucket:
-            running += value
-            samples.append((stored, labels, running))
-        elif stored in (total, count):
-            running = 0.0
-            samples.append((stored, labels, value))
-    return samples
 
 
 class Metrics:
@@ -489,7 +475,7 @@ class Metrics:
             if family.kind == "histogram":
                 # Each label set's buckets, sum and count together, as laid out;
                 # the buckets are stored per bucket and rendered cumulative.
-                samples = _cumulative(family, values)
+                samples = cumulative_samples(family, values)
             else:
                 samples = [(family.name, labels, value)
                            for labels, value in by_family.get(family.name, [])]
