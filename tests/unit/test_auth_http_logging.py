@@ -20,6 +20,7 @@ from authsvc.log import (
     configure_logging,
     format_fields,
     make_handler,
+    mask_fields,
     mask_passwords,
 )
 from authsvc.settings import LogSettings
@@ -122,6 +123,15 @@ def test_mask_passwords(text: str) -> None:
     assert "ter2" not in masked
     assert "***" in masked
     assert "bob" in masked or "bob" not in text  # the rest of the line survives
+
+
+def test_mask_fields_masks_string_values_and_keeps_the_rest() -> None:
+    clean = {"event": "session", "login": "bob", "attempts": 1, "end": None}
+    assert mask_fields(clean) is clean  # nothing to mask: the same object
+    odd = {"login": "x\r\nAUTH_PASS=hunter2", "n": 2, "words": ["pass"]}
+    masked = mask_fields(odd)
+    assert "hunter2" not in str(masked["login"])
+    assert masked["n"] == 2 and masked["words"] == ["pass"]  # only strings change
 
 
 def test_filter_masks_message_args_and_traceback() -> None:
