@@ -1268,8 +1268,10 @@ def raise_nofile() -> None:
 def system_python(venv: Path) -> str:
     """The interpreter of ``venv``, a venv of the system's python3 with this tree in it.
 
-    Made once (``SYSTEM_PYTHON -m venv``, then this tree installed editable with
-    its dependencies, as ``deploy/run.sh`` installs it), and kept for later runs.
+    Made once (``SYSTEM_PYTHON -m venv``, then this tree and its dependencies
+    installed by pip, as ``deploy/run.sh`` does, but editable, so that it runs
+    the tree as it is now), and kept for later runs: remove it when the
+    dependencies change.
     """
     python = venv / "bin" / "python"
     if not python.exists():
